@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): thin handlers; authorisation lives in ``domain.permissions``."""

@@ -1,0 +1,142 @@
+"""The application factory. Nothing is created at import time, so tests build as many as
+they like, each on its own database."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from allotment import __version__
+from allotment.api.auth import TokenVerifier, new_admin_token, token_sha256
+from allotment.api.deps import AppState
+from allotment.api.problems import install_problem_handlers
+from allotment.api.routes import accounts, catalog, health, me, policy, users, workloads
+from allotment.clock import Clock, SystemClock
+from allotment.config.models import Policy
+from allotment.db.engine import Database, sqlite_url
+from allotment.db.policy_sync import apply_policy
+from allotment.db.tables import AdminToken
+
+__all__ = ["Settings", "create_app", "default_data_dir", "settings_from_policy"]
+
+log = logging.getLogger("allotment")
+
+
+def default_data_dir() -> Path:
+    if env := os.environ.get("ALLOTMENT_DATA_DIR"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/allotment")
+    return Path.home() / ".local" / "share" / "allotment"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    data_dir: Path
+    base_url: str = "/services/allotment/"
+    hub_api_url: str = "http://127.0.0.1:8081/hub/api"
+    token_cache_seconds: int = 60
+    #: Applied at start-up when given.
+    policy: Policy | None = None
+    #: Write an admin token to ``data_dir/admin-token`` at start-up when none is valid.
+    admin_token_file: bool = True
+
+
+def settings_from_policy(policy: Policy) -> Settings:
+    s = policy.service
+    data_dir = Path(s.data_dir) if s.data_dir else default_data_dir()
+    return Settings(
+        database_url=s.database_url or sqlite_url(data_dir),
+        data_dir=data_dir,
+        base_url=s.base_url,
+        hub_api_url=s.hub_api_url,
+        token_cache_seconds=s.token_cache_seconds,
+        policy=policy,
+    )
+
+
+async def _ensure_admin_token(db: Database, path: Path, clock: Clock) -> None:
+    """Keep a valid admin token in ``path`` (mode 0600) for first setup and local use."""
+    if path.exists():
+        token = path.read_text().strip()
+        async with db.read() as session:
+            row = (
+                await session.execute(
+                    select(AdminToken).where(
+                        AdminToken.token_sha256 == token_sha256(token),
+                        AdminToken.revoked_at.is_(None),
+                    )
+                )
+            ).scalar_one_or_none()
+        if row is not None:
+            return
+    token = new_admin_token()
+    async with db.write() as session:
+        old = (
+            await session.execute(select(AdminToken).where(AdminToken.name == "setup"))
+        ).scalar_one_or_none()
+        if old is not None:
+            old.token_sha256, old.revoked_at, old.created_at = token_sha256(token), None, clock.now()
+        else:
+            session.add(
+                AdminToken(name="setup", token_sha256=token_sha256(token), created_at=clock.now())
+            )
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    log.info("wrote a new admin token to %s", path)
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+    base = "/" + settings.base_url.strip("/")
+    base = "" if base == "/" else base
+    clock = clock or SystemClock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url)
+        await db.upgrade()
+        if settings.policy is not None:
+            async with db.write() as session:
+                _, changes = await apply_policy(
+                    session, settings.policy, actor="allot serve", now=clock.now()
+                )
+            for change in changes:
+                log.info("policy: %s", change)
+        if settings.admin_token_file:
+            await _ensure_admin_token(db, settings.data_dir / "admin-token", clock)
+        app.state.allotment = AppState(
+            db=db,
+            verifier=TokenVerifier(settings.hub_api_url, settings.token_cache_seconds),
+            clock=clock,
+            policy=settings.policy,
+        )
+        try:
+            yield
+        finally:
+            await db.dispose()
+
+    app = FastAPI(
+        title="Allotment",
+        version=__version__,
+        summary="Fair, visible, self-service shared research computers.",
+        lifespan=lifespan,
+        openapi_url=f"{base}/api/openapi.json",
+        docs_url=f"{base}/api/docs",
+        redoc_url=None,
+    )
+    install_problem_handlers(app)
+    for module in (health, me, accounts, users, catalog, workloads, policy):
+        app.include_router(module.router, prefix=f"{base}/api")
+    return app

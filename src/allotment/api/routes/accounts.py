@@ -1,0 +1,173 @@
+"""The accounts tree and its memberships."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from allotment.api.deps import Caller, CallerDep, StateDep
+from allotment.api.views import account_out
+from allotment.db import repository as repo
+from allotment.db.tables import Account, Membership, User
+from allotment.domain.accounts import is_within
+from allotment.errors import Conflict, Forbidden, NotFound
+from allotment.schemas import AccountOut, AccountPatch, MembershipIn, MembershipOut, Page
+
+__all__ = ["memberships_out", "router"]
+
+router = APIRouter(tags=["accounts"])
+Parent = aliased(Account)
+
+
+async def memberships_out(
+    session: AsyncSession, *, user_id: int | None = None, account_id: int | None = None
+) -> list[MembershipOut]:
+    q = (
+        select(User.name, Account.path, Membership.role, Membership.origin)
+        .join(User, User.id == Membership.user_id)
+        .join(Account, Account.id == Membership.account_id)
+        .order_by(Account.path, User.name)
+    )
+    if user_id is not None:
+        q = q.where(Membership.user_id == user_id)
+    if account_id is not None:
+        q = q.where(Membership.account_id == account_id)
+    return [
+        MembershipOut(user=u, account=a, role=r, origin=o)  # type: ignore[arg-type]
+        for u, a, r, o in await session.execute(q)
+    ]
+
+
+async def _visible(session: AsyncSession, caller: Caller, path: str) -> Account:
+    account = await repo.account_by_ref(session, path)
+    if account is None or not caller.principal.can_see_account(account.path):
+        raise NotFound(f"There is no account '{path}' that you can see.")
+    return account
+
+
+@router.get("/accounts", response_model=Page[AccountOut])
+async def list_accounts(
+    caller: CallerDep,
+    state: StateDep,
+    under: Annotated[str | None, Query(description="Only this account's subtree.")] = None,
+    archived: Annotated[bool, Query(description="Include archived accounts.")] = False,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    cursor: Annotated[str | None, Query(description="From the previous page.")] = None,
+) -> Page[AccountOut]:
+    """The accounts you can see, in tree order (by path)."""
+    q = select(Account, Parent.path).outerjoin(Parent, Parent.id == Account.parent_id)
+    if not archived:
+        q = q.where(Account.archived_at.is_(None))
+    if under is not None:
+        q = q.where((Account.path == under) | Account.path.startswith(under + "/"))
+    if cursor is not None:
+        q = q.where(Account.path > cursor)
+    p = caller.principal
+    out: list[AccountOut] = []
+    async with state.db.read() as session:
+        # Filtering by visibility in Python keeps the rule in one place; the tree is small
+        # next to the workloads, and a page is bounded by `limit`.
+        result = await session.stream(q.order_by(Account.path))
+        more = False
+        async for account, parent in result:
+            if not p.can_see_account(account.path):
+                continue
+            if len(out) == limit:
+                more = True
+                break
+            out.append(account_out(account, parent))
+        await result.close()
+    return Page[AccountOut](items=out, next_cursor=out[-1].path if more else None)
+
+
+@router.get("/accounts/{path:path}/members", response_model=list[MembershipOut])
+async def list_members(path: str, caller: CallerDep, state: StateDep) -> list[MembershipOut]:
+    async with state.db.read() as session:
+        account = await _visible(session, caller, path)
+        p = caller.principal
+        if not p.is_admin and not any(is_within(account.path, m.account) for m in p.memberships):
+            raise Forbidden(f"Only people in '{account.path}' or above it may see its members.")
+        return await memberships_out(session, account_id=account.id)
+
+
+@router.put("/accounts/{path:path}/members/{user}", response_model=MembershipOut)
+async def put_member(
+    path: str, user: str, body: MembershipIn, caller: CallerDep, state: StateDep
+) -> MembershipOut:
+    """Add a user to an account, or change their role (managers of the account or above)."""
+    async with state.db.write() as session:
+        account = await _visible(session, caller, path)
+        if not caller.principal.can_change_memberships(account.path):
+            raise Forbidden(f"Only a manager of '{account.path}' (or above) may change its members.")
+        target = await repo.ensure_user(session, user, state.clock.now())
+        row = (
+            await session.execute(
+                select(Membership).where(
+                    Membership.user_id == target.id, Membership.account_id == account.id
+                )
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            row = Membership(user_id=target.id, account_id=account.id, role=body.role, origin="api")
+            session.add(row)
+        elif row.origin == "policy" and row.role != body.role:
+            raise Conflict(
+                f"{user}'s role in '{account.path}' is set by the policy file; change it there."
+            )
+        else:
+            row.role = body.role
+    return MembershipOut(user=user, account=account.path, role=body.role, origin=row.origin)  # type: ignore[arg-type]
+
+
+@router.delete("/accounts/{path:path}/members/{user}", status_code=204)
+async def delete_member(path: str, user: str, caller: CallerDep, state: StateDep) -> None:
+    async with state.db.write() as session:
+        account = await _visible(session, caller, path)
+        if not caller.principal.can_change_memberships(account.path):
+            raise Forbidden(f"Only a manager of '{account.path}' (or above) may change its members.")
+        row = (
+            await session.execute(
+                select(Membership)
+                .join(User, User.id == Membership.user_id)
+                .where(User.name == user, Membership.account_id == account.id)
+            )
+        ).scalar_one_or_none()
+        if row is None:
+            raise NotFound(f"{user} is not a member of '{account.path}'.")
+        if row.origin == "policy":
+            raise Conflict(
+                f"{user}'s membership of '{account.path}' is set by the policy file; "
+                "remove it there."
+            )
+        await session.delete(row)
+
+
+@router.get("/accounts/{path:path}", response_model=AccountOut)
+async def get_account(path: str, caller: CallerDep, state: StateDep) -> AccountOut:
+    async with state.db.read() as session:
+        account = await _visible(session, caller, path)
+        parent = await session.get(Account, account.parent_id) if account.parent_id else None
+        return account_out(account, parent.path if parent else None)
+
+
+@router.patch("/accounts/{path:path}", response_model=AccountOut)
+async def patch_account(
+    path: str, body: AccountPatch, caller: CallerDep, state: StateDep
+) -> AccountOut:
+    """Change an account's shares or description (managers of an account above it)."""
+    async with state.db.write() as session:
+        account = await _visible(session, caller, path)
+        if not caller.principal.can_change_account(account.path):
+            raise Forbidden(
+                f"Only a manager of an account above '{account.path}' may change its settings."
+            )
+        if body.shares is not None:
+            account.shares = body.shares
+        if body.description is not None:
+            account.description = body.description
+        parent = await session.get(Account, account.parent_id) if account.parent_id else None
+        return account_out(account, parent.path if parent else None)

@@ -1,0 +1,259 @@
+"""Workloads: create, get, list, cancel. Execution arrives with the controller."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from allotment.api.deps import Caller, CallerDep, StateDep
+from allotment.api.views import workload_out
+from allotment.db import repository as repo
+from allotment.db.catalog import pool_nodes, profile_offer, profile_spec
+from allotment.db.tables import Account, Pool, Profile, User, Workload
+from allotment.domain.accounts import is_within
+from allotment.domain.permissions import Scope
+from allotment.domain.profiles import ProfileOffer, choose_size, fits_some_node
+from allotment.domain.quantities import parse_bytes, parse_duration
+from allotment.domain.resources import Resources
+from allotment.domain.workloads import WorkloadState, can_cancel
+from allotment.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from allotment.schemas import Page, WorkloadCreate, WorkloadOut
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["workloads"])
+
+
+async def _charged_account(session: AsyncSession, caller: Caller, ref: str | None) -> Account:
+    """The account a new workload charges: the one named, else the user's default or only."""
+    p = caller.principal
+    if ref is None:
+        user = await session.get(User, caller.user_id)
+        if user is not None and user.default_account_id is not None:
+            account = await session.get(Account, user.default_account_id)
+            if account is not None:
+                return account
+        spendable = sorted(
+            {m.account for m in p.memberships if m.role in ("member", "manager")}
+        )
+        if len(spendable) != 1:
+            choices = ", ".join(spendable) or "none"
+            raise InvalidRequest(
+                "Say which account to charge (`account`); "
+                f"you may charge: {choices}."
+                if spendable
+                else "You are not a member of any account, so you cannot start workloads yet. "
+                "Ask a manager of your lab to add you."
+            )
+        ref = spendable[0]
+    account = await repo.account_by_ref(session, ref)
+    if account is None or not p.can_see_account(account.path):
+        raise NotFound(f"There is no account '{ref}' that you can see.")
+    if not p.can_submit_to(account.path):
+        mine = ", ".join(sorted({m.account for m in p.memberships if m.role != "viewer"}))
+        raise Forbidden(
+            f"You may not charge account '{account.path}'. "
+            + (f"You may charge: {mine}." if mine else "Ask its manager to add you as a member.")
+        )
+    if account.archived_at is not None:
+        raise Conflict(f"Account '{account.path}' is archived; charge another account.")
+    return account
+
+
+def _size(offer: ProfileOffer | None, body: WorkloadCreate) -> Resources:
+    try:
+        memory = None if body.memory is None else parse_bytes(body.memory)
+        gpus_n = body.gpus if isinstance(body.gpus, int) else None
+        if offer is not None:
+            if isinstance(body.gpus, dict):
+                raise ValueError("with a profile, give `gpus` as a count")
+            return choose_size(offer, body.cpus, memory, gpus_n)
+        if body.cpus is None or memory is None:
+            raise ValueError("without a profile, give both `cpus` and `memory`")
+        if gpus_n:
+            raise ValueError("without a profile, give `gpus` by model, e.g. {\"a100\": 1}")
+        return Resources.of(body.cpus, memory, body.gpus if isinstance(body.gpus, dict) else {})
+    except ValueError as e:
+        raise InvalidRequest(str(e)[0].upper() + str(e)[1:] + ".") from None
+
+
+@router.post("/workloads", status_code=201, response_model=WorkloadOut)
+async def create_workload(
+    body: WorkloadCreate,
+    caller: CallerDep,
+    state: StateDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> WorkloadOut:
+    """Record a new workload; it waits as `pending` until the scheduler admits it."""
+    if not caller.principal.has(Scope.SUBMIT):
+        raise Forbidden("This token may read but not submit (it lacks custom:allotment:submit).")
+    now = state.clock.now()
+    async with state.db.write() as session:
+        if idempotency_key:
+            earlier = await repo.workload_by_key(session, caller.user_id, idempotency_key)
+            if earlier is not None:
+                response.status_code = 200
+                return workload_out(earlier)
+        account = await _charged_account(session, caller, body.account)
+        profile: Profile | None = None
+        pool: Pool | None = None
+        max_runtime = None
+        if body.profile is not None:
+            profile = (
+                await session.execute(
+                    select(Profile).where(Profile.name == body.profile, Profile.archived_at.is_(None))
+                )
+            ).scalar_one_or_none()
+            if profile is None:
+                raise NotFound(f"There is no profile '{body.profile}'; `allot profiles` lists them.")
+            spec = profile_spec(profile)
+            if spec.accounts and not any(is_within(account.path, a) for a in spec.accounts):
+                raise Forbidden(
+                    f"Profile '{profile.name}' is not offered to account '{account.path}'."
+                )
+            pool = await session.get(Pool, profile.pool_id)
+            max_runtime = spec.max_runtime
+        elif body.pool is not None:
+            pool = (
+                await session.execute(
+                    select(Pool).where(Pool.name == body.pool, Pool.archived_at.is_(None))
+                )
+            ).scalar_one_or_none()
+            if pool is None:
+                raise NotFound(f"There is no pool '{body.pool}'; `allot pools` lists them.")
+        else:
+            raise InvalidRequest("Name a `profile` (see `allot profiles`) or a `pool` and a size.")
+        size = _size(profile_offer(profile) if profile else None, body)
+        assert pool is not None
+        problem = fits_some_node(size, pool_nodes(pool))
+        if problem:
+            raise InvalidRequest(problem[0].upper() + problem[1:] + ".")
+        if body.max_runtime is not None:
+            try:
+                asked = parse_duration(body.max_runtime)
+            except ValueError as e:
+                raise InvalidRequest(str(e)) from None
+            if max_runtime is not None and asked > max_runtime:
+                raise InvalidRequest(
+                    f"Profile '{body.profile}' allows at most {max_runtime} s; you asked {asked} s."
+                )
+            max_runtime = asked
+        row = Workload(
+            kind=body.kind,
+            name=body.name,
+            user_id=caller.user_id,
+            account_id=account.id,
+            pool_id=pool.id,
+            profile_id=profile.id if profile else None,
+            millicpus=size.millicpus,
+            memory=size.memory,
+            gpus=dict(size.gpus),
+            target=WorkloadState.RUNNING,
+            status=WorkloadState.PENDING,
+            reason="waiting for the scheduler",
+            command=body.command,
+            max_runtime=max_runtime,
+            idempotency_key=idempotency_key,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(row)
+        await session.flush()
+    return workload_out(
+        repo.WorkloadRow(row, caller.name, account.path, pool.name, profile.name if profile else None)
+    )
+
+
+@router.get("/workloads", response_model=Page[WorkloadOut])
+async def list_workloads(
+    caller: CallerDep,
+    state: StateDep,
+    status: Annotated[list[str] | None, Query(description="Repeat for several states.")] = None,
+    account: Annotated[str | None, Query(description="Account path or name; includes its subtree.")] = None,
+    user: Annotated[str | None, Query()] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(description="From the previous page's `next_cursor`.")] = None,
+    page: Annotated[int, Query(ge=1, le=1_000_000, description="Page number, when not using `cursor`.")] = 1,
+) -> Page[WorkloadOut]:
+    """Workloads you may see, newest first."""
+    p = caller.principal
+    try:
+        statuses = tuple(WorkloadState.parse(s) for s in status or ())
+    except ValueError as e:
+        raise InvalidRequest(str(e)[0].upper() + str(e)[1:] + ".") from None
+    if since is not None and since.tzinfo is None:
+        raise InvalidRequest("`since` needs a time zone, e.g. 2026-11-01T00:00:00Z.")
+    before_id = None
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise InvalidRequest("`cursor` is not one this API gave out; start from page 1.")
+        before_id = int(cursor)
+    async with state.db.read() as session:
+        account_ids = None
+        if account is not None:
+            row = await repo.account_by_ref(session, account)
+            if row is None or not p.can_see_account(row.path):
+                raise NotFound(f"There is no account '{account}' that you can see.")
+            account_ids = tuple(await repo.accounts_within(session, [row.path]))
+        user_id = None
+        if user is not None:
+            u = await repo.user_by_name(session, user)
+            user_id = u.id if u else -1
+        if p.is_admin:
+            visible = repo.Visibility(everything=True)
+        else:
+            roots = p.oversight_roots()
+            ids = tuple(await repo.accounts_within(session, roots)) if roots else ()
+            visible = repo.Visibility(False, caller.user_id, ids)
+        rows, more = await repo.list_workloads(
+            session,
+            repo.WorkloadFilter(statuses, account_ids, user_id, since),
+            visible,
+            limit=limit,
+            before_id=before_id,
+            offset=0 if cursor else (page - 1) * limit,
+        )
+    items = [workload_out(r) for r in rows]
+    return Page[WorkloadOut](items=items, next_cursor=str(items[-1].id) if more and items else None)
+
+
+async def _visible_workload(session: AsyncSession, caller: Caller, workload_id: int) -> repo.WorkloadRow:
+    row = await repo.workload_by_id(session, workload_id)
+    if row is None or not caller.principal.can_read_workload(row.user, row.account):
+        raise NotFound(f"There is no workload {workload_id} that you can see.")
+    return row
+
+
+@router.get("/workloads/{workload_id}", response_model=WorkloadOut)
+async def get_workload(workload_id: int, caller: CallerDep, state: StateDep) -> WorkloadOut:
+    async with state.db.read() as session:
+        return workload_out(await _visible_workload(session, caller, workload_id))
+
+
+@router.post("/workloads/{workload_id}/cancel", response_model=WorkloadOut)
+async def cancel_workload(workload_id: int, caller: CallerDep, state: StateDep) -> WorkloadOut:
+    """Ask for a workload to stop. A pending one stops at once; a running one is told to."""
+    now = state.clock.now()
+    async with state.db.write() as session:
+        row = await _visible_workload(session, caller, workload_id)
+        if not caller.principal.can_cancel_workload(row.user, row.account):
+            raise Forbidden(
+                f"You may see workload {workload_id} but not cancel it; "
+                f"its owner ({row.user}) or a manager of {row.account} can."
+            )
+        w = row.workload
+        status, target = WorkloadState(w.status), WorkloadState(w.target)
+        if not can_cancel(status, target):
+            raise Conflict(f"Workload {workload_id} is already {target.label if target >= WorkloadState.STOPPING else status.label}.")
+        w.target = WorkloadState.STOPPED
+        if status == WorkloadState.PENDING:
+            w.status = WorkloadState.STOPPED
+        w.reason = f"cancelled by {caller.name}"
+        w.updated_at = now
+    return workload_out(row)

@@ -1,0 +1,82 @@
+"""Rows to response bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from allotment.config.models import ProfileSpec
+from allotment.db.repository import WorkloadRow
+from allotment.db.tables import Account, Pool, Profile
+from allotment.domain.quantities import parse_bytes
+from allotment.domain.workloads import WorkloadState
+from allotment.schemas import AccountOut, NodeOut, PoolOut, ProfileOut, WorkloadOut
+
+__all__ = ["account_out", "pool_out", "profile_out", "workload_out"]
+
+
+def workload_out(row: WorkloadRow) -> WorkloadOut:
+    w = row.workload
+    return WorkloadOut.model_construct(
+        id=w.id,
+        kind=w.kind,
+        name=w.name,
+        user=row.user,
+        account=row.account,
+        pool=row.pool,
+        profile=row.profile,
+        cpus=w.millicpus / 1000,
+        memory=w.memory,
+        gpus=w.gpus,
+        status=WorkloadState(w.status).label,
+        target=WorkloadState(w.target).label,
+        reason=w.reason,
+        command=w.command,
+        max_runtime=w.max_runtime,
+        created_at=w.created_at,
+        updated_at=w.updated_at,
+    )
+
+
+def account_out(a: Account, parent_path: str | None) -> AccountOut:
+    return AccountOut(
+        path=a.path,
+        name=a.name,
+        parent=parent_path,
+        shares=a.shares,
+        description=a.description,
+        archived=a.archived_at is not None,
+    )
+
+
+def pool_out(p: Pool) -> PoolOut:
+    spec: dict[str, Any] = p.spec
+    return PoolOut(
+        name=p.name,
+        backend=p.backend,
+        nodes=[
+            NodeOut(
+                name=n["name"], cpus=n["cpus"], memory=parse_bytes(n["memory"]), gpus=n["gpus"]
+            )
+            for n in spec["nodes"]
+        ],
+        rates=spec["rates"],
+        archived=p.archived_at is not None,
+    )
+
+
+def profile_out(p: Profile, pool: str) -> ProfileOut:
+    spec = ProfileSpec.model_validate(p.spec)
+    return ProfileOut(
+        name=p.name,
+        display_name=spec.display_name or p.name,
+        description=spec.description,
+        pool=pool,
+        environment=spec.environment,
+        cpus=spec.size.cpus,
+        memory=spec.size.memory,
+        gpus=spec.size.gpus if isinstance(spec.size.gpus, dict) else {},
+        options={k: (v.model_dump() if v else None) for k, v in spec.options},
+        whole_node=spec.whole_node,
+        max_runtime=spec.max_runtime,
+        priority=spec.priority,
+    )

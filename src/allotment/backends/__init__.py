@@ -1,0 +1,1 @@
+"""Where workloads run: local host, Slurm (arrive with the execution issues)."""

@@ -1,0 +1,256 @@
+"""Pydantic models of ``allotment.yaml``.
+
+The ``description`` of every field becomes the JSON schema and ``docs/reference/config.md``;
+write them for an administrator reading the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+from allotment.domain.quantities import (
+    format_bytes,
+    format_duration,
+    parse_bytes,
+    parse_duration,
+)
+
+__all__ = [
+    "AccountSpec",
+    "AllocationSpec",
+    "BudgetSpec",
+    "Bytes",
+    "Duration",
+    "LimitSpec",
+    "LimitsSpec",
+    "NodeSpec",
+    "OptionRange",
+    "Policy",
+    "PoolSpec",
+    "ProfileOptions",
+    "ProfileSpec",
+    "RatesSpec",
+    "ServiceSettings",
+    "SizeSpec",
+    "UserSpec",
+]
+
+Bytes = Annotated[
+    int,
+    BeforeValidator(parse_bytes),
+    PlainSerializer(format_bytes, return_type=str),
+    Field(json_schema_extra={"examples": ["4G", "512M"]}),
+]
+Duration = Annotated[
+    int,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    Field(json_schema_extra={"examples": ["8h", "30m", "1h30m"]}),
+]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+NonNegative = Annotated[float, Field(ge=0)]
+GpuCounts = dict[str, Annotated[int, Field(ge=0)]]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServiceSettings(_Spec):
+    """How the Allotment service runs. Each key can be overridden by an environment variable."""
+
+    data_dir: str | None = Field(
+        None,
+        description="Directory for the SQLite database and the admin token. "
+        "Default: `$ALLOTMENT_DATA_DIR`, else `~/.local/share/allotment` "
+        "(`/var/lib/allotment` as root).",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the database, e.g. "
+        "`postgresql+asyncpg://allotment@localhost/allotment`. Default: SQLite in `data_dir`. "
+        "Prefer `$ALLOTMENT_DATABASE_URL` for URLs that carry a password.",
+    )
+    base_url: str = Field(
+        "/services/allotment/",
+        description="Path prefix the service is served under (JupyterHub services live under "
+        "`/services/<name>/`).",
+    )
+    hub_api_url: str = Field(
+        "http://127.0.0.1:8081/hub/api",
+        description="JupyterHub's REST API, used to verify tokens. "
+        "Set by JupyterHub as `$JUPYTERHUB_API_URL` when it manages the service.",
+    )
+    token_cache_seconds: int = Field(
+        60, ge=0, description="How long a verified token is trusted before asking the hub again."
+    )
+
+
+class AccountSpec(_Spec):
+    """A node of the accounts tree. The key is the account's name, unique in the whole tree."""
+
+    parent: str | None = Field(
+        None, description="Name (or path) of the parent account; empty for a root."
+    )
+    shares: int = Field(
+        1, ge=0, description="Fair-share weight among its siblings. 0 means it only borrows."
+    )
+    description: str = Field("", description="Shown in dashboards and `allot accounts`.")
+    managers: list[str] = Field(
+        [], description="Users who administer this account and everything below it."
+    )
+    members: list[str] = Field([], description="Users who may charge work to this account.")
+    viewers: list[str] = Field(
+        [], description="Users who may see this subtree's workloads and usage, never spend."
+    )
+
+
+class UserSpec(_Spec):
+    """Settings of one JupyterHub user. Users need no entry to log in; memberships give access."""
+
+    default_account: str | None = Field(
+        None, description="Account charged when the user names none. Default: their only one."
+    )
+
+
+class NodeSpec(_Spec):
+    """One machine of a pool."""
+
+    name: Name = Field(description="Host name of the node.")
+    cpus: float = Field(gt=0, description="CPU cores the pool may hand out on this node.")
+    memory: Bytes = Field(description="Memory the pool may hand out, e.g. `512G`.")
+    gpus: GpuCounts = Field({}, description="GPUs by model, e.g. `{a100: 4}`.")
+
+
+class RatesSpec(_Spec):
+    """Prices per resource-hour, in the policy's currency."""
+
+    cpu: NonNegative = Field(0, description="Price of one CPU core for one hour.")
+    memory: NonNegative = Field(0, description="Price of one GiB of memory for one hour.")
+    gpu: dict[str, NonNegative] = Field({}, description="Price of one GPU for one hour, by model.")
+
+
+class PoolSpec(_Spec):
+    """Capacity behind one backend."""
+
+    backend: Literal["local", "slurm"] = Field(
+        "local", description="`local`: this machine. `slurm`: a Slurm partition."
+    )
+    partition: str | None = Field(None, description="Slurm partition (slurm pools only).")
+    nodes: list[NodeSpec] = Field(min_length=1, description="The machines of the pool.")
+    rates: RatesSpec = Field(RatesSpec(), description="Prices per resource-hour.")
+
+
+class SizeSpec(_Spec):
+    """A resource request."""
+
+    cpus: float = Field(gt=0, description="CPU cores.")
+    memory: Bytes = Field(description="Memory, e.g. `4G`.")
+    gpus: int | GpuCounts = Field(
+        0,
+        description="GPUs: a count when the pool has one GPU model, else `{model: count}`.",
+    )
+
+
+class OptionRange(_Spec):
+    """Bounds of a choice a user may make at launch."""
+
+    min: float = Field(0, ge=0, description="Smallest value a user may pick.")
+    max: float = Field(ge=0, description="Largest value a user may pick.")
+
+
+class ProfileOptions(_Spec):
+    """What users may change about a profile's size. Absent means fixed."""
+
+    cpus: OptionRange | None = Field(None, description="Range of CPU cores.")
+    memory_gib: OptionRange | None = Field(None, description="Range of memory in GiB.")
+    gpus: OptionRange | None = Field(None, description="Range of GPU count.")
+
+
+class ProfileSpec(_Spec):
+    """An offer users pick at launch."""
+
+    display_name: str = Field("", description="Title on the launch form. Default: the key.")
+    description: str = Field("", description="One line under the title.")
+    pool: str = Field(description="Pool the profile runs on.")
+    environment: str = Field("default", description="Software environment to start in.")
+    size: SizeSpec = Field(description="Resources requested by default.")
+    options: ProfileOptions = Field(ProfileOptions(), description="Bounded user choices.")
+    whole_node: bool = Field(False, description="Take a whole node; `size` is then a minimum.")
+    max_runtime: Duration = Field(
+        "8h", validate_default=True, description="Longest a workload may run before it is stopped."
+    )
+    accounts: list[str] = Field(
+        [], description="Accounts (and their subtrees) that may use it. Empty: everyone."
+    )
+    priority: int = Field(0, description="Added to the priority of its workloads.")
+
+
+class BudgetSpec(_Spec):
+    """Money an account may spend per period."""
+
+    amount: NonNegative = Field(description="Spending limit per period, in the currency.")
+    period: Literal["day", "week", "month", "quarter", "year"] = Field(
+        "month", description="Budget period; it restarts at the period's start (UTC)."
+    )
+    alerts: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        [0.5, 0.8, 0.9], description="Fractions of the budget at which members are told."
+    )
+    hard_stop: bool = Field(
+        True, description="At 100%: hold new workloads, then stop running ones after a grace."
+    )
+
+
+class LimitSpec(_Spec):
+    """Concurrent use that may not be exceeded. Absent keys are unlimited."""
+
+    cpus: float | None = Field(None, ge=0, description="CPU cores in use at once.")
+    memory: Bytes | None = Field(None, description="Memory in use at once.")
+    gpus: int | None = Field(None, ge=0, description="GPUs in use at once (all models).")
+    workloads: int | None = Field(None, ge=0, description="Workloads running at once.")
+
+
+class QuotaSpec(_Spec):
+    """Resources guaranteed to an account on a pool, or the most it may borrow beyond them."""
+
+    cpus: float = Field(0, ge=0, description="CPU cores.")
+    memory: Bytes = Field(0, description="Memory.")
+    gpus: GpuCounts = Field({}, description="GPUs by model.")
+
+
+class AllocationSpec(_Spec):
+    """An account's grant on a pool."""
+
+    account: str = Field(description="Account name or path.")
+    pool: str = Field(description="Pool name.")
+    quota: QuotaSpec = Field(QuotaSpec(), description="Guaranteed resources (nominal quota).")
+    borrowing_limit: QuotaSpec | None = Field(
+        None, description="Most it may use of idle capacity beyond its quota. Empty: unlimited."
+    )
+    budget: BudgetSpec | None = Field(None, description="Spending limit. Empty: none.")
+
+
+class LimitsSpec(_Spec):
+    """Limits at every level. A user's own limit beats the accounts'; otherwise the lowest
+    limit among the charged account and its ancestors applies; otherwise `default`."""
+
+    default: LimitSpec = Field(LimitSpec(), description="Applies when nothing else does.")
+    accounts: dict[str, LimitSpec] = Field({}, description="Per account (name or path).")
+    users: dict[str, LimitSpec] = Field({}, description="Per user.")
+
+
+class Policy(_Spec):
+    """The whole policy of one Allotment installation."""
+
+    service: ServiceSettings = Field(ServiceSettings(), description="How the service runs.")
+    currency: str = Field("credits", description="Unit of every price and budget.")
+    accounts: dict[Name, AccountSpec] = Field(
+        {}, description="The accounts tree, by account name."
+    )
+    users: dict[str, UserSpec] = Field({}, description="Per-user settings.")
+    pools: dict[Name, PoolSpec] = Field({}, description="Pools of capacity, by name.")
+    profiles: dict[Name, ProfileSpec] = Field({}, description="Launch offers, by name.")
+    allocations: list[AllocationSpec] = Field([], description="Grants of accounts on pools.")
+    limits: LimitsSpec = Field(LimitsSpec(), description="Concurrency limits.")

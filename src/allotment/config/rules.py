@@ -1,0 +1,385 @@
+"""Checks that need the whole policy: references, the tree's shape, sizes against nodes.
+
+Each finding carries the key path it is about, so the loader can name the line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from allotment.config.models import Policy, PoolSpec, QuotaSpec, SizeSpec
+from allotment.domain.accounts import find_cycle, paths_by_name
+from allotment.domain.quantities import format_bytes
+
+__all__ = ["Finding", "account_paths", "check", "profile_gpus", "resolve_account"]
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    loc: Loc
+    message: str
+    hint: str = ""
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    close = difflib.get_close_matches(word, choices, n=1)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    if not choices:
+        return "none are defined yet"
+    shown = ", ".join(sorted(choices)[:8])
+    return f"known: {shown}" + (" …" if len(choices) > 8 else "")
+
+
+def resolve_account(policy: Policy, ref: str) -> str | None:
+    """The name of the account ``ref`` names (by name or by path), or None."""
+    if ref in policy.accounts:
+        return ref
+    leaf = ref.rsplit("/", 1)[-1]
+    if leaf in policy.accounts and not find_cycle(_parents(policy)):
+        if account_paths(policy).get(leaf) == ref:
+            return leaf
+    return None
+
+
+def _parents(policy: Policy) -> dict[str, str | None]:
+    return {
+        name: (resolve_parent(policy, spec.parent) if spec.parent else None)
+        for name, spec in policy.accounts.items()
+    }
+
+
+def resolve_parent(policy: Policy, ref: str) -> str | None:
+    # A parent given as a path names its leaf; the path itself is checked once the tree is known.
+    leaf = ref.rsplit("/", 1)[-1]
+    return leaf if leaf in policy.accounts else None
+
+
+def account_paths(policy: Policy) -> dict[str, str]:
+    """Slash path of every account; the tree must be acyclic (``check`` says when it is not)."""
+    return paths_by_name(_parents(policy))
+
+
+def profile_gpus(size: SizeSpec, pool: PoolSpec) -> dict[str, int] | None:
+    """GPUs by model a size asks for on a pool; None when a bare count is ambiguous."""
+    if isinstance(size.gpus, dict):
+        return {k: v for k, v in size.gpus.items() if v}
+    if size.gpus == 0:
+        return {}
+    models = {m for node in pool.nodes for m in node.gpus}
+    return {models.pop(): size.gpus} if len(models) == 1 else None
+
+
+def check(policy: Policy) -> list[Finding]:
+    """Every problem of the policy as a whole, in file order of the sections."""
+    out: list[Finding] = []
+    out += _check_accounts(policy)
+    out += _check_pools(policy)
+    out += _check_profiles(policy)
+    out += _check_allocations(policy)
+    out += _check_limits(policy)
+    return out
+
+
+def _check_accounts(policy: Policy) -> list[Finding]:
+    out: list[Finding] = []
+    names = policy.accounts
+    for name, spec in names.items():
+        if spec.parent is not None and resolve_parent(policy, spec.parent) is None:
+            out.append(
+                Finding(
+                    ("accounts", name, "parent"),
+                    f"unknown parent account '{spec.parent}'",
+                    f"{_did_you_mean(spec.parent, names)}; define it under `accounts:` "
+                    "or leave `parent` out to make a root.",
+                )
+            )
+        seen: dict[str, str] = {}
+        for role in ("managers", "members", "viewers"):
+            for user in getattr(spec, role):
+                if user in seen:
+                    out.append(
+                        Finding(
+                            ("accounts", name, role),
+                            f"user '{user}' is listed in both {seen[user]} and {role}",
+                            "a user holds one role per account; keep the strongest "
+                            "(managers > members > viewers).",
+                        )
+                    )
+                seen[user] = role
+    cycle = find_cycle(_parents(policy))
+    if cycle:
+        out.append(
+            Finding(
+                ("accounts", cycle[0], "parent"),
+                "the accounts tree has a cycle: " + " → ".join(cycle),
+                "every account's chain of parents must end at a root; "
+                f"remove `parent` from one of {', '.join(sorted(set(cycle)))}.",
+            )
+        )
+        return out
+    paths = account_paths(policy)
+    for name, spec in names.items():
+        if spec.parent and "/" in spec.parent and resolve_parent(policy, spec.parent):
+            parent = spec.parent.rsplit("/", 1)[-1]
+            if paths[parent] != spec.parent:
+                out.append(
+                    Finding(
+                        ("accounts", name, "parent"),
+                        f"parent path '{spec.parent}' does not exist; "
+                        f"'{parent}' is at '{paths[parent]}'",
+                        f"write `parent: {parent}` or `parent: {paths[parent]}`.",
+                    )
+                )
+    for user, uspec in policy.users.items():
+        if uspec.default_account is None:
+            continue
+        acct = resolve_account(policy, uspec.default_account)
+        if acct is None:
+            out.append(
+                Finding(
+                    ("users", user, "default_account"),
+                    f"unknown account '{uspec.default_account}'",
+                    _did_you_mean(uspec.default_account, names),
+                )
+            )
+        elif not any(user in getattr(names[acct], r) for r in ("managers", "members")):
+            out.append(
+                Finding(
+                    ("users", user, "default_account"),
+                    f"user '{user}' cannot charge '{paths[acct]}': not a member or manager of it",
+                    f"add '{user}' to `accounts.{acct}.members`, or pick an account they are in.",
+                )
+            )
+    return out
+
+
+def _check_pools(policy: Policy) -> list[Finding]:
+    out: list[Finding] = []
+    for pname, pool in policy.pools.items():
+        seen: set[str] = set()
+        for i, node in enumerate(pool.nodes):
+            if node.name in seen:
+                out.append(
+                    Finding(
+                        ("pools", pname, "nodes", i, "name"),
+                        f"node '{node.name}' is listed twice in pool '{pname}'",
+                        "give each node a unique name.",
+                    )
+                )
+            seen.add(node.name)
+        if pool.backend == "slurm" and not pool.partition:
+            out.append(
+                Finding(
+                    ("pools", pname, "partition"),
+                    f"pool '{pname}' uses the slurm backend but names no partition",
+                    "add `partition: <name>` (see `sinfo -s`).",
+                )
+            )
+        models = {m for node in pool.nodes for m in node.gpus}
+        for model in pool.rates.gpu:
+            if model not in models:
+                out.append(
+                    Finding(
+                        ("pools", pname, "rates", "gpu", model),
+                        f"a rate for GPU model '{model}', which no node of '{pname}' has",
+                        _did_you_mean(model, models),
+                    )
+                )
+    return out
+
+
+def _largest(pool: PoolSpec) -> str:
+    parts = [
+        f"{n.name}: {n.cpus:g} CPUs, {format_bytes(n.memory)}"
+        + (", " + ", ".join(f"{c}× {m}" for m, c in n.gpus.items()) if n.gpus else "")
+        for n in pool.nodes
+    ]
+    return "; ".join(parts[:4]) + (" …" if len(parts) > 4 else "")
+
+
+def _check_profiles(policy: Policy) -> list[Finding]:
+    out: list[Finding] = []
+    for name, prof in policy.profiles.items():
+        pool = policy.pools.get(prof.pool)
+        if pool is None:
+            out.append(
+                Finding(
+                    ("profiles", name, "pool"),
+                    f"unknown pool '{prof.pool}'",
+                    _did_you_mean(prof.pool, policy.pools),
+                )
+            )
+        else:
+            out += _check_size(name, prof.size, pool, prof.pool)
+        for i, ref in enumerate(prof.accounts):
+            if resolve_account(policy, ref) is None:
+                out.append(
+                    Finding(
+                        ("profiles", name, "accounts", i),
+                        f"unknown account '{ref}'",
+                        _did_you_mean(ref, policy.accounts),
+                    )
+                )
+        gpus = profile_gpus(prof.size, pool) if pool else None
+        for key, value in (
+            ("cpus", prof.size.cpus),
+            ("memory_gib", prof.size.memory / 1024**3),
+            ("gpus", sum(gpus.values()) if gpus else 0),
+        ):
+            rng = getattr(prof.options, key)
+            if rng is None:
+                continue
+            if rng.min > rng.max:
+                out.append(
+                    Finding(
+                        ("profiles", name, "options", key),
+                        f"min {rng.min:g} is above max {rng.max:g}",
+                        "swap them.",
+                    )
+                )
+            elif not rng.min <= value <= rng.max:
+                out.append(
+                    Finding(
+                        ("profiles", name, "options", key),
+                        f"the default size ({value:g}) lies outside the range "
+                        f"{rng.min:g}–{rng.max:g}",
+                        "widen the range or change `size`.",
+                    )
+                )
+    return out
+
+
+def _check_size(profile: str, size: SizeSpec, pool: PoolSpec, pool_name: str) -> list[Finding]:
+    gpus = profile_gpus(size, pool)
+    models = sorted({m for node in pool.nodes for m in node.gpus})
+    if gpus is None:
+        return [
+            Finding(
+                ("profiles", profile, "size", "gpus"),
+                f"pool '{pool_name}' has several GPU models ({', '.join(models)}); "
+                "a bare count is ambiguous",
+                f"write `gpus: {{{models[0]}: {size.gpus}}}`.",
+            )
+        ]
+    out = []
+    for model in gpus:
+        if model not in models:
+            out.append(
+                Finding(
+                    ("profiles", profile, "size", "gpus", model),
+                    f"no node of pool '{pool_name}' has GPU model '{model}'",
+                    _did_you_mean(model, models),
+                )
+            )
+    if out:
+        return out
+    fits = any(
+        size.cpus <= n.cpus
+        and size.memory <= n.memory
+        and all(c <= n.gpus.get(m, 0) for m, c in gpus.items())
+        for n in pool.nodes
+    )
+    if not fits:
+        want = f"{size.cpus:g} CPUs, {format_bytes(size.memory)}" + "".join(
+            f", {c}× {m}" for m, c in gpus.items()
+        )
+        out.append(
+            Finding(
+                ("profiles", profile, "size"),
+                f"asks for {want}, more than any node of pool '{pool_name}' has",
+                f"nodes: {_largest(pool)}. Make the profile smaller or add a bigger node.",
+            )
+        )
+    return out
+
+
+def _check_allocations(policy: Policy) -> list[Finding]:
+    out: list[Finding] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, alloc in enumerate(policy.allocations):
+        acct = resolve_account(policy, alloc.account)
+        if acct is None:
+            out.append(
+                Finding(
+                    ("allocations", i, "account"),
+                    f"unknown account '{alloc.account}'",
+                    _did_you_mean(alloc.account, policy.accounts),
+                )
+            )
+        pool = policy.pools.get(alloc.pool)
+        if pool is None:
+            out.append(
+                Finding(
+                    ("allocations", i, "pool"),
+                    f"unknown pool '{alloc.pool}'",
+                    _did_you_mean(alloc.pool, policy.pools),
+                )
+            )
+        if acct and pool:
+            key = (acct, alloc.pool)
+            if key in seen:
+                out.append(
+                    Finding(
+                        ("allocations", i),
+                        f"account '{acct}' already has an allocation on pool '{alloc.pool}' "
+                        f"(allocations[{seen[key]}])",
+                        "merge the two entries.",
+                    )
+                )
+            seen[key] = i
+            out += _check_quota(("allocations", i, "quota"), alloc.quota, pool, alloc.pool)
+    return out
+
+
+def _check_quota(loc: Loc, quota: QuotaSpec, pool: PoolSpec, pool_name: str) -> list[Finding]:
+    cpus = sum(n.cpus for n in pool.nodes)
+    memory = sum(n.memory for n in pool.nodes)
+    out = []
+    if quota.cpus > cpus:
+        out.append(
+            Finding(
+                (*loc, "cpus"),
+                f"quota of {quota.cpus:g} CPUs is more than pool '{pool_name}' has ({cpus:g})",
+                "a guarantee larger than the pool cannot be kept; lower it.",
+            )
+        )
+    if quota.memory > memory:
+        out.append(
+            Finding(
+                (*loc, "memory"),
+                f"quota of {format_bytes(quota.memory)} is more than pool '{pool_name}' "
+                f"has ({format_bytes(memory)})",
+                "a guarantee larger than the pool cannot be kept; lower it.",
+            )
+        )
+    for model, n in quota.gpus.items():
+        have = sum(node.gpus.get(model, 0) for node in pool.nodes)
+        if n > have:
+            out.append(
+                Finding(
+                    (*loc, "gpus", model),
+                    f"quota of {n}× {model} is more than pool '{pool_name}' has ({have})",
+                    "lower it, or check the model name.",
+                )
+            )
+    return out
+
+
+def _check_limits(policy: Policy) -> list[Finding]:
+    out = []
+    for ref in policy.limits.accounts:
+        if resolve_account(policy, ref) is None:
+            out.append(
+                Finding(
+                    ("limits", "accounts", ref),
+                    f"unknown account '{ref}'",
+                    _did_you_mean(ref, policy.accounts),
+                )
+            )
+    return out

@@ -1,0 +1,1 @@
+"""The loops that make reality match the database (arrive with the execution issue)."""

@@ -1,0 +1,272 @@
+"""Make the database match a policy, idempotently, without ever deleting history.
+
+Accounts, pools and profiles that a workload refers to are archived when the policy drops
+them; those nothing refers to are deleted. Memberships a manager added through the API
+(origin ``api``) survive an apply unless the policy states the same membership itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from allotment.config.models import Policy
+from allotment.config.rules import account_paths, profile_gpus, resolve_account
+from allotment.db.tables import Account, Membership, PolicyVersion, Pool, Profile, User, Workload
+
+__all__ = ["apply_policy", "policy_document"]
+
+
+def policy_document(policy: Policy) -> dict[str, Any]:
+    """The policy as stored: everything but ``service``, which may hold a database password."""
+    doc: dict[str, Any] = policy.model_dump(mode="json", exclude={"service"})
+    return doc
+
+
+async def apply_policy(
+    session: AsyncSession, policy: Policy, *, actor: str, now: datetime
+) -> tuple[int | None, list[str]]:
+    """Sync ``policy`` into the database; return the version in force and what changed."""
+    doc = policy_document(policy)
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    changes: list[str] = []
+    accounts = await _sync_accounts(session, policy, now, changes)
+    await _sync_users_and_memberships(session, policy, accounts, now, changes)
+    pools = await _sync_pools(session, policy, changes)
+    await _sync_profiles(session, policy, pools, now, changes)
+    await _remove_pools(session, policy, now, changes)
+    latest = (
+        await session.execute(select(PolicyVersion).order_by(PolicyVersion.id.desc()).limit(1))
+    ).scalar_one_or_none()
+    if latest is not None and latest.sha256 == digest and not changes:
+        return latest.id, []
+    if latest is None or latest.sha256 != digest:
+        changes.append("policy: new version recorded")
+    version = PolicyVersion(
+        applied_at=now, applied_by=actor, sha256=digest, document=doc, changes=changes
+    )
+    session.add(version)
+    await session.flush()
+    return version.id, changes
+
+
+async def _used_account_ids(session: AsyncSession) -> set[int]:
+    return set((await session.execute(select(Workload.account_id).distinct())).scalars())
+
+
+async def _sync_accounts(
+    session: AsyncSession, policy: Policy, now: datetime, changes: list[str]
+) -> dict[str, Account]:
+    existing = {a.name: a for a in (await session.execute(select(Account))).scalars()}
+    paths = account_paths(policy)
+    by_name: dict[str, Account] = {}
+    for name in sorted(paths, key=lambda n: paths[n].count("/")):
+        spec = policy.accounts[name]
+        parent = by_name[paths[name].rsplit("/", 1)[0].rsplit("/", 1)[-1]] if spec.parent else None
+        row = existing.get(name)
+        if row is None:
+            row = Account(
+                name=name,
+                path=paths[name],
+                parent_id=parent.id if parent else None,
+                shares=spec.shares,
+                description=spec.description,
+                created_at=now,
+            )
+            session.add(row)
+            await session.flush()
+            changes.append(f"+ account {paths[name]} (shares {spec.shares})")
+        else:
+            diffs = []
+            if row.path != paths[name]:
+                diffs.append(f"moved from {row.path}")
+                row.path = paths[name]
+            new_parent = parent.id if parent else None
+            if row.parent_id != new_parent:
+                row.parent_id = new_parent
+            if row.shares != spec.shares:
+                diffs.append(f"shares {row.shares} → {spec.shares}")
+                row.shares = spec.shares
+            if row.description != spec.description:
+                diffs.append("description")
+                row.description = spec.description
+            if row.archived_at is not None:
+                diffs.append("restored from archive")
+                row.archived_at = None
+            if diffs:
+                changes.append(f"~ account {paths[name]}: {', '.join(diffs)}")
+        by_name[name] = row
+    gone = [a for n, a in existing.items() if n not in paths]
+    if gone:
+        used = await _used_account_ids(session)
+        for row in sorted(gone, key=lambda a: -a.path.count("/")):
+            if row.id in used or any(
+                other.parent_id == row.id and other.name in paths for other in existing.values()
+            ):
+                if row.archived_at is None:
+                    row.archived_at = now
+                    changes.append(f"- account {row.path} archived (its history is kept)")
+            else:
+                await session.execute(delete(Membership).where(Membership.account_id == row.id))
+                await session.execute(
+                    update(User)
+                    .where(User.default_account_id == row.id)
+                    .values(default_account_id=None)
+                )
+                await session.execute(
+                    update(Account).where(Account.parent_id == row.id).values(parent_id=None)
+                )
+                await session.delete(row)
+                changes.append(f"- account {row.path} removed")
+        await session.flush()
+    return by_name
+
+
+async def _sync_users_and_memberships(
+    session: AsyncSession,
+    policy: Policy,
+    accounts: dict[str, Account],
+    now: datetime,
+    changes: list[str],
+) -> None:
+    paths = {a.id: a.path for a in accounts.values()}
+    wanted: dict[tuple[str, int], str] = {}
+    for name, spec in policy.accounts.items():
+        for role, users in (
+            ("viewer", spec.viewers),
+            ("member", spec.members),
+            ("manager", spec.managers),
+        ):
+            for user in users:
+                wanted[(user, accounts[name].id)] = role
+    names = {u for u, _ in wanted} | set(policy.users)
+    users = {
+        u.name: u
+        for u in (await session.execute(select(User).where(User.name.in_(names)))).scalars()
+    }
+    for name in sorted(names - users.keys()):
+        users[name] = User(name=name, created_at=now)
+        session.add(users[name])
+    await session.flush()
+    for name, uspec in policy.users.items():
+        ref = uspec.default_account
+        acct = accounts[resolve_account(policy, ref) or ""] if ref else None
+        new = acct.id if acct else None
+        if users[name].default_account_id != new:
+            users[name].default_account_id = new
+            changes.append(f"~ user {name}: default account {acct.path if acct else 'none'}")
+    ids = {u.id: u.name for u in users.values()}
+    current = list((await session.execute(select(Membership))).scalars())
+    seen: set[tuple[str, int]] = set()
+    all_names = dict(ids)
+    if any(m.user_id not in ids for m in current):
+        rows = await session.execute(select(User.id, User.name))
+        all_names = {i: n for i, n in rows}
+    for m in current:
+        key = (all_names[m.user_id], m.account_id)
+        role = wanted.get(key)
+        where = f"{key[0]} in {paths.get(m.account_id, '?')}"
+        if role is None:
+            if m.origin == "policy":
+                await session.delete(m)
+                changes.append(f"- member {where}")
+            continue
+        seen.add(key)
+        if m.role != role or m.origin != "policy":
+            changes.append(f"~ member {where}: {m.role} → {role}")
+            m.role, m.origin = role, "policy"
+    for (user, account_id), role in sorted(wanted.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        if (user, account_id) not in seen:
+            session.add(
+                Membership(
+                    user_id=users[user].id, account_id=account_id, role=role, origin="policy"
+                )
+            )
+            changes.append(f"+ member {user} in {paths[account_id]} as {role}")
+    await session.flush()
+
+
+async def _sync_pools(
+    session: AsyncSession, policy: Policy, changes: list[str]
+) -> dict[str, Pool]:
+    existing = {p.name: p for p in (await session.execute(select(Pool))).scalars()}
+    out: dict[str, Pool] = {}
+    for name, spec in policy.pools.items():
+        doc = spec.model_dump(mode="json")
+        row = existing.get(name)
+        if row is None:
+            row = Pool(name=name, backend=spec.backend, spec=doc)
+            session.add(row)
+            changes.append(f"+ pool {name} ({spec.backend}, {len(spec.nodes)} node(s))")
+        elif row.spec != doc or row.backend != spec.backend or row.archived_at is not None:
+            row.spec, row.backend, row.archived_at = doc, spec.backend, None
+            changes.append(f"~ pool {name}")
+        out[name] = row
+    await session.flush()
+    return out
+
+
+async def _remove_pools(
+    session: AsyncSession, policy: Policy, now: datetime, changes: list[str]
+) -> None:
+    """Drop or archive the pools the policy no longer names (after profiles moved off them)."""
+    for row in (await session.execute(select(Pool))).scalars():
+        name = row.name
+        if name in policy.pools:
+            continue
+        used = await session.scalar(
+            select(func.count()).select_from(Workload).where(Workload.pool_id == row.id)
+        ) or await session.scalar(
+            select(func.count()).select_from(Profile).where(Profile.pool_id == row.id)
+        )
+        if used:
+            if row.archived_at is None:
+                row.archived_at = now
+                changes.append(f"- pool {name} archived (its history is kept)")
+        else:
+            await session.delete(row)
+            changes.append(f"- pool {name} removed")
+    await session.flush()
+
+
+async def _sync_profiles(
+    session: AsyncSession,
+    policy: Policy,
+    pools: dict[str, Pool],
+    now: datetime,
+    changes: list[str],
+) -> None:
+    existing = {p.name: p for p in (await session.execute(select(Profile))).scalars()}
+    paths = account_paths(policy)
+    for name, spec in policy.profiles.items():
+        doc = spec.model_dump(mode="json")
+        # Stored with the GPU model resolved, so readers need not know the pool.
+        doc["size"]["gpus"] = profile_gpus(spec.size, policy.pools[spec.pool]) or {}
+        doc["accounts"] = [paths[resolve_account(policy, ref) or ref] for ref in spec.accounts]
+        row = existing.get(name)
+        pool_id = pools[spec.pool].id
+        if row is None:
+            session.add(Profile(name=name, pool_id=pool_id, spec=doc))
+            changes.append(f"+ profile {name} on {spec.pool}")
+        elif row.spec != doc or row.pool_id != pool_id or row.archived_at is not None:
+            row.spec, row.pool_id, row.archived_at = doc, pool_id, None
+            changes.append(f"~ profile {name}")
+    for name, row in existing.items():
+        if name in policy.profiles:
+            continue
+        used = await session.scalar(
+            select(func.count()).select_from(Workload).where(Workload.profile_id == row.id)
+        )
+        if used:
+            if row.archived_at is None:
+                row.archived_at = now
+                changes.append(f"- profile {name} archived (its history is kept)")
+        else:
+            await session.delete(row)
+            changes.append(f"- profile {name} removed")
+    await session.flush()

@@ -1,0 +1,48 @@
+"""A resource vector: CPUs, memory and GPUs by model.
+
+CPUs are counted in millicores so that arithmetic stays exact; memory in bytes; GPUs as whole
+devices per model (``a100``, ``h100``). An empty GPU mapping means no GPUs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["Resources"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    #: Thousandths of a CPU core; 1000 is one core. Never negative.
+    millicpus: int = 0
+    #: Bytes of memory. Never negative.
+    memory: int = 0
+    #: GPU model → number of devices; models with zero devices are left out.
+    gpus: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cpus: float = 0, memory: int = 0, gpus: Mapping[str, int] | None = None) -> Resources:
+        return cls(round(cpus * 1000), memory, {k: v for k, v in (gpus or {}).items() if v})
+
+    @property
+    def cpus(self) -> float:
+        return self.millicpus / 1000
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(self.gpus.values())
+
+    def __add__(self, other: Resources) -> Resources:
+        gpus = dict(self.gpus)
+        for model, n in other.gpus.items():
+            gpus[model] = gpus.get(model, 0) + n
+        return Resources(self.millicpus + other.millicpus, self.memory + other.memory, gpus)
+
+    def fits_in(self, capacity: Resources) -> bool:
+        """True when every component is at most the capacity's."""
+        return (
+            self.millicpus <= capacity.millicpus
+            and self.memory <= capacity.memory
+            and all(n <= capacity.gpus.get(model, 0) for model, n in self.gpus.items())
+        )

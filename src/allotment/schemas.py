@@ -1,0 +1,185 @@
+"""Request and response bodies of the HTTP API, shared by the service and ``client``.
+
+Only pydantic here (no FastAPI, no SQLAlchemy), so that the client stays light enough to load
+inside JupyterHub and inside user kernels.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AccountOut",
+    "AccountPatch",
+    "ApplyResult",
+    "FieldProblem",
+    "Me",
+    "MembershipIn",
+    "MembershipOut",
+    "Page",
+    "PolicyIn",
+    "PoolOut",
+    "Problem",
+    "ProfileOut",
+    "UserOut",
+    "WorkloadCreate",
+    "WorkloadOut",
+]
+
+T = TypeVar("T")
+Role = Literal["member", "manager", "viewer"]
+State = Literal["pending", "admitted", "starting", "running", "stopping", "stopped", "failed"]
+Kind = Literal["session", "job", "dask-scheduler", "dask-worker"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class FieldProblem(_Out):
+    field: str = Field(description="Dotted path of the offending field, e.g. `body.cpus`.")
+    message: str
+
+
+class Problem(_Out):
+    """An error, as RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str = Field(description="What went wrong and what to do, for a researcher.")
+    errors: list[FieldProblem] | None = None
+
+
+class Page(_Out, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` to get the next page; empty on the last page."
+    )
+
+
+class MembershipOut(_Out):
+    user: str
+    account: str = Field(description="Account path.")
+    role: Role
+    origin: Literal["policy", "api"] = Field(
+        description="`policy`: stated by the policy file; `api`: added by a manager."
+    )
+
+
+class MembershipIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+
+
+class Me(_Out):
+    name: str
+    scopes: list[str]
+    admin: bool
+    memberships: list[MembershipOut]
+    default_account: str | None
+
+
+class AccountOut(_Out):
+    path: str
+    name: str
+    parent: str | None
+    shares: int
+    description: str
+    archived: bool
+
+
+class AccountPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    shares: int | None = Field(None, ge=0)
+    description: str | None = Field(None, max_length=1000)
+
+
+class UserOut(_Out):
+    name: str
+    default_account: str | None
+    memberships: list[MembershipOut]
+
+
+class NodeOut(_Out):
+    name: str
+    cpus: float
+    memory: int
+    gpus: dict[str, int]
+
+
+class PoolOut(_Out):
+    name: str
+    backend: str
+    nodes: list[NodeOut]
+    rates: dict[str, float | dict[str, float]]
+    archived: bool
+
+
+class ProfileOut(_Out):
+    name: str
+    display_name: str
+    description: str
+    pool: str
+    environment: str
+    cpus: float
+    memory: int
+    gpus: dict[str, int]
+    options: dict[str, dict[str, float] | None]
+    whole_node: bool
+    max_runtime: int = Field(description="Seconds.")
+    priority: int
+
+
+class WorkloadCreate(BaseModel):
+    """A new workload. Give a profile, or a size, or both (the size then adjusts the profile
+    within its options)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Kind = "job"
+    name: str = Field("", max_length=255)
+    account: str | None = Field(
+        None, description="Account to charge (name or path). Default: your default account."
+    )
+    profile: str | None = None
+    pool: str | None = Field(None, description="Pool, when no profile is given.")
+    cpus: float | None = Field(None, gt=0, le=100_000)
+    memory: str | int | None = Field(None, description="Bytes, or a size such as `4G`.")
+    gpus: int | dict[str, int] | None = None
+    command: list[str] | None = Field(None, max_length=10_000)
+    max_runtime: str | int | None = Field(None, description="Seconds, or e.g. `2h`.")
+
+
+class WorkloadOut(_Out):
+    id: int
+    kind: Kind
+    name: str
+    user: str
+    account: str
+    pool: str | None
+    profile: str | None
+    cpus: float
+    memory: int
+    gpus: dict[str, int]
+    status: State
+    target: State
+    reason: str
+    command: list[str] | None
+    max_runtime: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class PolicyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="The policy file's YAML text.", max_length=10_000_000)
+    filename: str = Field("allotment.yaml", description="Name used in error messages.")
+    dry_run: bool = Field(False, description="Say what would change without changing it.")
+
+
+class ApplyResult(_Out):
+    version: int | None = Field(description="Policy version now in force; None on a dry run.")
+    changes: list[str]

@@ -1,0 +1,1 @@
+"""Volume providers (arrive with the storage issue)."""

@@ -1,0 +1,1 @@
+"""Dashboard pages (arrive with the dashboard issue)."""
