@@ -50,7 +50,8 @@ class Settings:
     admin_token_file: bool = True
 
 
-def settings_from_policy(policy: Policy) -> Settings:
+def settings_from_policy(policy: Policy, *, apply: bool = True) -> Settings:
+    """Service settings from a policy's ``service`` section; ``apply`` it at start-up or not."""
     s = policy.service
     data_dir = Path(s.data_dir) if s.data_dir else default_data_dir()
     return Settings(
@@ -59,7 +60,7 @@ def settings_from_policy(policy: Policy) -> Settings:
         base_url=s.base_url,
         hub_api_url=s.hub_api_url,
         token_cache_seconds=s.token_cache_seconds,
-        policy=policy,
+        policy=policy if apply else None,
     )
 
 

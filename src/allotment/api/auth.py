@@ -57,11 +57,15 @@ class TokenVerifier:
     """Turns a bearer token into an ``Identity``, asking JupyterHub when it must."""
 
     def __init__(self, hub_api_url: str, cache_seconds: int) -> None:
+        # HubAuth reads a max age of 0 as "forever"; we read it as "never cache".
+        self.use_cache = cache_seconds > 0
         self.hub = HubAuth(api_url=hub_api_url.rstrip("/"), cache_max_age=cache_seconds)
 
     async def hub_user(self, token: str) -> Identity:
         try:
-            model: dict[str, Any] | None = await self.hub.user_for_token(token, sync=False)
+            model: dict[str, Any] | None = await self.hub.user_for_token(
+                token, use_cache=self.use_cache, sync=False
+            )
         except HTTPError as e:
             log.warning("cannot verify a token with JupyterHub: %s", e.log_message)
             raise HubUnavailable(

@@ -46,7 +46,7 @@ async def apply_policy(
     if latest is not None and latest.sha256 == digest and not changes:
         return latest.id, []
     if latest is None or latest.sha256 != digest:
-        changes.append("policy: new version recorded")
+        changes.append("new policy version recorded")
     version = PolicyVersion(
         applied_at=now, applied_by=actor, sha256=digest, document=doc, changes=changes
     )
@@ -103,11 +103,15 @@ async def _sync_accounts(
         by_name[name] = row
     gone = [a for n, a in existing.items() if n not in paths]
     if gone:
-        used = await _used_account_ids(session)
+        # Deepest first, so that an account whose child is kept (in the policy or archived)
+        # is itself kept and the archived subtree stays whole.
+        kept = await _used_account_ids(session) | {a.id for a in by_name.values()}
         for row in sorted(gone, key=lambda a: -a.path.count("/")):
-            if row.id in used or any(
-                other.parent_id == row.id and other.name in paths for other in existing.values()
-            ):
+            has_kept_child = any(
+                other.parent_id == row.id and other.id in kept for other in existing.values()
+            )
+            if row.id in kept or has_kept_child:
+                kept.add(row.id)
                 if row.archived_at is None:
                     row.archived_at = now
                     changes.append(f"- account {row.path} archived (its history is kept)")

@@ -1,0 +1,92 @@
+"""`allot config …`: check, show and apply the policy file."""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from ruamel.yaml import YAML
+
+from allotment.cli.output import client, console, err, fail, print_json, run
+from allotment.config import load_policy
+from allotment.config.models import Policy
+from allotment.errors import ConfigError
+
+__all__ = ["config_app", "load_or_exit"]
+
+config_app = typer.Typer(help="Check, show and apply the policy file (allotment.yaml).")
+FileArg = Annotated[Path, typer.Argument(help="Policy file.", dir_okay=False)]
+Url = Annotated[str | None, typer.Option("--url", envvar="ALLOTMENT_URL", help="Service URL.")]
+Token = Annotated[str | None, typer.Option("--token", help="Admin or hub token.")]
+
+
+def load_or_exit(file: Path) -> Policy:
+    try:
+        return load_policy(file)
+    except ConfigError as e:
+        for p in e.problems:
+            err.print(str(p), highlight=False, markup=False)
+        n = len(e.problems)
+        fail(f"{file}: {n} problem{'s' if n != 1 else ''}", code=2)
+
+
+@config_app.command()
+def check(file: FileArg) -> None:
+    """Validate a policy file; list every problem with its line. Exit code 2 when invalid."""
+    policy = load_or_exit(file)
+    console.print(
+        f"[green]{file} is valid[/]: {len(policy.accounts)} accounts, {len(policy.pools)} pools, "
+        f"{len(policy.profiles)} profiles, {len(policy.allocations)} allocations."
+    )
+
+
+@config_app.command()
+def show(
+    file: Annotated[Path | None, typer.Argument(help="Policy file; omit to ask the service.")] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Print the effective policy: a file with every default filled in, or the one in force."""
+    if file is not None:
+        data = load_or_exit(file).model_dump(mode="json")
+        if data["service"].get("database_url"):
+            data["service"]["database_url"] = "<set>"  # may carry a password
+    else:
+        with client(url, token) as c:
+            data = run(c.policy)["document"]
+    if json:
+        print_json(data)
+    else:
+        import sys
+
+        YAML(typ="safe", pure=True).dump(data, sys.stdout)
+
+
+@config_app.command()
+def apply(
+    file: FileArg,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would change.")] = False,
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Check a policy file and sync it into the running service; prints what changed."""
+    load_or_exit(file)  # fail early, with the same messages, before talking to the service
+    with client(url, token) as c:
+        result = run(lambda: c.apply_policy(file.read_text(), str(file), dry_run=dry_run))
+    for change in result.changes:
+        console.print(change, highlight=False, markup=False)
+    if not result.changes:
+        console.print("no changes")
+    elif dry_run:
+        console.print("[yellow]dry run: nothing was changed[/]")
+    else:
+        console.print(f"policy version {result.version} is in force")
+
+
+@config_app.command()
+def schema() -> None:
+    """Print the JSON schema of the policy file (for editors and CI)."""
+    typer.echo(jsonlib.dumps(Policy.model_json_schema(mode="validation"), indent=2))

@@ -1,0 +1,84 @@
+"""Entry point of `allot`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from allotment import __version__
+from allotment.cli import user
+from allotment.cli.admin import load_or_exit, config_app
+from allotment.cli.output import console
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="allot",
+    help="Allotment: fair, visible, self-service shared research computers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(config_app, name="config")
+user.register(app)
+
+
+@app.command()
+def version() -> None:
+    """Print Allotment's version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", envvar="ALLOTMENT_CONFIG", help="Policy file to apply at start."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8750,
+    workers: Annotated[int, typer.Option(help="Worker processes (PostgreSQL only).")] = 1,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the Allotment service alone (for development, or for JupyterHub to manage)."""
+    import uvicorn
+
+    from allotment.config.models import Policy
+
+    policy = load_or_exit(config) if config else Policy()
+    # The service is imported lazily: thin-client commands must not load the server stack.
+    from importlib import import_module
+
+    app_module = import_module("allotment.api.app")
+    settings = app_module.settings_from_policy(policy, apply=config is not None)
+    if workers > 1 and settings.database_url.startswith("sqlite"):
+        console.print("[yellow]SQLite takes one writer; running 1 worker.[/]")
+        workers = 1
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    base = settings.base_url.rstrip("/")
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    console.print(
+        f"Allotment {__version__} on [bold]http://{shown_host}:{port}{base}/[/]\n"
+        f"  API docs:    http://{shown_host}:{port}{base}/api/docs\n"
+        f"  database:    {settings.database_url.split('@')[-1]}\n"
+        f"  admin token: {settings.data_dir / 'admin-token'} (readable by you only)\n"
+        f"  try:         ALLOTMENT_URL=http://{shown_host}:{port}{base}/ allot whoami",
+        highlight=False,
+    )
+    os.environ.setdefault("ALLOTMENT_DATA_DIR", str(settings.data_dir))
+    uvicorn.run(
+        app_module.create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        proxy_headers=True,
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,54 @@
+"""Printing for humans (Rich tables) or machines (``--json``), and clean failures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+
+from allotment.client import AllotmentClient, ApiError, discover
+
+__all__ = ["client", "console", "fail", "print_json", "run"]
+
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def print_json(data: BaseModel | Sequence[BaseModel] | dict[str, Any] | list[Any]) -> None:
+    if isinstance(data, BaseModel):
+        payload: Any = data.model_dump(mode="json")
+    elif isinstance(data, list | tuple) and data and isinstance(data[0], BaseModel):
+        payload = [d.model_dump(mode="json") for d in data]  # type: ignore[union-attr]
+    else:
+        payload = data
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def client(url: str | None, token: str | None) -> AllotmentClient:
+    env_url, env_token = discover()
+    token = token or env_token
+    if not token:
+        fail(
+            "no token: set $ALLOTMENT_TOKEN (or run inside a JupyterHub session, which sets "
+            "$JUPYTERHUB_API_TOKEN), or pass --token."
+        )
+    return AllotmentClient(url or env_url, token)
+
+
+def run(call: Callable[[], T]) -> T:
+    """Run an API call; turn its problem into a one-line error and exit code 1."""
+    try:
+        return call()
+    except ApiError as e:
+        fail(str(e))

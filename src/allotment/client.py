@@ -1,0 +1,222 @@
+"""Typed HTTP client of the Allotment API: the only way the CLI, the hub and Dask reach it.
+
+It needs only httpx and pydantic, holds no database credentials, and works with any
+JupyterHub token: inside a session ``$JUPYTERHUB_API_TOKEN`` is enough.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from allotment.schemas import (
+    AccountOut,
+    ApplyResult,
+    Me,
+    MembershipOut,
+    Page,
+    PolicyIn,
+    PoolOut,
+    Problem,
+    ProfileOut,
+    WorkloadCreate,
+    WorkloadOut,
+)
+
+__all__ = ["DEFAULT_URL", "AllotmentClient", "ApiError", "discover"]
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+#: Where ``allot serve`` listens by default.
+DEFAULT_URL = "http://127.0.0.1:8750/services/allotment/"
+
+
+class ApiError(Exception):
+    """The service answered with a problem; ``str()`` is its message for the researcher."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.detail)
+        self.problem = problem
+
+    @property
+    def status(self) -> int:
+        return self.problem.status
+
+
+def discover(environ: dict[str, str] | None = None) -> tuple[str, str | None]:
+    """The service URL and a token, from the environment.
+
+    URL: ``$ALLOTMENT_URL``, else the default of ``allot serve``. Token: ``$ALLOTMENT_TOKEN``,
+    else ``$JUPYTERHUB_API_TOKEN`` (set inside every JupyterHub session), else the admin token
+    file of a local service, when readable (``$ALLOTMENT_DATA_DIR/admin-token``).
+    """
+    env = dict(os.environ if environ is None else environ)
+    url = env.get("ALLOTMENT_URL") or DEFAULT_URL
+    token = env.get("ALLOTMENT_TOKEN") or env.get("JUPYTERHUB_API_TOKEN")
+    if not token:
+        data_dir = env.get("ALLOTMENT_DATA_DIR")
+        candidates = [Path(data_dir)] if data_dir else []
+        candidates += [Path.home() / ".local/share/allotment", Path("/var/lib/allotment")]
+        for d in candidates:
+            try:
+                token = (d / "admin-token").read_text().strip()
+                break
+            except OSError:
+                continue
+    return url, token
+
+
+class AllotmentClient:
+    """Blocking client. Each method maps to one API call and returns typed models.
+
+    Parameters
+    ----------
+    url
+        Base URL of the service, e.g. ``https://hub.example.org/services/allotment/``.
+    token
+        A JupyterHub API token (or an Allotment admin token).
+    transport
+        An httpx transport; tests pass ``httpx.ASGITransport`` or ``httpx.MockTransport``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        headers = {"Authorization": f"token {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=url.rstrip("/") + "/api/",
+            headers=headers,
+            transport=transport,
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AllotmentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ApiError(
+                Problem(
+                    title="Cannot reach Allotment",
+                    status=0,
+                    detail=f"Cannot reach Allotment at {self._http.base_url}: {e}. "
+                    "Is the service running, and is $ALLOTMENT_URL right?",
+                )
+            ) from None
+        if r.status_code >= 400:
+            try:
+                problem = Problem.model_validate(r.json())
+            except (ValueError, ValidationError):
+                problem = Problem(title=r.reason_phrase, status=r.status_code, detail=r.text[:500])
+            raise ApiError(problem)
+        return r.json() if r.content else None
+
+    def _get(self, adapter: TypeAdapter[T], path: str, **kwargs: Any) -> T:
+        return adapter.validate_python(self._call("GET", path, **kwargs))
+
+    # -- identity -----------------------------------------------------------------------
+
+    def me(self) -> Me:
+        return Me.model_validate(self._call("GET", "me"))
+
+    # -- accounts -----------------------------------------------------------------------
+
+    def accounts(self, *, under: str | None = None, archived: bool = False) -> list[AccountOut]:
+        """Every account you can see, in tree order (all pages)."""
+        return list(
+            self._pages(
+                AccountOut, "accounts", {"under": under, "archived": archived, "limit": 1000}
+            )
+        )
+
+    def members(self, account: str) -> list[MembershipOut]:
+        return self._get(TypeAdapter(list[MembershipOut]), f"accounts/{account}/members")
+
+    # -- catalogue ----------------------------------------------------------------------
+
+    def pools(self) -> list[PoolOut]:
+        return self._get(TypeAdapter(list[PoolOut]), "pools")
+
+    def profiles(self) -> list[ProfileOut]:
+        return self._get(TypeAdapter(list[ProfileOut]), "profiles")
+
+    # -- workloads ----------------------------------------------------------------------
+
+    def create_workload(
+        self, request: WorkloadCreate, *, idempotency_key: str | None = None
+    ) -> WorkloadOut:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        data = self._call(
+            "POST", "workloads", json=request.model_dump(exclude_none=True), headers=headers
+        )
+        return WorkloadOut.model_validate(data)
+
+    def workload(self, workload_id: int) -> WorkloadOut:
+        return WorkloadOut.model_validate(self._call("GET", f"workloads/{workload_id}"))
+
+    def cancel(self, workload_id: int) -> WorkloadOut:
+        return WorkloadOut.model_validate(self._call("POST", f"workloads/{workload_id}/cancel"))
+
+    def workloads(
+        self,
+        *,
+        status: list[str] | None = None,
+        account: str | None = None,
+        user: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = 50,
+    ) -> list[WorkloadOut]:
+        """Workloads you can see, newest first; ``limit=None`` fetches every page."""
+        params: dict[str, Any] = {
+            "status": status,
+            "account": account,
+            "user": user,
+            "since": since.isoformat() if since else None,
+            "limit": min(limit or 1000, 1000),
+        }
+        out: list[WorkloadOut] = []
+        for w in self._pages(WorkloadOut, "workloads", params):
+            out.append(w)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def _pages(self, model: type[M], path: str, params: dict[str, Any]) -> Iterator[M]:
+        adapter = TypeAdapter(Page[model])  # type: ignore[valid-type]
+        query = {k: v for k, v in params.items() if v is not None}
+        while True:
+            page = adapter.validate_python(self._call("GET", path, params=query))
+            yield from page.items
+            if not page.next_cursor:
+                return
+            query["cursor"] = page.next_cursor
+
+    # -- policy -------------------------------------------------------------------------
+
+    def policy(self) -> dict[str, Any]:
+        data: dict[str, Any] = self._call("GET", "policy")
+        return data
+
+    def apply_policy(self, text: str, filename: str, *, dry_run: bool = False) -> ApplyResult:
+        body = PolicyIn(text=text, filename=filename, dry_run=dry_run)
+        return ApplyResult.model_validate(self._call("PUT", "policy", json=body.model_dump()))

@@ -1,0 +1,81 @@
+"""Fixtures.
+
+``database_url``  a fresh, empty database, once on SQLite and once on PostgreSQL (the latter
+                  when ``ALLOTMENT_TEST_POSTGRES`` names a server; ``scripts/test`` starts one).
+``service``       an Allotment app on ``database_url`` with ``examples/department.yaml``
+                  applied, reached in-process (``service.admin()``, ``service.client(token)``).
+``hub``           a real JupyterHub process (session-wide) that issues user tokens with chosen
+                  scopes: ``hub.token("alice", ["custom:allotment:read"])``.
+``hub_service``   ``service``, verifying tokens against ``hub``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.support.hub import Hub
+from tests.support.service import Service, running_service
+
+POSTGRES = os.environ.get("ALLOTMENT_TEST_POSTGRES")
+HUB_USERS = ["alice", "bob", "carol", "dave", "dean", "erin", "frank", "mallory", "hubadmin"]
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgresql",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(
+                    not POSTGRES, reason="set ALLOTMENT_TEST_POSTGRES (scripts/test does)"
+                ),
+            ],
+        ),
+    ]
+)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'db' / 'allotment.sqlite'}"
+        return
+    assert POSTGRES
+    name = "t_" + uuid.uuid4().hex[:16]
+    admin = create_async_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
+    finally:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+@pytest.fixture
+async def service(database_url: str, tmp_path: Path) -> AsyncIterator[Service]:
+    async with running_service(database_url, tmp_path / "data") as svc:
+        yield svc
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    h = Hub(tmp_path_factory.mktemp("hub"), HUB_USERS, admins=["hubadmin"])
+    h.start()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture
+async def hub_service(database_url: str, tmp_path: Path, hub: Hub) -> AsyncIterator[Service]:
+    async with running_service(database_url, tmp_path / "data", hub_api_url=hub.api_url) as svc:
+        yield svc
