@@ -1,0 +1,146 @@
+"""`allot` as a user runs it: a real `allot serve` process over HTTP, and real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.hub import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ALLOT = [sys.executable, "-m", "allotment"]
+
+
+def allot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOTMENT_", "JUPYTERHUB_"))}
+    base.update({"COLUMNS": "200", "HOME": str(ROOT / ".no-home")})
+    return subprocess.run(
+        [*ALLOT, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_config_check_accepts_the_examples() -> None:
+    r = allot("config", "check", "examples/department.yaml")
+    assert r.returncode == 0, r.stderr
+    assert "is valid: 5 accounts, 2 pools, 3 profiles, 3 allocations" in r.stdout
+
+
+def test_config_check_lists_every_problem_and_fails(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "accounts:\n  physics: {}\n  lab-a: {parent: phsyics, shares: 2}\n"
+        "pools:\n  ws: {nodes: [{name: n1, cpus: 4, memory: 8G}]}\n"
+        "profiles:\n  big: {pool: ws, size: {cpus: 8, memory: 4G}}\n"
+    )
+    r = allot("config", "check", str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert f"{bad}:3: accounts.lab-a.parent: unknown parent account 'phsyics'" in lines
+    assert f"{bad}:7: profiles.big.size: asks for 8 CPUs, 4G, more than any node of pool 'ws' has" in lines
+    assert any("did you mean 'physics'?" in line for line in lines)
+    assert "2 problems" in r.stderr
+
+
+def test_config_show_fills_defaults() -> None:
+    r = allot("config", "show", "examples/one-box.yaml", "--json")
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert shown["accounts"]["lab"]["shares"] == 1
+    assert shown["profiles"]["small"]["max_runtime"] == "8h"
+
+
+def test_config_schema_is_json_schema() -> None:
+    schema = json.loads(allot("config", "schema").stdout)
+    assert schema["title"] == "Policy"
+    assert "accounts" in schema["properties"]
+
+
+def test_no_token_is_explained() -> None:
+    r = allot("whoami")
+    assert r.returncode == 1
+    assert "no token" in r.stderr
+
+
+def test_unreachable_service_is_explained() -> None:
+    r = allot("whoami", env={"ALLOTMENT_URL": f"http://127.0.0.1:{free_port()}/", "ALLOTMENT_TOKEN": "x"})
+    assert r.returncode == 1
+    assert "Cannot reach Allotment" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    data = tmp_path_factory.mktemp("served")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOTMENT_", "JUPYTERHUB_"))}
+    env["ALLOTMENT_DATA_DIR"] = str(data)
+    proc = subprocess.Popen(
+        [*ALLOT, "serve", "-c", "examples/department.yaml", "--port", str(port)],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}/services/allotment/"
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(url + "api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            proc.kill()
+            pytest.fail("allot serve did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
+        yield {"ALLOTMENT_URL": url, "ALLOTMENT_DATA_DIR": str(data)}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert (data / "admin-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_whoami_with_the_admin_token_file(served: dict[str, str]) -> None:
+    r = allot("whoami", "--json", env=served)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["admin"] is True
+
+
+def test_accounts_tree_and_json(served: dict[str, str]) -> None:
+    r = allot("accounts", env=served)
+    assert r.returncode == 0, r.stderr
+    assert "lab-a shares=2" in r.stdout and "proj-y shares=3" in r.stdout
+    paths = [a["path"] for a in json.loads(allot("accounts", "--json", env=served).stdout)]
+    assert paths == ["physics", "physics/lab-a", "physics/lab-a/proj-x", "physics/lab-a/proj-y",
+                     "physics/lab-b"]
+
+
+def test_workloads_and_cancel(served: dict[str, str]) -> None:
+    token = Path(served["ALLOTMENT_DATA_DIR"], "admin-token").read_text().strip()
+    r = httpx.post(served["ALLOTMENT_URL"] + "api/workloads", json={"profile": "small", "account": "lab-b"},
+                   headers={"Authorization": f"token {token}"})
+    wid = r.json()["id"]
+    listed = json.loads(allot("workloads", "--json", "-A", "lab-b", env=served).stdout)
+    assert [w["id"] for w in listed] == [wid]
+    table = allot("workloads", "--state", "pending", env=served).stdout
+    assert "physics/lab-b" in table and "pending" in table
+    r = allot("cancel", str(wid), env=served)
+    assert r.returncode == 0 and f"{wid}: stopped (cancelled by admin-token:setup)" in r.stdout
+    r = allot("cancel", str(wid), env=served)
+    assert r.returncode == 1 and "already stopped" in r.stderr
+    r = allot("workloads", "--since", "tomorrow", env=served)
+    assert r.returncode == 1 and "--since" in r.stderr
+
+
+def test_config_apply_dry_run_then_apply(served: dict[str, str]) -> None:
+    r = allot("config", "apply", "examples/department.yaml", env=served)
+    assert r.returncode == 0 and "no changes" in r.stdout
+    r = allot("config", "apply", "examples/one-box.yaml", "--dry-run", env=served)
+    assert r.returncode == 0, r.stderr
+    assert "+ account lab (shares 1)" in r.stdout and "dry run" in r.stdout
+    shown = allot("config", "show", "--json", env=served)
+    assert "physics" in json.loads(shown.stdout)["accounts"]
