@@ -49,7 +49,11 @@ async def test_removed_accounts_with_history_are_archived(service: Service) -> N
         workloads = (await c.get("workloads")).json()["items"]
     assert live == ["lab"]
     assert {a["path"]: a["archived"] for a in every} == {
-        "lab": False, "physics": True, "physics/lab-a": True, "physics/lab-a/proj-x": True}
+        "lab": False,
+        "physics": True,
+        "physics/lab-a": True,
+        "physics/lab-a/proj-x": True,
+    }
     assert workloads[0]["account"] == "physics/lab-a/proj-x"
     # And back: the archived accounts are restored, not duplicated.
     again = await apply(service, DEPARTMENT)
@@ -71,13 +75,18 @@ async def test_memberships_added_through_the_api_survive_an_apply(service: Servi
     async with service.admin() as c:
         members = (await c.get("accounts/lab-b/members")).json()
     assert {(m["user"], m["role"], m["origin"]) for m in members} == {
-        ("dave", "manager", "policy"), ("erin", "member", "policy"),
-        ("yan", "member", "policy"), ("zoe", "member", "api")}
+        ("dave", "manager", "policy"),
+        ("erin", "member", "policy"),
+        ("yan", "member", "policy"),
+        ("zoe", "member", "api"),
+    }
 
 
 async def test_a_broken_policy_is_refused_with_its_lines(service: Service) -> None:
     async with service.admin() as c:
-        r = await c.put("policy", json={"text": "accounts:\n  a: {parent: b}\n", "filename": "x.yaml"})
+        r = await c.put(
+            "policy", json={"text": "accounts:\n  a: {parent: b}\n", "filename": "x.yaml"}
+        )
     assert r.status_code == 422
     assert "x.yaml:2: accounts.a.parent: unknown parent account 'b'" in r.json()["detail"]
 

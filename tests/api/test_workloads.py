@@ -12,22 +12,42 @@ from tests.support.service import Service, running_service
 
 async def test_create_from_a_profile(service: Service) -> None:
     async with service.admin() as c:
-        r = await c.post("workloads", json={"profile": "gpu-a100", "account": "lab-a", "gpus": 2,
-                                            "name": "train", "command": ["python", "t.py"]})
+        r = await c.post(
+            "workloads",
+            json={
+                "profile": "gpu-a100",
+                "account": "lab-a",
+                "gpus": 2,
+                "name": "train",
+                "command": ["python", "t.py"],
+            },
+        )
     assert r.status_code == 201, r.text
     w = r.json()
     assert (w["cpus"], w["memory"], w["gpus"]) == (8.0, 64 * 1024**3, {"a100": 2})
     assert (w["status"], w["target"], w["account"], w["pool"]) == (
-        "pending", "running", "physics/lab-a", "gpu")
+        "pending",
+        "running",
+        "physics/lab-a",
+        "gpu",
+    )
     assert w["max_runtime"] == 24 * 3600
     assert w["command"] == ["python", "t.py"]
 
 
 async def test_create_without_a_profile(service: Service) -> None:
     async with service.admin() as c:
-        r = await c.post("workloads", json={"pool": "gpu", "account": "lab-b", "cpus": 4,
-                                            "memory": "16G", "gpus": {"h100": 2},
-                                            "max_runtime": "2h"})
+        r = await c.post(
+            "workloads",
+            json={
+                "pool": "gpu",
+                "account": "lab-b",
+                "cpus": 4,
+                "memory": "16G",
+                "gpus": {"h100": 2},
+                "max_runtime": "2h",
+            },
+        )
     assert r.status_code == 201, r.text
     assert r.json()["gpus"] == {"h100": 2} and r.json()["max_runtime"] == 7200
 
@@ -41,8 +61,11 @@ async def test_create_without_a_profile(service: Service) -> None:
         ({"profile": "small", "account": "lab-a", "memory": "lots"}, 422, "'lots' is not a size"),
         ({"profile": "gpu-a100", "account": "lab-b"}, 403, "not offered to account"),
         ({"profile": "small", "account": "lab-a", "max_runtime": "9h"}, 422, "at most 28800 s"),
-        ({"pool": "gpu", "account": "lab-a", "cpus": 100, "memory": "1G"}, 422,
-         "No node can ever run this"),
+        (
+            {"pool": "gpu", "account": "lab-a", "cpus": 100, "memory": "1G"},
+            422,
+            "No node can ever run this",
+        ),
         ({"pool": "gpu", "account": "lab-a", "cpus": 1}, 422, "give both `cpus` and `memory`"),
         ({"account": "lab-a"}, 422, "Name a `profile`"),
         ({"profile": "small", "account": "lab-a", "colour": "red"}, 422, "body.colour"),
@@ -64,7 +87,9 @@ async def test_bad_requests_get_problem_details(
 
 async def test_malformed_json_is_a_problem(service: Service) -> None:
     async with service.admin() as c:
-        r = await c.post("workloads", content=b"{not json", headers={"content-type": "application/json"})
+        r = await c.post(
+            "workloads", content=b"{not json", headers={"content-type": "application/json"}
+        )
     assert r.status_code == 422
     assert r.json()["title"] == "Invalid request"
 
@@ -112,7 +137,9 @@ async def test_listing_pages_and_filters(service: Service) -> None:
 
         stopped = (await c.get("workloads", params={"status": "stopped"})).json()["items"]
         assert [w["id"] for w in stopped] == [ids[3]]
-        both = (await c.get("workloads", params=[("status", "stopped"), ("status", "pending")])).json()
+        both = (
+            await c.get("workloads", params=[("status", "stopped"), ("status", "pending")])
+        ).json()
         assert len(both["items"]) == 25
 
         cutoff = datetime(2026, 1, 1, 0, 20, 30, tzinfo=UTC)  # FakeClock starts at midnight
@@ -129,9 +156,15 @@ async def test_listing_pages_and_filters(service: Service) -> None:
 
 async def test_cancel_stops_a_pending_workload_once(service: Service) -> None:
     async with service.admin() as c:
-        wid = (await c.post("workloads", json={"profile": "small", "account": "lab-a"})).json()["id"]
+        wid = (await c.post("workloads", json={"profile": "small", "account": "lab-a"})).json()[
+            "id"
+        ]
         r = await c.post(f"workloads/{wid}/cancel")
-        assert (r.status_code, r.json()["status"], r.json()["target"]) == (200, "stopped", "stopped")
+        assert (r.status_code, r.json()["status"], r.json()["target"]) == (
+            200,
+            "stopped",
+            "stopped",
+        )
         r = await c.post(f"workloads/{wid}/cancel")
         assert r.status_code == 409 and "already stopped" in r.json()["detail"]
         assert (await c.post("workloads/999999/cancel")).status_code == 404
@@ -139,7 +172,9 @@ async def test_cancel_stops_a_pending_workload_once(service: Service) -> None:
 
 async def test_workloads_survive_a_restart(database_url: str, tmp_path: Path) -> None:
     async with running_service(database_url, tmp_path / "d") as svc, svc.admin() as c:
-        wid = (await c.post("workloads", json={"profile": "small", "account": "lab-a"})).json()["id"]
+        wid = (await c.post("workloads", json={"profile": "small", "account": "lab-a"})).json()[
+            "id"
+        ]
     async with running_service(database_url, tmp_path / "d") as svc, svc.admin() as c:
         r = await c.get(f"workloads/{wid}")
         assert r.status_code == 200 and r.json()["status"] == "pending"

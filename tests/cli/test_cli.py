@@ -23,7 +23,11 @@ def allot(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOTMENT_", "JUPYTERHUB_"))}
     base.update({"COLUMNS": "200", "HOME": str(ROOT / ".no-home")})
     return subprocess.run(
-        [*ALLOT, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=60,
+        [*ALLOT, *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
         cwd=ROOT,
     )
 
@@ -45,7 +49,10 @@ def test_config_check_lists_every_problem_and_fails(tmp_path: Path) -> None:
     assert r.returncode == 2
     lines = r.stderr.splitlines()
     assert f"{bad}:3: accounts.lab-a.parent: unknown parent account 'phsyics'" in lines
-    assert f"{bad}:7: profiles.big.size: asks for 8 CPUs, 4G, more than any node of pool 'ws' has" in lines
+    assert (
+        f"{bad}:7: profiles.big.size: asks for 8 CPUs, 4G, more than any node of pool 'ws' has"
+        in lines
+    )
     assert any("did you mean 'physics'?" in line for line in lines)
     assert "2 problems" in r.stderr
 
@@ -71,7 +78,9 @@ def test_no_token_is_explained() -> None:
 
 
 def test_unreachable_service_is_explained() -> None:
-    r = allot("whoami", env={"ALLOTMENT_URL": f"http://127.0.0.1:{free_port()}/", "ALLOTMENT_TOKEN": "x"})
+    r = allot(
+        "whoami", env={"ALLOTMENT_URL": f"http://127.0.0.1:{free_port()}/", "ALLOTMENT_TOKEN": "x"}
+    )
     assert r.returncode == 1
     assert "Cannot reach Allotment" in r.stderr
 
@@ -84,7 +93,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     env["ALLOTMENT_DATA_DIR"] = str(data)
     proc = subprocess.Popen(
         [*ALLOT, "serve", "-c", "examples/department.yaml", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}/services/allotment/"
     try:
@@ -96,7 +109,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
                 time.sleep(0.1)
         else:
             proc.kill()
-            pytest.fail("allot serve did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
+            pytest.fail(
+                "allot serve did not start:\n" + (proc.stdout.read() if proc.stdout else "")
+            )
         yield {"ALLOTMENT_URL": url, "ALLOTMENT_DATA_DIR": str(data)}
     finally:
         proc.terminate()
@@ -115,14 +130,22 @@ def test_accounts_tree_and_json(served: dict[str, str]) -> None:
     assert r.returncode == 0, r.stderr
     assert "lab-a shares=2" in r.stdout and "proj-y shares=3" in r.stdout
     paths = [a["path"] for a in json.loads(allot("accounts", "--json", env=served).stdout)]
-    assert paths == ["physics", "physics/lab-a", "physics/lab-a/proj-x", "physics/lab-a/proj-y",
-                     "physics/lab-b"]
+    assert paths == [
+        "physics",
+        "physics/lab-a",
+        "physics/lab-a/proj-x",
+        "physics/lab-a/proj-y",
+        "physics/lab-b",
+    ]
 
 
 def test_workloads_and_cancel(served: dict[str, str]) -> None:
     token = Path(served["ALLOTMENT_DATA_DIR"], "admin-token").read_text().strip()
-    r = httpx.post(served["ALLOTMENT_URL"] + "api/workloads", json={"profile": "small", "account": "lab-b"},
-                   headers={"Authorization": f"token {token}"})
+    r = httpx.post(
+        served["ALLOTMENT_URL"] + "api/workloads",
+        json={"profile": "small", "account": "lab-b"},
+        headers={"Authorization": f"token {token}"},
+    )
     wid = r.json()["id"]
     listed = json.loads(allot("workloads", "--json", "-A", "lab-b", env=served).stdout)
     assert [w["id"] for w in listed] == [wid]

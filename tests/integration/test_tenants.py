@@ -29,9 +29,7 @@ async def test_hub_token_identifies_the_user(hub_service: Service, hub: Hub) -> 
         me = (await c.get("me")).json()
     assert me["name"] == "alice"
     assert not me["admin"]
-    assert {(m["account"], m["role"]) for m in me["memberships"]} == {
-        ("physics/lab-a", "manager")
-    }
+    assert {(m["account"], m["role"]) for m in me["memberships"]} == {("physics/lab-a", "manager")}
 
 
 async def test_a_user_cannot_read_or_cancel_another_users_workload(
@@ -166,7 +164,7 @@ async def test_unknown_and_revoked_tokens_are_refused(hub_service: Service, hub:
 
 
 async def test_only_admins_apply_policy(hub_service: Service, hub: Hub) -> None:
-    text = (hub_service.data_dir.parent / "p.yaml")
+    text = hub_service.data_dir.parent / "p.yaml"
     body = {"text": "accounts:\n  solo: {}\n", "dry_run": True}
     async with hub_service.client(hub.token("dean")) as c:
         assert (await c.put("policy", json=body)).status_code == 403

@@ -50,74 +50,202 @@ def test_department_tree_paths() -> None:
 
 BROKEN = [
     # (name, text, line, key, words in message, words in hint)
-    ("cycle", "accounts:\n  a: {parent: b}\n  b: {parent: c}\n  c: {parent: a}\n",
-     2, "accounts.a.parent", "cycle: a → b → c → a", "remove `parent`"),
+    (
+        "cycle",
+        "accounts:\n  a: {parent: b}\n  b: {parent: c}\n  c: {parent: a}\n",
+        2,
+        "accounts.a.parent",
+        "cycle: a → b → c → a",
+        "remove `parent`",
+    ),
     ("self parent", "accounts:\n  a: {parent: a}\n", 2, "accounts.a.parent", "cycle", ""),
-    ("unknown parent", "accounts:\n  physics: {}\n  lab: {parent: phsyics}\n",
-     3, "accounts.lab.parent", "unknown parent account 'phsyics'", "did you mean 'physics'"),
-    ("negative share", "accounts:\n  a:\n    shares: -1\n",
-     3, "accounts.a.shares", "greater than or equal to 0", ""),
-    ("duplicate account", "accounts:\n  a: {}\n  a: {shares: 2}\n",
-     3, "", "duplicate key", "once per mapping"),
-    ("misspelt key", "accounts:\n  a: {sahres: 2}\n", 2, "accounts.a.sahres", "unknown key",
-     "did you mean 'shares'"),
-    ("bad name", "accounts:\n  Lab A: {}\n", 2, "accounts.Lab A", "'Lab A' is not a valid name",
-     "lower-case"),
-    ("role twice", "accounts:\n  a: {members: [x], managers: [x]}\n", 2, "accounts.a.members",
-     "listed in both managers and members", "one role"),
-    ("unknown pool", BASE + "profiles:\n  p: {pool: wss, size: {cpus: 1, memory: 1G}}\n",
-     10, "profiles.p.pool", "unknown pool 'wss'", "did you mean 'ws'"),
-    ("profile bigger than any node",
-     BASE + "profiles:\n  p:\n    pool: ws\n    size: {cpus: 32, memory: 8G}\n",
-     12, "profiles.p.size", "more than any node of pool 'ws'", "g1: 16 CPUs, 64G, 2× a100"),
-    ("unknown gpu model",
-     BASE + "profiles:\n  p:\n    pool: ws\n    size: {cpus: 1, memory: 1G, gpus: {h100: 1}}\n",
-     12, "profiles.p.size.gpus.h100", "no node of pool 'ws' has GPU model 'h100'", "a100"),
-    ("bad size", BASE + "profiles:\n  p:\n    pool: ws\n    size: {cpus: 1, memory: 4Q}\n",
-     12, "profiles.p.size.memory", "'4Q' is not a size", ""),
-    ("bad duration",
-     BASE + "profiles:\n  p:\n    pool: ws\n    size: {cpus: 1, memory: 1G}\n    max_runtime: soon\n",
-     13, "profiles.p.max_runtime", "'soon' is not a duration", ""),
-    ("options exclude default",
-     BASE + "profiles:\n  p:\n    pool: ws\n    size: {cpus: 4, memory: 1G}\n"
-     "    options:\n      cpus: {min: 1, max: 2}\n",
-     14, "profiles.p.options.cpus", "outside the range 1–2", "widen"),
-    ("missing size", BASE + "profiles:\n  p:\n    pool: ws\n", 10, "profiles.p.size",
-     "required key is missing", "add it"),
-    ("allocation to unknown account",
-     BASE + "allocations:\n  - account: lab-b\n    pool: ws\n", 10, "allocations[0].account",
-     "unknown account 'lab-b'", "did you mean 'lab-a'"),
-    ("quota above pool",
-     BASE + "allocations:\n  - account: lab-a\n    pool: ws\n    quota: {cpus: 100}\n",
-     12, "allocations[0].quota.cpus", "more than pool 'ws' has (24)", "lower it"),
-    ("duplicate allocation",
-     BASE + "allocations:\n  - {account: lab-a, pool: ws}\n  - {account: physics/lab-a, pool: ws}\n",
-     11, "allocations[1]", "already has an allocation", "merge"),
-    ("default account not a member",
-     BASE + "users:\n  zoe: {default_account: lab-a}\n", 10, "users.zoe.default_account",
-     "not a member or manager", "add 'zoe'"),
-    ("slurm pool without partition",
-     "pools:\n  hpc:\n    backend: slurm\n    nodes: [{name: n1, cpus: 4, memory: 4G}]\n",
-     2, "pools.hpc.partition", "names no partition", "sinfo"),
+    (
+        "unknown parent",
+        "accounts:\n  physics: {}\n  lab: {parent: phsyics}\n",
+        3,
+        "accounts.lab.parent",
+        "unknown parent account 'phsyics'",
+        "did you mean 'physics'",
+    ),
+    (
+        "negative share",
+        "accounts:\n  a:\n    shares: -1\n",
+        3,
+        "accounts.a.shares",
+        "greater than or equal to 0",
+        "",
+    ),
+    (
+        "duplicate account",
+        "accounts:\n  a: {}\n  a: {shares: 2}\n",
+        3,
+        "",
+        "duplicate key",
+        "once per mapping",
+    ),
+    (
+        "misspelt key",
+        "accounts:\n  a: {sahres: 2}\n",
+        2,
+        "accounts.a.sahres",
+        "unknown key",
+        "did you mean 'shares'",
+    ),
+    (
+        "bad name",
+        "accounts:\n  Lab A: {}\n",
+        2,
+        "accounts.Lab A",
+        "'Lab A' is not a valid name",
+        "lower-case",
+    ),
+    (
+        "role twice",
+        "accounts:\n  a: {members: [x], managers: [x]}\n",
+        2,
+        "accounts.a.members",
+        "listed in both managers and members",
+        "one role",
+    ),
+    (
+        "unknown pool",
+        BASE + "profiles:\n  p: {pool: wss, size: {cpus: 1, memory: 1G}}\n",
+        10,
+        "profiles.p.pool",
+        "unknown pool 'wss'",
+        "did you mean 'ws'",
+    ),
+    (
+        "profile bigger than any node",
+        BASE + "profiles:\n  p:\n    pool: ws\n    size: {cpus: 32, memory: 8G}\n",
+        12,
+        "profiles.p.size",
+        "more than any node of pool 'ws'",
+        "g1: 16 CPUs, 64G, 2× a100",
+    ),
+    (
+        "unknown gpu model",
+        BASE + "profiles:\n  p:\n    pool: ws\n    size: {cpus: 1, memory: 1G, gpus: {h100: 1}}\n",
+        12,
+        "profiles.p.size.gpus.h100",
+        "no node of pool 'ws' has GPU model 'h100'",
+        "a100",
+    ),
+    (
+        "bad size",
+        BASE + "profiles:\n  p:\n    pool: ws\n    size: {cpus: 1, memory: 4Q}\n",
+        12,
+        "profiles.p.size.memory",
+        "'4Q' is not a size",
+        "",
+    ),
+    (
+        "bad duration",
+        BASE
+        + "profiles:\n  p:\n    pool: ws\n    size: {cpus: 1, memory: 1G}\n    max_runtime: soon\n",
+        13,
+        "profiles.p.max_runtime",
+        "'soon' is not a duration",
+        "",
+    ),
+    (
+        "options exclude default",
+        BASE + "profiles:\n  p:\n    pool: ws\n    size: {cpus: 4, memory: 1G}\n"
+        "    options:\n      cpus: {min: 1, max: 2}\n",
+        14,
+        "profiles.p.options.cpus",
+        "outside the range 1–2",
+        "widen",
+    ),
+    (
+        "missing size",
+        BASE + "profiles:\n  p:\n    pool: ws\n",
+        10,
+        "profiles.p.size",
+        "required key is missing",
+        "add it",
+    ),
+    (
+        "allocation to unknown account",
+        BASE + "allocations:\n  - account: lab-b\n    pool: ws\n",
+        10,
+        "allocations[0].account",
+        "unknown account 'lab-b'",
+        "did you mean 'lab-a'",
+    ),
+    (
+        "quota above pool",
+        BASE + "allocations:\n  - account: lab-a\n    pool: ws\n    quota: {cpus: 100}\n",
+        12,
+        "allocations[0].quota.cpus",
+        "more than pool 'ws' has (24)",
+        "lower it",
+    ),
+    (
+        "duplicate allocation",
+        BASE
+        + "allocations:\n  - {account: lab-a, pool: ws}\n  - {account: physics/lab-a, pool: ws}\n",
+        11,
+        "allocations[1]",
+        "already has an allocation",
+        "merge",
+    ),
+    (
+        "default account not a member",
+        BASE + "users:\n  zoe: {default_account: lab-a}\n",
+        10,
+        "users.zoe.default_account",
+        "not a member or manager",
+        "add 'zoe'",
+    ),
+    (
+        "slurm pool without partition",
+        "pools:\n  hpc:\n    backend: slurm\n    nodes: [{name: n1, cpus: 4, memory: 4G}]\n",
+        2,
+        "pools.hpc.partition",
+        "names no partition",
+        "sinfo",
+    ),
     ("pool without nodes", "pools:\n  p: {nodes: []}\n", 2, "pools.p.nodes", "at least 1", ""),
-    ("bad backend", "pools:\n  p:\n    backend: kubernetes\n    nodes: [{name: n, cpus: 1, memory: 1G}]\n",
-     3, "pools.p.backend", "'local' or 'slurm'", ""),
+    (
+        "bad backend",
+        "pools:\n  p:\n    backend: kubernetes\n    nodes: [{name: n, cpus: 1, memory: 1G}]\n",
+        3,
+        "pools.p.backend",
+        "'local' or 'slurm'",
+        "",
+    ),
     ("not yaml", "accounts: [a\n  b: c\n", 2, "", "not valid YAML", ""),
     ("not a mapping", "- a\n- b\n", 1, "", "must be a mapping", ""),
     ("empty", "", 0, "", "the file is empty", "examples/one-box.yaml"),
-    ("limits for unknown account", BASE + "limits:\n  accounts:\n    lab-z: {cpus: 1}\n",
-     11, "limits.accounts.lab-z", "unknown account 'lab-z'", ""),
-    ("ambiguous gpu count",
-     "pools:\n  p:\n    nodes:\n      - {name: a, cpus: 8, memory: 8G, gpus: {a100: 1, h100: 1}}\n"
-     "profiles:\n  q: {pool: p, size: {cpus: 1, memory: 1G, gpus: 1}}\n",
-     6, "profiles.q.size.gpus", "a bare count is ambiguous", "gpus: {a100: 1}"),
+    (
+        "limits for unknown account",
+        BASE + "limits:\n  accounts:\n    lab-z: {cpus: 1}\n",
+        11,
+        "limits.accounts.lab-z",
+        "unknown account 'lab-z'",
+        "",
+    ),
+    (
+        "ambiguous gpu count",
+        "pools:\n  p:\n    nodes:\n      - {name: a, cpus: 8, memory: 8G, gpus: {a100: 1, h100: 1}}\n"
+        "profiles:\n  q: {pool: p, size: {cpus: 1, memory: 1G, gpus: 1}}\n",
+        6,
+        "profiles.q.size.gpus",
+        "a bare count is ambiguous",
+        "gpus: {a100: 1}",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("line", "key", "message", "hint", "text"),
-                         [(b[2], b[3], b[4], b[5], b[1]) for b in BROKEN],
-                         ids=[b[0] for b in BROKEN])
-def test_broken_policy_is_explained(line: int, key: str, message: str, hint: str, text: str) -> None:
+@pytest.mark.parametrize(
+    ("line", "key", "message", "hint", "text"),
+    [(b[2], b[3], b[4], b[5], b[1]) for b in BROKEN],
+    ids=[b[0] for b in BROKEN],
+)
+def test_broken_policy_is_explained(
+    line: int, key: str, message: str, hint: str, text: str
+) -> None:
     found = problems(text)
     match = [p for p in found if message in p[2]]
     assert match, f"no problem says {message!r}; got {found}"
@@ -128,13 +256,15 @@ def test_broken_policy_is_explained(line: int, key: str, message: str, hint: str
 
 def test_wrong_parent_path_names_the_real_one() -> None:
     found = problems(
-        "accounts:\n  physics: {}\n  lab-a: {parent: physics}\n"
-        "  proj: {parent: chemistry/lab-a}\n"
+        "accounts:\n  physics: {}\n  lab-a: {parent: physics}\n  proj: {parent: chemistry/lab-a}\n"
     )
     assert found == [
-        (4, "accounts.proj.parent",
-         "parent path 'chemistry/lab-a' does not exist; 'lab-a' is at 'physics/lab-a'",
-         "write `parent: lab-a` or `parent: physics/lab-a`."),
+        (
+            4,
+            "accounts.proj.parent",
+            "parent path 'chemistry/lab-a' does not exist; 'lab-a' is at 'physics/lab-a'",
+            "write `parent: lab-a` or `parent: physics/lab-a`.",
+        ),
     ]
 
 

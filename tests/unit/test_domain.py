@@ -22,8 +22,16 @@ G = 1024**3
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("4G", 4 * G), ("4Gi", 4 * G), ("4GiB", 4 * G), ("512M", 512 * 1024**2), ("1.5T", 1536 * G),
-     ("100", 100), (2048, 2048), ("4 g", 4 * G)],
+    [
+        ("4G", 4 * G),
+        ("4Gi", 4 * G),
+        ("4GiB", 4 * G),
+        ("512M", 512 * 1024**2),
+        ("1.5T", 1536 * G),
+        ("100", 100),
+        (2048, 2048),
+        ("4 g", 4 * G),
+    ],
 )
 def test_parse_bytes(text: str | int, expected: int) -> None:
     assert parse_bytes(text) == expected
@@ -49,8 +57,10 @@ def test_duration_round_trips(seconds: int) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("8h", 28800), ("1h30m", 5400), ("2d", 172800),
-                                               ("90s", 90), ("45", 45), (60, 60)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("8h", 28800), ("1h30m", 5400), ("2d", 172800), ("90s", 90), ("45", 45), (60, 60)],
+)
 def test_parse_duration(text: str | int, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
@@ -81,10 +91,14 @@ def test_ancestors() -> None:
     assert ancestors("a") == []
 
 
-def who(user: str, *memberships: tuple[str, Role], scopes: tuple[Scope, ...] = (
-    Scope.READ, Scope.SUBMIT, Scope.MANAGE)) -> Principal:
-    return Principal(user, expand_scopes(scopes),
-                     tuple(Membership(user, a, r) for a, r in memberships))
+def who(
+    user: str,
+    *memberships: tuple[str, Role],
+    scopes: tuple[Scope, ...] = (Scope.READ, Scope.SUBMIT, Scope.MANAGE),
+) -> Principal:
+    return Principal(
+        user, expand_scopes(scopes), tuple(Membership(user, a, r) for a, r in memberships)
+    )
 
 
 M, MG, V = Role.MEMBER, Role.MANAGER, Role.VIEWER
@@ -92,15 +106,15 @@ M, MG, V = Role.MEMBER, Role.MANAGER, Role.VIEWER
 # (principal, owner, path, can read, can cancel)
 WORKLOAD_RULES = [
     (who("bob", ("p/a", M)), "bob", "p/a", True, True),
-    (who("bob", ("p/a", M)), "carol", "p/a", False, False),       # a member sees only their own
-    (who("al", ("p/a", MG)), "bob", "p/a/x", True, True),         # a manager, below
-    (who("al", ("p/a", MG)), "bob", "p/b", False, False),         # a manager, next door
-    (who("al", ("p/a", MG)), "bob", "p/ab", False, False),        # a prefix is not a parent
-    (who("fr", ("p/a", V)), "bob", "p/a", True, False),           # a viewer reads only
+    (who("bob", ("p/a", M)), "carol", "p/a", False, False),  # a member sees only their own
+    (who("al", ("p/a", MG)), "bob", "p/a/x", True, True),  # a manager, below
+    (who("al", ("p/a", MG)), "bob", "p/b", False, False),  # a manager, next door
+    (who("al", ("p/a", MG)), "bob", "p/ab", False, False),  # a prefix is not a parent
+    (who("fr", ("p/a", V)), "bob", "p/a", True, False),  # a viewer reads only
     (who("al", ("p/a", MG), scopes=(Scope.READ,)), "bob", "p/a", True, False),
     (who("bob", scopes=(Scope.READ,)), "bob", "p/a", True, False),  # read-only own
     (who("root", scopes=(Scope.ADMIN,)), "bob", "q", True, True),
-    (who("x", ("p", MG), scopes=()), "bob", "p", False, False),   # no scope, nothing
+    (who("x", ("p", MG), scopes=()), "bob", "p", False, False),  # no scope, nothing
 ]
 
 
@@ -120,10 +134,17 @@ def test_submit_and_account_rules() -> None:
     assert not who("fr", ("p/a", V)).can_submit_to("p/a")
     assert not who("bob", ("p/a", M), scopes=(Scope.READ,)).can_submit_to("p/a")
     assert [bob.can_see_account(x) for x in ("p", "p/a", "p/a/x", "p/b", "q")] == [
-        True, True, True, False, False]
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
     assert al.can_change_account("p/a/x") and not al.can_change_account("p/a")
     assert al.can_change_memberships("p/a") and not al.can_change_memberships("p")
-    assert not who("al", ("p/a", MG), scopes=(Scope.READ, Scope.SUBMIT)).can_change_memberships("p/a")
+    assert not who("al", ("p/a", MG), scopes=(Scope.READ, Scope.SUBMIT)).can_change_memberships(
+        "p/a"
+    )
 
 
 def test_admin_scope_implies_the_others() -> None:

@@ -85,7 +85,11 @@ async def _ensure_admin_token(db: Database, path: Path, clock: Clock) -> None:
             await session.execute(select(AdminToken).where(AdminToken.name == "setup"))
         ).scalar_one_or_none()
         if old is not None:
-            old.token_sha256, old.revoked_at, old.created_at = token_sha256(token), None, clock.now()
+            old.token_sha256, old.revoked_at, old.created_at = (
+                token_sha256(token),
+                None,
+                clock.now(),
+            )
         else:
             session.add(
                 AdminToken(name="setup", token_sha256=token_sha256(token), created_at=clock.now())

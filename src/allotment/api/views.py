@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from allotment.config.models import ProfileSpec
 from allotment.db.repository import WorkloadRow
 from allotment.db.tables import Account, Pool, Profile
 from allotment.domain.quantities import parse_bytes
 from allotment.domain.workloads import WorkloadState
-from allotment.schemas import AccountOut, NodeOut, PoolOut, ProfileOut, WorkloadOut
+from allotment.schemas import (
+    AccountOut,
+    Kind,
+    NodeOut,
+    PoolOut,
+    ProfileOut,
+    State,
+    WorkloadOut,
+)
 
 __all__ = ["account_out", "pool_out", "profile_out", "workload_out"]
 
@@ -18,7 +26,7 @@ def workload_out(row: WorkloadRow) -> WorkloadOut:
     w = row.workload
     return WorkloadOut.model_construct(
         id=w.id,
-        kind=w.kind,
+        kind=cast(Kind, w.kind),
         name=w.name,
         user=row.user,
         account=row.account,
@@ -27,8 +35,8 @@ def workload_out(row: WorkloadRow) -> WorkloadOut:
         cpus=w.millicpus / 1000,
         memory=w.memory,
         gpus=w.gpus,
-        status=WorkloadState(w.status).label,
-        target=WorkloadState(w.target).label,
+        status=cast(State, WorkloadState(w.status).label),
+        target=cast(State, WorkloadState(w.target).label),
         reason=w.reason,
         command=w.command,
         max_runtime=w.max_runtime,
@@ -54,9 +62,7 @@ def pool_out(p: Pool) -> PoolOut:
         name=p.name,
         backend=p.backend,
         nodes=[
-            NodeOut(
-                name=n["name"], cpus=n["cpus"], memory=parse_bytes(n["memory"]), gpus=n["gpus"]
-            )
+            NodeOut(name=n["name"], cpus=n["cpus"], memory=parse_bytes(n["memory"]), gpus=n["gpus"])
             for n in spec["nodes"]
         ],
         rates=spec["rates"],

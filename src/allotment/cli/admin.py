@@ -44,7 +44,9 @@ def check(file: FileArg) -> None:
 
 @config_app.command()
 def show(
-    file: Annotated[Path | None, typer.Argument(help="Policy file; omit to ask the service.")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="Policy file; omit to ask the service.")
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
     url: Url = None,
     token: Token = None,
@@ -90,3 +92,17 @@ def apply(
 def schema() -> None:
     """Print the JSON schema of the policy file (for editors and CI)."""
     typer.echo(jsonlib.dumps(Policy.model_json_schema(mode="validation"), indent=2))
+
+
+@config_app.command()
+def reference(
+    out: Annotated[Path | None, typer.Option("--out", help="Write to this file.")] = None,
+) -> None:
+    """Print (or write) the Markdown reference of the policy file."""
+    from allotment.config.reference import render_reference
+
+    text = render_reference()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)

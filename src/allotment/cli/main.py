@@ -11,7 +11,7 @@ import typer
 
 from allotment import __version__
 from allotment.cli import user
-from allotment.cli.admin import load_or_exit, config_app
+from allotment.cli.admin import config_app, load_or_exit
 from allotment.cli.output import console
 
 __all__ = ["app", "main"]
@@ -37,7 +37,9 @@ def version() -> None:
 def serve(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", envvar="ALLOTMENT_CONFIG", help="Policy file to apply at start."),
+        typer.Option(
+            "--config", "-c", envvar="ALLOTMENT_CONFIG", help="Policy file to apply at start."
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8750,
@@ -58,7 +60,9 @@ def serve(
     if workers > 1 and settings.database_url.startswith("sqlite"):
         console.print("[yellow]SQLite takes one writer; running 1 worker.[/]")
         workers = 1
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     base = settings.base_url.rstrip("/")
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     console.print(

@@ -29,7 +29,7 @@ def print_json(data: BaseModel | Sequence[BaseModel] | dict[str, Any] | list[Any
     if isinstance(data, BaseModel):
         payload: Any = data.model_dump(mode="json")
     elif isinstance(data, list | tuple) and data and isinstance(data[0], BaseModel):
-        payload = [d.model_dump(mode="json") for d in data]  # type: ignore[union-attr]
+        payload = [d.model_dump(mode="json") for d in data]
     else:
         payload = data
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")

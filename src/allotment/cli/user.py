@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated
 
 import typer
@@ -55,7 +56,9 @@ def accounts(
     roots: dict[str, Tree] = {}
     top = Tree("[bold]accounts[/]")
     for a in items:  # tree order: parents come first
-        label = f"[bold]{a.name}[/] shares={a.shares}" + (" [dim](archived)[/]" if a.archived else "")
+        label = f"[bold]{a.name}[/] shares={a.shares}" + (
+            " [dim](archived)[/]" if a.archived else ""
+        )
         if a.description:
             label += f"  [dim]{a.description}[/]"
         parent = roots.get(a.parent) if a.parent else None
@@ -72,7 +75,9 @@ def pools(url: Url = None, token: Token = None, json: Json = False) -> None:
     table = Table("pool", "backend", "node", "cpus", "memory", "gpus")
     for p in items:
         for n in p.nodes:
-            table.add_row(p.name, p.backend, n.name, f"{n.cpus:g}", format_bytes(n.memory), _gpus(n.gpus))
+            table.add_row(
+                p.name, p.backend, n.name, f"{n.cpus:g}", format_bytes(n.memory), _gpus(n.gpus)
+            )
     console.print(table)
 
 
@@ -85,8 +90,13 @@ def profiles(url: Url = None, token: Token = None, json: Json = False) -> None:
     table = Table("profile", "pool", "cpus", "memory", "gpus", "max runtime", "title")
     for p in items:
         table.add_row(
-            p.name, p.pool, f"{p.cpus:g}", format_bytes(p.memory), _gpus(p.gpus),
-            f"{p.max_runtime // 3600}h", p.display_name,
+            p.name,
+            p.pool,
+            f"{p.cpus:g}",
+            format_bytes(p.memory),
+            _gpus(p.gpus),
+            f"{p.max_runtime // 3600}h",
+            p.display_name,
         )
     console.print(table)
 
@@ -98,10 +108,13 @@ def workloads(
     state: Annotated[
         list[str] | None, typer.Option("--state", "-s", help="Only these states (repeatable).")
     ] = None,
-    account: Annotated[str | None, typer.Option("--account", "-A", help="Account and subtree.")] = None,
+    account: Annotated[
+        str | None, typer.Option("--account", "-A", help="Account and subtree.")
+    ] = None,
     user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's.")] = None,
     since: Annotated[
-        str | None, typer.Option(help="Created within this long ago (e.g. 2h, 7d) or since an ISO time.")
+        str | None,
+        typer.Option(help="Created within this long ago (e.g. 2h, 7d) or since an ISO time."),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many (0: all).")] = 50,
 ) -> None:
@@ -115,11 +128,21 @@ def workloads(
         )
     if json:
         return print_json(items)
-    table = Table("id", "kind", "user", "account", "profile", "cpus", "memory", "gpus", "state", "reason")
+    table = Table(
+        "id", "kind", "user", "account", "profile", "cpus", "memory", "gpus", "state", "reason"
+    )
     for w in items:
         table.add_row(
-            str(w.id), w.kind, w.user, w.account, w.profile or w.pool or "-", f"{w.cpus:g}",
-            format_bytes(w.memory), _gpus(w.gpus), w.status, w.reason,
+            str(w.id),
+            w.kind,
+            w.user,
+            w.account,
+            w.profile or w.pool or "-",
+            f"{w.cpus:g}",
+            format_bytes(w.memory),
+            _gpus(w.gpus),
+            w.status,
+            w.reason,
         )
     console.print(table if items else "no workloads")
 
@@ -144,7 +167,7 @@ def cancel(
     """Cancel workloads: pending ones stop at once, running ones are told to stop."""
     with client(url, token) as c:
         for i in ids:
-            w = run(lambda i=i: c.cancel(i))
+            w = run(partial(c.cancel, i))
             console.print(f"{w.id}: {w.status} ({w.reason})")
 
 

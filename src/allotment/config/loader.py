@@ -59,7 +59,9 @@ def parse_policy(
         line = mark.line + 1 if mark else 0
         what = " ".join(str(x) for x in (e.context, e.problem) if x)
         hint = "each key may appear once per mapping." if "duplicate key" in what else ""
-        raise ConfigError([ConfigProblem(filename, line, "", f"not valid YAML: {what}", hint)])
+        raise ConfigError(
+            [ConfigProblem(filename, line, "", f"not valid YAML: {what}", hint)]
+        ) from None
     if doc is None:
         raise ConfigError(
             [

@@ -246,9 +246,7 @@ class Policy(_Spec):
 
     service: ServiceSettings = Field(ServiceSettings(), description="How the service runs.")
     currency: str = Field("credits", description="Unit of every price and budget.")
-    accounts: dict[Name, AccountSpec] = Field(
-        {}, description="The accounts tree, by account name."
-    )
+    accounts: dict[Name, AccountSpec] = Field({}, description="The accounts tree, by account name.")
     users: dict[str, UserSpec] = Field({}, description="Per-user settings.")
     pools: dict[Name, PoolSpec] = Field({}, description="Pools of capacity, by name.")
     profiles: dict[Name, ProfileSpec] = Field({}, description="Launch offers, by name.")

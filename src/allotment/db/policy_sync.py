@@ -141,12 +141,12 @@ async def _sync_users_and_memberships(
     paths = {a.id: a.path for a in accounts.values()}
     wanted: dict[tuple[str, int], str] = {}
     for name, spec in policy.accounts.items():
-        for role, users in (
+        for role, holders in (
             ("viewer", spec.viewers),
             ("member", spec.members),
             ("manager", spec.managers),
         ):
-            for user in users:
+            for user in holders:
                 wanted[(user, accounts[name].id)] = role
     names = {u for u, _ in wanted} | set(policy.users)
     users = {
@@ -173,17 +173,17 @@ async def _sync_users_and_memberships(
         all_names = {i: n for i, n in rows}
     for m in current:
         key = (all_names[m.user_id], m.account_id)
-        role = wanted.get(key)
+        stated = wanted.get(key)
         where = f"{key[0]} in {paths.get(m.account_id, '?')}"
-        if role is None:
+        if stated is None:
             if m.origin == "policy":
                 await session.delete(m)
                 changes.append(f"- member {where}")
             continue
         seen.add(key)
-        if m.role != role or m.origin != "policy":
-            changes.append(f"~ member {where}: {m.role} → {role}")
-            m.role, m.origin = role, "policy"
+        if m.role != stated or m.origin != "policy":
+            changes.append(f"~ member {where}: {m.role} → {stated}")
+            m.role, m.origin = stated, "policy"
     for (user, account_id), role in sorted(wanted.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if (user, account_id) not in seen:
             session.add(
@@ -195,9 +195,7 @@ async def _sync_users_and_memberships(
     await session.flush()
 
 
-async def _sync_pools(
-    session: AsyncSession, policy: Policy, changes: list[str]
-) -> dict[str, Pool]:
+async def _sync_pools(session: AsyncSession, policy: Policy, changes: list[str]) -> dict[str, Pool]:
     existing = {p.name: p for p in (await session.execute(select(Pool))).scalars()}
     out: dict[str, Pool] = {}
     for name, spec in policy.pools.items():

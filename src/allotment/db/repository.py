@@ -97,7 +97,7 @@ class WorkloadRow:
     profile: str | None
 
 
-def _workload_select() -> Select[Any]:
+def _workload_select() -> Select[Workload, str, str, str, str]:
     return (
         select(Workload, User.name, Account.path, Pool.name, Profile.name)
         .join(User, User.id == Workload.user_id)

@@ -37,6 +37,7 @@ __all__ = [
     "Workload",
 ]
 
+
 class UtcDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC on every database; SQLite stores no zone, so it is put back on load."""
 

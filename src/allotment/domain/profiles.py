@@ -63,7 +63,10 @@ def choose_size(
     """The resources of ``offer`` adjusted by the user's choices, within the offer's ranges."""
     chosen_cpus = _pick(offer, "cpus", cpus, offer.size.cpus, "CPUs")
     mem_gib = _pick(
-        offer, "memory_gib", None if memory is None else memory / GIB, offer.size.memory / GIB,
+        offer,
+        "memory_gib",
+        None if memory is None else memory / GIB,
+        offer.size.memory / GIB,
         "GiB of memory",
     )
     size_gpus = dict(offer.size.gpus)

@@ -22,7 +22,9 @@ class Resources:
     gpus: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, cpus: float = 0, memory: int = 0, gpus: Mapping[str, int] | None = None) -> Resources:
+    def of(
+        cls, cpus: float = 0, memory: int = 0, gpus: Mapping[str, int] | None = None
+    ) -> Resources:
         return cls(round(cpus * 1000), memory, {k: v for k, v in (gpus or {}).items() if v})
 
     @property

@@ -37,7 +37,7 @@ async def memberships_out(
     if account_id is not None:
         q = q.where(Membership.account_id == account_id)
     return [
-        MembershipOut(user=u, account=a, role=r, origin=o)  # type: ignore[arg-type]
+        MembershipOut(user=u, account=a, role=r, origin=o)
         for u, a, r, o in await session.execute(q)
     ]
 
@@ -102,7 +102,9 @@ async def put_member(
     async with state.db.write() as session:
         account = await _visible(session, caller, path)
         if not caller.principal.can_change_memberships(account.path):
-            raise Forbidden(f"Only a manager of '{account.path}' (or above) may change its members.")
+            raise Forbidden(
+                f"Only a manager of '{account.path}' (or above) may change its members."
+            )
         target = await repo.ensure_user(session, user, state.clock.now())
         row = (
             await session.execute(
@@ -120,7 +122,7 @@ async def put_member(
             )
         else:
             row.role = body.role
-    return MembershipOut(user=user, account=account.path, role=body.role, origin=row.origin)  # type: ignore[arg-type]
+    return MembershipOut(user=user, account=account.path, role=body.role, origin=row.origin)
 
 
 @router.delete("/accounts/{path:path}/members/{user}", status_code=204)
@@ -128,7 +130,9 @@ async def delete_member(path: str, user: str, caller: CallerDep, state: StateDep
     async with state.db.write() as session:
         account = await _visible(session, caller, path)
         if not caller.principal.can_change_memberships(account.path):
-            raise Forbidden(f"Only a manager of '{account.path}' (or above) may change its members.")
+            raise Forbidden(
+                f"Only a manager of '{account.path}' (or above) may change its members."
+            )
         row = (
             await session.execute(
                 select(Membership)

@@ -21,7 +21,9 @@ router = APIRouter(tags=["users"])
 
 
 async def _user_out(session: AsyncSession, user: User) -> UserOut:
-    default = await session.get(Account, user.default_account_id) if user.default_account_id else None
+    default = (
+        await session.get(Account, user.default_account_id) if user.default_account_id else None
+    )
     return UserOut(
         name=user.name,
         default_account=default.path if default else None,

@@ -37,14 +37,11 @@ async def _charged_account(session: AsyncSession, caller: Caller, ref: str | Non
             account = await session.get(Account, user.default_account_id)
             if account is not None:
                 return account
-        spendable = sorted(
-            {m.account for m in p.memberships if m.role in ("member", "manager")}
-        )
+        spendable = sorted({m.account for m in p.memberships if m.role in ("member", "manager")})
         if len(spendable) != 1:
             choices = ", ".join(spendable) or "none"
             raise InvalidRequest(
-                "Say which account to charge (`account`); "
-                f"you may charge: {choices}."
+                f"Say which account to charge (`account`); you may charge: {choices}."
                 if spendable
                 else "You are not a member of any account, so you cannot start workloads yet. "
                 "Ask a manager of your lab to add you."
@@ -75,7 +72,7 @@ def _size(offer: ProfileOffer | None, body: WorkloadCreate) -> Resources:
         if body.cpus is None or memory is None:
             raise ValueError("without a profile, give both `cpus` and `memory`")
         if gpus_n:
-            raise ValueError("without a profile, give `gpus` by model, e.g. {\"a100\": 1}")
+            raise ValueError('without a profile, give `gpus` by model, e.g. {"a100": 1}')
         return Resources.of(body.cpus, memory, body.gpus if isinstance(body.gpus, dict) else {})
     except ValueError as e:
         raise InvalidRequest(str(e)[0].upper() + str(e)[1:] + ".") from None
@@ -106,11 +103,15 @@ async def create_workload(
         if body.profile is not None:
             profile = (
                 await session.execute(
-                    select(Profile).where(Profile.name == body.profile, Profile.archived_at.is_(None))
+                    select(Profile).where(
+                        Profile.name == body.profile, Profile.archived_at.is_(None)
+                    )
                 )
             ).scalar_one_or_none()
             if profile is None:
-                raise NotFound(f"There is no profile '{body.profile}'; `allot profiles` lists them.")
+                raise NotFound(
+                    f"There is no profile '{body.profile}'; `allot profiles` lists them."
+                )
             spec = profile_spec(profile)
             if spec.accounts and not any(is_within(account.path, a) for a in spec.accounts):
                 raise Forbidden(
@@ -165,7 +166,9 @@ async def create_workload(
         session.add(row)
         await session.flush()
     return workload_out(
-        repo.WorkloadRow(row, caller.name, account.path, pool.name, profile.name if profile else None)
+        repo.WorkloadRow(
+            row, caller.name, account.path, pool.name, profile.name if profile else None
+        )
     )
 
 
@@ -174,12 +177,18 @@ async def list_workloads(
     caller: CallerDep,
     state: StateDep,
     status: Annotated[list[str] | None, Query(description="Repeat for several states.")] = None,
-    account: Annotated[str | None, Query(description="Account path or name; includes its subtree.")] = None,
+    account: Annotated[
+        str | None, Query(description="Account path or name; includes its subtree.")
+    ] = None,
     user: Annotated[str | None, Query()] = None,
     since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    cursor: Annotated[str | None, Query(description="From the previous page's `next_cursor`.")] = None,
-    page: Annotated[int, Query(ge=1, le=1_000_000, description="Page number, when not using `cursor`.")] = 1,
+    cursor: Annotated[
+        str | None, Query(description="From the previous page's `next_cursor`.")
+    ] = None,
+    page: Annotated[
+        int, Query(ge=1, le=1_000_000, description="Page number, when not using `cursor`.")
+    ] = 1,
 ) -> Page[WorkloadOut]:
     """Workloads you may see, newest first."""
     p = caller.principal
@@ -223,7 +232,9 @@ async def list_workloads(
     return Page[WorkloadOut](items=items, next_cursor=str(items[-1].id) if more and items else None)
 
 
-async def _visible_workload(session: AsyncSession, caller: Caller, workload_id: int) -> repo.WorkloadRow:
+async def _visible_workload(
+    session: AsyncSession, caller: Caller, workload_id: int
+) -> repo.WorkloadRow:
     row = await repo.workload_by_id(session, workload_id)
     if row is None or not caller.principal.can_read_workload(row.user, row.account):
         raise NotFound(f"There is no workload {workload_id} that you can see.")
@@ -250,7 +261,9 @@ async def cancel_workload(workload_id: int, caller: CallerDep, state: StateDep) 
         w = row.workload
         status, target = WorkloadState(w.status), WorkloadState(w.target)
         if not can_cancel(status, target):
-            raise Conflict(f"Workload {workload_id} is already {target.label if target >= WorkloadState.STOPPING else status.label}.")
+            raise Conflict(
+                f"Workload {workload_id} is already {target.label if target >= WorkloadState.STOPPING else status.label}."
+            )
         w.target = WorkloadState.STOPPED
         if status == WorkloadState.PENDING:
             w.status = WorkloadState.STOPPED

@@ -1,0 +1,118 @@
+"""Durable workload creation over HTTP, with 1 and 8 concurrent clients, on SQLite and PostgreSQL.
+
+The load comes from `wrk` (Debian's package), a C client that leaves the CPU to the service:
+this machine has 2 cores, shared by wrk, the service and the database. Each 201 answer means
+the workload was committed (SQLite: WAL with synchronous=FULL; PostgreSQL: fsync on); the run
+then checks that the database holds exactly as many workloads as wrk saw 201s.
+
+Reference: Slurm's published submission rate, 1,000 jobs/s (see the README).
+
+    python -m benchmarks.creation [--seconds 10] [--out benchmarks/results/creation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from benchmarks.harness import machine, postgres, served
+
+LUA = """
+wrk.method = "POST"
+wrk.body = '{"profile": "small", "account": "lab-a", "command": ["python", "train.py"]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "token " .. os.getenv("ALLOTMENT_TOKEN")
+"""
+
+
+def _count(api: str, token: str) -> int:
+    n, cursor = 0, None
+    with httpx.Client(headers={"Authorization": f"token {token}"}, timeout=60) as c:
+        while True:
+            params: dict[str, object] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+            page = c.get(api + "workloads", params=params).json()
+            n += len(page["items"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                return n
+
+
+def _wrk(api: str, token: str, clients: int, seconds: int, script: Path) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{seconds}s", "--latency",
+         "-s", str(script), api + "workloads"],
+        env={**os.environ, "ALLOTMENT_TOKEN": token}, capture_output=True, text=True, check=True,
+    ).stdout
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    return {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": total,
+        "non_2xx": errors,
+        "p50_ms": ms("50"),
+        "p90_ms": ms("90"),
+        "p99_ms": ms("99"),
+    }
+
+
+def run(seconds: int, repeats: int) -> dict[str, object]:
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(LUA)
+    results = []
+    with postgres() as pg_url:
+        for db_name, url in (("sqlite", None), ("postgresql", pg_url)):
+            for clients in (1, 8):
+                runs = []
+                for _ in range(repeats):
+                    with served(url) as (api, token):
+                        before = _count(api, token)
+                        r = _wrk(api, token, clients, seconds, script)
+                        stored = _count(api, token) - before
+                        r["stored"] = stored
+                        r["lost_or_duplicated"] = abs(stored - (r["requests"] - r["non_2xx"]))
+                        runs.append(r)
+                med = {k: statistics.median(float(x[k]) for x in runs) for k in runs[0]}
+                results.append({"database": db_name, "clients": clients, "median": med, "runs": runs})
+                print(f"{db_name:10} {clients} clients: {med['requests_per_s']:7.0f}/s  "
+                      f"p50 {med['p50_ms']:.1f} ms  p99 {med['p99_ms']:.1f} ms  "
+                      f"lost/dup {med['lost_or_duplicated']:.0f}", flush=True)
+    script.unlink()
+    return {
+        "benchmark": "workload creation over HTTP",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "seconds_per_run": seconds,
+        "reference": {"system": "Slurm (published)", "submissions_per_s": 1000},
+        "results": results,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/creation.json"))
+    args = ap.parse_args()
+    data = run(args.seconds, args.repeats)
+    args.out.write_text(json.dumps(data, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

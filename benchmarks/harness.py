@@ -1,0 +1,86 @@
+"""Start the real pieces a benchmark measures: PostgreSQL (durable) and `allot serve`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine() -> dict[str, object]:
+    mem = 0
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem / 1024**3, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    """A durable PostgreSQL (fsync on) on loopback; yields its SQLAlchemy URL."""
+    d = tempfile.mkdtemp(prefix="allotment-bench-pg.")
+    port = free_port()
+    url = subprocess.run(
+        [str(ROOT / "scripts/pg"), "start", d, str(port), "durable"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    try:
+        yield url
+    finally:
+        subprocess.run([str(ROOT / "scripts/pg"), "stop", d], check=False)
+        subprocess.run(["rm", "-rf", d], check=False)
+
+
+@contextmanager
+def served(database_url: str | None, policy: str = "examples/department.yaml") -> Iterator[tuple[str, str]]:
+    """`allot serve` in its own process; yields (API base URL, admin token)."""
+    data = Path(tempfile.mkdtemp(prefix="allotment-bench-data."))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOTMENT_", "JUPYTERHUB_"))}
+    env["ALLOTMENT_DATA_DIR"] = str(data)
+    if database_url:
+        env["ALLOTMENT_DATABASE_URL"] = database_url
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "allotment", "serve", "-c", policy, "--port", str(port),
+         "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    api = f"http://127.0.0.1:{port}/services/allotment/api/"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(api + "health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            proc.kill()
+            raise RuntimeError("allot serve did not start: " + (proc.stderr.read() if proc.stderr else ""))
+        yield api, (data / "admin-token").read_text().strip()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        subprocess.run(["rm", "-rf", str(data)], check=False)
