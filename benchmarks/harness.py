@@ -45,7 +45,9 @@ def postgres() -> Iterator[str]:
     port = free_port()
     url = subprocess.run(
         [str(ROOT / "scripts/pg"), "start", d, str(port), "durable"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     try:
         yield url
@@ -55,8 +57,10 @@ def postgres() -> Iterator[str]:
 
 
 @contextmanager
-def served(database_url: str | None, policy: str = "examples/department.yaml") -> Iterator[tuple[str, str]]:
-    """`allot serve` in its own process; yields (API base URL, admin token)."""
+def served(
+    database_url: str | None, policy: str = "examples/department.yaml", workers: int = 1
+) -> Iterator[tuple[str, str, Path]]:
+    """`allot serve` in its own process; yields (API base URL, admin token, data dir)."""
     data = Path(tempfile.mkdtemp(prefix="allotment-bench-data."))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOTMENT_", "JUPYTERHUB_"))}
@@ -64,9 +68,25 @@ def served(database_url: str | None, policy: str = "examples/department.yaml") -
     if database_url:
         env["ALLOTMENT_DATABASE_URL"] = database_url
     proc = subprocess.Popen(
-        [sys.executable, "-m", "allotment", "serve", "-c", policy, "--port", str(port),
-         "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "allotment",
+            "serve",
+            "-c",
+            policy,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--workers",
+            str(workers),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     api = f"http://127.0.0.1:{port}/services/allotment/api/"
     try:
@@ -78,8 +98,10 @@ def served(database_url: str | None, policy: str = "examples/department.yaml") -
                 time.sleep(0.1)
         else:
             proc.kill()
-            raise RuntimeError("allot serve did not start: " + (proc.stderr.read() if proc.stderr else ""))
-        yield api, (data / "admin-token").read_text().strip()
+            raise RuntimeError(
+                "allot serve did not start: " + (proc.stderr.read() if proc.stderr else "")
+            )
+        yield api, (data / "admin-token").read_text().strip(), data
     finally:
         proc.terminate()
         proc.wait(20)

@@ -288,3 +288,8 @@ def test_missing_file() -> None:
     with pytest.raises(ConfigError) as e:
         load_policy("/nonexistent/allotment.yaml")
     assert "no such file" in str(e.value)
+
+
+def test_environment_overrides_apply_without_a_service_section() -> None:
+    policy = parse_policy("accounts: {}\n", environ={"ALLOTMENT_DATABASE_URL": "postgresql://h/db"})
+    assert policy.service.database_url == "postgresql://h/db"

@@ -3,6 +3,7 @@ they like, each on its own database."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -21,10 +22,18 @@ from allotment.api.routes import accounts, catalog, health, me, policy, users, w
 from allotment.clock import Clock, SystemClock
 from allotment.config.models import Policy
 from allotment.db.engine import Database, sqlite_url
+from allotment.db.group_commit import GroupCommit
 from allotment.db.policy_sync import apply_policy
 from allotment.db.tables import AdminToken
 
-__all__ = ["Settings", "create_app", "default_data_dir", "settings_from_policy"]
+__all__ = [
+    "Settings",
+    "app_from_environment",
+    "create_app",
+    "default_data_dir",
+    "prepare_once",
+    "settings_from_policy",
+]
 
 log = logging.getLogger("allotment")
 
@@ -48,6 +57,8 @@ class Settings:
     policy: Policy | None = None
     #: Write an admin token to ``data_dir/admin-token`` at start-up when none is valid.
     admin_token_file: bool = True
+    #: True when another process already ran ``prepare`` (worker processes).
+    prepared: bool = False
 
 
 def settings_from_policy(policy: Policy, *, apply: bool = True) -> Settings:
@@ -103,6 +114,42 @@ async def _ensure_admin_token(db: Database, path: Path, clock: Clock) -> None:
     log.info("wrote a new admin token to %s", path)
 
 
+async def prepare(db: Database, settings: Settings, clock: Clock) -> None:
+    """Once per start of the service: migrate, apply the policy, keep an admin token."""
+    await db.upgrade()
+    if settings.policy is not None:
+        async with db.write() as session:
+            _, changes = await apply_policy(
+                session, settings.policy, actor="allot serve", now=clock.now()
+            )
+        for change in changes:
+            log.info("policy: %s", change)
+    if settings.admin_token_file:
+        await _ensure_admin_token(db, settings.data_dir / "admin-token", clock)
+
+
+async def prepare_once(settings: Settings) -> None:
+    """``prepare`` in a process of its own, before worker processes start."""
+    db = Database(settings.database_url)
+    try:
+        await prepare(db, settings, SystemClock())
+    finally:
+        await db.dispose()
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for worker processes of `allot serve --workers N`; the parent prepared."""
+    from allotment.config import load_policy
+    from allotment.config.models import Policy
+
+    path = os.environ.get("ALLOTMENT_CONFIG")
+    policy = load_policy(path) if path else Policy()
+    settings = dataclasses.replace(
+        settings_from_policy(policy, apply=False), admin_token_file=False, prepared=True
+    )
+    return create_app(settings)
+
+
 def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     base = "/" + settings.base_url.strip("/")
     base = "" if base == "/" else base
@@ -111,25 +158,22 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.database_url)
-        await db.upgrade()
-        if settings.policy is not None:
-            async with db.write() as session:
-                _, changes = await apply_policy(
-                    session, settings.policy, actor="allot serve", now=clock.now()
-                )
-            for change in changes:
-                log.info("policy: %s", change)
-        if settings.admin_token_file:
-            await _ensure_admin_token(db, settings.data_dir / "admin-token", clock)
+        if not settings.prepared:
+            await prepare(db, settings, clock)
+        inserts = GroupCommit(db)
+        inserts.start()
         app.state.allotment = AppState(
             db=db,
             verifier=TokenVerifier(settings.hub_api_url, settings.token_cache_seconds),
             clock=clock,
+            inserts=inserts,
+            cache_seconds=settings.token_cache_seconds,
             policy=settings.policy,
         )
         try:
             yield
         finally:
+            await inserts.stop()
             await db.dispose()
 
     app = FastAPI(
@@ -142,6 +186,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_problem_handlers(app)
-    for module in (health, me, accounts, users, catalog, workloads, policy):
+    # Matched in this order: the hot paths first.
+    for module in (workloads, me, accounts, catalog, users, policy, health):
         app.include_router(module.router, prefix=f"{base}/api")
     return app

@@ -1,4 +1,9 @@
-"""Request dependencies: the application state and the authenticated caller."""
+"""Request dependencies: the application state and the authenticated caller.
+
+The caller is resolved without touching the database when the caches are warm: the hub's
+answer for a token, the user's id, memberships and default account are kept for
+``token_cache_seconds`` (see ``api.cache``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import select
 
 from allotment.api.auth import (
     ADMIN_IDENTITY_SCOPES,
@@ -14,14 +20,27 @@ from allotment.api.auth import (
     TokenVerifier,
     token_sha256,
 )
+from allotment.api.cache import TtlCache
 from allotment.clock import Clock
 from allotment.config.models import Policy
 from allotment.db import repository as repo
+from allotment.db.catalog import Catalog, load_catalog
 from allotment.db.engine import Database
+from allotment.db.group_commit import GroupCommit
+from allotment.db.tables import Account, User
+from allotment.domain.accounts import Membership
 from allotment.domain.permissions import Principal, expand_scopes
 from allotment.errors import Forbidden, Unauthenticated
 
-__all__ = ["AppState", "Caller", "CallerDep", "StateDep"]
+__all__ = ["AppState", "Caller", "CallerDep", "StateDep", "UserContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class UserContext:
+    user_id: int
+    memberships: tuple[Membership, ...]
+    #: Path of the account charged when a request names none.
+    default_account: str | None
 
 
 @dataclass
@@ -29,13 +48,36 @@ class AppState:
     db: Database
     verifier: TokenVerifier
     clock: Clock
+    inserts: GroupCommit
+    #: How long cached permissions and catalogue entries may be served.
+    cache_seconds: float = 0
     #: The policy given at start-up, applied when the service starts (None: keep the database's).
     policy: Policy | None = None
-    #: Hub user name → user id; users are never deleted, so entries never go stale.
-    user_ids: dict[str, int] = field(default_factory=dict)
+    admin_tokens: TtlCache[str, str] = field(init=False)
+    users: TtlCache[str, UserContext] = field(init=False)
+    _catalog: TtlCache[int, Catalog] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admin_tokens = TtlCache(self.cache_seconds)
+        self.users = TtlCache(self.cache_seconds)
+        self._catalog = TtlCache(self.cache_seconds, max_entries=1)
+
+    async def catalog(self) -> Catalog:
+        cached = self._catalog.get(0)
+        if cached is None:
+            async with self.db.read() as session:
+                cached = await load_catalog(session)
+            self._catalog.put(0, cached)
+        return cached
+
+    def changed(self) -> None:
+        """Drop cached permissions and catalogue after this process changed them."""
+        self.users.clear()
+        self._catalog.clear()
+        self.admin_tokens.clear()
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.allotment
     return state
 
@@ -47,6 +89,7 @@ StateDep = Annotated[AppState, Depends(get_state)]
 class Caller:
     principal: Principal
     user_id: int
+    default_account: str | None
 
     @property
     def name(self) -> str:
@@ -66,13 +109,42 @@ def _bearer(request: Request) -> str:
 
 
 async def _identity(state: AppState, token: str) -> Identity:
-    if token.startswith(ADMIN_PREFIX):
+    if not token.startswith(ADMIN_PREFIX):
+        return await state.verifier.hub_user(token)
+    digest = token_sha256(token)
+    name = state.admin_tokens.get(digest)
+    if name is None:
         async with state.db.read() as session:
-            row = await repo.admin_token(session, token_sha256(token))
+            row = await repo.admin_token(session, digest)
         if row is None:
             raise Unauthenticated("This admin token is not valid (revoked or mistyped).")
-        return Identity(f"admin-token:{row.name}", ADMIN_IDENTITY_SCOPES)
-    return await state.verifier.hub_user(token)
+        name = f"admin-token:{row.name}"
+        state.admin_tokens.put(digest, name)
+    return Identity(name, ADMIN_IDENTITY_SCOPES)
+
+
+async def _user_context(state: AppState, name: str) -> UserContext:
+    ctx = state.users.get(name)
+    if ctx is not None:
+        return ctx
+    async with state.db.read() as session:
+        row = (
+            await session.execute(
+                select(User.id, Account.path)
+                .outerjoin(Account, Account.id == User.default_account_id)
+                .where(User.name == name)
+            )
+        ).first()
+        memberships = await repo.memberships_of(session, name)
+    if row is None:
+        async with state.db.write() as session:
+            user_id = (await repo.ensure_user(session, name, state.clock.now())).id
+        default = None
+    else:
+        user_id, default = row
+    ctx = UserContext(user_id, tuple(memberships), default)
+    state.users.put(name, ctx)
+    return ctx
 
 
 async def get_caller(request: Request, state: StateDep) -> Caller:
@@ -83,14 +155,10 @@ async def get_caller(request: Request, state: StateDep) -> Caller:
             "Your token carries no Allotment permission (custom:allotment:read or more). "
             "Ask your administrator for a role that grants it, or create a token with it."
         )
-    user_id = state.user_ids.get(identity.name)
-    async with state.db.read() as session:
-        memberships = await repo.memberships_of(session, identity.name)
-    if user_id is None:
-        async with state.db.write() as session:
-            user_id = (await repo.ensure_user(session, identity.name, state.clock.now())).id
-        state.user_ids[identity.name] = user_id
-    return Caller(Principal(identity.name, scopes, tuple(memberships)), user_id)
+    ctx = await _user_context(state, identity.name)
+    return Caller(
+        Principal(identity.name, scopes, ctx.memberships), ctx.user_id, ctx.default_account
+    )
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

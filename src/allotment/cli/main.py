@@ -74,13 +74,27 @@ def serve(
         highlight=False,
     )
     os.environ.setdefault("ALLOTMENT_DATA_DIR", str(settings.data_dir))
+    common = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": False,
+        "proxy_headers": True,
+    }
+    if workers == 1:
+        uvicorn.run(app_module.create_app(settings), **common)  # type: ignore[arg-type]
+        return
+    # Several processes: prepare once here, so that workers never race to apply the policy.
+    import asyncio
+
+    asyncio.run(app_module.prepare_once(settings))
+    if config is not None:
+        os.environ["ALLOTMENT_CONFIG"] = str(config.resolve())
     uvicorn.run(
-        app_module.create_app(settings),
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        proxy_headers=True,
+        "allotment.api.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        **common,  # type: ignore[arg-type]
     )
 
 

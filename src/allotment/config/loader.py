@@ -76,8 +76,9 @@ def parse_policy(
         )
     data = _plain(doc)
     env = os.environ if environ is None else environ
-    service = dict(data.get("service") or {}) if isinstance(data.get("service"), dict) else None
-    if service is not None:
+    raw_service = data.get("service", {})
+    if isinstance(raw_service, dict):  # else pydantic reports the wrong type below
+        service = dict(raw_service)
         for var, key in ENV_OVERRIDES.items():
             if env.get(var):
                 service[key] = env[var]

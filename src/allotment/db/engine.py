@@ -86,7 +86,7 @@ class Database:
             self.reader = _sqlite_engine(self.url, "BEGIN")
         else:
             self.writer = create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600
             )
             self.reader = self.writer
         self._write = async_sessionmaker(self.writer, expire_on_commit=False)

@@ -122,6 +122,7 @@ async def put_member(
             )
         else:
             row.role = body.role
+    state.changed()
     return MembershipOut(user=user, account=account.path, role=body.role, origin=row.origin)
 
 
@@ -148,6 +149,7 @@ async def delete_member(path: str, user: str, caller: CallerDep, state: StateDep
                 "remove it there."
             )
         await session.delete(row)
+    state.changed()
 
 
 @router.get("/accounts/{path:path}", response_model=AccountOut)
@@ -174,4 +176,6 @@ async def patch_account(
         if body.description is not None:
             account.description = body.description
         parent = await session.get(Account, account.parent_id) if account.parent_id else None
-        return account_out(account, parent.path if parent else None)
+        out = account_out(account, parent.path if parent else None)
+    state.changed()
+    return out

@@ -56,4 +56,5 @@ async def put_policy(body: PolicyIn, caller: CallerDep, state: StateDep) -> Appl
                 raise _DryRun
     except _DryRun:
         return ApplyResult(version=None, changes=changes)
+    state.changed()
     return ApplyResult(version=version, changes=changes)
