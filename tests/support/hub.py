@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -33,8 +34,16 @@ def free_port() -> int:
 
 
 class Hub:
-    def __init__(self, workdir: Path, users: list[str], admins: list[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        users: list[str],
+        admins: list[str],
+        services: list[dict[str, object]] | None = None,
+    ) -> None:
         self.workdir = workdir
+        #: Extra entries of ``c.JupyterHub.services`` (hub-managed services).
+        self.services = services or []
         self.users = users
         self.admins = admins
         self.port = free_port()
@@ -71,7 +80,9 @@ class Hub:
                 {{"name": "harness", "scopes": ["admin:users", "tokens"],
                   "services": ["harness"]}},
             ]
-            c.JupyterHub.services = [{{"name": "harness", "api_token": "{self.harness_token}"}}]
+            c.JupyterHub.services = [
+                {{"name": "harness", "api_token": "{self.harness_token}"}}
+            ] + {self.services!r}
             c.Authenticator.allowed_users = set({self.users!r})
             """
         )
@@ -87,6 +98,7 @@ class Hub:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            start_new_session=True,  # its own process group: stop() reaps managed services too
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -101,11 +113,17 @@ class Hub:
             time.sleep(0.2)
         else:
             raise RuntimeError("JupyterHub did not start in 60 s:\n" + self.log_tail())
+        # The API answers before the hub installs its signal handlers; a SIGTERM before then
+        # kills it without stopping its managed services.
+        while "JupyterHub is now running" not in self.log_tail(100_000):
+            if time.monotonic() > deadline:
+                raise RuntimeError("JupyterHub did not finish starting:\n" + self.log_tail())
+            time.sleep(0.1)
         r = self._api("POST", "/users", json={"usernames": self.users})
         assert r.status_code in (201, 409), r.text
 
-    def log_tail(self) -> str:
-        return (self.workdir / "jupyterhub.log").read_text(errors="replace")[-4000:]
+    def log_tail(self, chars: int = 4000) -> str:
+        return (self.workdir / "jupyterhub.log").read_text(errors="replace")[-chars:]
 
     def _api(self, method: str, path: str, **kw: object) -> httpx.Response:
         return httpx.request(
@@ -131,10 +149,16 @@ class Hub:
             self._api("DELETE", f"/users/{user}/tokens/{t['id']}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(15)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        try:  # anything the hub left behind in its group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

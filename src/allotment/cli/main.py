@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
@@ -41,8 +42,16 @@ def serve(
             "--config", "-c", envvar="ALLOTMENT_CONFIG", help="Policy file to apply at start."
         ),
     ] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8750,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address to listen on. Default: from $JUPYTERHUB_SERVICE_URL, else 127.0.0.1."
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port to listen on. Default: from $JUPYTERHUB_SERVICE_URL, else 8750."),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes (PostgreSQL only).")] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -64,6 +73,10 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     base = settings.base_url.rstrip("/")
+    # Under JupyterHub (a managed service) the hub says where it expects us.
+    hub_url = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", ""))
+    host = host or hub_url.hostname or "127.0.0.1"
+    port = port or hub_url.port or 8750
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     console.print(
         f"Allotment {__version__} on [bold]http://{shown_host}:{port}{base}/[/]\n"

@@ -155,23 +155,33 @@ async def list_workloads(
     before_id: int | None = None,
     offset: int = 0,
 ) -> tuple[list[WorkloadRow], bool]:
-    """One page, newest first, and whether more follow."""
-    q = _workload_select()
+    """One page, newest first, and whether more follow.
+
+    The page's ids are found first, on the indexes alone, and only those rows are joined to
+    their user, account, pool and profile: a deep page (a large offset) then skips index
+    entries, not joined rows.
+    """
+    ids = select(Workload.id)
     if not visible.everything:
         mine = Workload.user_id == visible.user_id
-        q = q.where(
+        ids = ids.where(
             or_(mine, Workload.account_id.in_(visible.account_ids)) if visible.account_ids else mine
         )
     if flt.statuses:
-        q = q.where(Workload.status.in_(flt.statuses))
+        ids = ids.where(Workload.status.in_(flt.statuses))
     if flt.account_ids is not None:
-        q = q.where(Workload.account_id.in_(flt.account_ids))
+        ids = ids.where(Workload.account_id.in_(flt.account_ids))
     if flt.user_id is not None:
-        q = q.where(Workload.user_id == flt.user_id)
+        ids = ids.where(Workload.user_id == flt.user_id)
     if flt.since is not None:
-        q = q.where(Workload.created_at >= flt.since)
+        ids = ids.where(Workload.created_at >= flt.since)
     if before_id is not None:
-        q = q.where(Workload.id < before_id)
-    q = q.order_by(Workload.id.desc()).offset(offset).limit(limit + 1)
+        ids = ids.where(Workload.id < before_id)
+    ids = ids.order_by(Workload.id.desc()).offset(offset).limit(limit + 1)
+    q = (
+        _workload_select()
+        .where(Workload.id.in_(ids.scalar_subquery()))
+        .order_by(Workload.id.desc())
+    )
     rows = _rows(await session.execute(q))
     return rows[:limit], len(rows) > limit
