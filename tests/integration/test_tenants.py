@@ -177,3 +177,22 @@ async def test_only_admins_apply_policy(hub_service: Service, hub: Hub) -> None:
         paths = [a["path"] for a in (await c.get("accounts")).json()["items"]]
         assert "solo" not in paths and "physics/lab-a" in paths  # dry run changed nothing
     assert not text.exists()
+
+
+async def test_managers_see_only_their_subtree_of_a_members_memberships(
+    hub_service: Service, hub: Hub
+) -> None:
+    async with hub_service.client(hub.token("dave")) as c:  # manages lab-b
+        r = await c.put("accounts/lab-b/members/bob", json={"role": "member"})
+        assert r.status_code == 200
+    async with hub_service.client(hub.token("alice")) as c:  # manages lab-a
+        bob = (await c.get("users/bob")).json()
+        assert {m["account"] for m in bob["memberships"]} == {
+            "physics/lab-a",
+            "physics/lab-a/proj-x",
+        }
+        names = [u["name"] for u in (await c.get("users")).json()["items"]]
+        assert names == ["alice", "bob", "carol", "frank"]
+        assert (await c.get("users/erin")).status_code == 404
+    async with hub_service.client(hub.token("erin")) as c:
+        assert [u["name"] for u in (await c.get("users")).json()["items"]] == ["erin"]

@@ -24,7 +24,11 @@ Parent = aliased(Account)
 
 
 async def memberships_out(
-    session: AsyncSession, *, user_id: int | None = None, account_id: int | None = None
+    session: AsyncSession,
+    *,
+    user_id: int | None = None,
+    account_id: int | None = None,
+    user_ids: list[int] | None = None,
 ) -> list[MembershipOut]:
     q = (
         select(User.name, Account.path, Membership.role, Membership.origin)
@@ -36,6 +40,8 @@ async def memberships_out(
         q = q.where(Membership.user_id == user_id)
     if account_id is not None:
         q = q.where(Membership.account_id == account_id)
+    if user_ids is not None:
+        q = q.where(Membership.user_id.in_(user_ids))
     return [
         MembershipOut(user=u, account=a, role=r, origin=o)
         for u, a, r, o in await session.execute(q)

@@ -12,23 +12,40 @@ from allotment.api.deps import CallerDep, StateDep
 from allotment.api.routes.accounts import memberships_out
 from allotment.db import repository as repo
 from allotment.db.tables import Account, Membership, User
+from allotment.domain.permissions import Principal
 from allotment.errors import NotFound
-from allotment.schemas import Page, UserOut
+from allotment.schemas import MembershipOut, Page, UserOut
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["users"])
 
 
-async def _user_out(session: AsyncSession, user: User) -> UserOut:
-    default = (
-        await session.get(Account, user.default_account_id) if user.default_account_id else None
+async def _users_out(
+    session: AsyncSession, users: list[User], principal: Principal
+) -> list[UserOut]:
+    """Users with their default account and memberships, in two queries for the whole page.
+
+    Only what the caller can see is shown: a lab manager sees a member's membership of their
+    lab, not of another lab.
+    """
+    ids = [u.id for u in users]
+    by_user: dict[str, list[MembershipOut]] = {u.name: [] for u in users}
+    for m in await memberships_out(session, user_ids=ids):
+        if principal.can_see_account(m.account):
+            by_user[m.user].append(m)
+    rows = await session.execute(
+        select(User.id, Account.path)
+        .join(Account, Account.id == User.default_account_id)
+        .where(User.id.in_(ids))
     )
-    return UserOut(
-        name=user.name,
-        default_account=default.path if default else None,
-        memberships=await memberships_out(session, user_id=user.id),
-    )
+    defaults = {user_id: path for user_id, path in rows}
+    out = []
+    for u in users:
+        default = defaults.get(u.id)
+        shown = default if default and principal.can_see_account(default) else None
+        out.append(UserOut(name=u.name, default_account=shown, memberships=by_user[u.name]))
+    return out
 
 
 @router.get("/users", response_model=Page[UserOut])
@@ -51,7 +68,7 @@ async def list_users(
         if cursor is not None:
             q = q.where(User.name > cursor)
         users = list((await session.execute(q.limit(limit + 1))).scalars())
-        items = [await _user_out(session, u) for u in users[:limit]]
+        items = await _users_out(session, users[:limit], p)
     more = len(users) > limit
     return Page[UserOut](items=items, next_cursor=items[-1].name if more else None)
 
@@ -76,4 +93,4 @@ async def get_user(name: str, caller: CallerDep, state: StateDep) -> UserOut:
             )
         if user is None or not visible:
             raise NotFound(f"There is no user '{name}' that you can see.")
-        return await _user_out(session, user)
+        return (await _users_out(session, [user], p))[0]
