@@ -1,1 +1,32 @@
-"""Pure scheduling: a snapshot and events in, decisions out (arrives with the scheduler issue)."""
+"""Pure scheduling: a snapshot in, decisions out. See docs/design/0001-scheduler.md."""
+
+from allotment.scheduler.cycle import order_queue, schedule
+from allotment.scheduler.decisions import Admit, Decision, Hold, Preempt, Reject
+from allotment.scheduler.snapshot import (
+    AccountState,
+    Allocation,
+    Limits,
+    NodeState,
+    Pending,
+    Running,
+    Snapshot,
+    Weights,
+)
+
+__all__ = [
+    "AccountState",
+    "Admit",
+    "Allocation",
+    "Decision",
+    "Hold",
+    "Limits",
+    "NodeState",
+    "Pending",
+    "Preempt",
+    "Reject",
+    "Running",
+    "Snapshot",
+    "Weights",
+    "order_queue",
+    "schedule",
+]

@@ -1,0 +1,392 @@
+"""One scheduling cycle, as numbered steps:
+
+1. order the queue (``ordering``);
+2. reject what can never run;
+3. walk the queue with a working copy of free capacity: limits, quota and borrowing, fit;
+4. the first workload of a pool that does not fit gets the EASY reservation; later ones start
+   only if they do not delay it;
+5. a workload within its guarantee that finds no room preempts borrowers;
+6. held workloads get a position and an estimated start.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from allotment.domain.accounts import ancestors
+from allotment.domain.quantities import format_bytes
+from allotment.domain.resources import Resources
+from allotment.scheduler.decisions import Admit, Decision, Hold, Preempt, Reject
+from allotment.scheduler.ordering import order_queue, priorities
+from allotment.scheduler.projection import project
+from allotment.scheduler.snapshot import Allocation, Limits, NodeState, Pending, Snapshot
+
+__all__ = ["order_queue", "schedule"]
+
+INF = float("inf")
+
+
+def _sub(a: Resources, b: Resources) -> Resources:
+    gpus = dict(a.gpus)
+    for m, n in b.gpus.items():
+        gpus[m] = gpus.get(m, 0) - n
+    return Resources(a.millicpus - b.millicpus, a.memory - b.memory, gpus)
+
+
+def _describe(r: Resources) -> str:
+    parts = [f"{r.cpus:g} CPU" + ("" if r.cpus == 1 else "s")]
+    if r.memory:
+        parts.append(format_bytes(r.memory))
+    parts += [f"{n}× {m}" for m, n in r.gpus.items() if n]
+    return ", ".join(parts)
+
+
+@dataclass
+class _Node:
+    spec: NodeState
+    free: Resources
+    #: (expected end, resources) of what runs or was admitted this cycle.
+    releases: list[tuple[float, Resources]] = field(default_factory=list)
+    busy: bool = False
+
+
+@dataclass
+class _Reservation:
+    workload: int
+    node: str
+    start: float
+    #: What the reserved node will have beyond the reserved workload's needs at ``start``.
+    extra: Resources
+
+
+@dataclass
+class _Totals:
+    """Running use, per user, per account subtree and per allocation subtree and pool."""
+
+    user: dict[str, Resources] = field(default_factory=lambda: defaultdict(Resources))
+    user_n: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    account: dict[str, Resources] = field(default_factory=lambda: defaultdict(Resources))
+    account_n: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    alloc: dict[tuple[str, str], Resources] = field(default_factory=lambda: defaultdict(Resources))
+
+    def add(self, user: str, account: str, pool: str, owner: str | None, r: Resources) -> None:
+        self.user[user] = self.user[user] + r
+        self.user_n[user] += 1
+        for a in (*ancestors(account), account):
+            self.account[a] = self.account[a] + r
+            self.account_n[a] += 1
+        if owner is not None:
+            self.alloc[(owner, pool)] = self.alloc[(owner, pool)] + r
+
+    def remove(self, user: str, account: str, pool: str, owner: str | None, r: Resources) -> None:
+        self.user[user] = _sub(self.user[user], r)
+        self.user_n[user] -= 1
+        for a in (*ancestors(account), account):
+            self.account[a] = _sub(self.account[a], r)
+            self.account_n[a] -= 1
+        if owner is not None:
+            self.alloc[(owner, pool)] = _sub(self.alloc[(owner, pool)], r)
+
+
+def _over(limit: Limits, used: Resources, n: int, add: Resources) -> str | None:
+    """Which part of ``limit`` adding ``add`` to ``used`` (n workloads) would exceed."""
+    if limit.workloads is not None and n + 1 > limit.workloads:
+        return f"{n} of its {limit.workloads} workloads"
+    if limit.cpus is not None and (used.millicpus + add.millicpus) > limit.cpus * 1000:
+        return f"{used.cpus:g} of its {limit.cpus:g} CPUs"
+    if limit.memory is not None and used.memory + add.memory > limit.memory:
+        return f"{format_bytes(used.memory)} of its {format_bytes(limit.memory)} of memory"
+    if limit.gpus is not None and used.gpu_count + add.gpu_count > limit.gpus:
+        return f"{used.gpu_count} of its {limit.gpus} GPUs"
+    return None
+
+
+class _Cycle:
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.nodes: dict[str, list[_Node]] = defaultdict(list)
+        self.by_name: dict[tuple[str, str], _Node] = {}
+        for spec in snap.nodes:
+            node = _Node(spec, spec.capacity)
+            self.nodes[spec.pool].append(node)
+            self.by_name[(spec.pool, spec.name)] = node
+        self.totals = _Totals()
+        for r in snap.running:
+            host = self.by_name.get((r.pool, r.node))
+            if host is not None:
+                host.free = _sub(host.free, r.resources)
+                host.releases.append((r.expected_end, r.resources))
+                host.busy = True
+            self.totals.add(r.user, r.account, r.pool, self._owner(r.account, r.pool), r.resources)
+        self.reservations: dict[str, _Reservation] = {}
+        self.blocked_pools: set[str] = set()
+        self.decisions: list[Decision] = []
+        self.held: dict[str, list[tuple[Pending, str]]] = defaultdict(list)
+        self.preempting: set[int] = {r.id for r in snap.running if r.stopping}
+
+    # -- policy lookups ---------------------------------------------------------------------
+
+    def _owner(self, account: str, pool: str) -> str | None:
+        """The account whose allocation on ``pool`` governs ``account``: itself or an ancestor."""
+        for a in (account, *reversed(ancestors(account))):
+            st = self.snap.accounts.get(a)
+            if st is not None and pool in st.allocations:
+                return a
+        return None
+
+    def _allocation(self, owner: str | None, pool: str) -> Allocation | None:
+        return self.snap.accounts[owner].allocations[pool] if owner else None
+
+    def _user_limit(self, user: str, account: str) -> Limits:
+        """A user's own limit beats the accounts'; else the lowest along the chain; else default."""
+        own = self.snap.user_limits.get(user)
+        if own is not None:
+            return own
+        chain = [
+            self.snap.accounts[a].limits
+            for a in (*ancestors(account), account)
+            if a in self.snap.accounts and self.snap.accounts[a].limits is not None
+        ]
+        if not chain:
+            return self.snap.default_limits
+
+        def low(xs: list[float | int | None]) -> float | int | None:
+            vals = [x for x in xs if x is not None]
+            return min(vals) if vals else None
+
+        return Limits(
+            cpus=low([c.cpus for c in chain if c]),
+            memory=low([c.memory for c in chain if c]),  # type: ignore[arg-type]
+            gpus=low([c.gpus for c in chain if c]),  # type: ignore[arg-type]
+            workloads=low([c.workloads for c in chain if c]),  # type: ignore[arg-type]
+        )
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    def never(self, p: Pending) -> str | None:
+        """Step 2: why ``p`` can never run, or None."""
+        nodes = self.nodes.get(p.pool)
+        if not nodes:
+            return f"pool '{p.pool}' does not exist or has no nodes"
+        if not any(p.resources.fits_in(n.spec.capacity) for n in nodes):
+            big = max(nodes, key=lambda n: (n.spec.capacity.gpu_count, n.spec.capacity.millicpus))
+            return (
+                f"it asks for {_describe(p.resources)}; the largest node of '{p.pool}' "
+                f"({big.spec.name}) has {_describe(big.spec.capacity)}"
+            )
+        if p.account not in self.snap.accounts:
+            return f"account '{p.account}' does not exist"
+        over = _over(self._user_limit(p.user, p.account), Resources(), 0, p.resources)
+        if over is not None:
+            return f"it alone exceeds {p.user}'s limit ({over.split(' of ', 1)[1]})"
+        return None
+
+    def limit_reason(self, p: Pending) -> str | None:
+        t = self.totals
+        over = _over(
+            self._user_limit(p.user, p.account), t.user[p.user], t.user_n[p.user], p.resources
+        )
+        return None if over is None else f"{p.user} is using {over}"
+
+    def quota(self, p: Pending, owner: str | None) -> tuple[bool, str | None]:
+        """(within guarantee after admission, reason it may not borrow)."""
+        alloc = self._allocation(owner, p.pool)
+        if alloc is None:
+            return False, None  # no guarantee: all use is borrowing, unlimited
+        used = self.totals.alloc[(owner or "", p.pool)] + p.resources
+        within = used.fits_in(alloc.quota)
+        if within or alloc.borrowing_limit is None:
+            return within, None
+        limit = alloc.quota + alloc.borrowing_limit
+        if not used.fits_in(limit):
+            return False, (
+                f"account {owner} would use {_describe(used)} of pool '{p.pool}', beyond its "
+                f"quota and borrowing limit ({_describe(limit)})"
+            )
+        return False, None
+
+    def best_fit(self, p: Pending) -> _Node | None:
+        best: _Node | None = None
+        best_left = INF
+        for n in self.nodes[p.pool]:
+            if p.whole_node and n.busy:
+                continue
+            if not p.resources.fits_in(n.free):
+                continue
+            left = (n.free.millicpus - p.resources.millicpus) / max(n.spec.capacity.millicpus, 1)
+            left += sum(n.free.gpus.values()) - p.resources.gpu_count
+            if left < best_left:
+                best, best_left = n, left
+        return best
+
+    def earliest(self, p: Pending, node: _Node) -> tuple[float, Resources] | None:
+        """When ``p`` fits on ``node`` as running work ends, and what is free then."""
+        if p.resources.fits_in(node.free) and not (p.whole_node and node.busy):
+            return self.snap.now, node.free
+        free = node.free
+        for end, res in sorted(node.releases, key=lambda x: x[0]):
+            free = free + res
+            if p.resources.fits_in(free) and (not p.whole_node or free == node.spec.capacity):
+                return max(end, self.snap.now), free
+        return None
+
+    def reserve(self, p: Pending) -> _Reservation | None:
+        best: tuple[float, str, Resources] | None = None
+        for n in self.nodes[p.pool]:
+            at = self.earliest(p, n)
+            if at is not None and (best is None or at[0] < best[0]):
+                best = (at[0], n.spec.name, at[1])
+        if best is None:
+            return None
+        start, node, free = best
+        return _Reservation(p.id, node, start, _sub(free, p.resources))
+
+    def backfill_ok(self, p: Pending, node: _Node, res: _Reservation) -> bool:
+        if node.spec.name != res.node:
+            return True
+        if self.snap.now + p.walltime <= res.start:
+            return True
+        return p.resources.fits_in(res.extra)
+
+    def admit(self, p: Pending, node: _Node, owner: str | None) -> None:
+        node.free = _sub(node.free, p.resources)
+        node.releases.append((self.snap.now + p.walltime, p.resources))
+        node.busy = True
+        self.totals.add(p.user, p.account, p.pool, owner, p.resources)
+        self.decisions.append(Admit(p.id, node.spec.name))
+
+    def preempt_for(self, p: Pending, owner: str | None, prio: dict[int, float]) -> bool:
+        """Step 5: free a node for ``p`` by stopping borrowers there; True when planned."""
+        snap = self.snap
+        victims_by_node: dict[str, list[tuple[float, int, Resources]]] = defaultdict(list)
+        for r in snap.running:
+            if r.pool != p.pool or r.id in self.preempting:
+                continue
+            r_owner = self._owner(r.account, r.pool)
+            if r_owner == owner and owner is not None:
+                continue  # never preempt within the same guarantee
+            alloc = self._allocation(r_owner, r.pool)
+            borrowing = alloc is None or not self.totals.alloc[(r_owner or "", r.pool)].fits_in(
+                alloc.quota
+            )
+            if borrowing:
+                victims_by_node[r.node].append((r.priority, r.id, r.resources))
+        for n in self.nodes[p.pool]:
+            free = n.free
+            chosen = []
+            for _, rid, res in sorted(victims_by_node.get(n.spec.name, [])):
+                if p.resources.fits_in(free):
+                    break
+                free = free + res
+                chosen.append(rid)
+            if chosen and p.resources.fits_in(free):
+                for rid in chosen:
+                    self.preempting.add(rid)
+                    self.decisions.append(
+                        Preempt(
+                            rid,
+                            p.id,
+                            snap.preemption_grace,
+                            f"preempted: account {owner} needs its guaranteed resources back",
+                        )
+                    )
+                self.reservations.setdefault(
+                    p.pool,
+                    _Reservation(
+                        p.id, n.spec.name, snap.now + snap.preemption_grace, _sub(free, p.resources)
+                    ),
+                )
+                return True
+        return False
+
+    def run(self) -> list[Decision]:
+        snap = self.snap
+        queue = order_queue(snap)
+        prio = priorities(snap, queue) if snap.policy == "fairshare" else {}
+        for p in queue:
+            if not snap.explain and p.pool in self.blocked_pools and self._full(p.pool):
+                continue
+            reason = self.never(p)
+            if reason is not None:
+                self.decisions.append(Reject(p.id, reason))
+                continue
+            reason = self.limit_reason(p)
+            owner = self._owner(p.account, p.pool)
+            if reason is None:
+                within, reason = self.quota(p, owner)
+            else:
+                within = False
+            if reason is not None:
+                self.held[p.pool].append((p, reason))
+                continue
+            if snap.policy == "fifo" and p.pool in self.reservations:
+                self.held[p.pool].append((p, "waiting for the workloads ahead of it (fifo)"))
+                continue
+            node = self.best_fit(p)
+            res = self.reservations.get(p.pool)
+            if node is not None and (res is None or self.backfill_ok(p, node, res)):
+                self.admit(p, node, owner)
+                if (
+                    res is not None
+                    and node.spec.name == res.node
+                    and snap.now + p.walltime > res.start
+                ):
+                    res.extra = _sub(res.extra, p.resources)
+                continue
+            if node is None and within and self.preempt_for(p, owner, prio):
+                self.held[p.pool].append(
+                    (p, "waiting for borrowed resources to be returned (preemption under way)")
+                )
+                continue
+            if res is None:
+                new = self.reserve(p)
+                if new is not None:
+                    self.reservations[p.pool] = new
+                self.blocked_pools.add(p.pool)
+                self.held[p.pool].append((p, f"waiting for {_describe(p.resources)} to free up"))
+            else:
+                ahead = "" if res.workload == p.id else f" behind workload {res.workload}"
+                self.held[p.pool].append(
+                    (p, f"waiting for {_describe(p.resources)} to free up{ahead}")
+                )
+        if snap.explain:
+            self.estimate()
+        return self.decisions
+
+    def _full(self, pool: str) -> bool:
+        return all(n.free.millicpus <= 0 for n in self.nodes[pool])
+
+    def estimate(self) -> None:
+        """Step 6: positions, and start times projected on a capacity profile.
+
+        Those waiting for capacity are projected first, in queue order, the reservation's
+        holder leading; those held by a limit or a borrowing cap wait on their own use, not on
+        the queue, and are projected after them, so that they never push the head back.
+        """
+        for pool, held in self.held.items():
+            res = self.reservations.get(pool)
+            waits = [self._capacity_wait(reason) for _, reason in held]
+            order = sorted(
+                range(len(held)),
+                key=lambda i: (not waits[i], held[i][0].id != (res.workload if res else None), i),
+            )
+            etas = project(
+                [held[i][0] for i in order],
+                self.nodes[pool],
+                self.snap.now,
+                self.snap.exact_etas,
+                in_order=self.snap.policy == "fifo",
+            )
+            by_index = dict(zip(order, etas, strict=True))
+            for pos, (p, reason) in enumerate(held, start=1):
+                self.decisions.append(Hold(p.id, reason, pos, by_index[pos - 1]))
+
+    @staticmethod
+    def _capacity_wait(reason: str) -> bool:
+        return reason.startswith("waiting for") and "(fifo)" not in reason
+
+
+def schedule(snap: Snapshot) -> list[Decision]:
+    """Decide, for every pending workload, Admit, Hold or Reject (and any Preempts)."""
+    return _Cycle(snap).run()

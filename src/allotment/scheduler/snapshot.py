@@ -1,0 +1,128 @@
+"""The scheduler's whole view of the world at one instant: frozen, complete, no I/O.
+
+Times are seconds on one clock (epoch seconds in the service, trace seconds in replay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from allotment.domain.resources import Resources
+
+__all__ = [
+    "AccountState",
+    "Allocation",
+    "Limits",
+    "NodeState",
+    "Pending",
+    "Policy",
+    "Running",
+    "Snapshot",
+    "Weights",
+]
+
+#: ``fifo``: strict order, no backfill. ``easy``: order of submission, EASY backfill.
+#: ``fairshare``: hierarchical fair-share priority, EASY backfill (the default).
+Policy = Literal["fifo", "easy", "fairshare"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Concurrent use that may not be exceeded; None means unlimited."""
+
+    cpus: float | None = None
+    memory: int | None = None
+    gpus: int | None = None
+    workloads: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """An account's grant on a pool, covering its whole subtree."""
+
+    #: Guaranteed resources: within them, the account may preempt borrowers.
+    quota: Resources = field(default_factory=Resources)
+    #: Most it may use beyond the quota when capacity is idle; None means unlimited.
+    borrowing_limit: Resources | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    path: str
+    #: Fair-share weight among siblings; 0 means it ranks after every sibling with shares.
+    shares: float = 1.0
+    #: Limits on each user charging this account or below, unless the user has their own;
+    #: the lowest along the chain applies. The subtree's total is capped by allocations.
+    limits: Limits | None = None
+    #: Pool name → allocation.
+    allocations: Mapping[str, Allocation] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    pool: str
+    name: str
+    capacity: Resources
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    id: int
+    user: str
+    account: str
+    pool: str
+    node: str
+    resources: Resources
+    started: float
+    #: When it is expected to end: start + requested walltime (or the profile's max runtime).
+    expected_end: float
+    priority: float = 0.0
+    #: Already told to stop (preempted or cancelled): never chosen as a victim again.
+    stopping: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    id: int
+    user: str
+    account: str
+    pool: str
+    resources: Resources
+    submitted: float
+    #: Requested walltime in seconds (or the profile's max runtime): used for backfill.
+    walltime: float
+    #: Added to the priority (a profile's priority).
+    priority: float = 0.0
+    #: Take a node with nothing else on it.
+    whole_node: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    fairshare: float = 10_000.0
+    age: float = 1_000.0
+    #: Age at which the age factor reaches 1.
+    max_age: float = 7 * 86_400.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float
+    accounts: Mapping[str, AccountState]
+    nodes: Sequence[NodeState]
+    running: Sequence[Running] = ()
+    pending: Sequence[Pending] = ()
+    #: Decayed dominant usage per (account path, user); see ``scheduler.usage``.
+    usage: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    user_limits: Mapping[str, Limits] = field(default_factory=dict)
+    default_limits: Limits = field(default_factory=Limits)
+    weights: Weights = field(default_factory=Weights)
+    policy: Policy = "fairshare"
+    #: Warning time a preempted workload gets before it is stopped.
+    preemption_grace: float = 300.0
+    #: Held workloads per pool whose start is projected exactly; the rest are estimated.
+    exact_etas: int = 200
+    #: False in trace replay: no Hold decisions, and the walk stops once pools are full.
+    explain: bool = True
