@@ -14,6 +14,7 @@ from allotment import __version__
 from allotment.cli import user
 from allotment.cli.admin import config_app, load_or_exit
 from allotment.cli.output import console
+from allotment.cli.simulate import simulate
 
 __all__ = ["app", "main"]
 
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 user.register(app)
+app.command()(simulate)
 
 
 @app.command()

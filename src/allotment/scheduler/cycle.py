@@ -42,7 +42,7 @@ def _describe(r: Resources) -> str:
     return ", ".join(parts)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Node:
     spec: NodeState
     free: Resources
@@ -112,13 +112,35 @@ class _Cycle:
             self.nodes[spec.pool].append(node)
             self.by_name[(spec.pool, spec.name)] = node
         self.totals = _Totals()
+        # Limits and allocations need running totals; without any (as in most replays) the
+        # cycle skips that bookkeeping, which dominates its cost when much runs.
+        self.track = bool(
+            snap.user_limits
+            or snap.default_limits != Limits()
+            or any(a.limits is not None or a.allocations for a in snap.accounts.values())
+        )
+        used: dict[_Node, list[int]] = {}
+        used_gpus: dict[_Node, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for r in snap.running:
             host = self.by_name.get((r.pool, r.node))
             if host is not None:
-                host.free = _sub(host.free, r.resources)
+                acc = used.setdefault(host, [0, 0])
+                acc[0] += r.resources.millicpus
+                acc[1] += r.resources.memory
+                for m, n in r.resources.gpus.items():
+                    used_gpus[host][m] += n
                 host.releases.append((r.expected_end, r.resources))
                 host.busy = True
-            self.totals.add(r.user, r.account, r.pool, self._owner(r.account, r.pool), r.resources)
+            if self.track:
+                owner = self._owner(r.account, r.pool)
+                self.totals.add(r.user, r.account, r.pool, owner, r.resources)
+        for host, (mc, mem) in used.items():
+            cap = host.spec.capacity
+            gpus = {
+                m: cap.gpus.get(m, 0) - used_gpus[host].get(m, 0)
+                for m in set(cap.gpus) | set(used_gpus[host])
+            }
+            host.free = Resources(cap.millicpus - mc, cap.memory - mem, gpus)
         self.reservations: dict[str, _Reservation] = {}
         self.blocked_pools: set[str] = set()
         self.decisions: list[Decision] = []
@@ -183,6 +205,8 @@ class _Cycle:
         return None
 
     def limit_reason(self, p: Pending) -> str | None:
+        if not self.track:
+            return None
         t = self.totals
         over = _over(
             self._user_limit(p.user, p.account), t.user[p.user], t.user_n[p.user], p.resources
@@ -253,7 +277,8 @@ class _Cycle:
         node.free = _sub(node.free, p.resources)
         node.releases.append((self.snap.now + p.walltime, p.resources))
         node.busy = True
-        self.totals.add(p.user, p.account, p.pool, owner, p.resources)
+        if self.track:
+            self.totals.add(p.user, p.account, p.pool, owner, p.resources)
         self.decisions.append(Admit(p.id, node.spec.name))
 
     def preempt_for(self, p: Pending, owner: str | None, prio: dict[int, float]) -> bool:
@@ -302,10 +327,17 @@ class _Cycle:
 
     def run(self) -> list[Decision]:
         snap = self.snap
-        queue = order_queue(snap)
+        queue = list(snap.pending) if snap.presorted else order_queue(snap)
         prio = priorities(snap, queue) if snap.policy == "fairshare" else {}
         for p in queue:
-            if not snap.explain and p.pool in self.blocked_pools and self._full(p.pool):
+            if (
+                not snap.explain
+                and p.pool in self.blocked_pools
+                and (snap.policy == "fifo" or self._full(p.pool))
+            ):
+                # Replay needs only what starts: nothing more can in this pool.
+                if len(self.nodes) == 1:
+                    break
                 continue
             reason = self.never(p)
             if reason is not None:

@@ -14,7 +14,9 @@ def priorities(snap: Snapshot, pending: Sequence[Pending]) -> dict[int, float]:
     """Priority of each pending workload (higher runs first)."""
     w = snap.weights
     factors: Mapping[tuple[str, str], float] = {}
-    if snap.policy == "fairshare":
+    if snap.policy == "fairshare" and snap.fair_share is not None:
+        factors = snap.fair_share
+    elif snap.policy == "fairshare":
         shares = {path: a.shares for path, a in snap.accounts.items()}
         factors = fair_share_factors(shares, snap.usage, ((p.account, p.user) for p in pending))
     out = {}

@@ -126,3 +126,9 @@ class Snapshot:
     exact_etas: int = 200
     #: False in trace replay: no Hold decisions, and the walk stops once pools are full.
     explain: bool = True
+    #: Fair-share factors computed earlier (Slurm recomputes them every few minutes, not every
+    #: cycle); None computes them from ``usage`` now.
+    fair_share: Mapping[tuple[str, str], float] | None = None
+    #: ``pending`` is already in scheduling order (a caller that keeps the queue sorted between
+    #: priority recalculations, as trace replay does); the cycle then does not sort it again.
+    presorted: bool = False

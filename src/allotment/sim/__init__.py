@@ -1,1 +1,1 @@
-"""Trace replay through the real scheduler with a fake clock (arrives with the scheduler issue)."""
+"""Trace replay through the real scheduler with a fake clock, and its metrics."""
