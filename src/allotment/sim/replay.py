@@ -61,8 +61,8 @@ def replay(
     jobs = sorted(jobs, key=lambda j: (j.submit, j.id))
     outcomes = {j.id: Outcome(j, account_of(j)) for j in jobs}
     paths = {o.account for o in outcomes.values()}
-    for p in list(paths):
-        parts = p.split("/")
+    for path in list(paths):
+        parts = path.split("/")
         paths.update("/".join(parts[:i]) for i in range(1, len(parts)))
     share_of = dict(shares or {})
     accounts = {p: AccountState(p, shares=share_of.get(p, 1.0)) for p in paths}
@@ -122,9 +122,9 @@ def replay(
         if busy >= cores * 1000:
             continue
         if policy == "fairshare" and now - computed_at >= recalc:
-            factors = fair_share_factors({p: a.shares for p, a in accounts.items()}, usage, users)
+            factors = fair_share_factors({k: a.shares for k, a in accounts.items()}, usage, users)
             computed_at = now
-            order = sorted((rank_key(p), p.submitted, p.id) for p in pending.values())
+            order = sorted((rank_key(q), q.submitted, q.id) for q in pending.values())
         if policy == "fairshare":
             queue = [pending[jid] for _, _, jid in order if jid in pending]
         else:
