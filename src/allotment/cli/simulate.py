@@ -31,7 +31,18 @@ def _groups(spec: str | None) -> dict[int, str]:
 def simulate(
     trace: Annotated[Path, typer.Option("--trace", help="SWF log, plain or .gz.", exists=True)],
     cores: Annotated[int, typer.Option(help="CPUs of the simulated machine.")] = 0,
-    policy: Annotated[str, typer.Option(help="fairshare, easy or fifo.")] = "fairshare",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Policy file: its accounts' shares and its scheduling "
+            "section (policy, half-life, weights) are used.",
+        ),
+    ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="fairshare, easy or fifo (default: the config's, else fairshare)."),
+    ] = None,
     partition: Annotated[int | None, typer.Option(help="Only this SWF partition.")] = None,
     map_groups: Annotated[
         str | None,
@@ -43,27 +54,41 @@ def simulate(
     shares: Annotated[
         str | None, typer.Option(help="Account shares: physics/lab-a=2,physics/lab-b=1.")
     ] = None,
-    half_life: Annotated[str, typer.Option(help="Usage decay half-life, e.g. 7d.")] = "7d",
+    half_life: Annotated[
+        str | None, typer.Option(help="Usage decay half-life, e.g. 7d (default: the config's).")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the schedule as CSV.")] = None,
 ) -> None:
     """Replay a Standard Workload Format trace with a fake clock; print its metrics."""
+    from allotment.cli.admin import load_or_exit
+    from allotment.config.models import Policy
+    from allotment.config.rules import account_paths
     from allotment.domain.quantities import parse_duration
     from allotment.sim.metrics import measure
-    from allotment.sim.replay import replay
+    from allotment.sim.replay import Weights, replay
     from allotment.sim.swf import read_swf
 
+    spec = load_or_exit(config) if config else Policy()
+    sched = spec.scheduling
+    policy = policy or sched.policy
     if policy not in ("fairshare", "easy", "fifo"):
         fail(f"--policy {policy!r}: use fairshare, easy or fifo")
     try:
         jobs = list(read_swf(trace, partition))
-        decay = parse_duration(half_life)
+        decay = parse_duration(half_life) if half_life else sched.half_life
     except ValueError as e:
         fail(str(e))
+    weights = Weights(sched.fairshare_weight, sched.age_weight, sched.max_age)
+    paths = account_paths(spec)
     if not jobs:
         fail(f"{trace}: no jobs" + (f" in partition {partition}" if partition is not None else ""))
     cores = cores or max(j.procs for j in jobs)
     groups = _groups(map_groups)
-    share_of = {a: float(s) for a, s in (p.split("=") for p in (shares or "").split(",") if p)}
+    share_of = {paths[n]: float(a.shares) for n, a in spec.accounts.items()}
+    try:
+        share_of |= {a: float(s) for a, s in (p.split("=") for p in (shares or "").split(",") if p)}
+    except ValueError:
+        fail(f"--shares {shares!r}: write ACCOUNT=SHARES, e.g. physics/lab-a=2,physics/lab-b=1")
     result = replay(
         jobs,
         cores,
@@ -71,6 +96,7 @@ def simulate(
         account_of=lambda j: groups.get(j.group, f"g{j.group}"),
         shares=share_of,
         half_life=decay,
+        weights=weights,
     )
     m = measure(result)
     if out is not None:

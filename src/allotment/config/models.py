@@ -32,6 +32,7 @@ __all__ = [
     "ProfileOptions",
     "ProfileSpec",
     "RatesSpec",
+    "SchedulingSpec",
     "ServiceSettings",
     "SizeSpec",
     "UserSpec",
@@ -241,6 +242,27 @@ class LimitsSpec(_Spec):
     users: dict[str, LimitSpec] = Field({}, description="Per user.")
 
 
+class SchedulingSpec(_Spec):
+    """How the queue is ordered and admitted (see docs/design/0001-scheduler.md)."""
+
+    policy: Literal["fairshare", "easy", "fifo"] = Field(
+        "fairshare",
+        description="`fairshare`: hierarchical fair share with EASY backfill. `easy`: "
+        "submission order with EASY backfill. `fifo`: strict submission order.",
+    )
+    half_life: Duration = Field(
+        "7d", validate_default=True, description="Half-life of past usage in fair share."
+    )
+    fairshare_weight: NonNegative = Field(10_000, description="Weight of the fair-share factor.")
+    age_weight: NonNegative = Field(1_000, description="Weight of the age factor.")
+    max_age: Duration = Field(
+        "7d", validate_default=True, description="Age at which the age factor stops growing."
+    )
+    preemption_grace: Duration = Field(
+        "5m", validate_default=True, description="Warning a preempted workload gets."
+    )
+
+
 class Policy(_Spec):
     """The whole policy of one Allotment installation."""
 
@@ -252,3 +274,4 @@ class Policy(_Spec):
     profiles: dict[Name, ProfileSpec] = Field({}, description="Launch offers, by name.")
     allocations: list[AllocationSpec] = Field([], description="Grants of accounts on pools.")
     limits: LimitsSpec = Field(LimitsSpec(), description="Concurrency limits.")
+    scheduling: SchedulingSpec = Field(SchedulingSpec(), description="Queue order and admission.")

@@ -18,7 +18,7 @@ from allotment.domain.accounts import ancestors
 from allotment.domain.quantities import format_bytes
 from allotment.domain.resources import Resources
 from allotment.scheduler.decisions import Admit, Decision, Hold, Preempt, Reject
-from allotment.scheduler.ordering import order_queue, priorities
+from allotment.scheduler.ordering import order_queue
 from allotment.scheduler.projection import project
 from allotment.scheduler.snapshot import Allocation, Limits, NodeState, Pending, Snapshot
 
@@ -141,6 +141,11 @@ class _Cycle:
                 for m in set(cap.gpus) | set(used_gpus[host])
             }
             host.free = Resources(cap.millicpus - mc, cap.memory - mem, gpus)
+        #: Request sizes already known to fit some node (requests come in few sizes).
+        self.fits_somewhere: set[tuple[object, ...]] = set()
+        self.max_free: dict[str, tuple[int, int]] = {}
+        for pool in self.nodes:
+            self._refresh_max(pool)
         self.reservations: dict[str, _Reservation] = {}
         self.blocked_pools: set[str] = set()
         self.decisions: list[Decision] = []
@@ -191,14 +196,25 @@ class _Cycle:
         nodes = self.nodes.get(p.pool)
         if not nodes:
             return f"pool '{p.pool}' does not exist or has no nodes"
-        if not any(p.resources.fits_in(n.spec.capacity) for n in nodes):
+        size = (
+            p.pool,
+            p.resources.millicpus,
+            p.resources.memory,
+            tuple(sorted(p.resources.gpus.items())),
+        )
+        if size not in self.fits_somewhere and not any(
+            p.resources.fits_in(n.spec.capacity) for n in nodes
+        ):
             big = max(nodes, key=lambda n: (n.spec.capacity.gpu_count, n.spec.capacity.millicpus))
             return (
                 f"it asks for {_describe(p.resources)}; the largest node of '{p.pool}' "
                 f"({big.spec.name}) has {_describe(big.spec.capacity)}"
             )
+        self.fits_somewhere.add(size)
         if p.account not in self.snap.accounts:
             return f"account '{p.account}' does not exist"
+        if not self.track:
+            return None
         over = _over(self._user_limit(p.user, p.account), Resources(), 0, p.resources)
         if over is not None:
             return f"it alone exceeds {p.user}'s limit ({over.split(' of ', 1)[1]})"
@@ -230,7 +246,17 @@ class _Cycle:
             )
         return False, None
 
+    def _refresh_max(self, pool: str) -> None:
+        nodes = self.nodes[pool]
+        self.max_free[pool] = (
+            max((n.free.millicpus for n in nodes), default=0),
+            max((n.free.memory for n in nodes), default=0),
+        )
+
     def best_fit(self, p: Pending) -> _Node | None:
+        most_cpu, most_mem = self.max_free[p.pool]
+        if p.resources.millicpus > most_cpu or p.resources.memory > most_mem:
+            return None  # the common case once a pool is full: no node scan
         best: _Node | None = None
         best_left = INF
         for n in self.nodes[p.pool]:
@@ -279,9 +305,10 @@ class _Cycle:
         node.busy = True
         if self.track:
             self.totals.add(p.user, p.account, p.pool, owner, p.resources)
+        self._refresh_max(p.pool)
         self.decisions.append(Admit(p.id, node.spec.name))
 
-    def preempt_for(self, p: Pending, owner: str | None, prio: dict[int, float]) -> bool:
+    def preempt_for(self, p: Pending, owner: str | None) -> bool:
         """Step 5: free a node for ``p`` by stopping borrowers there; True when planned."""
         snap = self.snap
         victims_by_node: dict[str, list[tuple[float, int, Resources]]] = defaultdict(list)
@@ -328,7 +355,6 @@ class _Cycle:
     def run(self) -> list[Decision]:
         snap = self.snap
         queue = list(snap.pending) if snap.presorted else order_queue(snap)
-        prio = priorities(snap, queue) if snap.policy == "fairshare" else {}
         for p in queue:
             if (
                 not snap.explain
@@ -366,7 +392,7 @@ class _Cycle:
                 ):
                     res.extra = _sub(res.extra, p.resources)
                 continue
-            if node is None and within and self.preempt_for(p, owner, prio):
+            if node is None and within and self.preempt_for(p, owner):
                 self.held[p.pool].append(
                     (p, "waiting for borrowed resources to be returned (preemption under way)")
                 )

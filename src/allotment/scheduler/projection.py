@@ -62,20 +62,25 @@ class _Profile:
         return len(self.times) - 1
 
     def earliest(self, need: Resources, walltime: float, after: float) -> float | None:
-        for i, start in enumerate(self.times):
-            t = max(start, after)
-            if i + 1 < len(self.times) and self.times[i + 1] <= t:
+        """The earliest start, at or after ``after``, of a window of ``walltime`` in which
+        ``need`` fits throughout: one pass, restarting the window after a segment too small."""
+        times, free = self.times, self.free
+        n = len(times)
+        i = 0
+        while i < n:
+            t = max(times[i], after)
+            if i + 1 < n and times[i + 1] <= t:
+                i += 1
                 continue
             end = t + walltime
             j = i
-            ok = True
-            while j < len(self.times) and self.times[j] < end:
-                if not need.fits_in(self.free[j]):
-                    ok = False
+            while j < n and times[j] < end:
+                if not need.fits_in(free[j]):
                     break
                 j += 1
-            if ok:
+            else:
                 return t
+            i = j + 1  # no window can start before the segment that did not fit ends
         return None
 
     def take(self, need: Resources, start: float, walltime: float) -> None:

@@ -123,7 +123,7 @@ class Snapshot:
     #: Warning time a preempted workload gets before it is stopped.
     preemption_grace: float = 300.0
     #: Held workloads per pool whose start is projected exactly; the rest are estimated.
-    exact_etas: int = 200
+    exact_etas: int = 100
     #: False in trace replay: no Hold decisions, and the walk stops once pools are full.
     explain: bool = True
     #: Fair-share factors computed earlier (Slurm recomputes them every few minutes, not every

@@ -20,11 +20,19 @@ from allotment.domain.resources import Resources
 from allotment.scheduler.cycle import schedule
 from allotment.scheduler.decisions import Admit, Reject
 from allotment.scheduler.fairshare import fair_share_factors
-from allotment.scheduler.snapshot import AccountState, NodeState, Pending, Policy, Running, Snapshot
+from allotment.scheduler.snapshot import (
+    AccountState,
+    NodeState,
+    Pending,
+    Policy,
+    Running,
+    Snapshot,
+    Weights,
+)
 from allotment.scheduler.usage import decay_factor
 from allotment.sim.swf import TraceJob
 
-__all__ = ["Outcome", "replay"]
+__all__ = ["Outcome", "Result", "Weights", "replay"]
 
 
 @dataclass
@@ -55,6 +63,7 @@ def replay(
     shares: Mapping[str, float] | None = None,
     half_life: float = 7 * 86_400.0,
     recalc: float = 300.0,
+    weights: Weights | None = None,
 ) -> Result:
     """Replay ``jobs``; fair-share factors are recomputed every ``recalc`` seconds of trace
     time (Slurm's PriorityCalcPeriod, 5 minutes by default)."""
@@ -76,7 +85,7 @@ def replay(
     factors: dict[tuple[str, str], float] = {}
     computed_at = -float("inf")
     order: list[tuple[float, float, int]] = []
-    weights = Snapshot(now=0, accounts={}, nodes=[]).weights
+    weights = weights or Weights()
 
     def rank_key(p: Pending) -> float:
         # Priority without the part every job shares (w_age · now / max_age): it orders jobs
@@ -130,6 +139,7 @@ def replay(
         else:
             queue = list(pending.values())  # submission order
         snap = Snapshot(
+            weights=weights,
             now=now,
             accounts=accounts,
             nodes=[node],
