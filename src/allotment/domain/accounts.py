@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 __all__ = [
     "Membership",
@@ -44,10 +45,15 @@ def is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
+@lru_cache(maxsize=65_536)
+def _ancestors(path: str) -> tuple[str, ...]:
+    parts = path.split("/")
+    return tuple("/".join(parts[:i]) for i in range(1, len(parts)))
+
+
 def ancestors(path: str) -> list[str]:
     """Proper ancestors of a path, root first: ``a/b/c`` → ``[a, a/b]``."""
-    parts = path.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+    return list(_ancestors(path))
 
 
 def find_cycle(parents: Mapping[str, str | None]) -> list[str] | None:

@@ -34,7 +34,21 @@ def _sub(a: Resources, b: Resources) -> Resources:
     return Resources(a.millicpus - b.millicpus, a.memory - b.memory, gpus)
 
 
+_DESCRIBED: dict[tuple[int, int, tuple[tuple[str, int], ...]], str] = {}
+
+
 def _describe(r: Resources) -> str:
+    """ "4 CPUs, 16G, 1× a100"; requests come in few sizes, so descriptions are remembered."""
+    key = (r.millicpus, r.memory, tuple(sorted(r.gpus.items())))
+    text = _DESCRIBED.get(key)
+    if text is None:
+        if len(_DESCRIBED) > 10_000:
+            _DESCRIBED.clear()
+        text = _DESCRIBED[key] = _describe_now(r)
+    return text
+
+
+def _describe_now(r: Resources) -> str:
     parts = [f"{r.cpus:g} CPU" + ("" if r.cpus == 1 else "s")]
     if r.memory:
         parts.append(format_bytes(r.memory))
@@ -111,6 +125,7 @@ class _Cycle:
             node = _Node(spec, spec.capacity)
             self.nodes[spec.pool].append(node)
             self.by_name[(spec.pool, spec.name)] = node
+        self.owners: dict[tuple[str, str], str | None] = {}
         self.totals = _Totals()
         # Limits and allocations need running totals; without any (as in most replays) the
         # cycle skips that bookkeeping, which dominates its cost when much runs.
@@ -156,11 +171,17 @@ class _Cycle:
 
     def _owner(self, account: str, pool: str) -> str | None:
         """The account whose allocation on ``pool`` governs ``account``: itself or an ancestor."""
+        key = (account, pool)
+        if key in self.owners:
+            return self.owners[key]
+        found = None
         for a in (account, *reversed(ancestors(account))):
             st = self.snap.accounts.get(a)
             if st is not None and pool in st.allocations:
-                return a
-        return None
+                found = a
+                break
+        self.owners[key] = found
+        return found
 
     def _allocation(self, owner: str | None, pool: str) -> Allocation | None:
         return self.snap.accounts[owner].allocations[pool] if owner else None
@@ -354,7 +375,7 @@ class _Cycle:
 
     def run(self) -> list[Decision]:
         snap = self.snap
-        queue = list(snap.pending) if snap.presorted else order_queue(snap)
+        queue = snap.pending if snap.presorted else order_queue(snap)
         for p in queue:
             if (
                 not snap.explain
@@ -424,11 +445,19 @@ class _Cycle:
         """
         for pool, held in self.held.items():
             res = self.reservations.get(pool)
-            waits = [self._capacity_wait(reason) for _, reason in held]
-            order = sorted(
-                range(len(held)),
-                key=lambda i: (not waits[i], held[i][0].id != (res.workload if res else None), i),
-            )
+            lead = res.workload if res else None
+            first = [i for i, (p, r) in enumerate(held) if p.id == lead]
+            waits = [
+                i
+                for i, (p, r) in enumerate(held)
+                if p.id != lead and r.startswith("waiting for") and not r.endswith("(fifo)")
+            ]
+            rest = [
+                i
+                for i, (p, r) in enumerate(held)
+                if p.id != lead and not (r.startswith("waiting for") and not r.endswith("(fifo)"))
+            ]
+            order = first + waits + rest
             etas = project(
                 [held[i][0] for i in order],
                 self.nodes[pool],
@@ -436,13 +465,11 @@ class _Cycle:
                 self.snap.exact_etas,
                 in_order=self.snap.policy == "fifo",
             )
-            by_index = dict(zip(order, etas, strict=True))
+            by_index: list[float | None] = [None] * len(held)
+            for i, eta in zip(order, etas, strict=True):
+                by_index[i] = eta
             for pos, (p, reason) in enumerate(held, start=1):
                 self.decisions.append(Hold(p.id, reason, pos, by_index[pos - 1]))
-
-    @staticmethod
-    def _capacity_wait(reason: str) -> bool:
-        return reason.startswith("waiting for") and "(fifo)" not in reason
 
 
 def schedule(snap: Snapshot) -> list[Decision]:

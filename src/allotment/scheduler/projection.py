@@ -61,7 +61,9 @@ class _Profile:
         self.free.append(self.free[-1])
         return len(self.times) - 1
 
-    def earliest(self, need: Resources, walltime: float, after: float) -> float | None:
+    def earliest(
+        self, need: Resources, walltime: float, after: float, before: float = float("inf")
+    ) -> float | None:
         """The earliest start, at or after ``after``, of a window of ``walltime`` in which
         ``need`` fits throughout: one pass, restarting the window after a segment too small."""
         times, free = self.times, self.free
@@ -69,6 +71,8 @@ class _Profile:
         i = 0
         while i < n:
             t = max(times[i], after)
+            if t >= before:  # another node already offers an earlier start
+                return None
             if i + 1 < n and times[i + 1] <= t:
                 i += 1
                 continue
@@ -113,7 +117,12 @@ def project(
             for n, prof in profiles:
                 if not p.resources.fits_in(n.spec.capacity):
                     continue
-                t = prof.earliest(p.resources, p.walltime, last if in_order else now)
+                t = prof.earliest(
+                    p.resources,
+                    p.walltime,
+                    last if in_order else now,
+                    best[0] if best is not None else float("inf"),
+                )
                 if t is not None and (best is None or t < best[0]):
                     best = (t, prof)
             if best is None:

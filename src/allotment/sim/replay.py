@@ -9,12 +9,13 @@ usage is core-seconds over the pool's size, decayed with a half-life (Slurm's de
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+
+from sortedcontainers import SortedKeyList
 
 from allotment.domain.resources import Resources
 from allotment.scheduler.cycle import schedule
@@ -84,7 +85,6 @@ def replay(
     users = {(o.account, str(o.job.user)) for o in outcomes.values()}
     factors: dict[tuple[str, str], float] = {}
     computed_at = -float("inf")
-    order: list[tuple[float, float, int]] = []
     weights = weights or Weights()
 
     def rank_key(p: Pending) -> float:
@@ -93,7 +93,18 @@ def replay(
         fs = factors.get((p.account, p.user), 0.0)
         return -(weights.fairshare * fs + p.priority - weights.age * p.submitted / weights.max_age)
 
+    def fifo_key(p: Pending) -> tuple[float, int]:
+        return (p.submitted, p.id)
+
+    def fair_key(p: Pending) -> tuple[float, float, int]:
+        return (rank_key(p), p.submitted, p.id)
+
+    # The queue, kept sorted as jobs arrive and leave: the cycle walks it from the front and
+    # stops once the machine is full, so no cycle pays for the whole queue.
+    queue: SortedKeyList = SortedKeyList(key=fair_key if policy == "fairshare" else fifo_key)
     busy = 0  # millicpus in use
+    #: (account, user) → share of the machine their running jobs hold now.
+    rates: dict[tuple[str, str], float] = defaultdict(float)
     wall = cpu = 0.0
     while i < len(jobs) or ends:
         t = min(
@@ -103,17 +114,16 @@ def replay(
             factor = decay_factor(t - now, half_life)
             for key in usage:
                 usage[key] *= factor
-            for r in running.values():  # what ran since the last event, decayed to its middle
-                usage[(r.account, r.user)] += (
-                    (r.resources.cpus / cores)
-                    * (t - now)
-                    * (decay_factor((t - now) / 2, half_life))
-                )
+            ran = (t - now) * decay_factor((t - now) / 2, half_life)  # decayed to its middle
+            for who, share in rates.items():  # what ran since the last event
+                usage[who] += share * ran
         now = t
         freed = False
         while ends and ends[0][0] <= now:
             _, jid = heapq.heappop(ends)
-            busy -= running.pop(jid).resources.millicpus
+            gone = running.pop(jid)
+            busy -= gone.resources.millicpus
+            rates[(gone.account, gone.user)] -= gone.resources.cpus / cores
             freed = True
         arrived = False
         while i < len(jobs) and jobs[i].submit <= now:
@@ -122,8 +132,7 @@ def replay(
             pending[j.id] = Pending(
                 j.id, str(j.user), o.account, "trace", Resources.of(j.procs), j.submit, j.requested
             )
-            if policy == "fairshare":
-                bisect.insort(order, (rank_key(pending[j.id]), j.submit, j.id))
+            queue.add(pending[j.id])
             i += 1
             arrived = True
         if not pending or not (freed or arrived):
@@ -133,11 +142,7 @@ def replay(
         if policy == "fairshare" and now - computed_at >= recalc:
             factors = fair_share_factors({k: a.shares for k, a in accounts.items()}, usage, users)
             computed_at = now
-            order = sorted((rank_key(q), q.submitted, q.id) for q in pending.values())
-        if policy == "fairshare":
-            queue = [pending[jid] for _, _, jid in order if jid in pending]
-        else:
-            queue = list(pending.values())  # submission order
+            queue = SortedKeyList(pending.values(), key=fair_key)
         snap = Snapshot(
             weights=weights,
             now=now,
@@ -158,6 +163,7 @@ def replay(
         for d in decisions:
             if isinstance(d, Admit):
                 p = pending.pop(d.workload)
+                queue.remove(p)
                 o = outcomes[d.workload]
                 o.start, o.end = now, now + o.job.runtime
                 running[p.id] = Running(
@@ -165,8 +171,9 @@ def replay(
                 )
                 heapq.heappush(ends, (o.end, p.id))
                 busy += p.resources.millicpus
+                rates[(p.account, p.user)] += p.resources.cpus / cores
             elif isinstance(d, Reject):
-                pending.pop(d.workload)
+                queue.remove(pending.pop(d.workload))
                 outcomes[d.workload].rejected = d.reason
     total = sum(share_of.get(a, 1.0) for a in {o.account for o in outcomes.values()})
     target = {a: share_of.get(a, 1.0) / total for a in {o.account for o in outcomes.values()}}
