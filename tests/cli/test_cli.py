@@ -167,3 +167,36 @@ def test_config_apply_dry_run_then_apply(served: dict[str, str]) -> None:
     assert "+ account lab (shares 1)" in r.stdout and "dry run" in r.stdout
     shown = allot("config", "show", "--json", env=served)
     assert "physics" in json.loads(shown.stdout)["accounts"]
+
+
+def test_simulate_what_if_from_history(served: dict[str, str], tmp_path: Path) -> None:
+    token = Path(served["ALLOTMENT_DATA_DIR"], "admin-token").read_text().strip()
+    headers = {"Authorization": f"token {token}"}
+    for account, profile in [
+        ("lab-a", "small"),
+        ("lab-a", "small"),
+        ("lab-b", "small"),
+        ("lab-a", "gpu-a100"),
+        ("lab-a", "gpu-a100"),
+    ]:
+        r = httpx.post(
+            served["ALLOTMENT_URL"] + "api/workloads",
+            headers=headers,
+            json={"profile": profile, "account": account},
+        )
+        assert r.status_code == 201, r.text
+    proposed = tmp_path / "proposed.yaml"
+    proposed.write_text(
+        (ROOT / "examples/department.yaml")
+        .read_text()
+        .replace("shares: 2\n    description: Condensed", "shares: 8\n    description: Condensed")
+        .replace("max_runtime: 24h", "max_runtime: 24h\n    priority: 100")
+    )
+    r = allot("simulate", "--from-history", "--since", "1h", "--config", str(proposed), env=served)
+    assert r.returncode == 0, r.stderr
+    assert "in force" in r.stdout and "proposed.yaml" in r.stdout
+    assert "ran" in r.stdout and "share physics/lab-a" in r.stdout
+    r = allot("simulate", "--from-history", env=served)
+    assert r.returncode == 1 and "needs --config" in r.stderr
+    r = allot("simulate", env=served)
+    assert r.returncode == 1 and "--trace" in r.stderr

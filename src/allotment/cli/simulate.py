@@ -29,7 +29,24 @@ def _groups(spec: str | None) -> dict[int, str]:
 
 
 def simulate(
-    trace: Annotated[Path, typer.Option("--trace", help="SWF log, plain or .gz.", exists=True)],
+    trace: Annotated[
+        Path | None, typer.Option("--trace", help="SWF log, plain or .gz.", exists=True)
+    ] = None,
+    from_history: Annotated[
+        bool,
+        typer.Option(
+            "--from-history",
+            help="Replay the service's recorded workloads under the "
+            "policy in force and under --config, side by side (admins).",
+        ),
+    ] = False,
+    since: Annotated[
+        str, typer.Option(help="With --from-history: how far back, e.g. 30d.")
+    ] = "30d",
+    url: Annotated[
+        str | None, typer.Option("--url", envvar="ALLOTMENT_URL", help="Service URL.")
+    ] = None,
+    token: Annotated[str | None, typer.Option("--token", help="Admin token.")] = None,
     cores: Annotated[int, typer.Option(help="CPUs of the simulated machine.")] = 0,
     config: Annotated[
         Path | None,
@@ -59,7 +76,11 @@ def simulate(
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the schedule as CSV.")] = None,
 ) -> None:
-    """Replay a Standard Workload Format trace with a fake clock; print its metrics."""
+    """Replay a Standard Workload Format trace (or the service's history) with a fake clock."""
+    if from_history:
+        return _what_if(config, since, url, token)
+    if trace is None:
+        fail("give --trace FILE.swf[.gz], or --from-history with --config PROPOSED.yaml")
     from allotment.cli.admin import load_or_exit
     from allotment.config.models import Policy
     from allotment.config.rules import account_paths
@@ -105,7 +126,15 @@ def simulate(
             w.writerow(["job_id", "submit", "start", "end", "procs", "user", "group"])
             for o in result.outcomes:
                 w.writerow(
-                    [o.job.id, o.job.submit, o.start, o.end, o.job.procs, o.job.user, o.job.group]
+                    [
+                        o.job.id,
+                        o.job.submit,
+                        o.start,
+                        o.end,
+                        f"{o.job.procs:g}",
+                        o.job.user,
+                        o.job.group,
+                    ]
                 )
     console.print(
         f"{trace.name}: {m.jobs} jobs on {cores} cores, policy {policy}"
@@ -123,4 +152,61 @@ def simulate(
     table = Table("account", "delivered", "target")
     for account, (got, target) in m.shares.items():
         table.add_row(account, f"{got:.1%}", f"{target:.1%}")
+    console.print(table)
+
+
+def _what_if(config: Path | None, since: str, url: str | None, token: str | None) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from allotment.cli.admin import load_or_exit
+    from allotment.cli.output import client, run
+    from allotment.config.models import Policy
+    from allotment.domain.quantities import parse_duration
+    from allotment.sim.what_if import compare, history_jobs
+
+    if config is None:
+        fail("--from-history needs --config PROPOSED.yaml, the policy to compare")
+    proposed = load_or_exit(config)
+    try:
+        start = datetime.now(UTC) - timedelta(seconds=parse_duration(since))
+    except ValueError as e:
+        fail(f"--since: {e}")
+    with client(url, token) as c:
+        current = Policy.model_validate(run(c.policy)["document"])
+        history = history_jobs(run(lambda: c.workloads(since=start, limit=None)))
+    if not history.jobs:
+        fail(f"no workloads recorded since {start:%Y-%m-%d %H:%M} UTC")
+    try:
+        now, new = compare(history, current, proposed)
+    except ValueError as e:
+        fail(f"nothing could run: {e}")
+    console.print(
+        f"{len(history.jobs)} workloads since {start:%Y-%m-%d %H:%M} UTC "
+        "(run time taken as each workload's maximum runtime)"
+    )
+    table = Table("", "in force", str(config))
+    rows = [
+        ("ran", f"{now.jobs}", f"{new.jobs}"),
+        ("rejected", f"{now.rejected}", f"{new.rejected}"),
+        ("utilisation", f"{now.utilisation:.1%}", f"{new.utilisation:.1%}"),
+        ("wait mean", f"{now.wait_mean:,.0f} s", f"{new.wait_mean:,.0f} s"),
+        ("wait median", f"{now.wait_median:,.0f} s", f"{new.wait_median:,.0f} s"),
+        ("wait max", f"{now.wait_max:,.0f} s", f"{new.wait_max:,.0f} s"),
+        (
+            "bounded slowdown",
+            f"{now.bounded_slowdown_mean:.2f}",
+            f"{new.bounded_slowdown_mean:.2f}",
+        ),
+    ]
+    for account in sorted(set(now.shares) | set(new.shares)):
+        a, b = now.shares.get(account, (0.0, 0.0)), new.shares.get(account, (0.0, 0.0))
+        rows.append(
+            (
+                f"share {account}",
+                f"{a[0]:.1%} (target {a[1]:.1%})",
+                f"{b[0]:.1%} (target {b[1]:.1%})",
+            )
+        )
+    for row in rows:
+        table.add_row(*row)
     console.print(table)

@@ -1,10 +1,13 @@
-"""Replay a trace through ``scheduler.schedule`` with a fake clock.
+"""Replay jobs through ``scheduler.schedule`` with a fake clock.
 
-The machine is one pool of ``cores`` CPUs on one node (a SWF job may use any of a parallel
-machine's processors). At every time something happens (a submission, an end) the scheduler
-runs on a snapshot, with ``explain=False``: no Hold decisions, and the walk stops once the pool
-is full. Jobs run for their logged runtime; backfill sees their requested time. Fair-share
-usage is core-seconds over the pool's size, decayed with a half-life (Slurm's default, 7 days).
+At every time something happens (a submission, an end) the scheduler runs on a snapshot with
+``explain=False``: no Hold decisions, and the walk stops once a pool is full. Jobs run for their
+recorded runtime; backfill sees their requested time. Fair-share usage is each job's dominant
+share of its pool times the time it ran, decayed with a half-life, and the factors are
+recomputed every ``recalc`` seconds of trace time (Slurm's PriorityCalcPeriod, 5 minutes).
+
+``replay`` reads a SWF trace onto one machine of ``cores`` CPUs; ``replay_jobs`` takes any
+pools, accounts and limits (the what-if of a policy over recorded history).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sortedcontainers import SortedKeyList
@@ -23,6 +26,7 @@ from allotment.scheduler.decisions import Admit, Reject
 from allotment.scheduler.fairshare import fair_share_factors
 from allotment.scheduler.snapshot import (
     AccountState,
+    Limits,
     NodeState,
     Pending,
     Policy,
@@ -30,28 +34,52 @@ from allotment.scheduler.snapshot import (
     Snapshot,
     Weights,
 )
-from allotment.scheduler.usage import decay_factor
+from allotment.scheduler.usage import decay_factor, dominant_share
 from allotment.sim.swf import TraceJob
 
-__all__ = ["Outcome", "Result", "Weights", "replay"]
+__all__ = ["Outcome", "Result", "SimJob", "Weights", "replay", "replay_jobs"]
+
+
+@dataclass(frozen=True, slots=True)
+class SimJob:
+    id: int
+    submit: float
+    runtime: float
+    #: Requested time: what backfill plans with.
+    requested: float
+    resources: Resources
+    user: str
+    account: str
+    pool: str
+    #: The SWF group, for the schedule's CSV; -1 when not from a trace.
+    group: int = -1
+
+    @property
+    def procs(self) -> float:
+        return self.resources.cpus
 
 
 @dataclass
 class Outcome:
-    job: TraceJob
-    account: str
+    job: SimJob
     start: float | None = None
     end: float | None = None
     rejected: str | None = None
+
+    @property
+    def account(self) -> str:
+        return self.job.account
 
 
 @dataclass
 class Result:
     outcomes: list[Outcome]
-    cores: int
+    #: CPUs of all pools together.
+    cores: float
     wall_seconds: float
     cpu_seconds: float
     cycles: int
+    #: Target share of each account that submitted, from shares among those accounts.
     shares: dict[str, float] = field(default_factory=dict)
 
 
@@ -66,45 +94,80 @@ def replay(
     recalc: float = 300.0,
     weights: Weights | None = None,
 ) -> Result:
-    """Replay ``jobs``; fair-share factors are recomputed every ``recalc`` seconds of trace
-    time (Slurm's PriorityCalcPeriod, 5 minutes by default)."""
-    jobs = sorted(jobs, key=lambda j: (j.submit, j.id))
-    outcomes = {j.id: Outcome(j, account_of(j)) for j in jobs}
-    paths = {o.account for o in outcomes.values()}
+    """Replay a SWF trace on one machine of ``cores`` CPUs."""
+    sim = [
+        SimJob(
+            j.id,
+            j.submit,
+            j.runtime,
+            j.requested,
+            Resources.of(j.procs),
+            str(j.user),
+            account_of(j),
+            "trace",
+            j.group,
+        )
+        for j in jobs
+    ]
+    paths = {j.account for j in sim}
     for path in list(paths):
         parts = path.split("/")
         paths.update("/".join(parts[:i]) for i in range(1, len(parts)))
     share_of = dict(shares or {})
     accounts = {p: AccountState(p, shares=share_of.get(p, 1.0)) for p in paths}
     node = NodeState("trace", "machine", Resources.of(cores))
+    return replay_jobs(
+        sim, [node], accounts, policy, half_life=half_life, recalc=recalc, weights=weights
+    )
+
+
+def replay_jobs(
+    jobs: Sequence[SimJob],
+    nodes: Sequence[NodeState],
+    accounts: Mapping[str, AccountState],
+    policy: Policy = "fairshare",
+    *,
+    user_limits: Mapping[str, Limits] | None = None,
+    default_limits: Limits | None = None,
+    half_life: float = 7 * 86_400.0,
+    recalc: float = 300.0,
+    weights: Weights | None = None,
+) -> Result:
+    jobs = sorted(jobs, key=lambda j: (j.submit, j.id))
+    outcomes = {j.id: Outcome(j) for j in jobs}
+    capacity: dict[str, Resources] = defaultdict(Resources)
+    for n in nodes:
+        capacity[n.pool] = capacity[n.pool] + n.capacity
+    total_mc = sum(c.millicpus for c in capacity.values())
+    weights = weights or Weights()
     pending: dict[int, Pending] = {}
     running: dict[int, Running] = {}
     ends: list[tuple[float, int]] = []
     usage: dict[tuple[str, str], float] = defaultdict(float)
-    i, now, cycles = 0, jobs[0].submit if jobs else 0.0, 0
-    users = {(o.account, str(o.job.user)) for o in outcomes.values()}
+    #: (account, user) → dominant share of its pool their running jobs hold now.
+    rates: dict[tuple[str, str], float] = defaultdict(float)
+    users = {(j.account, j.user) for j in jobs}
     factors: dict[tuple[str, str], float] = {}
     computed_at = -float("inf")
-    weights = weights or Weights()
 
-    def rank_key(p: Pending) -> float:
+    def share(p: Pending | Running) -> float:
+        return dominant_share(p.resources, capacity[p.pool])
+
+    def fair_key(p: Pending) -> tuple[float, float, int]:
         # Priority without the part every job shares (w_age · now / max_age): it orders jobs
         # the same at any time, so the queue stays sorted between recalculations.
         fs = factors.get((p.account, p.user), 0.0)
-        return -(weights.fairshare * fs + p.priority - weights.age * p.submitted / weights.max_age)
+        age = weights.age * p.submitted / weights.max_age if weights.max_age else 0.0
+        return (-(weights.fairshare * fs + p.priority - age), p.submitted, p.id)
 
     def fifo_key(p: Pending) -> tuple[float, int]:
         return (p.submitted, p.id)
 
-    def fair_key(p: Pending) -> tuple[float, float, int]:
-        return (rank_key(p), p.submitted, p.id)
-
     # The queue, kept sorted as jobs arrive and leave: the cycle walks it from the front and
     # stops once the machine is full, so no cycle pays for the whole queue.
     queue: SortedKeyList = SortedKeyList(key=fair_key if policy == "fairshare" else fifo_key)
-    busy = 0  # millicpus in use
-    #: (account, user) → share of the machine their running jobs hold now.
-    rates: dict[tuple[str, str], float] = defaultdict(float)
+    i, now, cycles = 0, jobs[0].submit if jobs else 0.0, 0
+    busy = 0  # millicpus in use, all pools
     wall = cpu = 0.0
     while i < len(jobs) or ends:
         t = min(
@@ -115,41 +178,38 @@ def replay(
             for key in usage:
                 usage[key] *= factor
             ran = (t - now) * decay_factor((t - now) / 2, half_life)  # decayed to its middle
-            for who, share in rates.items():  # what ran since the last event
-                usage[who] += share * ran
+            for who, rate in rates.items():
+                usage[who] += rate * ran
         now = t
-        freed = False
+        changed = False
         while ends and ends[0][0] <= now:
             _, jid = heapq.heappop(ends)
             gone = running.pop(jid)
             busy -= gone.resources.millicpus
-            rates[(gone.account, gone.user)] -= gone.resources.cpus / cores
-            freed = True
-        arrived = False
+            rates[(gone.account, gone.user)] -= share(gone)
+            changed = True
         while i < len(jobs) and jobs[i].submit <= now:
             j = jobs[i]
-            o = outcomes[j.id]
-            pending[j.id] = Pending(
-                j.id, str(j.user), o.account, "trace", Resources.of(j.procs), j.submit, j.requested
-            )
-            queue.add(pending[j.id])
+            p = Pending(j.id, j.user, j.account, j.pool, j.resources, j.submit, j.requested)
+            pending[j.id] = p
+            queue.add(p)
             i += 1
-            arrived = True
-        if not pending or not (freed or arrived):
-            continue
-        if busy >= cores * 1000:
+            changed = True
+        if not pending or not changed or busy >= total_mc:
             continue
         if policy == "fairshare" and now - computed_at >= recalc:
             factors = fair_share_factors({k: a.shares for k, a in accounts.items()}, usage, users)
             computed_at = now
             queue = SortedKeyList(pending.values(), key=fair_key)
         snap = Snapshot(
-            weights=weights,
             now=now,
             accounts=accounts,
-            nodes=[node],
+            nodes=nodes,
             running=list(running.values()),
             pending=queue,
+            user_limits=user_limits or {},
+            default_limits=default_limits or Limits(),
+            weights=weights,
             policy=policy,
             explain=False,
             fair_share=factors,
@@ -166,15 +226,17 @@ def replay(
                 queue.remove(p)
                 o = outcomes[d.workload]
                 o.start, o.end = now, now + o.job.runtime
-                running[p.id] = Running(
-                    p.id, p.user, p.account, "trace", "machine", p.resources, now, now + p.walltime
+                r = Running(
+                    p.id, p.user, p.account, p.pool, d.node, p.resources, now, now + p.walltime
                 )
+                running[p.id] = r
                 heapq.heappush(ends, (o.end, p.id))
                 busy += p.resources.millicpus
-                rates[(p.account, p.user)] += p.resources.cpus / cores
+                rates[(p.account, p.user)] += share(r)
             elif isinstance(d, Reject):
                 queue.remove(pending.pop(d.workload))
                 outcomes[d.workload].rejected = d.reason
-    total = sum(share_of.get(a, 1.0) for a in {o.account for o in outcomes.values()})
-    target = {a: share_of.get(a, 1.0) / total for a in {o.account for o in outcomes.values()}}
-    return Result(list(outcomes.values()), cores, wall, cpu, cycles, target)
+    submitted = {j.account for j in jobs}
+    total = sum(accounts[a].shares if a in accounts else 1.0 for a in submitted) or 1.0
+    target = {a: (accounts[a].shares if a in accounts else 1.0) / total for a in submitted}
+    return Result(list(outcomes.values()), total_mc / 1000, wall, cpu, cycles, target)
