@@ -43,8 +43,8 @@ class Resources:
 
     def fits_in(self, capacity: Resources) -> bool:
         """True when every component is at most the capacity's."""
-        return (
-            self.millicpus <= capacity.millicpus
-            and self.memory <= capacity.memory
-            and all(n <= capacity.gpus.get(model, 0) for model, n in self.gpus.items())
-        )
+        if self.millicpus > capacity.millicpus or self.memory > capacity.memory:
+            return False
+        if not self.gpus:  # the common case, and the scheduler's hottest call
+            return True
+        return all(n <= capacity.gpus.get(model, 0) for model, n in self.gpus.items())
