@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,14 +12,14 @@ import httpx
 import pytest
 
 from tests.support.hub import free_port
+from tests.support.process import allot_serve, clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOT = [sys.executable, "-m", "allotment"]
 
 
 def allot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOTMENT_", "JUPYTERHUB_"))}
-    base.update({"COLUMNS": "200", "HOME": str(ROOT / ".no-home")})
+    base = clean_env(COLUMNS="200", HOME=str(ROOT / ".no-home"))
     return subprocess.run(
         [*ALLOT, *args],
         env={**base, **(env or {})},
@@ -89,33 +87,11 @@ def test_unreachable_service_is_explained() -> None:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     data = tmp_path_factory.mktemp("served")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOTMENT_", "JUPYTERHUB_"))}
-    env["ALLOTMENT_DATA_DIR"] = str(data)
-    proc = subprocess.Popen(
-        [*ALLOT, "serve", "-c", "examples/department.yaml", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}/services/allotment/"
-    try:
-        for _ in range(150):
-            try:
-                if httpx.get(url + "api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            proc.kill()
-            pytest.fail(
-                "allot serve did not start:\n" + (proc.stdout.read() if proc.stdout else "")
-            )
-        yield {"ALLOTMENT_URL": url, "ALLOTMENT_DATA_DIR": str(data)}
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with allot_serve(port, clean_env(ALLOTMENT_DATA_DIR=str(data))):
+        yield {
+            "ALLOTMENT_URL": f"http://127.0.0.1:{port}/services/allotment/",
+            "ALLOTMENT_DATA_DIR": str(data),
+        }
     assert (data / "admin-token").stat().st_mode & 0o777 == 0o600
 
 

@@ -3,62 +3,24 @@ the same Idempotency-Key after the restart never creates a second workload. Both
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
+from subprocess import Popen
 
 import httpx
-import pytest
 
 from tests.support.hub import free_port
+from tests.support.process import allot_serve, clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@contextmanager
-def serve(database_url: str, data: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOTMENT_", "JUPYTERHUB_"))}
-    env.update({"ALLOTMENT_DATA_DIR": str(data), "ALLOTMENT_DATABASE_URL": database_url})
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "allotment",
-            "serve",
-            "-c",
-            "examples/department.yaml",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/services/allotment/api/health"
-    for _ in range(300):
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("allot serve did not start")
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+def serve(database_url: str, data: Path, port: int) -> AbstractContextManager[Popen[str]]:
+    env = clean_env(ALLOTMENT_DATA_DIR=str(data), ALLOTMENT_DATABASE_URL=database_url)
+    return allot_serve(port, env, "--log-level", "warning")
 
 
 def test_kill_9_during_submissions_loses_nothing(database_url: str, tmp_path: Path) -> None:

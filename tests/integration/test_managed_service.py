@@ -4,13 +4,13 @@ its URL prefix and the hub API, and the service then accepts the hub's user toke
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.hub import Hub, free_port
+from tests.support.process import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.jupyterhub
@@ -36,13 +36,7 @@ def test_the_hub_runs_allotment_as_a_service(tmp_path: Path) -> None:
     hub.start()
     try:
         api = f"http://127.0.0.1:{port}/services/allotment/api/"
-        for _ in range(300):
-            try:
-                if httpx.get(api + "health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
+        if not wait_healthy(api + "health"):
             pytest.fail("the hub did not start allot serve:\n" + hub.log_tail())
         headers = {"Authorization": f"token {hub.token('alice')}"}
         me = httpx.get(api + "me", headers=headers).json()

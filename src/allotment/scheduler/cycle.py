@@ -21,17 +21,11 @@ from allotment.scheduler.decisions import Admit, Decision, Hold, Preempt, Reject
 from allotment.scheduler.ordering import order_queue
 from allotment.scheduler.projection import project
 from allotment.scheduler.snapshot import Allocation, Limits, NodeState, Pending, Snapshot
+from allotment.scheduler.usage import subtract
 
 __all__ = ["order_queue", "schedule"]
 
 INF = float("inf")
-
-
-def _sub(a: Resources, b: Resources) -> Resources:
-    gpus = dict(a.gpus)
-    for m, n in b.gpus.items():
-        gpus[m] = gpus.get(m, 0) - n
-    return Resources(a.millicpus - b.millicpus, a.memory - b.memory, gpus)
 
 
 _DESCRIBED: dict[tuple[int, int, tuple[tuple[str, int], ...]], str] = {}
@@ -94,13 +88,13 @@ class _Totals:
             self.alloc[(owner, pool)] = self.alloc[(owner, pool)] + r
 
     def remove(self, user: str, account: str, pool: str, owner: str | None, r: Resources) -> None:
-        self.user[user] = _sub(self.user[user], r)
+        self.user[user] = subtract(self.user[user], r)
         self.user_n[user] -= 1
         for a in (*ancestors(account), account):
-            self.account[a] = _sub(self.account[a], r)
+            self.account[a] = subtract(self.account[a], r)
             self.account_n[a] -= 1
         if owner is not None:
-            self.alloc[(owner, pool)] = _sub(self.alloc[(owner, pool)], r)
+            self.alloc[(owner, pool)] = subtract(self.alloc[(owner, pool)], r)
 
 
 def _over(limit: Limits, used: Resources, n: int, add: Resources) -> str | None:
@@ -311,7 +305,7 @@ class _Cycle:
         if best is None:
             return None
         start, node, free = best
-        return _Reservation(p.id, node, start, _sub(free, p.resources))
+        return _Reservation(p.id, node, start, subtract(free, p.resources))
 
     def backfill_ok(self, p: Pending, node: _Node, res: _Reservation) -> bool:
         if node.spec.name != res.node:
@@ -321,7 +315,7 @@ class _Cycle:
         return p.resources.fits_in(res.extra)
 
     def admit(self, p: Pending, node: _Node, owner: str | None) -> None:
-        node.free = _sub(node.free, p.resources)
+        node.free = subtract(node.free, p.resources)
         node.releases.append((self.snap.now + p.walltime, p.resources))
         node.busy = True
         if self.track:
@@ -367,7 +361,10 @@ class _Cycle:
                 self.reservations.setdefault(
                     p.pool,
                     _Reservation(
-                        p.id, n.spec.name, snap.now + snap.preemption_grace, _sub(free, p.resources)
+                        p.id,
+                        n.spec.name,
+                        snap.now + snap.preemption_grace,
+                        subtract(free, p.resources),
                     ),
                 )
                 return True
@@ -411,7 +408,7 @@ class _Cycle:
                     and node.spec.name == res.node
                     and snap.now + p.walltime > res.start
                 ):
-                    res.extra = _sub(res.extra, p.resources)
+                    res.extra = subtract(res.extra, p.resources)
                 continue
             if node is None and within and self.preempt_for(p, owner):
                 self.held[p.pool].append(

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from allotment.domain.resources import Resources
 from allotment.scheduler.snapshot import Pending
-from allotment.scheduler.usage import dominant_share
+from allotment.scheduler.usage import dominant_share, subtract
 
 __all__ = ["project"]
 
@@ -25,13 +25,6 @@ class _NodeLike(Protocol):
 
     @property
     def spec(self) -> Any: ...
-
-
-def _sub(a: Resources, b: Resources) -> Resources:
-    gpus = dict(a.gpus)
-    for m, n in b.gpus.items():
-        gpus[m] = gpus.get(m, 0) - n
-    return Resources(a.millicpus - b.millicpus, a.memory - b.memory, gpus)
 
 
 class _Profile:
@@ -91,7 +84,7 @@ class _Profile:
         i = self._split(start)
         j = self._split(start + walltime) if walltime != float("inf") else len(self.times)
         for k in range(i, j):
-            self.free[k] = _sub(self.free[k], need)
+            self.free[k] = subtract(self.free[k], need)
 
 
 def project(

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from allotment.domain.resources import Resources
 
-__all__ = ["decay_factor", "dominant_share"]
+__all__ = ["decay_factor", "dominant_share", "subtract"]
+
+
+def subtract(a: Resources, b: Resources) -> Resources:
+    """a − b per kind; may go below zero (free capacity of an overcommitted node)."""
+    gpus = dict(a.gpus)
+    for m, n in b.gpus.items():
+        gpus[m] = gpus.get(m, 0) - n
+    return Resources(a.millicpus - b.millicpus, a.memory - b.memory, gpus)
 
 
 def decay_factor(elapsed: float, half_life: float) -> float:

@@ -1,0 +1,75 @@
+"""Real `allot serve` processes for tests, and waiting for a server to answer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without Allotment's or JupyterHub's variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOTMENT_", "JUPYTERHUB_"))}
+    env.update(extra)
+    return env
+
+
+def wait_healthy(url: str, seconds: float = 30) -> bool:
+    """Poll ``url`` until it answers 200; False after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+@contextmanager
+def allot_serve(port: int, env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`allot serve -c examples/department.yaml --port PORT ARGS…`, healthy, then stopped."""
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "allotment",
+            "serve",
+            "-c",
+            "examples/department.yaml",
+            "--port",
+            str(port),
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if not wait_healthy(f"http://127.0.0.1:{port}/services/allotment/api/health"):
+        proc.kill()
+        log.seek(0)
+        raise RuntimeError(f"allot serve did not start:\n{log.read()[-4000:]}")
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
