@@ -57,7 +57,10 @@ def test_kill_9_during_submissions_loses_nothing(database_url: str, tmp_path: Pa
         threads = [threading.Thread(target=submitter, args=(n, token)) for n in range(4)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 120
         while len(acknowledged) < 200:
+            assert time.monotonic() < deadline, f"only {len(acknowledged)} acknowledged in 120 s"
+            assert any(t.is_alive() for t in threads), "every submitter stopped early"
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
