@@ -11,6 +11,7 @@ import json
 import random
 import statistics
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from allotment.scheduler import (
     Snapshot,
     schedule,
 )
+from allotment.scheduler.fairshare import fair_share_factors
 from benchmarks.harness import machine
 
 G = 2**30
@@ -94,6 +96,21 @@ def run(max_pending: int) -> dict[str, object]:
             t = time.process_time()
             out = schedule(snap)
             times.append(time.process_time() - t)
+        # As a controller would run it: fair-share factors recomputed every few minutes (Slurm's
+        # PriorityCalcPeriod), not every cycle.
+        t = time.process_time()
+        factors = fair_share_factors(
+            {p: a.shares for p, a in snap.accounts.items()},
+            snap.usage,
+            ((p.account, p.user) for p in snap.pending),
+        )
+        factors_s = time.process_time() - t
+        cached = replace(snap, fair_share=factors)
+        cached_times = []
+        for _ in range(repeats):
+            t = time.process_time()
+            schedule(cached)
+            cached_times.append(time.process_time() - t)
         admitted = sum(isinstance(d, Admit) for d in out)
         held = sum(isinstance(d, Hold) for d in out)
         row = {
@@ -102,6 +119,8 @@ def run(max_pending: int) -> dict[str, object]:
             "running": running,
             "median_s": round(statistics.median(times), 4),
             "runs": len(times),
+            "cached_factors_median_s": round(statistics.median(cached_times), 4),
+            "factors_s": round(factors_s, 4),
             "admitted": admitted,
             "held": held,
         }
