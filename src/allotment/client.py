@@ -150,15 +150,17 @@ class AllotmentClient:
         )
 
     def members(self, account: str) -> list[MembershipOut]:
-        return self._get(TypeAdapter(list[MembershipOut]), f"accounts/{account}/members")
+        return list(self._pages(MembershipOut, f"accounts/{account}/members", {"limit": 1000}))
 
     # -- catalogue ----------------------------------------------------------------------
 
     def pools(self) -> list[PoolOut]:
-        return self._get(TypeAdapter(list[PoolOut]), "pools")
+        """Every active pool (all pages)."""
+        return list(self._pages(PoolOut, "pools", {"limit": 1000}))
 
     def profiles(self) -> list[ProfileOut]:
-        return self._get(TypeAdapter(list[ProfileOut]), "profiles")
+        """The profiles you may launch (all pages)."""
+        return list(self._pages(ProfileOut, "profiles", {"limit": 1000}))
 
     # -- workloads ----------------------------------------------------------------------
 

@@ -73,7 +73,12 @@ async def test_memberships_added_through_the_api_survive_an_apply(service: Servi
         assert r.status_code == 200
     await apply(service, DEPARTMENT.replace("members: [erin]", "members: [erin, yan]"))
     async with service.admin() as c:
-        members = (await c.get("accounts/lab-b/members")).json()
+        members = (await c.get("accounts/lab-b/members")).json()["items"]
+        managers = (await c.get("accounts/lab-b/members", params={"role": "manager"})).json()
+        assert [m["user"] for m in managers["items"]] == ["dave"]
+        page = (await c.get("accounts/lab-b/members", params={"limit": 2})).json()
+        assert [m["user"] for m in page["items"]] == ["dave", "erin"]
+        assert page["next_cursor"] == "erin"
     assert {(m["user"], m["role"], m["origin"]) for m in members} == {
         ("dave", "manager", "policy"),
         ("erin", "member", "policy"),

@@ -196,3 +196,31 @@ async def test_managers_see_only_their_subtree_of_a_members_memberships(
         assert (await c.get("users/erin")).status_code == 404
     async with hub_service.client(hub.token("erin")) as c:
         assert [u["name"] for u in (await c.get("users")).json()["items"]] == ["erin"]
+
+
+async def test_each_user_sees_the_profiles_they_may_launch(hub_service: Service, hub: Hub) -> None:
+    expected = {
+        "mallory": ["small"],  # offered to everyone
+        "erin": ["gpu-node", "small"],  # lab-b lies inside physics, not inside lab-a
+        "bob": ["gpu-a100", "gpu-node", "small"],
+        "dean": ["gpu-a100", "gpu-node", "small"],  # manages physics, so may charge lab-a
+        "frank": ["small"],  # a viewer spends nothing
+    }
+    for user, names in expected.items():
+        async with hub_service.client(hub.token(user)) as c:
+            got = [p["name"] for p in (await c.get("profiles")).json()["items"]]
+        assert got == names, user
+
+
+async def test_catalogue_lists_paginate(hub_service: Service) -> None:
+    async with hub_service.admin() as c:
+        first = (await c.get("profiles", params={"all": True, "limit": 2})).json()
+        assert [p["name"] for p in first["items"]] == ["gpu-a100", "gpu-node"]
+        rest = (
+            await c.get("profiles", params={"all": True, "cursor": first["next_cursor"]})
+        ).json()
+        assert [p["name"] for p in rest["items"]] == ["small"] and rest["next_cursor"] is None
+        pools = (await c.get("pools", params={"limit": 1})).json()
+        assert [p["name"] for p in pools["items"]] == ["gpu"] and pools["next_cursor"] == "gpu"
+        gpu_only = (await c.get("profiles", params={"all": True, "pool": "gpu"})).json()
+        assert [p["name"] for p in gpu_only["items"]] == ["gpu-a100", "gpu-node"]

@@ -29,6 +29,9 @@ async def memberships_out(
     user_id: int | None = None,
     account_id: int | None = None,
     user_ids: list[int] | None = None,
+    role: str | None = None,
+    after_user: str | None = None,
+    limit: int | None = None,
 ) -> list[MembershipOut]:
     q = (
         select(User.name, Account.path, Membership.role, Membership.origin)
@@ -42,6 +45,12 @@ async def memberships_out(
         q = q.where(Membership.account_id == account_id)
     if user_ids is not None:
         q = q.where(Membership.user_id.in_(user_ids))
+    if role is not None:
+        q = q.where(Membership.role == role)
+    if after_user is not None:
+        q = q.where(User.name > after_user)
+    if limit is not None:
+        q = q.limit(limit)
     return [
         MembershipOut(user=u, account=a, role=r, origin=o)
         for u, a, r, o in await session.execute(q)
@@ -90,14 +99,28 @@ async def list_accounts(
     return Page[AccountOut](items=out, next_cursor=out[-1].path if more else None)
 
 
-@router.get("/accounts/{path:path}/members", response_model=list[MembershipOut])
-async def list_members(path: str, caller: CallerDep, state: StateDep) -> list[MembershipOut]:
+@router.get("/accounts/{path:path}/members", response_model=Page[MembershipOut])
+async def list_members(
+    path: str,
+    caller: CallerDep,
+    state: StateDep,
+    role: Annotated[str | None, Query(pattern="^(member|manager|viewer)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    cursor: Annotated[str | None, Query(description="From the previous page.")] = None,
+) -> Page[MembershipOut]:
+    """The account's members (by user name), to people in the account or above it."""
     async with state.db.read() as session:
         account = await _visible(session, caller, path)
         p = caller.principal
         if not p.is_admin and not any(is_within(account.path, m.account) for m in p.memberships):
             raise Forbidden(f"Only people in '{account.path}' or above it may see its members.")
-        return await memberships_out(session, account_id=account.id)
+        rows = await memberships_out(
+            session, account_id=account.id, role=role, after_user=cursor, limit=limit + 1
+        )
+    items = rows[:limit]
+    return Page[MembershipOut](
+        items=items, next_cursor=items[-1].user if len(rows) > limit else None
+    )
 
 
 @router.put("/accounts/{path:path}/members/{user}", response_model=MembershipOut)
