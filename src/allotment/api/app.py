@@ -168,7 +168,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             clock=clock,
             inserts=inserts,
             cache_seconds=settings.token_cache_seconds,
-            policy=settings.policy,
         )
         try:
             yield

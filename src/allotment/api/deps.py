@@ -22,7 +22,6 @@ from allotment.api.auth import (
 )
 from allotment.api.cache import TtlCache
 from allotment.clock import Clock
-from allotment.config.models import Policy
 from allotment.db import repository as repo
 from allotment.db.catalog import Catalog, load_catalog
 from allotment.db.engine import Database
@@ -51,8 +50,6 @@ class AppState:
     inserts: GroupCommit
     #: How long cached permissions and catalogue entries may be served.
     cache_seconds: float = 0
-    #: The policy given at start-up, applied when the service starts (None: keep the database's).
-    policy: Policy | None = None
     admin_tokens: TtlCache[str, str] = field(init=False)
     users: TtlCache[str, UserContext] = field(init=False)
     _catalog: TtlCache[int, Catalog] = field(init=False)

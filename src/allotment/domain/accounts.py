@@ -7,7 +7,7 @@ and, through it, on the account's whole subtree.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -19,7 +19,6 @@ __all__ = [
     "find_cycle",
     "is_within",
     "paths_by_name",
-    "subtree",
 ]
 
 
@@ -86,8 +85,3 @@ def paths_by_name(parents: Mapping[str, str | None]) -> dict[str, str]:
     for name in parents:
         path_of(name)
     return paths
-
-
-def subtree(paths: Iterable[str], root: str) -> list[str]:
-    """The paths at or below ``root``."""
-    return [p for p in paths if is_within(p, root)]
