@@ -87,15 +87,6 @@ class _Totals:
         if owner is not None:
             self.alloc[(owner, pool)] = self.alloc[(owner, pool)] + r
 
-    def remove(self, user: str, account: str, pool: str, owner: str | None, r: Resources) -> None:
-        self.user[user] = subtract(self.user[user], r)
-        self.user_n[user] -= 1
-        for a in (*ancestors(account), account):
-            self.account[a] = subtract(self.account[a], r)
-            self.account_n[a] -= 1
-        if owner is not None:
-            self.alloc[(owner, pool)] = subtract(self.alloc[(owner, pool)], r)
-
 
 def _over(limit: Limits, used: Resources, n: int, add: Resources) -> str | None:
     """Which part of ``limit`` adding ``add`` to ``used`` (n workloads) would exceed."""
