@@ -421,3 +421,14 @@ def test_preemption_never_loops(s: Snapshot) -> None:
     ]
     again = schedule(replace(s, running=running, pending=losers))
     assert winner.id not in {d.victim for d in again if isinstance(d, Preempt)}
+
+
+def test_backfill_goes_to_a_node_that_does_not_delay_the_head() -> None:
+    # n1 is the tighter fit for job 3 but holds the head's reservation; n2 has room to spare.
+    s = snap(
+        [job(2, r=cpus(4), at=1), job(3, r=cpus(1), at=2, wall=1000)],
+        [run(1, r=cpus(2), end=100, node="n1"), run(9, r=cpus(1), end=500, node="n2")],
+        nodes=2,
+        policy="easy",
+    )
+    assert [d for d in schedule(s) if isinstance(d, Admit)] == [Admit(3, "n2")]

@@ -259,7 +259,9 @@ class _Cycle:
             max((n.free.memory for n in nodes), default=0),
         )
 
-    def best_fit(self, p: Pending) -> _Node | None:
+    def best_fit(self, p: Pending, res: _Reservation | None = None) -> _Node | None:
+        """The node where ``p`` leaves least unused, among those where it does not delay the
+        pool's reservation ``res``."""
         most_cpu, most_mem = self.max_free[p.pool]
         if p.resources.millicpus > most_cpu or p.resources.memory > most_mem:
             return None  # the common case once a pool is full: no node scan
@@ -269,6 +271,8 @@ class _Cycle:
             if p.whole_node and n.busy:
                 continue
             if not p.resources.fits_in(n.free):
+                continue
+            if res is not None and not self.backfill_ok(p, n, res):
                 continue
             left = (n.free.millicpus - p.resources.millicpus) / max(n.spec.capacity.millicpus, 1)
             left += sum(n.free.gpus.values()) - p.resources.gpu_count
@@ -390,9 +394,9 @@ class _Cycle:
             if snap.policy == "fifo" and p.pool in self.reservations:
                 self.held[p.pool].append((p, "waiting for the workloads ahead of it (fifo)"))
                 continue
-            node = self.best_fit(p)
             res = self.reservations.get(p.pool)
-            if node is not None and (res is None or self.backfill_ok(p, node, res)):
+            node = self.best_fit(p, res)
+            if node is not None:
                 self.admit(p, node, owner)
                 if (
                     res is not None
