@@ -122,3 +122,19 @@ def test_sqlite_files_are_private(tmp_path: Path) -> None:
     Database(f"sqlite+aiosqlite:///{tmp_path / 'new' / 'a.sqlite'}")
     assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "new" / "a.sqlite").stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_managers_share_edit_survives_an_unchanged_policy(service: Service) -> None:
+    async with service.admin() as c:
+        r = await c.patch("accounts/physics/lab-a/proj-x", json={"shares": 7})
+        assert r.status_code == 200
+    again = await apply(service, DEPARTMENT)  # the file still says what it said before
+    assert again["changes"] == []
+    async with service.admin() as c:
+        assert (await c.get("accounts/proj-x")).json()["shares"] == 7
+    # When the file itself changes that account's shares, the file wins.
+    edited = DEPARTMENT.replace(
+        "parent: physics/lab-a\n    shares: 1", "parent: physics/lab-a\n    shares: 4"
+    )
+    result = await apply(service, edited)
+    assert "~ account physics/lab-a/proj-x: shares 7 → 4" in result["changes"]  # type: ignore[operator]

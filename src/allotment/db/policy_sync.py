@@ -35,14 +35,15 @@ async def apply_policy(
     doc = policy_document(policy)
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
     changes: list[str] = []
-    accounts = await _sync_accounts(session, policy, now, changes)
+    latest = (
+        await session.execute(select(PolicyVersion).order_by(PolicyVersion.id.desc()).limit(1))
+    ).scalar_one_or_none()
+    before = (latest.document.get("accounts", {}) if latest is not None else {}) or {}
+    accounts = await _sync_accounts(session, policy, before, now, changes)
     await _sync_users_and_memberships(session, policy, accounts, now, changes)
     pools = await _sync_pools(session, policy, changes)
     await _sync_profiles(session, policy, pools, now, changes)
     await _remove_pools(session, policy, now, changes)
-    latest = (
-        await session.execute(select(PolicyVersion).order_by(PolicyVersion.id.desc()).limit(1))
-    ).scalar_one_or_none()
     if latest is not None and latest.sha256 == digest and not changes:
         return latest.id, []
     if latest is None or latest.sha256 != digest:
@@ -60,8 +61,15 @@ async def _used_account_ids(session: AsyncSession) -> set[int]:
 
 
 async def _sync_accounts(
-    session: AsyncSession, policy: Policy, now: datetime, changes: list[str]
+    session: AsyncSession,
+    policy: Policy,
+    before: dict[str, Any],
+    now: datetime,
+    changes: list[str],
 ) -> dict[str, Account]:
+    """Accounts as the policy states them. Shares and descriptions are set when the file
+    changes them (or names the account for the first time): a manager's edit through the API
+    survives applies of a file that says the same as before."""
     existing = {a.name: a for a in (await session.execute(select(Account))).scalars()}
     paths = account_paths(policy)
     by_name: dict[str, Account] = {}
@@ -89,10 +97,13 @@ async def _sync_accounts(
             new_parent = parent.id if parent else None
             if row.parent_id != new_parent:
                 row.parent_id = new_parent
-            if row.shares != spec.shares:
+            old = before.get(name)
+            file_changed = old is None or old.get("shares") != spec.shares
+            if row.shares != spec.shares and file_changed:
                 diffs.append(f"shares {row.shares} → {spec.shares}")
                 row.shares = spec.shares
-            if row.description != spec.description:
+            file_changed = old is None or old.get("description") != spec.description
+            if row.description != spec.description and file_changed:
                 diffs.append("description")
                 row.description = spec.description
             if row.archived_at is not None:
