@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from allotment.config.models import Policy, PoolSpec, QuotaSpec, SizeSpec
 from allotment.domain.accounts import find_cycle, paths_by_name
 from allotment.domain.quantities import format_bytes
+from allotment.domain.resources import Resources
 
 __all__ = ["Finding", "account_paths", "check", "profile_gpus", "resolve_account"]
 
@@ -195,11 +196,7 @@ def _check_pools(policy: Policy) -> list[Finding]:
 
 
 def _largest(pool: PoolSpec) -> str:
-    parts = [
-        f"{n.name}: {n.cpus:g} CPUs, {format_bytes(n.memory)}"
-        + (", " + ", ".join(f"{c}× {m}" for m, c in n.gpus.items()) if n.gpus else "")
-        for n in pool.nodes
-    ]
+    parts = [f"{n.name}: {Resources.of(n.cpus, n.memory, n.gpus).describe()}" for n in pool.nodes]
     return "; ".join(parts[:4]) + (" …" if len(parts) > 4 else "")
 
 
@@ -286,9 +283,7 @@ def _check_size(profile: str, size: SizeSpec, pool: PoolSpec, pool_name: str) ->
         for n in pool.nodes
     )
     if not fits:
-        want = f"{size.cpus:g} CPUs, {format_bytes(size.memory)}" + "".join(
-            f", {c}× {m}" for m, c in gpus.items()
-        )
+        want = Resources.of(size.cpus, size.memory, gpus).describe()
         out.append(
             Finding(
                 ("profiles", profile, "size"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from allotment.domain.quantities import format_bytes
 from allotment.domain.resources import Resources
 
 __all__ = ["Node", "ProfileOffer", "Range", "choose_size", "fits_some_node"]
@@ -84,11 +83,7 @@ def fits_some_node(request: Resources, nodes: Sequence[Node]) -> str | None:
     if any(request.fits_in(n.capacity) for n in nodes):
         return None
     biggest = max(nodes, key=lambda n: (n.capacity.gpu_count, n.capacity.millicpus))
-    cap = biggest.capacity
-    gpus = "".join(f", {c}× {m}" for m, c in cap.gpus.items())
-    want = "".join(f", {c}× {m}" for m, c in request.gpus.items())
     return (
-        f"no node can ever run this: it asks for {request.cpus:g} CPUs, "
-        f"{format_bytes(request.memory)}{want}; the largest node ({biggest.name}) has "
-        f"{cap.cpus:g} CPUs, {format_bytes(cap.memory)}{gpus}"
+        f"no node can ever run this: it asks for {request.describe()}; "
+        f"the largest node ({biggest.name}) has {biggest.capacity.describe()}"
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from allotment.domain.quantities import format_bytes
+
 __all__ = ["Resources"]
 
 
@@ -40,6 +42,14 @@ class Resources:
         for model, n in other.gpus.items():
             gpus[model] = gpus.get(model, 0) + n
         return Resources(self.millicpus + other.millicpus, self.memory + other.memory, gpus)
+
+    def describe(self) -> str:
+        """For researchers: ``4 CPUs, 16G, 1× a100`` (memory left out when zero)."""
+        parts = [f"{self.cpus:g} CPU" + ("" if self.cpus == 1 else "s")]
+        if self.memory:
+            parts.append(format_bytes(self.memory))
+        parts += [f"{n}× {m}" for m, n in self.gpus.items() if n]
+        return ", ".join(parts)
 
     def fits_in(self, capacity: Resources) -> bool:
         """True when every component is at most the capacity's."""

@@ -38,16 +38,8 @@ def _describe(r: Resources) -> str:
     if text is None:
         if len(_DESCRIBED) > 10_000:
             _DESCRIBED.clear()
-        text = _DESCRIBED[key] = _describe_now(r)
+        text = _DESCRIBED[key] = r.describe()
     return text
-
-
-def _describe_now(r: Resources) -> str:
-    parts = [f"{r.cpus:g} CPU" + ("" if r.cpus == 1 else "s")]
-    if r.memory:
-        parts.append(format_bytes(r.memory))
-    parts += [f"{n}× {m}" for m, n in r.gpus.items() if n]
-    return ", ".join(parts)
 
 
 @dataclass(eq=False)
