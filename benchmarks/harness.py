@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
+import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from tests.support.hub import free_port
+from tests.support.process import allot_serve, clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def machine() -> dict[str, object]:
@@ -63,46 +56,13 @@ def served(
     """`allot serve` in its own process; yields (API base URL, admin token, data dir)."""
     data = Path(tempfile.mkdtemp(prefix="allotment-bench-data."))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOTMENT_", "JUPYTERHUB_"))}
-    env["ALLOTMENT_DATA_DIR"] = str(data)
+    env = clean_env(ALLOTMENT_DATA_DIR=str(data))
     if database_url:
         env["ALLOTMENT_DATABASE_URL"] = database_url
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "allotment",
-            "serve",
-            "-c",
-            policy,
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--workers",
-            str(workers),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    api = f"http://127.0.0.1:{port}/services/allotment/api/"
+    args = ("--log-level", "warning", "--workers", str(workers))
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(api + "health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            proc.kill()
-            raise RuntimeError(
-                "allot serve did not start: " + (proc.stderr.read() if proc.stderr else "")
-            )
-        yield api, (data / "admin-token").read_text().strip(), data
+        with allot_serve(port, env, *args, policy=policy):
+            api = f"http://127.0.0.1:{port}/services/allotment/api/"
+            yield api, (data / "admin-token").read_text().strip(), data
     finally:
-        proc.terminate()
-        proc.wait(20)
-        subprocess.run(["rm", "-rf", str(data)], check=False)
+        shutil.rmtree(data, ignore_errors=True)

@@ -37,8 +37,10 @@ def wait_healthy(url: str, seconds: float = 30) -> bool:
 
 
 @contextmanager
-def allot_serve(port: int, env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[str]]:
-    """`allot serve -c examples/department.yaml --port PORT ARGS…`, healthy, then stopped."""
+def allot_serve(
+    port: int, env: dict[str, str], *args: str, policy: str = "examples/department.yaml"
+) -> Iterator[subprocess.Popen[str]]:
+    """`allot serve -c POLICY --port PORT ARGS…`, healthy, then stopped."""
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen(
         [
@@ -47,7 +49,7 @@ def allot_serve(port: int, env: dict[str, str], *args: str) -> Iterator[subproce
             "allotment",
             "serve",
             "-c",
-            "examples/department.yaml",
+            policy,
             "--port",
             str(port),
             *args,
