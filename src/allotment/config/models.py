@@ -261,6 +261,24 @@ class SchedulingSpec(_Spec):
     preemption_grace: Duration = Field(
         "5m", validate_default=True, description="Warning a preempted workload gets."
     )
+    interval: Duration = Field(
+        "10s",
+        validate_default=True,
+        description="A scheduling cycle runs on every submission and completion, and at least "
+        "this often.",
+    )
+    fair_share_interval: Duration = Field(
+        "5m",
+        validate_default=True,
+        description="How often fair-share factors are recomputed from decayed usage (Slurm's "
+        "PriorityCalcPeriod); cycles in between reuse them.",
+    )
+    estimate_interval: Duration = Field(
+        "30s",
+        validate_default=True,
+        description="How often the expected start of every held workload is projected (Slurm's "
+        "bf_interval); cycles in between keep the last projection.",
+    )
 
 
 class Policy(_Spec):

@@ -18,6 +18,7 @@ from allotment.domain.accounts import ancestors
 from allotment.domain.quantities import format_bytes
 from allotment.domain.resources import Resources
 from allotment.scheduler.decisions import Admit, Decision, Hold, Preempt, Reject
+from allotment.scheduler.gcpause import gc_paused
 from allotment.scheduler.ordering import order_queue
 from allotment.scheduler.projection import project
 from allotment.scheduler.snapshot import Allocation, Limits, NodeState, Pending, Snapshot
@@ -28,12 +29,18 @@ __all__ = ["order_queue", "schedule"]
 INF = float("inf")
 
 
-_DESCRIBED: dict[tuple[int, int, tuple[tuple[str, int], ...]], str] = {}
+_Size = tuple[int, int, tuple[tuple[str, int], ...]]
+_DESCRIBED: dict[_Size, str] = {}
 
 
-def _describe(r: Resources) -> str:
+def _size(r: Resources) -> _Size:
+    """A hashable key for a request's size (requests come in few sizes)."""
+    return (r.millicpus, r.memory, tuple(sorted(r.gpus.items())) if r.gpus else ())
+
+
+def _describe(r: Resources, key: _Size | None = None) -> str:
     """ "4 CPUs, 16G, 1× a100"; requests come in few sizes, so descriptions are remembered."""
-    key = (r.millicpus, r.memory, tuple(sorted(r.gpus.items())))
+    key = key or _size(r)
     text = _DESCRIBED.get(key)
     if text is None:
         if len(_DESCRIBED) > 10_000:
@@ -135,13 +142,19 @@ class _Cycle:
             host.free = Resources(cap.millicpus - mc, cap.memory - mem, gpus)
         #: Request sizes already known to fit some node (requests come in few sizes).
         self.fits_somewhere: set[tuple[object, ...]] = set()
+        #: Request classes (pool, size, walltime, whole node) already found to fit no node this
+        #: cycle. Within a cycle free capacity and a reservation's slack only shrink, so a class
+        #: that did not fit never will: the rest of its kind skip the node scan.
+        self.no_fit: set[tuple[object, ...]] = set()
         self.max_free: dict[str, tuple[int, int]] = {}
         for pool in self.nodes:
             self._refresh_max(pool)
         self.reservations: dict[str, _Reservation] = {}
         self.blocked_pools: set[str] = set()
         self.decisions: list[Decision] = []
-        self.held: dict[str, list[tuple[Pending, str]]] = defaultdict(list)
+        #: Per pool, in queue order: (workload, reason, waits for capacity rather than for its
+        #: own use to drop under a limit or a borrowing cap).
+        self.held: dict[str, list[tuple[Pending, str, bool]]] = defaultdict(list)
         self.preempting: set[int] = {r.id for r in snap.running if r.stopping}
 
     # -- policy lookups ---------------------------------------------------------------------
@@ -189,18 +202,13 @@ class _Cycle:
 
     # -- the steps ----------------------------------------------------------------------------
 
-    def never(self, p: Pending) -> str | None:
+    def never(self, p: Pending, size: _Size) -> str | None:
         """Step 2: why ``p`` can never run, or None."""
         nodes = self.nodes.get(p.pool)
         if not nodes:
             return f"pool '{p.pool}' does not exist or has no nodes"
-        size = (
-            p.pool,
-            p.resources.millicpus,
-            p.resources.memory,
-            tuple(sorted(p.resources.gpus.items())),
-        )
-        if size not in self.fits_somewhere and not any(
+        where = (p.pool, size)
+        if where not in self.fits_somewhere and not any(
             p.resources.fits_in(n.spec.capacity) for n in nodes
         ):
             big = max(nodes, key=lambda n: (n.spec.capacity.gpu_count, n.spec.capacity.millicpus))
@@ -208,7 +216,7 @@ class _Cycle:
                 f"it asks for {_describe(p.resources)}; the largest node of '{p.pool}' "
                 f"({big.spec.name}) has {_describe(big.spec.capacity)}"
             )
-        self.fits_somewhere.add(size)
+        self.fits_somewhere.add(where)
         if p.account not in self.snap.accounts:
             return f"account '{p.account}' does not exist"
         if not self.track:
@@ -370,24 +378,28 @@ class _Cycle:
                 if len(self.nodes) == 1:
                     break
                 continue
-            reason = self.never(p)
+            size = _size(p.resources)
+            reason = self.never(p, size)
             if reason is not None:
                 self.decisions.append(Reject(p.id, reason))
                 continue
             reason = self.limit_reason(p)
-            owner = self._owner(p.account, p.pool)
+            owner = self._owner(p.account, p.pool) if self.track else None
             if reason is None:
                 within, reason = self.quota(p, owner)
             else:
                 within = False
             if reason is not None:
-                self.held[p.pool].append((p, reason))
+                self.held[p.pool].append((p, reason, False))
                 continue
             if snap.policy == "fifo" and p.pool in self.reservations:
-                self.held[p.pool].append((p, "waiting for the workloads ahead of it (fifo)"))
+                self.held[p.pool].append((p, "waiting for the workloads ahead of it (fifo)", False))
                 continue
             res = self.reservations.get(p.pool)
-            node = self.best_fit(p, res)
+            cls = (p.pool, size, p.walltime, p.whole_node)
+            node = None if cls in self.no_fit else self.best_fit(p, res)
+            if node is None:
+                self.no_fit.add(cls)
             if node is not None:
                 self.admit(p, node, owner)
                 if (
@@ -399,7 +411,11 @@ class _Cycle:
                 continue
             if node is None and within and self.preempt_for(p, owner):
                 self.held[p.pool].append(
-                    (p, "waiting for borrowed resources to be returned (preemption under way)")
+                    (
+                        p,
+                        "waiting for borrowed resources to be returned (preemption under way)",
+                        True,
+                    )
                 )
                 continue
             if res is None:
@@ -407,11 +423,13 @@ class _Cycle:
                 if new is not None:
                     self.reservations[p.pool] = new
                 self.blocked_pools.add(p.pool)
-                self.held[p.pool].append((p, f"waiting for {_describe(p.resources)} to free up"))
+                self.held[p.pool].append(
+                    (p, f"waiting for {_describe(p.resources, size)} to free up", True)
+                )
             else:
                 ahead = "" if res.workload == p.id else f" behind workload {res.workload}"
                 self.held[p.pool].append(
-                    (p, f"waiting for {_describe(p.resources)} to free up{ahead}")
+                    (p, f"waiting for {_describe(p.resources, size)} to free up{ahead}", True)
                 )
         if snap.explain:
             self.estimate()
@@ -430,32 +448,26 @@ class _Cycle:
         for pool, held in self.held.items():
             res = self.reservations.get(pool)
             lead = res.workload if res else None
-            first = [i for i, (p, r) in enumerate(held) if p.id == lead]
-            waits = [
-                i
-                for i, (p, r) in enumerate(held)
-                if p.id != lead and r.startswith("waiting for") and not r.endswith("(fifo)")
-            ]
-            rest = [
-                i
-                for i, (p, r) in enumerate(held)
-                if p.id != lead and not (r.startswith("waiting for") and not r.endswith("(fifo)"))
-            ]
-            order = first + waits + rest
-            etas = project(
-                [held[i][0] for i in order],
-                self.nodes[pool],
-                self.snap.now,
-                self.snap.exact_etas,
-                in_order=self.snap.policy == "fifo",
-            )
             by_index: list[float | None] = [None] * len(held)
-            for i, eta in zip(order, etas, strict=True):
-                by_index[i] = eta
-            for pos, (p, reason) in enumerate(held, start=1):
+            if self.snap.estimates:
+                first = [i for i, h in enumerate(held) if h[0].id == lead]
+                waits = [i for i, (p, _, w) in enumerate(held) if w and p.id != lead]
+                rest = [i for i, (p, _, w) in enumerate(held) if not w and p.id != lead]
+                order = first + waits + rest
+                etas = project(
+                    [held[i][0] for i in order],
+                    self.nodes[pool],
+                    self.snap.now,
+                    self.snap.exact_etas,
+                    in_order=self.snap.policy == "fifo",
+                )
+                for i, eta in zip(order, etas, strict=True):
+                    by_index[i] = eta
+            for pos, (p, reason, _) in enumerate(held, start=1):
                 self.decisions.append(Hold(p.id, reason, pos, by_index[pos - 1]))
 
 
 def schedule(snap: Snapshot) -> list[Decision]:
     """Decide, for every pending workload, Admit, Hold or Reject (and any Preempts)."""
-    return _Cycle(snap).run()
+    with gc_paused():
+        return _Cycle(snap).run()

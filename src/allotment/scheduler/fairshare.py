@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
 from allotment.domain.accounts import ancestors
+from allotment.scheduler.gcpause import gc_paused
 
 __all__ = ["fair_share_factors", "level_fs"]
 
@@ -45,6 +46,15 @@ def fair_share_factors(
     ``shares`` holds every account path (parents included). Users of one account share it
     equally.
     """
+    with gc_paused():
+        return _factors(shares, usage, users)
+
+
+def _factors(
+    shares: Mapping[str, float],
+    usage: Mapping[tuple[str, str], float],
+    users: Iterable[tuple[str, str]],
+) -> dict[tuple[str, str], float]:
     leaves = set(usage) | set(users)
     children: dict[str, list[str]] = defaultdict(list)
     for path in shares:

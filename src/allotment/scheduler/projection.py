@@ -9,14 +9,18 @@ pass over it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from allotment.domain.resources import Resources
 from allotment.scheduler.snapshot import Pending
-from allotment.scheduler.usage import dominant_share, subtract
+from allotment.scheduler.usage import dominant_share
 
 __all__ = ["project"]
+
+INF = float("inf")
 
 
 class _NodeLike(Protocol):
@@ -27,52 +31,59 @@ class _NodeLike(Protocol):
     def spec(self) -> Any: ...
 
 
+def _gpus_fit(need: Mapping[str, int], free: Mapping[str, int]) -> bool:
+    return all(n <= free.get(m, 0) for m, n in need.items())
+
+
 class _Profile:
-    """Free capacity of one node as a step function of time."""
+    """Free capacity of one node as a step function of time, kept as parallel lists of plain
+    numbers: the projection's inner loop compares integers, not objects."""
 
     def __init__(self, now: float, free: Resources, releases: list[tuple[float, Resources]]):
         self.times = [now]
-        self.free = [free]
+        self.cpu = [free.millicpus]
+        self.mem = [free.memory]
+        self.gpus: list[dict[str, int]] = [dict(free.gpus)]
         for end, res in sorted(releases, key=lambda x: x[0]):
             t = max(end, now)
-            if t == self.times[-1]:
-                self.free[-1] = self.free[-1] + res
-            else:
+            if t != self.times[-1]:
                 self.times.append(t)
-                self.free.append(self.free[-1] + res)
+                self.cpu.append(self.cpu[-1])
+                self.mem.append(self.mem[-1])
+                self.gpus.append(dict(self.gpus[-1]))
+            self.cpu[-1] += res.millicpus
+            self.mem[-1] += res.memory
+            for m, n in res.gpus.items():
+                self.gpus[-1][m] = self.gpus[-1].get(m, 0) + n
 
     def _split(self, t: float) -> int:
         """Index of the segment starting at ``t``, splitting one if needed."""
-        for i, start in enumerate(self.times):
-            if start == t:
-                return i
-            if start > t:
-                self.times.insert(i, t)
-                self.free.insert(i, self.free[i - 1])
-                return i
-        self.times.append(t)
-        self.free.append(self.free[-1])
-        return len(self.times) - 1
+        i = bisect_left(self.times, t)
+        if i < len(self.times) and self.times[i] == t:
+            return i
+        self.times.insert(i, t)
+        self.cpu.insert(i, self.cpu[i - 1])
+        self.mem.insert(i, self.mem[i - 1])
+        self.gpus.insert(i, dict(self.gpus[i - 1]))
+        return i
 
     def earliest(
         self, need: Resources, walltime: float, after: float, before: float = float("inf")
     ) -> float | None:
         """The earliest start, at or after ``after``, of a window of ``walltime`` in which
         ``need`` fits throughout: one pass, restarting the window after a segment too small."""
-        times, free = self.times, self.free
+        times, cpu, mem, gpus = self.times, self.cpu, self.mem, self.gpus
+        nc, nm, ng = need.millicpus, need.memory, need.gpus
         n = len(times)
-        i = 0
+        i = bisect_right(times, after) - 1 if after > times[0] else 0
         while i < n:
-            t = max(times[i], after)
+            t = times[i] if times[i] > after else after
             if t >= before:  # another node already offers an earlier start
                 return None
-            if i + 1 < n and times[i + 1] <= t:
-                i += 1
-                continue
             end = t + walltime
             j = i
             while j < n and times[j] < end:
-                if not need.fits_in(free[j]):
+                if cpu[j] < nc or mem[j] < nm or (ng and not _gpus_fit(ng, gpus[j])):
                     break
                 j += 1
             else:
@@ -84,7 +95,10 @@ class _Profile:
         i = self._split(start)
         j = self._split(start + walltime) if walltime != float("inf") else len(self.times)
         for k in range(i, j):
-            self.free[k] = subtract(self.free[k], need)
+            self.cpu[k] -= need.millicpus
+            self.mem[k] -= need.memory
+            for m, c in need.gpus.items():
+                self.gpus[k][m] = self.gpus[k].get(m, 0) - c
 
 
 def project(
@@ -104,20 +118,32 @@ def project(
     for n in nodes:
         capacity = capacity + n.spec.capacity
     backlog = 0.0
+    shares: dict[tuple[int, int, tuple[tuple[str, int], ...]], float] = {}
+    # Profiles only shrink as workloads are placed, so on each node a workload of the same size
+    # and walltime as an earlier one cannot start before that one could: each (class, node)
+    # remembers that bound, nodes are tried from the lowest bound, and a node whose bound is no
+    # better than the best start found so far is not searched at all.
+    bounds: dict[tuple[int, int, tuple[tuple[str, int], ...], float], list[float]] = {}
     for i, p in enumerate(held):
         if i < exact:
+            r = p.resources
+            cls = (r.millicpus, r.memory, tuple(r.gpus.items()), p.walltime)
+            lb = bounds.get(cls)
+            if lb is None:
+                lb = bounds[cls] = [now if r.fits_in(n.spec.capacity) else INF for n, _ in profiles]
+            after = last if in_order else now
+            # The earliest start wins; among equal starts, the node listed first.
             best: tuple[float, _Profile] | None = None
-            for n, prof in profiles:
-                if not p.resources.fits_in(n.spec.capacity):
-                    continue
-                t = prof.earliest(
-                    p.resources,
-                    p.walltime,
-                    last if in_order else now,
-                    best[0] if best is not None else float("inf"),
-                )
-                if t is not None and (best is None or t < best[0]):
-                    best = (t, prof)
+            best_t, best_k = INF, len(profiles)
+            for k in sorted(range(len(profiles)), key=lambda k: (lb[k], k)):
+                if lb[k] > best_t or (lb[k] == best_t and k > best_k):
+                    break
+                before = best_t if k > best_k else math.nextafter(best_t, INF)
+                prof = profiles[k][1]
+                t = prof.earliest(r, p.walltime, max(after, lb[k]), before)
+                lb[k] = best_t if t is None else t
+                if t is not None:
+                    best, best_t, best_k = (t, prof), t, k
             if best is None:
                 etas.append(None)
                 continue
@@ -125,6 +151,11 @@ def project(
             etas.append(best[0])
             last = max(last, best[0])
         else:
-            backlog += dominant_share(p.resources, capacity) * p.walltime
+            r = p.resources
+            key = (r.millicpus, r.memory, tuple(r.gpus.items()))
+            share = shares.get(key)
+            if share is None:
+                share = shares[key] = dominant_share(r, capacity)
+            backlog += share * p.walltime
             etas.append(last + backlog)
     return etas

@@ -126,6 +126,11 @@ class Snapshot:
     exact_etas: int = 100
     #: False in trace replay: no Hold decisions, and the walk stops once pools are full.
     explain: bool = True
+    #: False: Hold decisions carry reason and position but no expected start (None). Start
+    #: times move little between cycles, so the controller projects them on a slower timer of
+    #: its own, as Slurm's backfill scheduler sets StartTime every ``bf_interval``, and runs the
+    #: event-driven cycles without them.
+    estimates: bool = True
     #: Fair-share factors computed earlier (Slurm recomputes them every few minutes, not every
     #: cycle); None computes them from ``usage`` now.
     fair_share: Mapping[tuple[str, str], float] | None = None
