@@ -174,6 +174,29 @@ class Workload(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    #: Environment variables the submitter asked for (never the service's own).
+    env: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: Where a batch job runs and writes its output; None: the user's home directory.
+    workdir: Mapped[str | None] = mapped_column(Text, default=None)
+    #: Files for standard output and error; None: ``allot-<id>.out`` / ``.err`` in ``workdir``.
+    stdout: Mapped[str | None] = mapped_column(Text, default=None)
+    stderr: Mapped[str | None] = mapped_column(Text, default=None)
+    #: The first element of the job array this workload belongs to (itself for the first).
+    array_id: Mapped[int | None] = mapped_column(BigInteger, default=None, index=True)
+    array_index: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: Start only after this workload has ended successfully (Slurm's afterok).
+    after_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    #: Node the scheduler placed it on.
+    node: Mapped[str | None] = mapped_column(String(255), default=None)
+    #: The backend's checkpoints (process id and start time, cgroup, GPUs…): what the
+    #: reconciler needs to find the workload again after any crash.
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: Place among the held workloads of its pool and projected start, while pending.
+    position: Mapped[int | None] = mapped_column(Integer, default=None)
+    expected_start: Mapped[datetime | None] = mapped_column(default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class AdminToken(Base):

@@ -1,0 +1,131 @@
+"""The contract every backend implements: four verbs, no bookkeeping.
+
+A backend knows how to start, stop and observe processes somewhere (this machine, a Slurm
+cluster). It keeps no state of its own between calls: everything it needs to find a workload
+again is in the *placement* it yields from ``start``, which the controller persists before
+anything else can fail. Persistence, retries and reconciliation are written once, in
+``allotment.controller``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from allotment.domain.resources import Resources
+
+__all__ = ["Backend", "LaunchSpec", "NodeCapacity", "Observation", "Placement"]
+
+#: What a backend records about a started workload (process id, cgroup, Slurm job id…). Plain
+#: JSON: the controller stores it in the workload's row.
+Placement = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a backend needs to start one workload."""
+
+    workload: int
+    #: The JupyterHub user it runs for; the backend maps this to an identity it can run as.
+    user: str
+    #: Account path it is charged to (Slurm submits with it).
+    account: str
+    command: Sequence[str]
+    resources: Resources
+    #: Node chosen by the scheduler (local backend), or empty where the backend places it.
+    node: str = ""
+    #: Working directory; None: the user's home directory.
+    workdir: str | None = None
+    #: Output files; None: ``allot-<workload>.out`` and ``.err`` in the working directory.
+    stdout: str | None = None
+    stderr: str | None = None
+    #: Variables the submitter asked for, on top of the clean environment the backend builds.
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: Seconds before the backend may kill it; None: no limit.
+    max_runtime: int | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a backend sees of one workload it was asked about."""
+
+    #: Still running (or still starting).
+    alive: bool
+    #: Process exit status when it ended (128 + N when killed by signal N), else None.
+    exit_code: int | None = None
+    #: Ended badly: non-zero exit, out of memory, killed, or vanished without a trace.
+    failed: bool = False
+    #: For the researcher, when it ended: "exited with status 1", "out of memory: used …".
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """A node as the backend sees it (what it discovered, not what the policy declares)."""
+
+    name: str
+    resources: Resources
+    #: Device identifiers per GPU model, e.g. {"a100": ["0", "1"]}.
+    gpu_devices: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Start, stop and observe workloads somewhere.
+
+    Implementations must be safe to call again after a crash at any point: ``start`` may be
+    called for a workload whose earlier ``start`` was interrupted (the controller passes the
+    last placement it persisted), and ``stop`` for one that already ended.
+    """
+
+    name: str = "backend"
+
+    @abstractmethod
+    def start(self, spec: LaunchSpec, resume: Placement | None = None) -> AsyncIterator[Placement]:
+        """Start ``spec``, yielding a placement at every step worth persisting.
+
+        Parameters
+        ----------
+        spec
+            The workload to start.
+        resume
+            The last placement persisted by an earlier, interrupted ``start`` of the same
+            workload, or None. The backend must not start the workload a second time when the
+            earlier attempt got it running; it yields a placement that finds it instead.
+
+        Yields
+        ------
+        Placement
+            First, before anything of the user's runs, what identifies the attempt (so a crash
+            right after leaves a trace); last, the placement of the running workload.
+        """
+
+    @abstractmethod
+    async def stop(self, workload: int, placement: Placement, grace: float) -> None:
+        """Stop the workload: ask politely, wait ``grace`` seconds, then force. Returns when
+        nothing of it is left; a workload that already ended is not an error."""
+
+    @abstractmethod
+    async def poll(self, placements: Mapping[int, Placement]) -> dict[int, Observation]:
+        """Observe many workloads at once (one ``squeue`` for Slurm, one pass over ``/proc``
+        for the local machine). Every key asked about is answered."""
+
+    @abstractmethod
+    async def capacity(self) -> list[NodeCapacity]:
+        """The nodes this backend can run on and what they have."""
+
+    async def running(self) -> set[int]:
+        """Workloads this backend sees running, whatever the controller believes: the
+        controller stops those it does not know, so that nothing runs untracked. The default
+        knows no way to list them and returns an empty set."""
+        return set()
+
+    async def release(self, workload: int, placement: Placement) -> None:
+        """Free what is left of an ended workload once its end is recorded (control groups,
+        run records). Safe to repeat."""
+        return None
+
+    async def close(self) -> None:
+        """Release what the backend holds (connections); running workloads keep running."""
+        return None

@@ -1,0 +1,390 @@
+"""The local backend: workloads as processes of this machine, each user as their own POSIX
+account, each workload in its own cgroups, GPUs pinned.
+
+Everything needed to find a workload again lives in its placement and in its run directory
+(``<state>/run/w<id>.<attempt>``, mode 0700, owned by the service): the wrapper's pid, the GPUs
+it was given and, once it ended, its exit status. Processes are detached from the service
+(``setsid -f``), so they outlive its restarts and are found again from their placement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from allotment.backends.base import Backend, LaunchSpec, NodeCapacity, Observation, Placement
+from allotment.backends.local import gpus as gpu
+from allotment.backends.local.cgroups import Cgroups, Limits
+from allotment.backends.local.posix import PosixAccount, PosixAccounts
+from allotment.backends.local.process import (
+    SETUP_FAILURES,
+    USER_PART,
+    WRAPPER,
+    alive,
+    start_time,
+)
+from allotment.domain.quantities import format_bytes
+from allotment.domain.resources import Resources
+
+__all__ = ["LocalBackend"]
+
+log = logging.getLogger("allotment.local")
+
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _ended(code: int | None) -> tuple[bool, str]:
+    """(failed, reason) for an exit status."""
+    if code is None:
+        return True, "ended without an exit status (killed together with its wrapper)"
+    if code == 0:
+        return False, "completed (exit status 0)"
+    if code in SETUP_FAILURES:
+        return True, f"{SETUP_FAILURES[code]} (exit status {code})"
+    if code > 128:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            name = f"signal {code - 128}"
+        return True, f"killed by {name} (exit status {code})"
+    return True, f"exited with status {code}"
+
+
+class LocalBackend(Backend):
+    """Run workloads on this machine.
+
+    Parameters
+    ----------
+    state_dir
+        The service's own directory for run records; created with mode 0700.
+    node
+        This machine's name as the policy's pool declares it.
+    declared
+        What the policy says the node has; GPUs found by ``nvidia-smi`` take precedence over
+        the declared GPU counts.
+    cgroups
+        The cgroup driver (``cgroups.detect()``), or None to run without limits (logged).
+    accounts
+        Maps hub users to POSIX accounts (``PosixAccounts``).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        node: str,
+        declared: Resources,
+        cgroups: Cgroups | None,
+        accounts: PosixAccounts,
+        *,
+        inventory: gpu.Inventory | None = None,
+        pids_max: int = 4096,
+    ) -> None:
+        self.runs = state_dir / "run"
+        self.runs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(state_dir, 0o700)
+        self.node = node
+        self.declared = declared
+        self.cgroups = cgroups
+        self.accounts = accounts
+        self.inventory = inventory if inventory is not None else gpu.declared(declared.gpus)
+        self.pids_max = pids_max
+        self._gpu_lock = asyncio.Lock()
+        if cgroups is None:
+            log.warning(
+                "no writable cgroup hierarchy: workloads run without CPU, memory or process "
+                "limits, and a process that leaves its session can outlive a stop"
+            )
+        elif cgroups.version == 2 and any(self.inventory.values()):
+            log.warning("cgroup v2: GPUs are pinned with CUDA_VISIBLE_DEVICES only")
+
+    # -- start ------------------------------------------------------------------------------
+
+    async def start(
+        self, spec: LaunchSpec, resume: Placement | None = None
+    ) -> AsyncIterator[Placement]:
+        attempt = 1
+        if resume is not None:
+            claimed = await self._claim(Path(resume["run"]))
+            if claimed is not None:  # the earlier attempt got going: find it, start nothing
+                pid, started = claimed
+                yield {**resume, "pid": pid, "started": started}
+                return
+            attempt = int(resume["attempt"]) + 1
+        account = await self.accounts.resolve(spec.user)
+        run = self.runs / f"w{spec.workload}.{attempt}"
+        async with self._gpu_lock:
+            devices = gpu.assign(self.inventory, spec.resources.gpus, self._gpus_in_use())
+            if devices is None:
+                raise RuntimeError(
+                    f"workload {spec.workload} asks for {spec.resources.describe()} but those "
+                    "GPUs are in use here"
+                )
+            run.mkdir(mode=0o700)
+            (run / "gpus.json").write_text(json.dumps(devices))
+        placement: dict[str, Any] = {
+            "node": self.node,
+            "attempt": attempt,
+            "run": str(run),
+            "user": account.name,
+            "uid": account.uid,
+            "gpus": devices,
+            "cgroup": self.cgroups.version if self.cgroups else 0,
+        }
+        yield placement  # persisted before anything of the user's can run
+        procs: list[Path] = []
+        if self.cgroups is not None:
+            limits = Limits(
+                spec.resources.millicpus,
+                spec.resources.memory,
+                self.pids_max,
+                gpu.device_numbers(devices),
+            )
+            procs = self.cgroups.create(spec.workload, limits)
+        await self._spawn(spec, account, run, procs, devices)
+        pid = await self._wait_for_pid(run)
+        started = start_time(pid)
+        if self.cgroups is not None:
+            # From the moment the launcher is in its groups, every process of the workload is:
+            # only then can a stop find them all.
+            while pid not in self.cgroups.procs(spec.workload) and alive(pid, started):
+                await asyncio.sleep(0.001)
+        yield {**placement, "pid": pid, "started": started}
+
+    def _environment(
+        self, spec: LaunchSpec, account: PosixAccount, devices: list[str]
+    ) -> dict[str, str]:
+        """What the workload sees: a clean environment, nothing of the service's."""
+        threads = str(max(1, math.ceil(spec.resources.millicpus / 1000)))
+        env = {
+            "HOME": str(account.home),
+            "USER": account.name,
+            "LOGNAME": account.name,
+            "SHELL": "/bin/bash",
+            "PATH": USER_PATH,
+            "LANG": "C.UTF-8",
+            "ALLOT_WORKLOAD_ID": str(spec.workload),
+            "ALLOT_ACCOUNT": spec.account,
+            "ALLOT_CPUS": f"{spec.resources.cpus:g}",
+            "ALLOT_MEMORY": str(spec.resources.memory),
+            "ALLOT_NODE": self.node,
+            # Thread pools size themselves by the machine's cores, not the workload's.
+            "OMP_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "CUDA_VISIBLE_DEVICES": ",".join(devices),
+        }
+        env.update(spec.env)
+        return env
+
+    async def _spawn(
+        self,
+        spec: LaunchSpec,
+        account: PosixAccount,
+        run: Path,
+        procs: list[Path],
+        devices: list[str],
+    ) -> None:
+        workdir = spec.workdir or str(account.home)
+        out = spec.stdout or os.path.join(workdir, f"allot-{spec.workload}.out")
+        err = spec.stderr or os.path.join(workdir, f"allot-{spec.workload}.err")
+        drop = ""
+        if self.accounts.isolated:
+            drop = (
+                f"setpriv --reuid={account.uid} --regid={account.gid} --init-groups "
+                "--inh-caps=-all --"
+            )
+        proc = await asyncio.create_subprocess_exec(
+            "setsid",
+            "-f",
+            "/bin/sh",
+            "-c",
+            WRAPPER,
+            "allot-wrapper",
+            str(run),
+            ":".join(str(p) for p in procs),
+            drop,
+            "/bin/sh",
+            "-c",
+            USER_PART,
+            "allot-job",
+            out,
+            err,
+            workdir,
+            *spec.command,
+            env=self._environment(spec, account, devices),
+            cwd="/",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await proc.wait()
+
+    async def _wait_for_pid(self, run: Path, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            pid = _read_pid(run)
+            if pid is not None:
+                return pid
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the launcher in {run} did not start within {timeout:g} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def _claim(self, run: Path) -> tuple[int, int | None] | None:
+        """After a crash during ``start``: (pid, start time) when the attempt's launcher got
+        going, else None, having made sure it never will (its claim is taken)."""
+        try:
+            fd = os.open(run / "pid", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            pid = await self._wait_for_pid(run, timeout=5.0)
+            return pid, start_time(pid)
+        except FileNotFoundError:
+            return None  # the run directory was never made
+        os.close(fd)
+        shutil.rmtree(run, ignore_errors=True)  # and its GPUs are free again
+        return None
+
+    def _gpus_in_use(self) -> set[str]:
+        used: set[str] = set()
+        for run in self.runs.iterdir():
+            if (run / "exit").exists():
+                continue
+            try:
+                used.update(json.loads((run / "gpus.json").read_text()))
+            except (OSError, ValueError):
+                continue
+        return used
+
+    # -- observe ----------------------------------------------------------------------------
+
+    async def poll(self, placements: Mapping[int, Placement]) -> dict[int, Observation]:
+        return {w: self._observe(w, p) for w, p in placements.items()}
+
+    def _observe(self, workload: int, placement: Placement) -> Observation:
+        run = Path(placement["run"])
+        pid = placement.get("pid") or _read_pid(run)
+        if pid is None:
+            # Between the first checkpoint and the launcher's claim: still starting.
+            return Observation(alive=(run / "gpus.json").exists() and not (run / "exit").exists())
+        if alive(pid, placement.get("started")):
+            return Observation(alive=True)
+        code = _read_exit(run)
+        failed, reason = _ended(code)
+        if self.cgroups is not None:
+            mem = self.cgroups.memory(workload)
+            if mem.oom_killed:
+                used = format_bytes(mem.peak or mem.limit or 0)
+                limit = format_bytes(mem.limit or 0)
+                failed, reason = True, f"out of memory: used {used} of {limit}"
+        return Observation(alive=False, exit_code=code, failed=failed, reason=reason)
+
+    async def running(self) -> set[int]:
+        found = set(self.cgroups.workloads()) if self.cgroups else set()
+        found = {w for w in found if self.cgroups and self.cgroups.procs(w)}
+        for run in self.runs.iterdir():
+            pid = _read_pid(run)
+            if pid is not None and not (run / "exit").exists() and start_time(pid) is not None:
+                found.add(int(run.name[1:].split(".")[0]))
+        return found
+
+    # -- stop -------------------------------------------------------------------------------
+
+    async def stop(self, workload: int, placement: Placement, grace: float) -> None:
+        run = Path(placement["run"])
+        pid = placement.get("pid") or _read_pid(run)
+        started = placement.get("started")
+        deadline = time.monotonic() + grace
+        # Repeated: a process still being exec'd when the first one came may have missed it.
+        while True:
+            self._signal(workload, pid, signal.SIGTERM)
+            for _ in range(5):
+                if not self._any_left(workload, pid, started) or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                continue
+            break
+        self._kill_all(workload, pid)
+        # The launcher records the exit status once its child is gone; give it a moment.
+        for _ in range(100):
+            if pid is None or not alive(pid, started):
+                break
+            await asyncio.sleep(0.01)
+
+    def _signal(self, workload: int, pid: int | None, sig: int) -> None:
+        if self.cgroups is not None:
+            self.cgroups.signal(workload, sig)
+        elif pid is not None:
+            try:
+                os.killpg(pid, sig)  # the launcher leads its own session and group
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _any_left(self, workload: int, pid: int | None, started: int | None) -> bool:
+        if self.cgroups is not None:
+            return bool(self.cgroups.procs(workload))
+        return pid is not None and alive(pid, started)
+
+    def _kill_all(self, workload: int, pid: int | None) -> None:
+        if self.cgroups is not None:
+            # Everything of the workload except the launcher, which records the exit status.
+            launcher = {pid}
+            for _ in range(100):
+                left = [p for p in self.cgroups.procs(workload) if p not in launcher]
+                if not left:
+                    break
+                for p in left:
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                os.sched_yield()
+        else:
+            self._signal(workload, pid, signal.SIGKILL)
+
+    async def release(self, workload: int, placement: Placement) -> None:
+        """After the end was recorded: kill anything left behind, drop the cgroups and the run
+        directory (whose ``gpus.json`` held the workload's GPUs)."""
+        if self.cgroups is not None:
+            self.cgroups.kill_all(workload)
+            for _ in range(100):
+                self.cgroups.remove(workload)
+                if workload not in self.cgroups.workloads():
+                    break
+                await asyncio.sleep(0.01)
+        shutil.rmtree(placement["run"], ignore_errors=True)
+
+    async def capacity(self) -> list[NodeCapacity]:
+        found = await gpu.discover()
+        inventory: gpu.Inventory = found or self.inventory
+        counts = {m: len(d) for m, d in inventory.items()}
+        r = Resources(self.declared.millicpus, self.declared.memory, counts)
+        return [NodeCapacity(self.node, r, inventory)]
+
+
+def _read_pid(run: Path) -> int | None:
+    try:
+        text = (run / "pid").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _read_exit(run: Path) -> int | None:
+    try:
+        text = (run / "exit").read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

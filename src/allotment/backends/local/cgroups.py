@@ -1,0 +1,272 @@
+"""Control groups: one per workload, with its CPU, memory and process limits.
+
+Both hierarchies exist in the wild: the unified one (v2: one tree, ``cpu.max``, ``memory.max``)
+and the legacy one (v1: a tree per controller, ``cpu.cfs_quota_us``, ``memory.limit_in_bytes``).
+``detect`` picks what the machine has. A workload's group is ``allotment/w<id>`` in every
+hierarchy used; membership of that group is what identifies its processes, so a crash of the
+service at any moment never leaves a process nobody can find.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Cgroups", "Limits", "MemoryOutcome", "V1", "V2", "detect"]
+
+PREFIX = "allotment"
+#: CFS period; the quota is the share of it a workload may use.
+PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    millicpus: int
+    memory: int
+    pids: int = 4096
+    #: Device numbers ("195:0") a workload may open among those the hierarchy restricts.
+    gpu_devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MemoryOutcome:
+    oom_killed: bool
+    peak: int | None
+    limit: int | None
+
+
+def _write(path: Path, value: str) -> None:
+    path.write_text(value)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return None if text in ("", "max") else int(text)
+
+
+def _kill(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+class Cgroups(ABC):
+    """One driver per hierarchy version; ``root`` is where the hierarchy is mounted."""
+
+    version: int
+
+    def __init__(self, root: Path = Path("/sys/fs/cgroup")) -> None:
+        self.root = root
+
+    @abstractmethod
+    def create(self, workload: int, limits: Limits) -> list[Path]:
+        """Make the workload's group(s) with ``limits``; return the ``cgroup.procs`` files a
+        process writes its pid to, to join. Safe to repeat."""
+
+    @abstractmethod
+    def procs(self, workload: int) -> list[int]:
+        """Processes in the workload's group, [] when it has none or does not exist."""
+
+    @abstractmethod
+    def memory(self, workload: int) -> MemoryOutcome:
+        """Whether the kernel killed something for lack of memory, and the peak use."""
+
+    @abstractmethod
+    def remove(self, workload: int) -> None:
+        """Remove the (empty) group(s). Safe when already gone."""
+
+    @abstractmethod
+    def workloads(self) -> set[int]:
+        """Workloads that have a group."""
+
+    def signal(self, workload: int, sig: int) -> None:
+        _kill(self.procs(workload), sig)
+
+    def kill_all(self, workload: int) -> None:
+        """SIGKILL until the group is empty (a fork racing the kill is caught next round)."""
+        for _ in range(100):
+            pids = self.procs(workload)
+            if not pids:
+                return
+            _kill(pids, signal.SIGKILL)
+            os.sched_yield()
+
+    @staticmethod
+    def _rmdir(path: Path) -> None:
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # still busy: a zombie being reaped
+            if e.errno != errno.EBUSY:
+                raise
+
+    @staticmethod
+    def _ids(base: Path) -> set[int]:
+        if not base.is_dir():
+            return set()
+        return {
+            int(p.name[1:]) for p in base.iterdir() if p.name[:1] == "w" and p.name[1:].isdigit()
+        }
+
+
+class V1(Cgroups):
+    """Legacy hierarchies: cpu, memory, pids and devices each mounted on their own."""
+
+    version = 1
+    CONTROLLERS = ("cpu", "memory", "pids", "devices")
+
+    def _dir(self, controller: str, workload: int) -> Path:
+        return self.root / controller / PREFIX / f"w{workload}"
+
+    def create(self, workload: int, limits: Limits) -> list[Path]:
+        out = []
+        for c in self.CONTROLLERS:
+            if not (self.root / c).is_dir():
+                continue
+            d = self._dir(c, workload)
+            d.mkdir(parents=True, exist_ok=True)
+            out.append(d / "cgroup.procs")
+        cpu = self._dir("cpu", workload)
+        if cpu.is_dir():
+            _write(cpu / "cpu.cfs_period_us", str(PERIOD_US))
+            _write(cpu / "cpu.cfs_quota_us", str(limits.millicpus * PERIOD_US // 1000))
+        mem = self._dir("memory", workload)
+        if mem.is_dir():
+            _write(mem / "memory.limit_in_bytes", str(limits.memory))
+            swap = mem / "memory.memsw.limit_in_bytes"
+            if swap.exists():  # memory + swap: no escaping the limit into swap
+                _write(swap, str(limits.memory))
+        pids = self._dir("pids", workload)
+        if pids.is_dir():
+            _write(pids / "pids.max", str(limits.pids))
+        dev = self._dir("devices", workload)
+        if dev.is_dir():
+            # Every NVIDIA device node shares major 195; deny them all, allow the assigned.
+            _write(dev / "devices.deny", "c 195:* rwm")
+            for number in limits.gpu_devices:
+                _write(dev / "devices.allow", f"c {number} rwm")
+        return out
+
+    def procs(self, workload: int) -> list[int]:
+        found: set[int] = set()
+        for c in self.CONTROLLERS:
+            try:
+                text = (self._dir(c, workload) / "cgroup.procs").read_text()
+            except OSError:
+                continue
+            found.update(int(x) for x in text.split())
+        return sorted(found)
+
+    def memory(self, workload: int) -> MemoryOutcome:
+        d = self._dir("memory", workload)
+        counter: int | None = None
+        try:
+            for line in (d / "memory.oom_control").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    counter = int(value)
+        except OSError:
+            pass
+        limit = _read_int(d / "memory.limit_in_bytes")
+        peak = _read_int(d / "memory.max_usage_in_bytes")
+        if counter is not None:
+            killed = counter > 0
+        else:  # kernels before 4.13 count no kills: reaching the limit is the sign then
+            killed = bool(_read_int(d / "memory.failcnt")) and peak == limit
+        return MemoryOutcome(killed, peak, limit)
+
+    def remove(self, workload: int) -> None:
+        for c in self.CONTROLLERS:
+            self._rmdir(self._dir(c, workload))
+
+    def workloads(self) -> set[int]:
+        out: set[int] = set()
+        for c in self.CONTROLLERS:
+            out |= self._ids(self.root / c / PREFIX)
+        return out
+
+
+class V2(Cgroups):
+    """The unified hierarchy. Device access there needs an eBPF program, which this driver
+    does not load: GPUs are pinned by ``CUDA_VISIBLE_DEVICES`` alone on v2 (said in the log)."""
+
+    version = 2
+
+    def _dir(self, workload: int) -> Path:
+        return self.root / PREFIX / f"w{workload}"
+
+    def create(self, workload: int, limits: Limits) -> list[Path]:
+        parent = self.root / PREFIX
+        parent.mkdir(exist_ok=True)
+        wanted = {"cpu", "memory", "pids"}
+        have = set((self.root / "cgroup.controllers").read_text().split())
+        for tree in (self.root, parent):
+            control = tree / "cgroup.subtree_control"
+            enabled = set(control.read_text().split())
+            missing = (wanted & have) - enabled
+            if missing:
+                _write(control, " ".join(f"+{c}" for c in sorted(missing)))
+        d = self._dir(workload)
+        d.mkdir(exist_ok=True)
+        if (d / "cpu.max").exists():
+            _write(d / "cpu.max", f"{limits.millicpus * PERIOD_US // 1000} {PERIOD_US}")
+        if (d / "memory.max").exists():
+            _write(d / "memory.max", str(limits.memory))
+            if (d / "memory.swap.max").exists():
+                _write(d / "memory.swap.max", "0")
+        if (d / "pids.max").exists():
+            _write(d / "pids.max", str(limits.pids))
+        return [d / "cgroup.procs"]
+
+    def procs(self, workload: int) -> list[int]:
+        try:
+            return sorted(
+                int(x) for x in (self._dir(workload) / "cgroup.procs").read_text().split()
+            )
+        except OSError:
+            return []
+
+    def memory(self, workload: int) -> MemoryOutcome:
+        d = self._dir(workload)
+        killed = False
+        try:
+            for line in (d / "memory.events").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and int(value) > 0:
+                    killed = True
+        except OSError:
+            pass
+        return MemoryOutcome(killed, _read_int(d / "memory.peak"), _read_int(d / "memory.max"))
+
+    def kill_all(self, workload: int) -> None:
+        kill = self._dir(workload) / "cgroup.kill"
+        if kill.exists():  # Linux 5.14+: one write kills the whole group, forks included
+            with contextlib.suppress(OSError):
+                _write(kill, "1")
+        super().kill_all(workload)
+
+    def remove(self, workload: int) -> None:
+        self._rmdir(self._dir(workload))
+
+    def workloads(self) -> set[int]:
+        return self._ids(self.root / PREFIX)
+
+
+def detect(root: Path = Path("/sys/fs/cgroup")) -> Cgroups | None:
+    """The driver for this machine's hierarchy, or None when no usable, writable one exists
+    (not root, or a container without cgroup delegation)."""
+    if (root / "cgroup.controllers").exists():
+        v2: Cgroups = V2(root)
+        return v2 if os.access(root, os.W_OK) else None
+    if (root / "memory").is_dir() and (root / "cpu").is_dir():
+        return V1(root) if os.access(root / "memory", os.W_OK) else None
+    return None

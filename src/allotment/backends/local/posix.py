@@ -1,0 +1,140 @@
+"""Which POSIX account a hub user's workloads run as.
+
+When Allotment runs as root, every hub user runs as their own account:
+
+- an existing account with the hub user's exact name and a regular uid (≥ 1000) is used as it
+  is (sites whose hub logs in with PAM or LDAP already have one);
+- otherwise ``jupyter-<name>`` is created on first use (the convention of The Littlest
+  JupyterHub), the name escaped so that any hub name maps to a distinct, valid POSIX name:
+  ``a-z``, ``0-9`` stay, every other byte becomes ``_xx`` (hex); a name too long for POSIX is
+  cut and given a hash. The GECOS field records the escaped hub name, so the mapping can be
+  read back from the account itself, and an account that does not carry it is never taken
+  over. Home directories are created with mode 0700.
+
+When it is not root, every workload runs as the service's own account (single-user mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PosixAccount", "PosixAccounts", "decode", "escape", "unix_name"]
+
+log = logging.getLogger("allotment.local")
+
+PREFIX = "jupyter-"
+MAX_NAME = 32
+UID_MIN = 1000
+MARK = "allotment "
+
+
+def escape(hub_name: str) -> str:
+    out = []
+    for byte in hub_name.encode():
+        c = chr(byte)
+        out.append(c if ("a" <= c <= "z" or "0" <= c <= "9") else f"_{byte:02x}")
+    return "".join(out)
+
+
+def decode(escaped: str) -> str:
+    raw = bytearray()
+    i = 0
+    while i < len(escaped):
+        if escaped[i] == "_":
+            raw.append(int(escaped[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            raw.append(ord(escaped[i]))
+            i += 1
+    return raw.decode()
+
+
+def unix_name(hub_name: str) -> str:
+    """The account created for ``hub_name``: distinct for distinct hub names."""
+    name = PREFIX + escape(hub_name)
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(hub_name.encode()).hexdigest()[:8]
+    return name[: MAX_NAME - 9] + "-" + digest
+
+
+@dataclass(frozen=True)
+class PosixAccount:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+
+def _account(entry: pwd.struct_passwd) -> PosixAccount:
+    return PosixAccount(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+
+
+class PosixAccounts:
+    """Finds or creates the account for each hub user; one at a time (``useradd`` locks
+    ``/etc/passwd`` and two creations of the same user must not race)."""
+
+    def __init__(self, *, create: bool | None = None, home_base: Path = Path("/home")) -> None:
+        self.isolated = os.geteuid() == 0 if create is None else create
+        self.home_base = home_base
+        self._lock = asyncio.Lock()
+        if not self.isolated:
+            me = pwd.getpwuid(os.geteuid()).pw_name
+            log.warning(
+                "single-user mode: Allotment is not running as root, so every workload runs as "
+                "'%s', and users are isolated neither from each other nor from the service's "
+                "files. Run it as root to give each user their own POSIX account.",
+                me,
+            )
+
+    async def resolve(self, hub_name: str) -> PosixAccount:
+        if not self.isolated:
+            return _account(pwd.getpwuid(os.geteuid()))
+        async with self._lock:
+            try:
+                same = pwd.getpwnam(hub_name)
+            except KeyError:
+                same = None
+            if same is not None and same.pw_uid >= UID_MIN and same.pw_uid != 65534:
+                return _account(same)
+            name = unix_name(hub_name)
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                return await self._create(hub_name, name)
+            if entry.pw_gecos != MARK + escape(hub_name):
+                raise PermissionError(
+                    f"POSIX account {name!r} exists but was not created by Allotment for hub "
+                    f"user {hub_name!r}; refusing to run {hub_name!r}'s workloads as it. Rename "
+                    "or remove that account."
+                )
+            return _account(entry)
+
+    async def _create(self, hub_name: str, name: str) -> PosixAccount:
+        home = self.home_base / name
+        proc = await asyncio.create_subprocess_exec(
+            "useradd",
+            "--create-home",
+            "--home-dir",
+            str(home),
+            "--shell",
+            "/bin/bash",
+            "--user-group",
+            "--comment",
+            MARK + escape(hub_name),
+            name,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise OSError(f"useradd {name} failed: {err.decode().strip()}")
+        os.chmod(home, 0o700)
+        log.info("created POSIX account %s for hub user %s", name, hub_name)
+        return _account(pwd.getpwnam(name))

@@ -1,0 +1,81 @@
+"""Processes of this machine: identity that survives pid reuse, and the launch wrapper.
+
+A pid alone is not an identity (pids are reused); a pid plus the process's start time (field 22
+of ``/proc/<pid>/stat``, in clock ticks since boot) is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["SETUP_FAILURES", "USER_PART", "WRAPPER", "alive", "start_time"]
+
+
+def start_time(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """Start time of a live (not zombie) process, or None when there is none."""
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name may hold spaces and parentheses: fields start after the last ")".
+    fields = text[text.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int, started: int | None) -> bool:
+    now = start_time(pid)
+    return now is not None and (started is None or now == started)
+
+
+#: Runs as root (or as the service's user in single-user mode), detached from the service by
+#: ``setsid -f`` so it outlives restarts; its parent is then init, which reaps it.
+#:
+#: $1 run directory (the service's, mode 0700) · $2 cgroup.procs files, ":"-separated ·
+#: $3 the command that drops privileges (e.g. "setpriv --reuid 1001 --regid 1001
+#: --init-groups --inh-caps=-all --"), or "" · then ``USER_PART`` with its own arguments.
+#:
+#: 1. Claim the attempt: create ``pid`` exclusively. If it exists, the service already
+#:    claimed this attempt as dead after a crash: run nothing.
+#: 2. Join the workload's cgroups before anything of the user's runs, so no fork escapes.
+#: 3. Start the user's part with privileges dropped and all signals at their defaults. Its
+#:    environment is the launcher's own, which the service builds from nothing: passed that way
+#:    (not as arguments) it stays out of ``/proc/<pid>/cmdline``, which every user can read.
+#: 4. Wait for it and record its exit status atomically; the service cannot read an exit
+#:    status from a process it is not the parent of (after a restart), so it reads this file.
+WRAPPER = r"""
+trap '' INT HUP TERM
+run=$1 procs=$2 drop=$3
+shift 3
+set -C
+{ echo $$ > "$run/pid"; } 2>/dev/null || exit 0
+set +C
+IFS=:
+for f in $procs; do echo $$ > "$f" || { echo 255 > "$run/exit"; exit 1; }; done
+unset IFS
+$drop env --default-signal "$@" &
+child=$!
+wait $child
+code=$?
+while kill -0 $child 2>/dev/null; do wait $child; code=$?; done
+echo $code > "$run/exit.tmp" && mv -f "$run/exit.tmp" "$run/exit"
+"""
+
+#: The user's part, as the user: output appended to files opened *as the user* (a root
+#: process opening files in a user's directory could be led through a symlink), then the
+#: working directory, then the command. Arguments: stdout, stderr, directory, command….
+USER_PART = r"""
+exec >>"$1" 2>>"$2" </dev/null || exit 253
+cd "$3" || exit 254
+unset OLDPWD
+shift 3
+exec "$@"
+"""
+
+#: Exit statuses of ``USER_PART`` itself, before the command ran.
+SETUP_FAILURES = {
+    253: "could not open its output files",
+    254: "could not enter its working directory",
+    255: "could not join its control group",
+}
