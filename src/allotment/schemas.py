@@ -149,8 +149,32 @@ class WorkloadCreate(BaseModel):
     cpus: float | None = Field(None, gt=0, le=100_000)
     memory: str | int | None = Field(None, description="Bytes, or a size such as `4G`.")
     gpus: int | dict[str, int] | None = None
-    command: list[str] | None = Field(None, max_length=10_000)
+    command: list[str] | None = Field(
+        None, max_length=10_000, description="Program and arguments; required for a job."
+    )
     max_runtime: str | int | None = Field(None, description="Seconds, or e.g. `2h`.")
+    env: dict[str, str] = Field(
+        {}, max_length=200, description="Environment variables for the workload."
+    )
+    workdir: str | None = Field(
+        None, max_length=4096, description="Absolute working directory; default: your home."
+    )
+    stdout: str | None = Field(
+        None,
+        max_length=4096,
+        description="Output file (relative to `workdir`); `%j` is the id, `%A` the array, "
+        "`%a` the index. Default: `allot-%j.out` (`allot-%A_%a.out` in an array).",
+    )
+    stderr: str | None = Field(None, max_length=4096, description="Error file, as `stdout`.")
+    array: str | None = Field(
+        None,
+        max_length=1000,
+        description="Indices of a job array, e.g. `0-99`, `0-99:10` or `1,4,9`; one workload "
+        "each, with ALLOT_ARRAY_TASK_ID set.",
+    )
+    after: int | None = Field(
+        None, description="Start only after this workload has ended successfully."
+    )
 
 
 class WorkloadOut(_Out):
@@ -171,6 +195,19 @@ class WorkloadOut(_Out):
     max_runtime: int | None
     created_at: datetime
     updated_at: datetime
+    #: While pending: place in its pool's queue and projected start (None: not yet known).
+    position: int | None = None
+    expected_start: datetime | None = None
+    node: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    workdir: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    array_id: int | None = None
+    array_index: int | None = None
+    after: int | None = None
 
 
 class PolicyIn(BaseModel):

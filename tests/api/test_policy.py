@@ -32,7 +32,9 @@ async def test_applying_the_same_policy_twice_changes_nothing(service: Service) 
 
 async def test_removed_accounts_with_history_are_archived(service: Service) -> None:
     async with service.admin() as c:
-        r = await c.post("workloads", json={"profile": "small", "account": "proj-x"})
+        r = await c.post(
+            "workloads", json={"profile": "small", "command": ["true"], "account": "proj-x"}
+        )
         assert r.status_code == 201
     result = await apply(service, ONE_BOX)
     changes = result["changes"]

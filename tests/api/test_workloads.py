@@ -46,6 +46,7 @@ async def test_create_without_a_profile(service: Service) -> None:
                 "memory": "16G",
                 "gpus": {"h100": 2},
                 "max_runtime": "2h",
+                "command": ["nvidia-smi"],
             },
         )
     assert r.status_code == 201, r.text
@@ -56,11 +57,23 @@ async def test_create_without_a_profile(service: Service) -> None:
     ("body", "status", "words"),
     [
         ({"profile": "nope", "account": "lab-a"}, 404, "no profile 'nope'"),
-        ({"profile": "small", "account": "lab-z"}, 404, "no account 'lab-z'"),
-        ({"profile": "small", "account": "lab-a", "cpus": 64}, 422, "allows 1 to 16 CPUs"),
-        ({"profile": "small", "account": "lab-a", "memory": "lots"}, 422, "'lots' is not a size"),
+        ({"profile": "small", "command": ["true"], "account": "lab-z"}, 404, "no account 'lab-z'"),
+        (
+            {"profile": "small", "command": ["true"], "account": "lab-a", "cpus": 64},
+            422,
+            "allows 1 to 16 CPUs",
+        ),
+        (
+            {"profile": "small", "command": ["true"], "account": "lab-a", "memory": "lots"},
+            422,
+            "'lots' is not a size",
+        ),
         ({"profile": "gpu-a100", "account": "lab-b"}, 403, "not offered to account"),
-        ({"profile": "small", "account": "lab-a", "max_runtime": "9h"}, 422, "at most 28800 s"),
+        (
+            {"profile": "small", "command": ["true"], "account": "lab-a", "max_runtime": "9h"},
+            422,
+            "at most 28800 s",
+        ),
         (
             {"pool": "gpu", "account": "lab-a", "cpus": 100, "memory": "1G"},
             422,
@@ -68,9 +81,21 @@ async def test_create_without_a_profile(service: Service) -> None:
         ),
         ({"pool": "gpu", "account": "lab-a", "cpus": 1}, 422, "give both `cpus` and `memory`"),
         ({"account": "lab-a"}, 422, "Name a `profile`"),
-        ({"profile": "small", "account": "lab-a", "colour": "red"}, 422, "body.colour"),
-        ({"profile": "small", "account": "lab-a", "cpus": -1}, 422, "body.cpus"),
-        ({"profile": "small", "account": "lab-a", "kind": "vm"}, 422, "body.kind"),
+        (
+            {"profile": "small", "command": ["true"], "account": "lab-a", "colour": "red"},
+            422,
+            "body.colour",
+        ),
+        (
+            {"profile": "small", "command": ["true"], "account": "lab-a", "cpus": -1},
+            422,
+            "body.cpus",
+        ),
+        (
+            {"profile": "small", "command": ["true"], "account": "lab-a", "kind": "vm"},
+            422,
+            "body.kind",
+        ),
     ],
 )
 async def test_bad_requests_get_problem_details(
@@ -95,7 +120,7 @@ async def test_malformed_json_is_a_problem(service: Service) -> None:
 
 
 async def test_idempotency_key_makes_a_retry_safe(service: Service) -> None:
-    body = {"profile": "small", "account": "lab-a"}
+    body = {"profile": "small", "command": ["true"], "account": "lab-a"}
     async with service.admin() as c:
         first = await c.post("workloads", json=body, headers={"Idempotency-Key": "abc"})
         again = await c.post("workloads", json=body, headers={"Idempotency-Key": "abc"})
@@ -112,7 +137,9 @@ async def test_listing_pages_and_filters(service: Service) -> None:
         for i in range(25):
             account = "proj-x" if i % 5 == 0 else ("lab-b" if i % 2 else "lab-a")
             service.clock.advance(60)
-            r = await c.post("workloads", json={"profile": "small", "account": account})
+            r = await c.post(
+                "workloads", json={"profile": "small", "command": ["true"], "account": account}
+            )
             ids.append(r.json()["id"])
         await c.post(f"workloads/{ids[3]}/cancel")
 
@@ -156,9 +183,11 @@ async def test_listing_pages_and_filters(service: Service) -> None:
 
 async def test_cancel_stops_a_pending_workload_once(service: Service) -> None:
     async with service.admin() as c:
-        wid = (await c.post("workloads", json={"profile": "small", "account": "lab-a"})).json()[
-            "id"
-        ]
+        wid = (
+            await c.post(
+                "workloads", json={"profile": "small", "command": ["true"], "account": "lab-a"}
+            )
+        ).json()["id"]
         r = await c.post(f"workloads/{wid}/cancel")
         assert (r.status_code, r.json()["status"], r.json()["target"]) == (
             200,
@@ -172,9 +201,11 @@ async def test_cancel_stops_a_pending_workload_once(service: Service) -> None:
 
 async def test_workloads_survive_a_restart(database_url: str, tmp_path: Path) -> None:
     async with running_service(database_url, tmp_path / "d") as svc, svc.admin() as c:
-        wid = (await c.post("workloads", json={"profile": "small", "account": "lab-a"})).json()[
-            "id"
-        ]
+        wid = (
+            await c.post(
+                "workloads", json={"profile": "small", "command": ["true"], "account": "lab-a"}
+            )
+        ).json()["id"]
     async with running_service(database_url, tmp_path / "d") as svc, svc.admin() as c:
         r = await c.get(f"workloads/{wid}")
         assert r.status_code == 200 and r.json()["status"] == "pending"

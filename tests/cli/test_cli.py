@@ -119,7 +119,7 @@ def test_workloads_and_cancel(served: dict[str, str]) -> None:
     token = Path(served["ALLOTMENT_DATA_DIR"], "admin-token").read_text().strip()
     r = httpx.post(
         served["ALLOTMENT_URL"] + "api/workloads",
-        json={"profile": "small", "account": "lab-b"},
+        json={"profile": "small", "command": ["true"], "account": "lab-b"},
         headers={"Authorization": f"token {token}"},
     )
     wid = r.json()["id"]

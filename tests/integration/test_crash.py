@@ -42,7 +42,7 @@ def test_kill_9_during_submissions_loses_nothing(database_url: str, tmp_path: Pa
                 try:
                     r = c.post(
                         "workloads",
-                        json={"profile": "small", "account": "lab-a"},
+                        json={"profile": "small", "command": ["true"], "account": "lab-a"},
                         headers={"Idempotency-Key": key},
                         timeout=5,
                     )
@@ -77,7 +77,7 @@ def test_kill_9_during_submissions_loses_nothing(database_url: str, tmp_path: Pa
             for key in attempted:
                 r = c.post(
                     "workloads",
-                    json={"profile": "small", "account": "lab-a"},
+                    json={"profile": "small", "command": ["true"], "account": "lab-a"},
                     headers={"Idempotency-Key": key},
                 )
                 assert r.status_code in (200, 201), r.text

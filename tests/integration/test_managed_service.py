@@ -42,7 +42,9 @@ def test_the_hub_runs_allotment_as_a_service(tmp_path: Path) -> None:
         me = httpx.get(api + "me", headers=headers).json()
         assert me["name"] == "alice"
         assert [m["account"] for m in me["memberships"]] == ["physics/lab-a"]
-        r = httpx.post(api + "workloads", headers=headers, json={"profile": "small"})
+        r = httpx.post(
+            api + "workloads", headers=headers, json={"profile": "small", "command": ["true"]}
+        )
         assert r.status_code == 201, r.text  # charged to her only account
         assert r.json()["account"] == "physics/lab-a"
     finally:

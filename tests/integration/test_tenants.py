@@ -19,7 +19,9 @@ READ = ["custom:allotment:read"]
 
 async def submit(svc: Service, token: str, account: str = "lab-a", **body: object) -> int:
     async with svc.client(token) as c:
-        r = await c.post("workloads", json={"profile": "small", "account": account, **body})
+        r = await c.post(
+            "workloads", json={"profile": "small", "command": ["true"], "account": account, **body}
+        )
     assert r.status_code == 201, r.text
     return int(r.json()["id"])
 
@@ -82,7 +84,9 @@ async def test_a_viewer_sees_but_cannot_cancel_or_spend(hub_service: Service, hu
     async with hub_service.client(hub.token("frank")) as c:
         assert (await c.get(f"workloads/{wid}")).status_code == 200
         assert (await c.post(f"workloads/{wid}/cancel")).status_code == 403
-        r = await c.post("workloads", json={"profile": "small", "account": "proj-y"})
+        r = await c.post(
+            "workloads", json={"profile": "small", "command": ["true"], "account": "proj-y"}
+        )
         assert r.status_code == 403
 
 
@@ -120,7 +124,7 @@ async def test_a_lab_manager_cannot_change_another_lab(hub_service: Service, hub
 
 async def test_membership_added_by_a_manager_takes_effect(hub_service: Service, hub: Hub) -> None:
     async with hub_service.client(hub.token("mallory")) as c:
-        r = await c.post("workloads", json={"profile": "small"})
+        r = await c.post("workloads", json={"profile": "small", "command": ["true"]})
         assert r.status_code == 422
         assert "not a member of any account" in r.json()["detail"]
     async with hub_service.client(hub.token("alice")) as c:
@@ -132,13 +136,17 @@ async def test_membership_added_by_a_manager_takes_effect(hub_service: Service, 
         r = await c.delete("accounts/lab-a/members/bob")
         assert r.status_code == 409  # stated by the policy file
     async with hub_service.client(hub.token("mallory")) as c:
-        r = await c.post("workloads", json={"profile": "small", "account": "lab-a"})
+        r = await c.post(
+            "workloads", json={"profile": "small", "command": ["true"], "account": "lab-a"}
+        )
         assert r.status_code == 404
 
 
 async def test_read_scope_cannot_submit(hub_service: Service, hub: Hub) -> None:
     async with hub_service.client(hub.token("bob", READ)) as c:
-        r = await c.post("workloads", json={"profile": "small", "account": "lab-a"})
+        r = await c.post(
+            "workloads", json={"profile": "small", "command": ["true"], "account": "lab-a"}
+        )
         assert r.status_code == 403
         assert "custom:allotment:submit" in r.json()["detail"]
         assert (await c.get("workloads")).status_code == 200

@@ -21,6 +21,7 @@ from allotment.api.problems import install_problem_handlers
 from allotment.api.routes import accounts, catalog, health, me, policy, users, workloads
 from allotment.clock import Clock, SystemClock
 from allotment.config.models import Policy
+from allotment.controller.service import Controller, ControllerSettings
 from allotment.db.engine import Database, sqlite_url
 from allotment.db.group_commit import GroupCommit
 from allotment.db.policy_sync import apply_policy
@@ -59,6 +60,8 @@ class Settings:
     admin_token_file: bool = True
     #: True when another process already ran ``prepare`` (worker processes).
     prepared: bool = False
+    #: Run the controller (scheduling, execution) in this process, if no other process does.
+    controller: bool = False
 
 
 def settings_from_policy(policy: Policy, *, apply: bool = True) -> Settings:
@@ -145,7 +148,10 @@ def app_from_environment() -> FastAPI:
     path = os.environ.get("ALLOTMENT_CONFIG")
     policy = load_policy(path) if path else Policy()
     settings = dataclasses.replace(
-        settings_from_policy(policy, apply=False), admin_token_file=False, prepared=True
+        settings_from_policy(policy, apply=False),
+        admin_token_file=False,
+        prepared=True,
+        controller=os.environ.get("ALLOTMENT_CONTROLLER", "1") == "1",
     )
     return create_app(settings)
 
@@ -162,16 +168,25 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             await prepare(db, settings, clock)
         inserts = GroupCommit(db)
         inserts.start()
+        controller = None
+        if settings.controller:
+            controller = Controller(db, clock, ControllerSettings(settings.data_dir))
+            if not await controller.start():
+                controller = None
         app.state.allotment = AppState(
             db=db,
             verifier=TokenVerifier(settings.hub_api_url, settings.token_cache_seconds),
             clock=clock,
             inserts=inserts,
             cache_seconds=settings.token_cache_seconds,
+            controller=controller,
+            data_dir=settings.data_dir,
         )
         try:
             yield
         finally:
+            if controller is not None:
+                await controller.stop()
             await inserts.stop()
             await db.dispose()
 

@@ -8,6 +8,7 @@ answer for a token, the user's id, memberships and default account are kept for
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -22,6 +23,7 @@ from allotment.api.auth import (
 )
 from allotment.api.cache import TtlCache
 from allotment.clock import Clock
+from allotment.controller.service import Controller, nudge_other
 from allotment.db import repository as repo
 from allotment.db.catalog import Catalog, load_catalog
 from allotment.db.engine import Database
@@ -50,6 +52,9 @@ class AppState:
     inserts: GroupCommit
     #: How long cached permissions and catalogue entries may be served.
     cache_seconds: float = 0
+    #: The controller, when this process runs it.
+    controller: Controller | None = None
+    data_dir: Path | None = None
     admin_tokens: TtlCache[str, str] = field(init=False)
     users: TtlCache[str, UserContext] = field(init=False)
     _catalog: TtlCache[int, Catalog] = field(init=False)
@@ -66,6 +71,16 @@ class AppState:
                 cached = await load_catalog(session)
             self._catalog.put(0, cached)
         return cached
+
+    def workloads_changed(self, workload: int | None = None) -> None:
+        """A submission or a cancel: have the controller act on it soon, here or in the
+        process that runs it."""
+        if self.controller is not None:
+            if workload is not None:
+                self.controller.wake(workload)
+            self.controller.nudge()
+        elif self.data_dir is not None:
+            nudge_other(self.data_dir)
 
     def changed(self) -> None:
         """Drop cached permissions and catalogue after this process changed them."""

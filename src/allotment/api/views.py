@@ -42,6 +42,18 @@ def workload_out(row: WorkloadRow) -> WorkloadOut:
         max_runtime=w.max_runtime,
         created_at=w.created_at,
         updated_at=w.updated_at,
+        position=w.position,
+        expected_start=w.expected_start,
+        node=w.node,
+        started_at=w.started_at,
+        ended_at=w.ended_at,
+        exit_code=w.exit_code,
+        workdir=w.workdir,
+        stdout=w.stdout,
+        stderr=w.stderr,
+        array_id=w.array_id,
+        array_index=w.array_index,
+        after=w.after_id,
     )
 
 

@@ -10,7 +10,7 @@ anything else can fail. Persistence, retries and reconciliation are written once
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,11 +115,21 @@ class Backend(ABC):
     async def capacity(self) -> list[NodeCapacity]:
         """The nodes this backend can run on and what they have."""
 
-    async def running(self) -> set[int]:
-        """Workloads this backend sees running, whatever the controller believes: the
-        controller stops those it does not know, so that nothing runs untracked. The default
-        knows no way to list them and returns an empty set."""
+    async def present(self) -> set[int]:
+        """Workloads of which anything is left on the backend (processes, control groups,
+        records), whatever the controller believes. The controller reaps those it has no
+        active record of, so that nothing runs untracked. The default lists nothing."""
         return set()
+
+    async def reap(self, workload: int) -> None:
+        """Kill and remove everything left of a workload the controller has no active record
+        of. Safe when nothing is left."""
+        return None
+
+    def watch(self, workload: int, placement: Placement, ended: Callable[[int], None]) -> None:
+        """Call ``ended(workload)`` as soon as the workload ends, where the backend can tell
+        (the controller also polls, so a backend that cannot need do nothing)."""
+        return None
 
     async def release(self, workload: int, placement: Placement) -> None:
         """Free what is left of an ended workload once its end is recorded (control groups,

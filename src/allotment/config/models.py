@@ -261,6 +261,12 @@ class SchedulingSpec(_Spec):
     preemption_grace: Duration = Field(
         "5m", validate_default=True, description="Warning a preempted workload gets."
     )
+    stop_grace: Duration = Field(
+        "30s",
+        validate_default=True,
+        description="Time a stopped or cancelled workload has between SIGTERM and SIGKILL "
+        "(Slurm's KillWait).",
+    )
     interval: Duration = Field(
         "10s",
         validate_default=True,

@@ -31,6 +31,7 @@ __all__ = [
     "memberships_of",
     "user_by_name",
     "workload_by_id",
+    "workload_by_key",
 ]
 
 
@@ -112,6 +113,16 @@ def _rows(result: Any) -> list[WorkloadRow]:
 
 async def workload_by_id(session: AsyncSession, workload_id: int) -> WorkloadRow | None:
     rows = _rows(await session.execute(_workload_select().where(Workload.id == workload_id)))
+    return rows[0] if rows else None
+
+
+async def workload_by_key(session: AsyncSession, user_id: int, key: str) -> WorkloadRow | None:
+    """The workload a user created with an idempotency key, if any."""
+    rows = _rows(
+        await session.execute(
+            _workload_select().where(Workload.user_id == user_id, Workload.idempotency_key == key)
+        )
+    )
     return rows[0] if rows else None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
-__all__ = ["TERMINAL", "WorkloadKind", "WorkloadState", "can_cancel"]
+__all__ = ["MAX_ARRAY", "TERMINAL", "WorkloadKind", "WorkloadState", "can_cancel", "parse_array"]
 
 
 class WorkloadKind(StrEnum):
@@ -50,3 +50,37 @@ TERMINAL = frozenset({WorkloadState.STOPPED, WorkloadState.FAILED})
 def can_cancel(status: WorkloadState, target: WorkloadState) -> bool:
     """A workload can be cancelled until it has been told to stop or has ended."""
     return status not in TERMINAL and target < WorkloadState.STOPPING
+
+
+#: Most tasks one job array may have.
+MAX_ARRAY = 10_000
+
+
+def parse_array(text: str) -> list[int]:
+    """Indices of a job array, as Slurm's ``--array``: ``0-99``, ``0-99:10``, ``1,4,9`` or a mix.
+
+    Raises ValueError, saying what was wrong, for anything else.
+    """
+    out: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            raise ValueError(f"array {text!r} has an empty element; write e.g. 0-99 or 1,4,9")
+        rng, _, step_text = part.partition(":")
+        lo_text, dash, hi_text = rng.partition("-")
+        try:
+            lo = int(lo_text)
+            hi = int(hi_text) if dash else lo
+            step = int(step_text) if step_text else 1
+        except ValueError:
+            raise ValueError(
+                f"array element {part!r} is not a number, a range (0-99) or a stepped range "
+                "(0-99:10)"
+            ) from None
+        if lo < 0 or hi < lo or step < 1:
+            raise ValueError(
+                f"array element {part!r} needs 0 ≤ start ≤ end and a step of at least 1"
+            )
+        if (hi - lo) // step + 1 + len(out) > MAX_ARRAY:
+            raise ValueError(f"an array may have at most {MAX_ARRAY} tasks")
+        out.update(range(lo, hi + 1, step))
+    return sorted(out)

@@ -1,23 +1,26 @@
-"""Workloads: create, get, list, cancel. Execution arrives with the controller."""
+"""Workloads: create (one, or a job array), get, list, cancel; the controller runs them."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Header, Query, Response
+from sqlalchemy import Table, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from allotment.api.deps import Caller, CallerDep, StateDep
+from allotment.api.deps import AppState, Caller, CallerDep, StateDep
 from allotment.api.views import workload_out
 from allotment.db import repository as repo
 from allotment.db.catalog import AccountEntry, Catalog, PoolEntry, ProfileEntry
+from allotment.db.tables import Workload
 from allotment.domain.accounts import is_within
 from allotment.domain.permissions import Scope
 from allotment.domain.profiles import ProfileOffer, choose_size, fits_some_node
 from allotment.domain.quantities import parse_bytes, parse_duration
 from allotment.domain.resources import Resources
-from allotment.domain.workloads import WorkloadState, can_cancel
+from allotment.domain.workloads import WorkloadState, can_cancel, parse_array
 from allotment.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from allotment.schemas import Page, WorkloadCreate, WorkloadOut
 
@@ -109,6 +112,70 @@ def _max_runtime(body: WorkloadCreate, allowed: int | None) -> int | None:
     return asked
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _job_fields(body: WorkloadCreate) -> dict[str, Any]:
+    """What a batch job adds to a workload: environment, directory, output files."""
+    if body.kind == "job" and not body.command:
+        raise InvalidRequest(
+            'A job needs a `command`: the program and its arguments, e.g. ["python", "train.py"].'
+        )
+    for name in body.env:
+        if not _ENV_NAME.match(name):
+            raise InvalidRequest(
+                f"`env` has {name!r}, which is not a variable name (letters, digits and _, "
+                "not starting with a digit)."
+            )
+    if body.workdir is not None and not body.workdir.startswith("/"):
+        raise InvalidRequest(
+            f"`workdir` must be an absolute path (got {body.workdir!r}), e.g. /home/alice/project."
+        )
+    for field_name in ("workdir", "stdout", "stderr"):
+        if "\0" in (getattr(body, field_name) or ""):
+            raise InvalidRequest(f"`{field_name}` may not contain a NUL character.")
+    return {
+        "env": dict(body.env) or None,
+        "workdir": body.workdir,
+        "stdout": body.stdout,
+        "stderr": body.stderr,
+    }
+
+
+async def _create_array(
+    state: AppState, caller: Caller, text: str, values: dict[str, Any], response: Response
+) -> WorkloadOut:
+    """One workload per index, in one transaction; the first one's id names the array."""
+    try:
+        indices = parse_array(text)
+    except ValueError as e:
+        raise InvalidRequest(_sentence(str(e))) from None
+    key = values.get("idempotency_key")
+    async with state.db.write() as session:
+        if key is not None:
+            earlier = await repo.workload_by_key(session, caller.user_id, key)
+            if earlier is not None:
+                response.status_code = 200
+                return workload_out(earlier)
+        table = cast(Table, Workload.__table__)
+        first = (
+            await session.execute(
+                insert(table).values(**values, array_index=indices[0]).returning(table.c.id)
+            )
+        ).scalar_one()
+        await session.execute(update(table).where(table.c.id == first).values(array_id=first))
+        rest = [
+            {**values, "idempotency_key": None, "array_id": first, "array_index": i}
+            for i in indices[1:]
+        ]
+        if rest:
+            await session.execute(insert(table), rest)
+        row = await repo.workload_by_id(session, first)
+    state.workloads_changed()
+    assert row is not None
+    return workload_out(row)
+
+
 @router.post("/workloads", status_code=201, response_model=WorkloadOut)
 async def create_workload(
     body: WorkloadCreate,
@@ -134,6 +201,11 @@ async def create_workload(
     now = state.clock.now()
     reason = "waiting for the scheduler"
     max_runtime = _max_runtime(body, allowed)
+    extra = _job_fields(body)
+    if body.after is not None:
+        async with state.db.read() as session:
+            await _visible_workload(session, caller, body.after)
+        extra["after_id"] = body.after
     values: dict[str, Any] = {
         "kind": body.kind,
         "name": body.name,
@@ -152,8 +224,12 @@ async def create_workload(
         "idempotency_key": idempotency_key,
         "created_at": now,
         "updated_at": now,
+        **extra,
     }
+    if body.array is not None:
+        return await _create_array(state, caller, body.array, values, response)
     workload_id, created = await state.inserts.insert(values)
+    state.workloads_changed()
     if not created:
         response.status_code = 200
         async with state.db.read() as session:
@@ -178,6 +254,10 @@ async def create_workload(
         max_runtime=max_runtime,
         created_at=now,
         updated_at=now,
+        workdir=values.get("workdir"),
+        stdout=values.get("stdout"),
+        stderr=values.get("stderr"),
+        after=values.get("after_id"),
     )
     # Serialised here, once: the hot path of submission skips FastAPI's re-validation.
     return Response(out.model_dump_json(), status_code=201, media_type="application/json")
@@ -280,4 +360,7 @@ async def cancel_workload(workload_id: int, caller: CallerDep, state: StateDep) 
             w.status = WorkloadState.STOPPED
         w.reason = f"cancelled by {caller.name}"
         w.updated_at = now
+        if status == WorkloadState.PENDING:
+            w.ended_at = now
+    state.workloads_changed(workload_id)
     return workload_out(row)

@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,7 @@ class LocalBackend(Backend):
         self.inventory = inventory if inventory is not None else gpu.declared(declared.gpus)
         self.pids_max = pids_max
         self._gpu_lock = asyncio.Lock()
+        self._watched: set[int] = set()
         if cgroups is None:
             log.warning(
                 "no writable cgroup hierarchy: workloads run without CPU, memory or process "
@@ -290,14 +291,48 @@ class LocalBackend(Backend):
                 failed, reason = True, f"out of memory: used {used} of {limit}"
         return Observation(alive=False, exit_code=code, failed=failed, reason=reason)
 
-    async def running(self) -> set[int]:
-        found = set(self.cgroups.workloads()) if self.cgroups else set()
-        found = {w for w in found if self.cgroups and self.cgroups.procs(w)}
+    async def present(self) -> set[int]:
+        found = self.cgroups.workloads() if self.cgroups else set()
         for run in self.runs.iterdir():
-            pid = _read_pid(run)
-            if pid is not None and not (run / "exit").exists() and start_time(pid) is not None:
-                found.add(int(run.name[1:].split(".")[0]))
+            name = run.name[1:].split(".")[0]
+            if run.name.startswith("w") and name.isdigit():
+                found.add(int(name))
         return found
+
+    async def reap(self, workload: int) -> None:
+        for run in self.runs.glob(f"w{workload}.*"):
+            pid = _read_pid(run)
+            if pid is not None and not (run / "exit").exists():
+                self._signal(workload, pid, signal.SIGKILL)
+            shutil.rmtree(run, ignore_errors=True)
+        if self.cgroups is not None:
+            self.cgroups.kill_all(workload)
+            self.cgroups.remove(workload)
+
+    def watch(self, workload: int, placement: Placement, ended: Callable[[int], None]) -> None:
+        """A pidfd for the launcher (Linux 5.3+): readable the moment it exits, parent or not."""
+        pid = placement.get("pid")
+        if pid is None or workload in self._watched or not hasattr(os, "pidfd_open"):
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # already gone
+            ended(workload)
+            return
+        if not alive(pid, placement.get("started")):  # the pid was reused
+            os.close(fd)
+            ended(workload)
+            return
+        loop = asyncio.get_running_loop()
+        self._watched.add(workload)
+
+        def fire() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            self._watched.discard(workload)
+            ended(workload)
+
+        loop.add_reader(fd, fire)
 
     # -- stop -------------------------------------------------------------------------------
 

@@ -62,13 +62,14 @@ while kill -0 $child 2>/dev/null; do wait $child; code=$?; done
 echo $code > "$run/exit.tmp" && mv -f "$run/exit.tmp" "$run/exit"
 """
 
-#: The user's part, as the user: output appended to files opened *as the user* (a root
-#: process opening files in a user's directory could be led through a symlink), then the
-#: working directory, then the command. Arguments: stdout, stderr, directory, command….
+#: The user's part, as the user: into the working directory, then output appended to files
+#: opened *as the user* (a root process opening files in a user's directory could be led
+#: through a symlink; relative paths are relative to the working directory, as in Slurm), then
+#: the command. Arguments: stdout, stderr, directory, command….
 USER_PART = r"""
-exec >>"$1" 2>>"$2" </dev/null || exit 253
 cd "$3" || exit 254
 unset OLDPWD
+exec >>"$1" 2>>"$2" </dev/null || exit 253
 shift 3
 exec "$@"
 """

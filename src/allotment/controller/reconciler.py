@@ -1,0 +1,231 @@
+"""The reconciler: drives one workload's ``status`` towards its ``target`` through its backend.
+
+Every step is written to the database *before* the next action, with a guard on the state it
+expects (``UPDATE … WHERE status = …``), so a crash at any point leaves a row from which the
+same code resumes, and a race with a cancel or a preemption loses cleanly:
+
+    admitted ──(write STARTING)──> start: each placement written as it comes ──> RUNNING
+    told to stop ──(write STOPPING)──> stop ──> observe ──> STOPPED / FAILED ──> release
+    running ──(backend says it ended)──> STOPPED / FAILED ──> release
+
+A resumed ``start`` hands the backend the last placement written, and the backend finds the
+workload instead of starting it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from allotment.backends.base import Backend, LaunchSpec, Observation
+from allotment.clock import Clock
+from allotment.db.engine import Database
+from allotment.db.tables import Account, Pool, User, Workload
+from allotment.domain.resources import Resources
+from allotment.domain.workloads import WorkloadState as S
+
+__all__ = ["Reconciler", "Row"]
+
+log = logging.getLogger("allotment.controller")
+
+#: Failed attempts to start before a workload is given up as FAILED.
+MAX_START_FAILURES = 5
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: Workload
+    user: str
+    account: str
+    backend: str
+
+
+def _outputs(w: Workload) -> tuple[str | None, str | None]:
+    """Output paths with Slurm-style patterns filled in: %j workload, %A array, %a index."""
+
+    def fill(path: str | None) -> str | None:
+        if path is None:
+            return None
+        return (
+            path.replace("%j", str(w.id))
+            .replace("%A", str(w.array_id if w.array_id is not None else w.id))
+            .replace("%a", str(w.array_index if w.array_index is not None else 0))
+        )
+
+    return fill(w.stdout), fill(w.stderr)
+
+
+def launch_spec(row: Row) -> LaunchSpec:
+    w = row.workload
+    env: dict[str, str] = {str(k): str(v) for k, v in (w.env or {}).items()}
+    env["ALLOT_JOB_ID"] = str(w.id)
+    if w.array_id is not None:
+        env["ALLOT_ARRAY_JOB_ID"] = str(w.array_id)
+        env["ALLOT_ARRAY_TASK_ID"] = str(w.array_index)
+    out, err = _outputs(w)
+    if out is None and w.array_id is not None:
+        base = w.workdir
+        out = os.path.join(base, f"allot-{w.array_id}_{w.array_index}.out") if base else None
+        err = os.path.join(base, f"allot-{w.array_id}_{w.array_index}.err") if base else None
+    return LaunchSpec(
+        workload=w.id,
+        user=row.user,
+        account=row.account,
+        command=list(w.command or ()),
+        resources=Resources(w.millicpus, w.memory, w.gpus or {}),
+        node=w.node or "",
+        workdir=w.workdir,
+        stdout=out,
+        stderr=err,
+        env=env,
+        max_runtime=w.max_runtime,
+    )
+
+
+class Reconciler:
+    def __init__(
+        self,
+        db: Database,
+        backends: Mapping[str, Backend],
+        clock: Clock,
+        *,
+        stop_grace: float = 30.0,
+        freed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.db = db
+        self.backends = backends
+        self.clock = clock
+        self.stop_grace = stop_grace
+        #: Called when a workload gives its resources back: the scheduler may admit more.
+        self.freed = freed
+        self.start_failures: dict[int, int] = {}
+
+    async def load(self, session: AsyncSession, workload: int) -> Row | None:
+        found = (
+            await session.execute(
+                select(Workload, User.name, Account.path, Pool.backend)
+                .join(User, User.id == Workload.user_id)
+                .join(Account, Account.id == Workload.account_id)
+                .join(Pool, Pool.id == Workload.pool_id)
+                .where(Workload.id == workload)
+            )
+        ).first()
+        return None if found is None else Row(*found.tuple())
+
+    async def _write(self, workload: int, expect: tuple[S, ...], **values: Any) -> bool:
+        """Set ``values`` if the workload is still in one of ``expect``; True when it was."""
+        values.setdefault("updated_at", self.clock.now())
+        async with self.db.write() as session:
+            result = await session.execute(
+                update(Workload)
+                .where(Workload.id == workload, Workload.status.in_([int(s) for s in expect]))
+                .values(**values)
+            )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def reconcile(self, workload: int) -> None:
+        async with self.db.read() as session:
+            row = await self.load(session, workload)
+        if row is None:
+            return
+        w = row.workload
+        status, target = S(w.status), S(w.target)
+        backend = self.backends.get(row.backend)
+        if backend is None or status in (S.PENDING, S.STOPPED, S.FAILED):
+            return
+        if target >= S.STOPPING:
+            await self._stop(row, backend)
+        elif status in (S.ADMITTED, S.STARTING):
+            await self._start(row, backend)
+        elif status == S.RUNNING:
+            assert w.placement is not None
+            seen = (await backend.poll({w.id: w.placement}))[w.id]
+            if not seen.alive:
+                await self._ended(row, backend, seen, S.RUNNING)
+        elif status == S.STOPPING:  # told to stop, then the target went back: finish the stop
+            await self._stop(row, backend)
+
+    async def _start(self, row: Row, backend: Backend) -> None:
+        w = row.workload
+        if w.status == S.ADMITTED and not await self._write(
+            w.id, (S.ADMITTED,), status=S.STARTING, reason=f"starting on {w.node}"
+        ):
+            return  # cancelled or preempted meanwhile: the next pass sees it
+        resume = w.placement if w.status == S.STARTING else None
+        spec = launch_spec(row)
+        placement: Mapping[str, Any] | None = resume
+        try:
+            async for placement in backend.start(spec, resume):
+                await self._write(w.id, (S.STARTING,), placement=dict(placement))
+        except Exception as e:
+            n = self.start_failures.get(w.id, 0) + 1
+            self.start_failures[w.id] = n
+            log.warning("workload %s: start attempt %s failed: %s", w.id, n, e)
+            if n < MAX_START_FAILURES:
+                raise
+            await self._write(
+                w.id,
+                (S.STARTING,),
+                status=S.FAILED,
+                target=S.STOPPED,
+                reason=f"could not start: {e}",
+                ended_at=self.clock.now(),
+            )
+            if placement is not None:
+                await backend.release(w.id, placement)
+            self.freed()
+            return
+        self.start_failures.pop(w.id, None)
+        await self._write(
+            w.id,
+            (S.STARTING,),
+            status=S.RUNNING,
+            started_at=self.clock.now(),
+            reason=f"running on {w.node}",
+        )
+
+    async def _stop(self, row: Row, backend: Backend) -> None:
+        w = row.workload
+        if w.status == S.ADMITTED or (w.status == S.STARTING and not w.placement):
+            # Nothing of it can be running yet (the first placement precedes any launch).
+            if await self._write(
+                w.id, (S.ADMITTED, S.STARTING), status=S.STOPPED, ended_at=self.clock.now()
+            ):
+                self.freed()
+            return
+        if w.status != S.STOPPING and not await self._write(
+            w.id, (S.STARTING, S.RUNNING), status=S.STOPPING
+        ):
+            return
+        assert w.placement is not None
+        await backend.stop(w.id, w.placement, self.stop_grace)
+        seen = (await backend.poll({w.id: w.placement}))[w.id]
+        await self._ended(row, backend, seen, S.STOPPING, told=True)
+
+    async def _ended(
+        self, row: Row, backend: Backend, seen: Observation, expect: S, *, told: bool = False
+    ) -> None:
+        """Record how it ended, then free what it held."""
+        w = row.workload
+        # Stopped on request: STOPPED whatever its exit status, keeping who asked as the reason,
+        # unless it had already failed on its own.
+        out_of_memory = seen.reason.startswith("out of memory")
+        failed = seen.failed and (not told or out_of_memory)
+        values: dict[str, Any] = {
+            "status": S.FAILED if failed else S.STOPPED,
+            "target": S.STOPPED,
+            "exit_code": seen.exit_code,
+            "ended_at": self.clock.now(),
+        }
+        if not told or out_of_memory:
+            values["reason"] = seen.reason
+        if await self._write(w.id, (expect,), **values):
+            assert w.placement is not None
+            await backend.release(w.id, w.placement)
+            self.freed()

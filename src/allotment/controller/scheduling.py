@@ -1,0 +1,260 @@
+"""The scheduling loop: reads the queue, runs the pure scheduler, writes its decisions.
+
+It runs when nudged (a submission, a cancel, a workload ending) and at least every
+``scheduling.interval``. Fair-share factors are recomputed every ``fair_share_interval`` and
+expected starts every ``estimate_interval`` (design note 0001 §7); cycles in between reuse them.
+Decisions are written with a guard on the state they were made for, so a cancel that lands
+during a cycle wins over an admission made from the older snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, update
+
+from allotment.clock import Clock
+from allotment.controller.view import PolicyView, load_live, load_policy_view, usage
+from allotment.db.engine import Database
+from allotment.db.tables import Workload
+from allotment.domain.workloads import WorkloadState as S
+from allotment.scheduler import Admit, Hold, Preempt, Reject, Snapshot, schedule
+from allotment.scheduler.fairshare import fair_share_factors
+
+__all__ = ["CycleResult", "SchedulingLoop"]
+
+log = logging.getLogger("allotment.controller")
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    admitted: list[int]
+    preempted: list[int]
+    held: int
+    rejected: int
+    seconds: float
+
+
+class SchedulingLoop:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        pools: Callable[[PolicyView], Collection[str]],
+        *,
+        on_admit: Callable[[int], None] = lambda _: None,
+        nudge_file: Path | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        #: The pools this controller drives (those whose backend it has).
+        self.pools = pools
+        #: Called with every workload the reconciler must act on: admitted, preempted, cancelled.
+        self.on_admit = on_admit
+        #: Touched by API worker processes that do not hold the controller (``nudge_file``).
+        self.nudge_file = nudge_file
+        self._nudged_at = 0.0
+        self._wake = asyncio.Event()
+        self._factors: dict[tuple[str, str], float] | None = None
+        self._factors_at = float("-inf")
+        self._estimates_at = float("-inf")
+        #: What was last written for each held workload: (reason, position, expected start).
+        self._shown: dict[int, tuple[str, int | None, datetime | None]] = {}
+        self.cycles = 0
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            interval = 10.0
+            try:
+                result = await self.cycle()
+                interval = result[1]
+            except Exception:
+                log.exception("scheduling cycle failed; trying again")
+                await asyncio.sleep(1.0)
+            deadline = time.monotonic() + interval
+            while not self._wake.is_set() and time.monotonic() < deadline:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.1)
+                except TimeoutError:
+                    self._check_nudge_file()
+            self._wake.clear()
+
+    def _check_nudge_file(self) -> None:
+        if self.nudge_file is None:
+            return
+        try:
+            mtime = self.nudge_file.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime != self._nudged_at:
+            self._nudged_at = mtime
+            self._wake.set()
+
+    async def cycle(self) -> tuple[CycleResult | None, float]:
+        """One cycle; returns what it did and the policy's interval."""
+        t0 = time.perf_counter()
+        now = self.clock.now()
+        async with self.db.read() as session:
+            view = await load_policy_view(session)
+            if view is None:
+                return None, 10.0
+            live = await load_live(session, view, now)
+            spec = view.policy.scheduling
+            mono = time.monotonic()
+            refresh = self._factors is None or mono - self._factors_at >= spec.fair_share_interval
+            used = await usage(session, view, now) if refresh else {}
+        driven = set(self.pools(view))
+        pending = [p for p in live.pending if p.pool in driven]
+        if refresh or any((p.account, p.user) not in (self._factors or {}) for p in pending):
+            shares = {path: a.shares for path, a in view.accounts.items()}
+            self._factors = fair_share_factors(shares, used, ((p.account, p.user) for p in pending))
+            self._factors_at = mono
+        estimates = mono - self._estimates_at >= spec.estimate_interval
+        snap = Snapshot(
+            now=now.timestamp(),
+            accounts=view.accounts,
+            nodes=[n for n in view.nodes if n.pool in driven],
+            running=[r for r in live.running if r.pool in driven],
+            pending=pending,
+            user_limits=view.user_limits,
+            default_limits=view.default_limits,
+            weights=view.weights,
+            policy=spec.policy,
+            preemption_grace=float(spec.preemption_grace),
+            fair_share=self._factors,
+            estimates=estimates,
+        )
+        decisions = schedule(snap)
+        if estimates:
+            self._estimates_at = mono
+        result = await self._persist(decisions, live.waiting, live.doomed, now, estimates)
+        self.cycles += 1
+        for w in result.admitted:
+            self.on_admit(w)
+        for w in (*result.preempted, *live.to_stop):
+            self.on_admit(w)
+        return (
+            CycleResult(
+                result.admitted,
+                result.preempted,
+                result.held,
+                result.rejected,
+                time.perf_counter() - t0,
+            ),
+            float(spec.interval),
+        )
+
+    async def _persist(
+        self,
+        decisions: list[Any],
+        waiting: dict[int, str],
+        doomed: dict[int, str],
+        now: datetime,
+        estimates: bool,
+    ) -> CycleResult:
+        admits: list[dict[str, Any]] = []
+        holds: list[dict[str, Any]] = []
+        rejects: list[dict[str, Any]] = []
+        preempts: list[dict[str, Any]] = []
+        shown = self._shown
+        for d in decisions:
+            if isinstance(d, Admit):
+                admits.append(
+                    {"wid": d.workload, "node": d.node, "reason": f"admitted to {d.node}"}
+                )
+                shown.pop(d.workload, None)
+            elif isinstance(d, Hold):
+                old = shown.get(d.workload)
+                eta = (
+                    datetime.fromtimestamp(round(d.eta), UTC)
+                    if estimates and d.eta is not None
+                    else (old[2] if old is not None and not estimates else None)
+                )
+                new: tuple[str, int | None, datetime | None] = (d.reason, d.position, eta)
+                if old != new:
+                    shown[d.workload] = new
+                    holds.append(
+                        {"wid": d.workload, "reason": d.reason, "position": d.position, "eta": eta}
+                    )
+            elif isinstance(d, Reject):
+                rejects.append({"wid": d.workload, "reason": f"cannot run: {d.reason}"})
+                shown.pop(d.workload, None)
+            elif isinstance(d, Preempt):
+                preempts.append({"wid": d.victim, "reason": d.reason})
+        for wid, reason in waiting.items():
+            waits: tuple[str, int | None, datetime | None] = (reason, None, None)
+            if shown.get(wid) != waits:
+                shown[wid] = waits
+                holds.append({"wid": wid, "reason": reason, "position": None, "eta": None})
+        for wid, reason in doomed.items():
+            rejects.append({"wid": wid, "reason": f"cannot run: {reason}"})
+            shown.pop(wid, None)
+        admitted: list[int] = []
+        preempted: list[int] = []
+        if admits or holds or rejects or preempts:
+            async with self.db.write() as session:
+                conn = await session.connection()
+                w = cast(Table, Workload.__table__)
+                pending = (w.c.id == bindparam("wid")) & (w.c.status == int(S.PENDING))
+                wants_run = w.c.target == int(S.RUNNING)
+                if admits:
+                    for a in admits:
+                        r = await conn.execute(
+                            update(w)
+                            .where(w.c.id == a["wid"], w.c.status == int(S.PENDING), wants_run)
+                            .values(
+                                status=int(S.ADMITTED),
+                                node=a["node"],
+                                reason=a["reason"],
+                                position=None,
+                                expected_start=None,
+                                updated_at=now,
+                            )
+                        )
+                        if r.rowcount:
+                            admitted.append(a["wid"])
+                if holds:
+                    await conn.execute(
+                        update(w)
+                        .where(pending)
+                        .values(
+                            reason=bindparam("reason"),
+                            position=bindparam("position"),
+                            expected_start=bindparam("eta"),
+                        ),
+                        holds,
+                    )
+                if rejects:
+                    await conn.execute(
+                        update(w)
+                        .where(pending)
+                        .values(
+                            status=int(S.FAILED),
+                            target=int(S.STOPPED),
+                            reason=bindparam("reason"),
+                            position=None,
+                            expected_start=None,
+                            ended_at=now,
+                            updated_at=now,
+                        ),
+                        rejects,
+                    )
+                for p in preempts:
+                    r = await conn.execute(
+                        update(w)
+                        .where(w.c.id == p["wid"], wants_run)
+                        .values(target=int(S.STOPPED), reason=p["reason"], updated_at=now)
+                    )
+                    if r.rowcount:
+                        preempted.append(p["wid"])
+        return CycleResult(admitted, preempted, len(holds), len(rejects), 0.0)
