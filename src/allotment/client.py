@@ -179,6 +179,30 @@ class AllotmentClient:
     def cancel(self, workload_id: int) -> WorkloadOut:
         return WorkloadOut.model_validate(self._call("POST", f"workloads/{workload_id}/cancel"))
 
+    def output(
+        self, workload_id: int, *, stream: str = "stdout", offset: int = 0
+    ) -> tuple[bytes, int, bool]:
+        """A job's output from ``offset``: (bytes, where to continue, whether it has ended)."""
+        try:
+            r = self._http.get(
+                f"workloads/{workload_id}/output", params={"stream": stream, "offset": offset}
+            )
+        except httpx.HTTPError as e:
+            raise ApiError(
+                Problem(title="Cannot reach Allotment", status=0, detail=str(e))
+            ) from None
+        if r.status_code >= 400:
+            try:
+                problem = Problem.model_validate(r.json())
+            except (ValueError, ValidationError):
+                problem = Problem(title=r.reason_phrase, status=r.status_code, detail=r.text[:500])
+            raise ApiError(problem)
+        return (
+            r.content,
+            int(r.headers.get("X-Next-Offset", offset + len(r.content))),
+            r.headers.get("X-Workload-Ended") == "true",
+        )
+
     def workloads(
         self,
         *,
@@ -187,12 +211,16 @@ class AllotmentClient:
         user: str | None = None,
         since: datetime | None = None,
         limit: int | None = 50,
+        kind: str | None = None,
+        array: int | None = None,
     ) -> list[WorkloadOut]:
         """Workloads you can see, newest first; ``limit=None`` fetches every page."""
         params: dict[str, Any] = {
             "status": status,
             "account": account,
             "user": user,
+            "kind": kind,
+            "array": array,
             "since": since.isoformat() if since else None,
             "limit": min(limit or 1000, 1000),
         }

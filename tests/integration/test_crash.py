@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def serve(database_url: str, data: Path, port: int) -> AbstractContextManager[Popen[str]]:
     env = clean_env(ALLOTMENT_DATA_DIR=str(data), ALLOTMENT_DATABASE_URL=database_url)
-    return allot_serve(port, env, "--log-level", "warning")
+    return allot_serve(port, env, "--log-level", "warning", "--no-controller")
 
 
 def test_kill_9_during_submissions_loses_nothing(database_url: str, tmp_path: Path) -> None:

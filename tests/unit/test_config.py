@@ -208,6 +208,15 @@ BROKEN = [
     ),
     ("pool without nodes", "pools:\n  p: {nodes: []}\n", 2, "pools.p.nodes", "at least 1", ""),
     (
+        "local pool of several nodes",
+        "pools:\n  p:\n    nodes:\n      - {name: a, cpus: 1, memory: 1G}\n"
+        "      - {name: b, cpus: 1, memory: 1G}\n",
+        5,
+        "pools.p.nodes[1]",
+        "runs on this machine alone",
+        "backend: slurm",
+    ),
+    (
         "bad backend",
         "pools:\n  p:\n    backend: kubernetes\n    nodes: [{name: n, cpus: 1, memory: 1G}]\n",
         3,
@@ -269,7 +278,7 @@ def test_wrong_parent_path_names_the_real_one() -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    text = BASE + (
+    text = BASE.replace("  ws:\n", "  ws:\n    backend: slurm\n    partition: ws\n") + (
         "profiles:\n  p: {pool: nope, size: {cpus: 1, memory: 1G}}\n"
         "allocations:\n  - {account: nobody, pool: ws}\n"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ from urllib.parse import urlsplit
 import typer
 
 from allotment import __version__
-from allotment.cli import user
+from allotment.cli import jobs, user
 from allotment.cli.admin import config_app, load_or_exit
 from allotment.cli.output import console
 from allotment.cli.simulate import simulate
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 user.register(app)
+jobs.register(app)
 app.command()(simulate)
 
 
@@ -56,6 +58,10 @@ def serve(
     ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes (PostgreSQL only).")] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    controller: Annotated[
+        bool,
+        typer.Option(help="Run workloads from this service (off: API only, nothing runs)."),
+    ] = True,
 ) -> None:
     """Run the Allotment service alone (for development, or for JupyterHub to manage)."""
     import uvicorn
@@ -67,7 +73,9 @@ def serve(
     from importlib import import_module
 
     app_module = import_module("allotment.api.app")
-    settings = app_module.settings_from_policy(policy, apply=config is not None)
+    settings = dataclasses.replace(
+        app_module.settings_from_policy(policy, apply=config is not None), controller=controller
+    )
     if workers > 1 and settings.database_url.startswith("sqlite"):
         console.print("[yellow]SQLite takes one writer; running 1 worker.[/]")
         workers = 1
@@ -105,6 +113,7 @@ def serve(
     asyncio.run(app_module.prepare_once(settings))
     if config is not None:
         os.environ["ALLOTMENT_CONFIG"] = str(config.resolve())
+    os.environ["ALLOTMENT_CONTROLLER"] = "1" if controller else "0"
     uvicorn.run(
         "allotment.api.app:app_from_environment",
         factory=True,

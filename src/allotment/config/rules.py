@@ -174,6 +174,15 @@ def _check_pools(policy: Policy) -> list[Finding]:
                     )
                 )
             seen.add(node.name)
+        if pool.backend == "local" and len(pool.nodes) > 1:
+            out.append(
+                Finding(
+                    ("pools", pname, "nodes", 1),
+                    f"pool '{pname}' uses the local backend, which runs on this machine alone, "
+                    f"but lists {len(pool.nodes)} nodes",
+                    "keep one node (this machine), or use `backend: slurm` for a cluster.",
+                )
+            )
         if pool.backend == "slurm" and not pool.partition:
             out.append(
                 Finding(

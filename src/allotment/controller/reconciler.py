@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,16 @@ log = logging.getLogger("allotment.controller")
 
 #: Failed attempts to start before a workload is given up as FAILED.
 MAX_START_FAILURES = 5
+
+#: Crash tests name a step here (``ALLOTMENT_FAILPOINT=starting``): the process kills itself
+#: with SIGKILL the first time it reaches that step, exactly as a power cut would stop it.
+FAILPOINT = os.environ.get("ALLOTMENT_FAILPOINT", "")
+
+
+def failpoint(step: str) -> None:
+    if FAILPOINT == step:
+        log.warning("failpoint %s: killing this process", step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -157,12 +168,15 @@ class Reconciler:
             w.id, (S.ADMITTED,), status=S.STARTING, reason=f"starting on {w.node}"
         ):
             return  # cancelled or preempted meanwhile: the next pass sees it
+        failpoint("starting")
         resume = w.placement if w.status == S.STARTING else None
         spec = launch_spec(row)
         placement: Mapping[str, Any] | None = resume
         try:
             async for placement in backend.start(spec, resume):
+                failpoint("launched" if "pid" in placement else "placing")
                 await self._write(w.id, (S.STARTING,), placement=dict(placement))
+                failpoint("placed")
         except Exception as e:
             n = self.start_failures.get(w.id, 0) + 1
             self.start_failures[w.id] = n
@@ -189,6 +203,7 @@ class Reconciler:
             started_at=self.clock.now(),
             reason=f"running on {w.node}",
         )
+        failpoint("running")
 
     async def _stop(self, row: Row, backend: Backend) -> None:
         w = row.workload
@@ -203,8 +218,10 @@ class Reconciler:
             w.id, (S.STARTING, S.RUNNING), status=S.STOPPING
         ):
             return
+        failpoint("stopping")
         assert w.placement is not None
         await backend.stop(w.id, w.placement, self.stop_grace)
+        failpoint("stopped")
         seen = (await backend.poll({w.id: w.placement}))[w.id]
         await self._ended(row, backend, seen, S.STOPPING, told=True)
 
@@ -226,6 +243,7 @@ class Reconciler:
         if not told or out_of_memory:
             values["reason"] = seen.reason
         if await self._write(w.id, (expect,), **values):
+            failpoint("ended")
             assert w.placement is not None
             await backend.release(w.id, w.placement)
             self.freed()

@@ -21,6 +21,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, update
 
 from allotment.clock import Clock
+from allotment.controller.reconciler import failpoint
 from allotment.controller.view import PolicyView, load_live, load_policy_view, usage
 from allotment.db.engine import Database
 from allotment.db.tables import Workload
@@ -137,8 +138,18 @@ class SchedulingLoop:
         decisions = schedule(snap)
         if estimates:
             self._estimates_at = mono
-        result = await self._persist(decisions, live.waiting, live.doomed, now, estimates)
+        waiting = dict(live.waiting)
+        for p in live.pending:
+            if p.pool not in driven:
+                backend = view.backends.get(p.pool, "?")
+                waiting[p.id] = (
+                    f"pool '{p.pool}' uses the {backend} backend, which this service does not "
+                    "run yet"
+                )
+        result = await self._persist(decisions, waiting, live.doomed, now, estimates)
         self.cycles += 1
+        if result.admitted:
+            failpoint("admitted")
         for w in result.admitted:
             self.on_admit(w)
         for w in (*result.preempted, *live.to_stop):

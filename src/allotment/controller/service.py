@@ -72,16 +72,12 @@ def local_backend(policy: Policy, data_dir: Path) -> LocalBackend | None:
     nodes = [n for spec in policy.pools.values() if spec.backend == "local" for n in spec.nodes]
     if not nodes:
         return None
-    names = sorted({n.name for n in nodes})
-    if len(names) > 1:
-        log.warning(
-            "local pools name several nodes (%s); the local backend runs everything on this "
-            "machine as '%s'",
-            ", ".join(names),
-            names[0],
-        )
     n = nodes[0]
-    declared = Resources.of(n.cpus, n.memory, n.gpus)
+    gpus: dict[str, int] = {}
+    for node in nodes:
+        for model, count in node.gpus.items():
+            gpus[model] = gpus.get(model, 0) + count
+    declared = Resources.of(n.cpus, n.memory, gpus)
     return LocalBackend(data_dir / "local", n.name, declared, detect(), PosixAccounts())
 
 

@@ -59,13 +59,10 @@ async def load_policy_view(session: AsyncSession) -> PolicyView | None:
         return None
     policy = Policy.model_validate(latest.document)
     accounts, nodes, users, default, weights = scheduler_view(policy)
-    shares = dict(
-        (
-            await session.execute(
-                select(Account.path, Account.shares).where(Account.archived_at.is_(None))
-            )
-        ).tuples()
+    result = await session.execute(
+        select(Account.path, Account.shares).where(Account.archived_at.is_(None))
     )
+    shares = {path: n for path, n in result.tuples()}
     accounts = {
         path: AccountState(path, float(shares.get(path, a.shares)), a.limits, a.allocations)
         for path, a in accounts.items()

@@ -136,6 +136,10 @@ class WorkloadFilter:
     user_id: int | None = None
     #: Only those created at or after this time.
     since: datetime | None = None
+    #: Only this kind (``job``, ``session``…); None means any.
+    kind: str | None = None
+    #: Only the tasks of this job array; None means any.
+    array_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +180,10 @@ async def list_workloads(
         ids = ids.where(Workload.user_id == flt.user_id)
     if flt.since is not None:
         ids = ids.where(Workload.created_at >= flt.since)
+    if flt.kind is not None:
+        ids = ids.where(Workload.kind == flt.kind)
+    if flt.array_id is not None:
+        ids = ids.where(Workload.array_id == flt.array_id)
     if before_id is not None:
         ids = ids.where(Workload.id < before_id)
     ids = ids.order_by(Workload.id.desc()).offset(offset).limit(limit + 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy import Table, insert, update
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.api.deps import AppState, Caller, CallerDep, StateDep
 from allotment.api.views import workload_out
+from allotment.backends.local.output import read_as
 from allotment.db import repository as repo
 from allotment.db.catalog import AccountEntry, Catalog, PoolEntry, ProfileEntry
 from allotment.db.tables import Workload
@@ -22,7 +23,7 @@ from allotment.domain.quantities import parse_bytes, parse_duration
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState, can_cancel, parse_array
 from allotment.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from allotment.schemas import Page, WorkloadCreate, WorkloadOut
+from allotment.schemas import Kind, Page, WorkloadCreate, WorkloadOut
 
 __all__ = ["router"]
 
@@ -272,6 +273,8 @@ async def list_workloads(
         str | None, Query(description="Account path or name; includes its subtree.")
     ] = None,
     user: Annotated[str | None, Query()] = None,
+    kind: Annotated[Kind | None, Query()] = None,
+    array: Annotated[int | None, Query(description="Only the tasks of this job array.")] = None,
     since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[
@@ -313,7 +316,7 @@ async def list_workloads(
             visible = repo.Visibility(False, caller.user_id, ids)
         rows, more = await repo.list_workloads(
             session,
-            repo.WorkloadFilter(statuses, account_ids, user_id, since),
+            repo.WorkloadFilter(statuses, account_ids, user_id, since, kind, array),
             visible,
             limit=limit,
             before_id=before_id,
@@ -364,3 +367,48 @@ async def cancel_workload(workload_id: int, caller: CallerDep, state: StateDep) 
             w.ended_at = now
     state.workloads_changed(workload_id)
     return workload_out(row)
+
+
+@router.get(
+    "/workloads/{workload_id}/output",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def workload_output(
+    workload_id: int,
+    caller: CallerDep,
+    state: StateDep,
+    stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout",
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=16 * 2**20)] = 2**20,
+) -> Response:
+    """A batch job's output from byte ``offset``; ``X-Next-Offset`` says where to continue.
+
+    Only the workload's owner and administrators may read it: output can hold private data,
+    so managers of the account see the job but not what it printed.
+    """
+    async with state.db.read() as session:
+        row = await _visible_workload(session, caller, workload_id)
+    if row.user != caller.name and not caller.principal.is_admin:
+        raise Forbidden(
+            f"Only {row.user} (and administrators) may read workload {workload_id}'s output."
+        )
+    placement = row.workload.placement or {}
+    path = placement.get(stream)
+    if path is None:
+        raise NotFound(
+            f"Workload {workload_id} has no {stream} yet: it is {WorkloadState(row.workload.status).label}."
+        )
+    data = await read_as(int(placement["uid"]), int(placement["gid"]), path, offset, limit)
+    if data is None:
+        raise NotFound(f"{path} cannot be read (removed, or not readable by {placement['user']}).")
+    ended = row.workload.status in (WorkloadState.STOPPED, WorkloadState.FAILED)
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={
+            "X-Next-Offset": str(offset + len(data)),
+            "X-Workload-Ended": "true" if ended else "false",
+            "X-Output-Path": path,
+        },
+    )

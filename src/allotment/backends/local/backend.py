@@ -133,14 +133,20 @@ class LocalBackend(Backend):
                 )
             run.mkdir(mode=0o700)
             (run / "gpus.json").write_text(json.dumps(devices))
+        workdir = spec.workdir or str(account.home)
         placement: dict[str, Any] = {
-            "node": self.node,
+            "node": spec.node or self.node,
             "attempt": attempt,
             "run": str(run),
             "user": account.name,
             "uid": account.uid,
+            "gid": account.gid,
             "gpus": devices,
             "cgroup": self.cgroups.version if self.cgroups else 0,
+            "workdir": workdir,
+            # Relative paths are relative to the working directory, as in Slurm.
+            "stdout": os.path.join(workdir, spec.stdout or f"allot-{spec.workload}.out"),
+            "stderr": os.path.join(workdir, spec.stderr or f"allot-{spec.workload}.err"),
         }
         yield placement  # persisted before anything of the user's can run
         procs: list[Path] = []
@@ -149,10 +155,10 @@ class LocalBackend(Backend):
                 spec.resources.millicpus,
                 spec.resources.memory,
                 self.pids_max,
-                gpu.device_numbers(devices),
+                gpu.device_numbers(self.inventory, devices),
             )
             procs = self.cgroups.create(spec.workload, limits)
-        await self._spawn(spec, account, run, procs, devices)
+        await self._spawn(spec, account, run, procs, devices, placement)
         pid = await self._wait_for_pid(run)
         started = start_time(pid)
         if self.cgroups is not None:
@@ -178,7 +184,7 @@ class LocalBackend(Backend):
             "ALLOT_ACCOUNT": spec.account,
             "ALLOT_CPUS": f"{spec.resources.cpus:g}",
             "ALLOT_MEMORY": str(spec.resources.memory),
-            "ALLOT_NODE": self.node,
+            "ALLOT_NODE": spec.node or self.node,
             # Thread pools size themselves by the machine's cores, not the workload's.
             "OMP_NUM_THREADS": threads,
             "OPENBLAS_NUM_THREADS": threads,
@@ -195,10 +201,9 @@ class LocalBackend(Backend):
         run: Path,
         procs: list[Path],
         devices: list[str],
+        placement: Mapping[str, Any],
     ) -> None:
-        workdir = spec.workdir or str(account.home)
-        out = spec.stdout or os.path.join(workdir, f"allot-{spec.workload}.out")
-        err = spec.stderr or os.path.join(workdir, f"allot-{spec.workload}.err")
+        workdir, out, err = placement["workdir"], placement["stdout"], placement["stderr"]
         drop = ""
         if self.accounts.isolated:
             drop = (

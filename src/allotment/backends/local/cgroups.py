@@ -29,8 +29,8 @@ class Limits:
     millicpus: int
     memory: int
     pids: int = 4096
-    #: Device numbers ("195:0") a workload may open among those the hierarchy restricts.
-    gpu_devices: tuple[str, ...] = ()
+    #: Device numbers ("195:1") the workload may not open: the machine's GPUs it was not given.
+    denied_devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,10 +150,11 @@ class V1(Cgroups):
             _write(pids / "pids.max", str(limits.pids))
         dev = self._dir("devices", workload)
         if dev.is_dir():
-            # Every NVIDIA device node shares major 195; deny them all, allow the assigned.
-            _write(dev / "devices.deny", "c 195:* rwm")
-            for number in limits.gpu_devices:
-                _write(dev / "devices.allow", f"c {number} rwm")
+            # The list starts as "allow everything"; each GPU the workload was not given is an
+            # exception. (Allowing a device after denying a wildcard does not work there: v1
+            # only removes exceptions that match exactly.)
+            for number in limits.denied_devices:
+                _write(dev / "devices.deny", f"c {number} rwm")
         return out
 
     def procs(self, workload: int) -> list[int]:

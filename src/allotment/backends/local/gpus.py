@@ -2,7 +2,8 @@
 
 An inventory maps each GPU model to its device indices (``{"a100": ["0", "1"]}``). A workload
 is pinned to the devices it is given through ``CUDA_VISIBLE_DEVICES`` and, on cgroup v1, the
-devices controller (NVIDIA device nodes are character devices of major 195, minor = index).
+devices controller, which denies it the others (NVIDIA device nodes are character devices of
+major 195, minor = index; ``nvidiactl``, 195:255, stays open to all).
 """
 
 from __future__ import annotations
@@ -15,9 +16,6 @@ from collections.abc import Collection, Mapping, Sequence
 __all__ = ["Inventory", "assign", "declared", "device_numbers", "discover", "model_of"]
 
 Inventory = Mapping[str, Sequence[str]]
-
-#: nvidiactl: every CUDA program opens it as well as its own devices.
-NVIDIA_CTL = "195:255"
 
 
 def model_of(name: str) -> str:
@@ -79,8 +77,6 @@ def assign(
     return chosen
 
 
-def device_numbers(devices: Sequence[str]) -> tuple[str, ...]:
-    """``major:minor`` of the device nodes a workload with ``devices`` may open."""
-    if not devices:
-        return ()
-    return (*(f"195:{d}" for d in devices), NVIDIA_CTL)
+def device_numbers(inventory: Inventory, given: Sequence[str]) -> tuple[str, ...]:
+    """``major:minor`` of the GPU device nodes a workload given ``given`` must not open."""
+    return tuple(f"195:{d}" for devices in inventory.values() for d in devices if d not in given)

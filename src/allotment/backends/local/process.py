@@ -69,7 +69,8 @@ echo $code > "$run/exit.tmp" && mv -f "$run/exit.tmp" "$run/exit"
 USER_PART = r"""
 cd "$3" || exit 254
 unset OLDPWD
-exec >>"$1" 2>>"$2" </dev/null || exit 253
+{ true >>"$1" && true >>"$2"; } 2>/dev/null || exit 253
+exec >>"$1" 2>>"$2" </dev/null
 shift 3
 exec "$@"
 """

@@ -1,0 +1,64 @@
+"""Fixtures for backend tests.
+
+``backend``   every backend implementation, for the contract suite (the local one here; the
+              Slurm one joins when it exists).
+``shared``    a world-writable scratch directory (mode 1777, like /tmp) that workloads running
+              as other POSIX accounts can write to and the test can read.
+``new_id``    a workload id no other test uses (cgroups are machine-wide).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from allotment.backends.base import Backend
+from allotment.backends.local.backend import LocalBackend
+from allotment.backends.local.cgroups import detect
+from allotment.backends.local.posix import PosixAccounts
+from allotment.domain.resources import Resources
+
+ROOT = os.geteuid() == 0
+_ids = itertools.count(os.getpid() * 1000)
+
+
+@pytest.fixture
+def new_id() -> Callable[[], int]:
+    return lambda: next(_ids)
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="allot-test-", dir="/tmp"))
+    d.chmod(0o1777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def local_backend(state: Path) -> LocalBackend:
+    return LocalBackend(
+        state,
+        "localhost",
+        Resources.of(2, 4 * 2**30, {"a100": 2}),  # GPUs declared, none present: a named fake
+        detect(),
+        PosixAccounts(),
+    )
+
+
+@pytest.fixture(params=["local"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    b: Backend = local_backend(tmp_path / "state")
+    try:
+        yield b
+    finally:
+        for wid in await b.present():
+            await b.reap(wid)
+        await b.close()

@@ -1,0 +1,226 @@
+"""The local backend on this machine: real POSIX accounts, real cgroups, real processes.
+
+GPUs are a declared inventory (``a100`` × 2; this machine has none): a named fake. What is
+checked is the pinning Allotment does, CUDA_VISIBLE_DEVICES and the v1 devices controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from allotment.backends.base import LaunchSpec
+from allotment.backends.local.backend import LocalBackend
+from allotment.backends.local.cgroups import V1, V2, Limits
+from allotment.backends.local.gpus import assign, declared, model_of, parse_query
+from allotment.backends.local.posix import MAX_NAME, decode, escape, unix_name
+from allotment.domain.resources import Resources
+from tests.backends.conftest import ROOT, local_backend
+from tests.backends.test_contract import ended, started
+
+G = 2**30
+root_only = pytest.mark.skipif(not ROOT, reason="needs root: POSIX accounts and cgroups")
+
+
+@pytest.fixture
+async def local(tmp_path: Path) -> LocalBackend:
+    return local_backend(tmp_path / "state")
+
+
+def job(wid: int, user: str, command: list[str], workdir: Path, **kw: object) -> LaunchSpec:
+    r = kw.pop("resources", Resources.of(1, 256 * 2**20))
+    return LaunchSpec(wid, user, "lab", command, r, workdir=str(workdir), **kw)  # type: ignore[arg-type]
+
+
+# -- naming: pure ----------------------------------------------------------------------------
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_hub_names_map_to_distinct_valid_posix_names(name: str) -> None:
+    assert decode(escape(name)) == name
+    unix = unix_name(name)
+    assert len(unix) <= MAX_NAME
+    assert all(c.isascii() and (c.isalnum() or c in "_-") for c in unix)
+    assert unix[0].isalpha()
+
+
+def test_distinct_hub_names_get_distinct_accounts() -> None:
+    names = ["Alice", "alice", "a.lice", "a_lice", "a-lice", "x" * 40, "x" * 41]
+    assert len({unix_name(n) for n in names}) == len(names)
+
+
+def test_gpu_inventory() -> None:
+    assert model_of("NVIDIA A100-SXM4-80GB") == "a100"
+    assert model_of("NVIDIA H100 80GB HBM3") == "h100"
+    assert parse_query("0, NVIDIA A100-SXM4-80GB\n1, NVIDIA A100-SXM4-80GB\n") == {
+        "a100": ["0", "1"]
+    }
+    inv = declared({"a100": 2, "h100": 1})
+    assert inv == {"a100": ["0", "1"], "h100": ["2"]}
+    assert assign(inv, {"a100": 1}, {"0"}) == ["1"]
+    assert assign(inv, {"a100": 2}, {"0"}) is None
+
+
+# -- cgroup v2 driver against a fake hierarchy (this machine mounts v1) -----------------------
+
+
+def test_cgroup_v2_writes_limits(tmp_path: Path) -> None:
+    """A fake cgroupfs (plain files): the kernel's v2 interface files the driver writes."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpu memory pids io\n")
+    (root / "cgroup.subtree_control").write_text("")
+    (root / "allotment").mkdir()
+    (root / "allotment" / "cgroup.subtree_control").write_text("")
+    d = root / "allotment" / "w5"
+    d.mkdir()
+    for f in ("cpu.max", "memory.max", "memory.swap.max", "pids.max", "cgroup.procs"):
+        (d / f).write_text("")
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    (d / "memory.peak").write_text(str(2 * G))
+    cg = V2(root)
+    assert cg.create(5, Limits(1500, 2 * G, 100)) == [d / "cgroup.procs"]
+    assert (d / "cpu.max").read_text() == "150000 100000"
+    assert (d / "memory.max").read_text() == str(2 * G)
+    assert (d / "memory.swap.max").read_text() == "0"
+    assert (d / "pids.max").read_text() == "100"
+    assert (root / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    mem = cg.memory(5)
+    assert (mem.oom_killed, mem.peak, mem.limit) == (True, 2 * G, 2 * G)
+
+
+# -- on this machine, as root ----------------------------------------------------------------
+
+
+@root_only
+async def test_runs_as_the_users_own_account_with_a_private_home(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    wid = new_id()
+    out = shared / "id.out"
+    p = (await started(local, job(wid, "alice", ["id", "-un"], shared, stdout=str(out))))[-1]
+    await ended(local, wid, p)
+    account = pwd.getpwnam("jupyter-alice")
+    assert out.read_text().strip() == "jupyter-alice"
+    assert stat.S_IMODE(os.stat(account.pw_dir).st_mode) == 0o700
+    assert out.stat().st_uid == account.pw_uid  # written by the user, not by root
+    await local.release(wid, p)
+
+
+@root_only
+async def test_limits_are_set_and_running_out_of_memory_says_so(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    assert isinstance(local.cgroups, V1 | V2)
+    wid = new_id()
+    hog = ["python3", "-c", "b = bytearray(400 * 2**20); print(len(b))"]
+    r = Resources.of(0.5, 100 * 2**20)
+    gen = local.start(job(wid, "alice", hog, shared, resources=r))
+    placements = [p async for p in gen]
+    if isinstance(local.cgroups, V1):
+        base = Path("/sys/fs/cgroup")
+        assert (base / f"cpu/allotment/w{wid}/cpu.cfs_quota_us").read_text().strip() == "50000"
+        limit = (base / f"memory/allotment/w{wid}/memory.limit_in_bytes").read_text()
+        assert int(limit) == 100 * 2**20
+        assert (base / f"pids/allotment/w{wid}/pids.max").read_text().strip() == "4096"
+    seen = await ended(local, wid, placements[-1])
+    assert seen.failed
+    assert seen.reason == "out of memory: used 100M of 100M"
+    await local.release(wid, placements[-1])
+
+
+@root_only
+async def test_gpus_are_pinned_and_never_shared(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    wids = [new_id() for _ in range(3)]
+    one_gpu = Resources.of(0.5, 128 * 2**20, {"a100": 1})
+    # Device nodes as the NVIDIA driver makes them (major 195), with no driver behind them:
+    # opening one the devices cgroup allows fails with ENXIO, one it denies with EPERM.
+    for i in range(2):
+        os.mknod(shared / f"nvidia{i}", 0o666 | stat.S_IFCHR, os.makedev(195, i))
+        (shared / f"nvidia{i}").chmod(0o666)
+    placements = {}
+    for i, wid in enumerate(wids[:2]):
+        show = [
+            "sh",
+            "-c",
+            f"echo $CUDA_VISIBLE_DEVICES > {shared}/gpu{i};"
+            f"for d in 0 1; do cat {shared}/nvidia$d 2>> {shared}/open{i}; done; sleep 30",
+        ]
+        placements[wid] = (await started(local, job(wid, "bob", show, shared, resources=one_gpu)))[
+            -1
+        ]
+    await asyncio.sleep(0.5)
+    seen = [(shared / f"gpu{i}").read_text().strip() for i in range(2)]
+    assert sorted(seen) == ["0", "1"]
+    if isinstance(local.cgroups, V1):
+        for i, device in enumerate(seen):
+            errors = (shared / f"open{i}").read_text().splitlines()
+            other = "1" if device == "0" else "0"
+            own = next(e for e in errors if f"nvidia{device}" in e)
+            denied = next(e for e in errors if f"nvidia{other}" in e)
+            assert "No such device" in own, errors
+            assert "Operation not permitted" in denied, errors
+    # Both a100s are taken: a third start is refused rather than double-booking one.
+    with pytest.raises(RuntimeError, match="GPUs are in use"):
+        await started(local, job(wids[2], "bob", ["true"], shared, resources=one_gpu))
+    for wid, p in placements.items():
+        await local.stop(wid, p, grace=1)
+        await local.release(wid, p)
+
+
+@root_only
+async def test_a_workload_sees_no_service_secrets(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLOTMENT_DATABASE_URL", "postgresql://allot:s3cret@db/allotment")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-secret")
+    secret = local.runs.parent / "admin-token"
+    secret.write_text("admin-secret")
+    secret.chmod(0o600)
+    wid = new_id()
+    script = f"env > {shared}/env; cat {secret} > {shared}/stolen 2>&1; true"
+    p = (await started(local, job(wid, "alice", ["sh", "-c", script], shared)))[-1]
+    await ended(local, wid, p)
+    env = (shared / "env").read_text()
+    assert "s3cret" not in env and "hub-secret" not in env and "ALLOTMENT_" not in env
+    assert "ALLOT_WORKLOAD_ID=" in env
+    assert "admin-secret" not in (shared / "stolen").read_text()
+    await local.release(wid, p)
+
+
+@root_only
+async def test_one_user_cannot_read_or_signal_another(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    bob, alice = new_id(), new_id()
+    pb = (
+        await started(
+            local, job(bob, "bob", ["sh", "-c", "echo private > ~/secret; sleep 60"], shared)
+        )
+    )[-1]
+    await asyncio.sleep(0.5)
+    bob_pids = local.cgroups.procs(bob) if local.cgroups else []
+    target = max(bob_pids)
+    script = (
+        f"cat /home/jupyter-bob/secret > {shared}/read 2>&1;"
+        f"kill -9 {target} 2> {shared}/kill; echo $? >> {shared}/kill"
+    )
+    pa = (await started(local, job(alice, "alice", ["sh", "-c", script], shared)))[-1]
+    await ended(local, alice, pa)
+    assert "private" not in (shared / "read").read_text()
+    assert "Permission denied" in (shared / "read").read_text()
+    assert (shared / "kill").read_text().strip().endswith("1")
+    assert (await local.poll({bob: pb}))[bob].alive
+    await local.stop(bob, pb, grace=1)
+    for wid, p in ((bob, pb), (alice, pa)):
+        await local.release(wid, p)
