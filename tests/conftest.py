@@ -7,11 +7,15 @@
 ``hub``           a real JupyterHub process (session-wide) that issues user tokens with chosen
                   scopes: ``hub.token("alice", ["custom:allotment:read"])``.
 ``hub_service``   ``service``, verifying tokens against ``hub``.
+``shared``        a world-writable scratch directory (mode 1777, like /tmp) that workloads
+                  running as other POSIX accounts can write to and the test can read.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -79,3 +83,13 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 async def hub_service(database_url: str, tmp_path: Path, hub: Hub) -> AsyncIterator[Service]:
     async with running_service(database_url, tmp_path / "data", hub_api_url=hub.api_url) as svc:
         yield svc
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="allot-test-", dir="/tmp"))
+    d.chmod(0o1777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -2,8 +2,6 @@
 
 ``backend``   every backend implementation, for the contract suite (the local one here; the
               Slurm one joins when it exists).
-``shared``    a world-writable scratch directory (mode 1777, like /tmp) that workloads running
-              as other POSIX accounts can write to and the test can read.
 ``new_id``    a workload id no other test uses (cgroups are machine-wide).
 """
 
@@ -11,9 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -31,16 +27,6 @@ _ids = itertools.count(os.getpid() * 1000)
 @pytest.fixture
 def new_id() -> Callable[[], int]:
     return lambda: next(_ids)
-
-
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="allot-test-", dir="/tmp"))
-    d.chmod(0o1777)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def local_backend(state: Path) -> LocalBackend:

@@ -88,8 +88,8 @@ def test_easy_backfills_what_ends_before_the_reservation() -> None:
     )
     assert schedule(s) == [
         Admit(3, "n1"),
-        Hold(2, "waiting for 4 CPUs, 1G to free up", 1, 100),
-        Hold(4, "waiting for 2 CPUs, 1G to free up behind workload 2", 2, 150),
+        Hold(2, "waiting for 4 CPUs, 1G to free up (next in line)", 1, 100),
+        Hold(4, "waiting for 2 CPUs, 1G to free up", 2, 150),
     ]
 
 
@@ -100,7 +100,7 @@ def test_fifo_never_jumps_the_queue() -> None:
         policy="fifo",
     )
     assert schedule(s) == [
-        Hold(2, "waiting for 4 CPUs, 1G to free up", 1, 100),
+        Hold(2, "waiting for 4 CPUs, 1G to free up (next in line)", 1, 100),
         Hold(3, "waiting for the workloads ahead of it (fifo)", 2, 150),
     ]
 
@@ -354,7 +354,7 @@ def _started(s: Snapshot, admitted: list[Pending], nodes: dict[int, str]) -> lis
 def test_backfill_never_delays_the_head(s: Snapshot) -> None:
     s = replace(s, policy="easy")
     out = schedule(s)
-    holds = [d for d in out if isinstance(d, Hold) and d.reason.endswith("to free up")]
+    holds = [d for d in out if isinstance(d, Hold) and d.reason.endswith("(next in line)")]
     if not holds or any(isinstance(d, Preempt) for d in out):
         return
     head = next(p for p in s.pending if p.id == holds[0].workload)

@@ -98,7 +98,9 @@ class Backend(ABC):
         ------
         Placement
             First, before anything of the user's runs, what identifies the attempt (so a crash
-            right after leaves a trace); last, the placement of the running workload.
+            right after leaves a trace); last, the placement of the running workload, marked
+            ``"running": True`` (the controller records it together with the RUNNING status,
+            in one write).
         """
 
     @abstractmethod

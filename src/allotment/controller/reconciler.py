@@ -140,42 +140,56 @@ class Reconciler:
             )
         return bool(getattr(result, "rowcount", 0))
 
-    async def reconcile(self, workload: int) -> None:
+    async def reconcile(self, workload: int) -> tuple[Backend, Mapping[str, Any]] | None:
+        """One pass; returns the backend and placement of a workload it left running."""
         async with self.db.read() as session:
             row = await self.load(session, workload)
         if row is None:
-            return
+            return None
         w = row.workload
         status, target = S(w.status), S(w.target)
         backend = self.backends.get(row.backend)
         if backend is None or status in (S.PENDING, S.STOPPED, S.FAILED):
-            return
-        if target >= S.STOPPING:
+            return None
+        if target >= S.STOPPING or status == S.STOPPING:
             await self._stop(row, backend)
         elif status in (S.ADMITTED, S.STARTING):
-            await self._start(row, backend)
+            placement = await self._start(row, backend)
+            return None if placement is None else (backend, placement)
         elif status == S.RUNNING:
             assert w.placement is not None
             seen = (await backend.poll({w.id: w.placement}))[w.id]
-            if not seen.alive:
-                await self._ended(row, backend, seen, S.RUNNING)
-        elif status == S.STOPPING:  # told to stop, then the target went back: finish the stop
-            await self._stop(row, backend)
+            if seen.alive:
+                return backend, w.placement
+            await self._ended(row, backend, seen, S.RUNNING)
+        return None
 
-    async def _start(self, row: Row, backend: Backend) -> None:
+    async def _start(self, row: Row, backend: Backend) -> Mapping[str, Any] | None:
+        """Start it; the running workload's placement, or None when it did not start."""
         w = row.workload
-        if w.status == S.ADMITTED and not await self._write(
-            w.id, (S.ADMITTED,), status=S.STARTING, reason=f"starting on {w.node}"
-        ):
-            return  # cancelled or preempted meanwhile: the next pass sees it
-        failpoint("starting")
         resume = w.placement if w.status == S.STARTING else None
         spec = launch_spec(row)
         placement: Mapping[str, Any] | None = resume
+        first = w.status == S.ADMITTED
         try:
             async for placement in backend.start(spec, resume):
                 failpoint("launched" if "pid" in placement else "placing")
-                await self._write(w.id, (S.STARTING,), placement=dict(placement))
+                if first:
+                    # The first checkpoint comes before anything runs: written together with
+                    # STARTING, guarded on ADMITTED (a cancel may have come meanwhile).
+                    first = False
+                    if not await self._write(
+                        w.id,
+                        (S.ADMITTED,),
+                        status=S.STARTING,
+                        reason=f"starting on {w.node}",
+                        placement=dict(placement),
+                    ):
+                        await backend.release(w.id, placement)
+                        return None
+                    failpoint("starting")
+                elif not placement.get("running"):
+                    await self._write(w.id, (S.STARTING,), placement=dict(placement))
                 failpoint("placed")
         except Exception as e:
             n = self.start_failures.get(w.id, 0) + 1
@@ -185,7 +199,7 @@ class Reconciler:
                 raise
             await self._write(
                 w.id,
-                (S.STARTING,),
+                (S.ADMITTED, S.STARTING),
                 status=S.FAILED,
                 target=S.STOPPED,
                 reason=f"could not start: {e}",
@@ -194,7 +208,7 @@ class Reconciler:
             if placement is not None:
                 await backend.release(w.id, placement)
             self.freed()
-            return
+            return None
         self.start_failures.pop(w.id, None)
         await self._write(
             w.id,
@@ -202,8 +216,10 @@ class Reconciler:
             status=S.RUNNING,
             started_at=self.clock.now(),
             reason=f"running on {w.node}",
+            **({"placement": dict(placement)} if placement is not None else {}),
         )
         failpoint("running")
+        return placement
 
     async def _stop(self, row: Row, backend: Backend) -> None:
         w = row.workload
@@ -244,6 +260,6 @@ class Reconciler:
             values["reason"] = seen.reason
         if await self._write(w.id, (expect,), **values):
             failpoint("ended")
+            self.freed()  # its processes are gone: the scheduler may hand its share out now
             assert w.placement is not None
             await backend.release(w.id, w.placement)
-            self.freed()

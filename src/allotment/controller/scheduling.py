@@ -22,7 +22,7 @@ from sqlalchemy import Table, bindparam, update
 
 from allotment.clock import Clock
 from allotment.controller.reconciler import failpoint
-from allotment.controller.view import PolicyView, load_live, load_policy_view, usage
+from allotment.controller.view import PolicyView, ViewCache, load_live, load_policy_view, usage
 from allotment.db.engine import Database
 from allotment.db.tables import Workload
 from allotment.domain.workloads import WorkloadState as S
@@ -32,6 +32,13 @@ from allotment.scheduler.fairshare import fair_share_factors
 __all__ = ["CycleResult", "SchedulingLoop"]
 
 log = logging.getLogger("allotment.controller")
+
+#: How long a cycle reuses the policy in force and the accounts' shares before reading them
+#: again (a policy applied or a share changed takes effect within this).
+VIEW_SECONDS = 1.0
+
+#: Held workloads per pool whose place in the queue is rewritten on every cycle.
+EXACT_POSITIONS = 20
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,9 @@ class SchedulingLoop:
         #: What was last written for each held workload: (reason, position, expected start).
         self._shown: dict[int, tuple[str, int | None, datetime | None]] = {}
         self.cycles = 0
+        self._views: ViewCache = {}
+        self._view: PolicyView | None = None
+        self._view_at = float("-inf")
 
     def nudge(self) -> None:
         self._wake.set()
@@ -106,12 +116,14 @@ class SchedulingLoop:
         t0 = time.perf_counter()
         now = self.clock.now()
         async with self.db.read() as session:
-            view = await load_policy_view(session)
+            mono = time.monotonic()
+            if self._view is None or mono - self._view_at >= VIEW_SECONDS:
+                self._view, self._view_at = await load_policy_view(session, self._views), mono
+            view = self._view
             if view is None:
                 return None, 10.0
             live = await load_live(session, view, now)
             spec = view.policy.scheduling
-            mono = time.monotonic()
             refresh = self._factors is None or mono - self._factors_at >= spec.fair_share_interval
             used = await usage(session, view, now) if refresh else {}
         driven = set(self.pools(view))
@@ -192,6 +204,15 @@ class SchedulingLoop:
                     else (old[2] if old is not None and not estimates else None)
                 )
                 new: tuple[str, int | None, datetime | None] = (d.reason, d.position, eta)
+                if (
+                    old is not None
+                    and not estimates
+                    and old[0] == d.reason
+                    and d.position > EXACT_POSITIONS
+                ):
+                    # Deep in the queue every admission moves everyone up one place: those
+                    # places are rewritten with the start-time projection, not every cycle.
+                    continue
                 if old != new:
                     shown[d.workload] = new
                     holds.append(

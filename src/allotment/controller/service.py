@@ -208,22 +208,15 @@ class Controller:
         while True:
             wid = await self.queue.get()
             try:
-                await self.reconciler.reconcile(wid)
+                running = await self.reconciler.reconcile(wid)
             except Exception as e:
                 delay = self.queue.retry(wid)
                 log.warning("workload %s: %s; again in %.2g s", wid, e, delay)
             else:
                 self.queue.done(wid)
-                await self._watch_one(wid)
-
-    async def _watch_one(self, wid: int) -> None:
-        async with self.db.read() as session:
-            row = await self.reconciler.load(session, wid)
-        if row is None or row.workload.status != S.RUNNING or not row.workload.placement:
-            return
-        b = self.backends.get(row.backend)
-        if b is not None:
-            b.watch(wid, row.workload.placement, self.queue.add)
+                if running is not None:
+                    backend, placement = running
+                    backend.watch(wid, placement, self.queue.add)
 
     async def _watch(self) -> None:
         """Poll every running workload now and then; stop those past their maximum runtime."""

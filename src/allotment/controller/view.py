@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,7 +25,15 @@ from allotment.scheduler import AccountState, Limits, NodeState, Pending, Runnin
 from allotment.scheduler.usage import decay_factor, dominant_share
 from allotment.sim.what_if import scheduler_view
 
-__all__ = ["ACTIVE", "LiveView", "PolicyView", "load_policy_view", "load_live", "usage"]
+__all__ = [
+    "ACTIVE",
+    "LiveView",
+    "PolicyView",
+    "ViewCache",
+    "load_live",
+    "load_policy_view",
+    "usage",
+]
 
 #: States in which a workload holds resources.
 ACTIVE = (
@@ -51,14 +60,29 @@ class PolicyView:
     profiles: dict[str, tuple[float, bool]]
 
 
-async def load_policy_view(session: AsyncSession) -> PolicyView | None:
-    latest = (
-        await session.execute(select(PolicyVersion).order_by(PolicyVersion.id.desc()).limit(1))
+#: Parsed policies by version id, for one database (the caller owns the cache).
+ViewCache = dict[int, tuple[Policy, tuple[Any, ...]]]
+
+
+async def load_policy_view(
+    session: AsyncSession, cache: ViewCache | None = None
+) -> PolicyView | None:
+    """The policy in force; with a ``cache``, parsed once per version (a cycle then only asks
+    which version is newest)."""
+    _views: ViewCache = {} if cache is None else cache
+    version = (
+        await session.execute(select(PolicyVersion.id).order_by(PolicyVersion.id.desc()).limit(1))
     ).scalar_one_or_none()
-    if latest is None:
+    if version is None:
         return None
-    policy = Policy.model_validate(latest.document)
-    accounts, nodes, users, default, weights = scheduler_view(policy)
+    if version not in _views:
+        document = (
+            await session.execute(select(PolicyVersion.document).where(PolicyVersion.id == version))
+        ).scalar_one()
+        parsed = Policy.model_validate(document)
+        _views.clear()
+        _views[version] = (parsed, scheduler_view(parsed))
+    policy, (accounts, nodes, users, default, weights) = _views[version]
     result = await session.execute(
         select(Account.path, Account.shares).where(Account.archived_at.is_(None))
     )
@@ -97,8 +121,25 @@ def _epoch(t: datetime | None, default: float) -> float:
 async def load_live(session: AsyncSession, view: PolicyView, now: datetime) -> LiveView:
     """Pending and active workloads of the pools this view knows."""
     t_now = now.timestamp()
+    # Plain columns, not mapped objects: this runs on every cycle over the whole queue.
     rows = await session.execute(
-        select(Workload, User.name, Account.path, Pool.name, Profile.name)
+        select(
+            Workload.id,
+            Workload.status,
+            Workload.target,
+            Workload.millicpus,
+            Workload.memory,
+            Workload.gpus,
+            Workload.max_runtime,
+            Workload.created_at,
+            Workload.started_at,
+            Workload.after_id,
+            Workload.node,
+            User.name,
+            Account.path,
+            Pool.name,
+            Profile.name,
+        )
         .join(User, User.id == Workload.user_id)
         .join(Account, Account.id == Workload.account_id)
         .join(Pool, Pool.id == Workload.pool_id)
@@ -107,35 +148,49 @@ async def load_live(session: AsyncSession, view: PolicyView, now: datetime) -> L
     )
     live = LiveView()
     after: dict[int, int] = {}
-    for w, user, account, pool, profile in rows.tuples():
-        r = Resources(w.millicpus, w.memory, w.gpus or {})
+    for (
+        wid,
+        status,
+        target,
+        mc,
+        mem,
+        gpus,
+        max_runtime,
+        created,
+        started_at,
+        after_id,
+        node,
+        user,
+        account,
+        pool,
+        profile,
+    ) in rows.tuples():
+        r = Resources(mc, mem, gpus or {})
         priority, whole = view.profiles.get(profile or "", (0.0, False))
-        wall = float(w.max_runtime) if w.max_runtime else DEFAULT_WALLTIME
-        if w.status == WorkloadState.PENDING:
-            if w.target != WorkloadState.RUNNING:
+        wall = float(max_runtime) if max_runtime else DEFAULT_WALLTIME
+        if status == WorkloadState.PENDING:
+            if target != WorkloadState.RUNNING:
                 continue
-            p = Pending(
-                w.id, user, account, pool, r, w.created_at.timestamp(), wall, priority, whole
-            )
-            if w.after_id is not None:
-                after[w.id] = w.after_id
+            p = Pending(wid, user, account, pool, r, created.timestamp(), wall, priority, whole)
+            if after_id is not None:
+                after[wid] = after_id
             live.pending.append(p)
         else:
-            if w.target >= WorkloadState.STOPPING and w.status != WorkloadState.STOPPING:
-                live.to_stop.append(w.id)
-            started = _epoch(w.started_at, t_now)
+            if target >= WorkloadState.STOPPING and status != WorkloadState.STOPPING:
+                live.to_stop.append(wid)
+            started = _epoch(started_at, t_now)
             live.running.append(
                 Running(
-                    w.id,
+                    wid,
                     user,
                     account,
                     pool,
-                    w.node or "",
+                    node or "",
                     r,
                     started,
                     started + wall,
                     priority,
-                    stopping=w.target >= WorkloadState.STOPPING,
+                    stopping=target >= WorkloadState.STOPPING,
                 )
             )
     if after:

@@ -423,14 +423,12 @@ class _Cycle:
                 if new is not None:
                     self.reservations[p.pool] = new
                 self.blocked_pools.add(p.pool)
-                self.held[p.pool].append(
-                    (p, f"waiting for {_describe(p.resources, size)} to free up", True)
-                )
+                reason = f"waiting for {_describe(p.resources, size)} to free up (next in line)"
             else:
-                ahead = "" if res.workload == p.id else f" behind workload {res.workload}"
-                self.held[p.pool].append(
-                    (p, f"waiting for {_describe(p.resources, size)} to free up{ahead}", True)
-                )
+                # The same words for everyone behind the head, whoever the head is: its place
+                # says how far back it is, and the reasons of a long queue stay put.
+                reason = f"waiting for {_describe(p.resources, size)} to free up"
+            self.held[p.pool].append((p, reason, True))
         if snap.explain:
             self.estimate()
         return self.decisions

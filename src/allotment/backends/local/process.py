@@ -29,8 +29,8 @@ def alive(pid: int, started: int | None) -> bool:
     return now is not None and (started is None or now == started)
 
 
-#: Runs as root (or as the service's user in single-user mode), detached from the service by
-#: ``setsid -f`` so it outlives restarts; its parent is then init, which reaps it.
+#: Runs as root (or as the service's user in single-user mode), in a session of its own so that
+#: it outlives restarts of the service (after one, init is its parent and reaps it).
 #:
 #: $1 run directory (the service's, mode 0700) · $2 cgroup.procs files, ":"-separated ·
 #: $3 the command that drops privileges (e.g. "setpriv --reuid 1001 --regid 1001
@@ -46,6 +46,7 @@ def alive(pid: int, started: int | None) -> bool:
 #:    status from a process it is not the parent of (after a restart), so it reads this file.
 WRAPPER = r"""
 trap '' INT HUP TERM
+cd /
 run=$1 procs=$2 drop=$3
 shift 3
 set -C

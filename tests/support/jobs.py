@@ -1,0 +1,127 @@
+"""A real `allot serve` running workloads on this machine, for execution tests and benchmarks.
+
+The policy is one local pool (this machine: 2 CPUs, 4 GiB, two declared a100s, a named fake)
+with lab members alice, bob and carol; tokens come from a real JupyterHub.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.process import allot_serve, clean_env
+
+POLICY = """\
+accounts:
+  lab:
+    members: [alice, bob, carol]
+pools:
+  box:
+    backend: local
+    nodes: [{{name: localhost, cpus: 2, memory: 4G, gpus: {{a100: 2}}}}]
+profiles:
+  small:
+    pool: box
+    size: {{cpus: 1, memory: 256M}}
+    options: {{cpus: {{min: 0.1, max: 2}}, memory_gib: {{min: 0.03, max: 4}}}}
+    max_runtime: {max_runtime}
+scheduling:
+  stop_grace: 2s
+  interval: 1s
+  estimate_interval: 1s
+"""
+
+
+@dataclass
+class JobService:
+    url: str
+    data: Path
+    proc: subprocess.Popen[str]
+
+    @property
+    def api(self) -> str:
+        return self.url + "api/"
+
+    def client(self, token: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.api, headers={"Authorization": f"token {token}"}, timeout=30
+        )
+
+    def allot(
+        self, token: str, *args: str, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """The real CLI, as a researcher runs it."""
+        env = clean_env(ALLOTMENT_URL=self.url, ALLOTMENT_TOKEN=token, COLUMNS="200")
+        return subprocess.run(
+            [sys.executable, "-m", "allotment", *args],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+
+def policy_file(directory: Path, max_runtime: str = "1h") -> Path:
+    path = directory / "box.yaml"
+    path.write_text(POLICY.format(max_runtime=max_runtime))
+    return path
+
+
+@contextmanager
+def job_service(
+    port: int,
+    data: Path,
+    database_url: str | None,
+    hub_api_url: str,
+    policy: Path,
+    *args: str,
+    failpoint: str = "",
+) -> Iterator[JobService]:
+    env = clean_env(ALLOTMENT_DATA_DIR=str(data), JUPYTERHUB_API_URL=hub_api_url)
+    if database_url:
+        env["ALLOTMENT_DATABASE_URL"] = database_url
+    if failpoint:
+        env["ALLOTMENT_FAILPOINT"] = failpoint
+    with allot_serve(port, env, "--log-level", "warning", *args, policy=str(policy)) as proc:
+        yield JobService(f"http://127.0.0.1:{port}/services/allotment/", data, proc)
+
+
+def wait_for(
+    check: Callable[[], Any], seconds: float = 60, every: float = 0.1, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def cgroup_left(workload: int) -> bool:
+    """Whether anything of the workload's control groups is left on this machine."""
+    roots = [Path("/sys/fs/cgroup") / c / "allotment" for c in ("cpu", "memory", "pids")]
+    roots.append(Path("/sys/fs/cgroup/allotment"))
+    return any((r / f"w{workload}").exists() for r in roots)
+
+
+def processes_of(uid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    out.append(int(entry))
+            except FileNotFoundError:
+                continue
+    return out
