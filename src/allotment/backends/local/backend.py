@@ -124,6 +124,11 @@ class LocalBackend(Backend):
             attempt = int(resume["attempt"]) + 1
         account = await self.accounts.resolve(spec.user)
         run = self.runs / f"w{spec.workload}.{attempt}"
+        if run.exists():
+            # Made by an attempt whose first placement was never stored (the service died
+            # first), so nothing was launched from it: claim it dead and make it afresh.
+            await self._claim(run)
+            shutil.rmtree(run, ignore_errors=True)
         async with self._gpu_lock:
             devices = gpu.assign(self.inventory, spec.resources.gpus, self._gpus_in_use())
             if devices is None:
