@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -23,9 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import machine
 from tests.support.hub import Hub, free_port
 from tests.support.jobs import JobService, job_service, policy_file
+
+from benchmarks.harness import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,6 +185,8 @@ def run(jobs: int, latency_runs: int) -> dict[str, Any]:
     if slurm_available():
         up = subprocess.run([str(ROOT / "scripts/slurm"), "start"], capture_output=True, text=True)
         if up.returncode == 0:
+            conf = up.stdout.strip().splitlines()[-1].removeprefix("export SLURM_CONF=")
+            os.environ["SLURM_CONF"] = conf
             try:
                 results["slurm"] = {
                     "latency": slurm_latency(latency_runs),

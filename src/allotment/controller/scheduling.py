@@ -22,7 +22,14 @@ from sqlalchemy import Table, bindparam, update
 
 from allotment.clock import Clock
 from allotment.controller.reconciler import failpoint
-from allotment.controller.view import PolicyView, ViewCache, load_live, load_policy_view, usage
+from allotment.controller.view import (
+    PolicyView,
+    QueueCache,
+    ViewCache,
+    load_live,
+    load_policy_view,
+    usage,
+)
 from allotment.db.engine import Database
 from allotment.db.tables import Workload
 from allotment.domain.workloads import WorkloadState as S
@@ -77,6 +84,7 @@ class SchedulingLoop:
         self._shown: dict[int, tuple[str, int | None, datetime | None]] = {}
         self.cycles = 0
         self._views: ViewCache = {}
+        self._queue = QueueCache()
         self._view: PolicyView | None = None
         self._view_at = float("-inf")
 
@@ -122,7 +130,7 @@ class SchedulingLoop:
             view = self._view
             if view is None:
                 return None, 10.0
-            live = await load_live(session, view, now)
+            live = await load_live(session, view, now, self._queue)
             spec = view.policy.scheduling
             refresh = self._factors is None or mono - self._factors_at >= spec.fair_share_interval
             used = await usage(session, view, now) if refresh else {}
@@ -159,6 +167,13 @@ class SchedulingLoop:
                     "run yet"
                 )
         result = await self._persist(decisions, waiting, live.doomed, now, estimates)
+        self._queue.forget(
+            {
+                *result.admitted,
+                *live.doomed,
+                *(d.workload for d in decisions if isinstance(d, Reject)),
+            }
+        )
         self.cycles += 1
         if result.admitted:
             failpoint("admitted")

@@ -9,12 +9,13 @@ half-life, counted from the workloads table until the ledger (a later issue) tak
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.config.models import Policy
@@ -29,6 +30,7 @@ __all__ = [
     "ACTIVE",
     "LiveView",
     "PolicyView",
+    "QueueCache",
     "ViewCache",
     "load_live",
     "load_policy_view",
@@ -118,36 +120,85 @@ def _epoch(t: datetime | None, default: float) -> float:
     return t.timestamp() if t is not None else default
 
 
-async def load_live(session: AsyncSession, view: PolicyView, now: datetime) -> LiveView:
-    """Pending and active workloads of the pools this view knows."""
-    t_now = now.timestamp()
-    # Plain columns, not mapped objects: this runs on every cycle over the whole queue.
-    rows = await session.execute(
-        select(
-            Workload.id,
-            Workload.status,
-            Workload.target,
-            Workload.millicpus,
-            Workload.memory,
-            Workload.gpus,
-            Workload.max_runtime,
-            Workload.created_at,
-            Workload.started_at,
-            Workload.after_id,
-            Workload.node,
-            User.name,
-            Account.path,
-            Pool.name,
-            Profile.name,
-        )
+_COLUMNS = (
+    Workload.id,
+    Workload.status,
+    Workload.target,
+    Workload.millicpus,
+    Workload.memory,
+    Workload.gpus,
+    Workload.max_runtime,
+    Workload.created_at,
+    Workload.started_at,
+    Workload.after_id,
+    Workload.node,
+    User.name,
+    Account.path,
+    Pool.name,
+    Profile.name,
+)
+
+
+@dataclass
+class QueueCache:
+    """The pending queue as last read, kept between cycles: re-read only when workloads joined
+    or left it other than by this controller's own decisions (its count or newest id moved).
+    Re-reading a queue of thousands on every completion cost more than the cycle itself."""
+
+    #: (newest pending id, number pending) when read, adjusted for our own decisions.
+    signature: tuple[int | None, int] | None = None
+    pending: list[tuple[Pending, int | None]] = field(default_factory=list)
+    read_at: float = float("-inf")
+    #: Re-read at least this often, whatever the signature says.
+    max_age: float = 10.0
+
+    def forget(self, ids: set[int]) -> None:
+        """Workloads this controller took out of the queue (admitted, rejected)."""
+        if not ids or self.signature is None:
+            return
+        newest, count = self.signature
+        self.pending = [(p, a) for p, a in self.pending if p.id not in ids]
+        self.signature = None if newest in ids else (newest, count - len(ids))
+
+
+def _query(view: PolicyView) -> Any:
+    return (
+        select(*_COLUMNS)
         .join(User, User.id == Workload.user_id)
         .join(Account, Account.id == Workload.account_id)
         .join(Pool, Pool.id == Workload.pool_id)
         .outerjoin(Profile, Profile.id == Workload.profile_id)
-        .where(Workload.status.in_([WorkloadState.PENDING, *ACTIVE]))
     )
+
+
+async def load_live(
+    session: AsyncSession, view: PolicyView, now: datetime, cache: QueueCache | None = None
+) -> LiveView:
+    """Pending and active workloads of the pools this view knows."""
+    t_now = now.timestamp()
     live = LiveView()
-    after: dict[int, int] = {}
+    cache = cache or QueueCache()
+    signature = tuple(
+        (
+            await session.execute(
+                select(func.max(Workload.id), func.count()).where(
+                    Workload.status == int(WorkloadState.PENDING)
+                )
+            )
+        ).one()
+    )
+    mono = time.monotonic()
+    if signature != cache.signature or mono - cache.read_at > cache.max_age:
+        rows = await session.execute(
+            _query(view).where(Workload.status == int(WorkloadState.PENDING))
+        )
+        cache.pending = []
+        for row in rows.tuples():
+            p = _pending(row, view)
+            if p is not None:
+                cache.pending.append((p, row[9]))
+        cache.signature, cache.read_at = (signature[0], signature[1]), mono
+    rows = await session.execute(_query(view).where(Workload.status.in_([int(s) for s in ACTIVE])))
     for (
         wid,
         status,
@@ -156,73 +207,75 @@ async def load_live(session: AsyncSession, view: PolicyView, now: datetime) -> L
         mem,
         gpus,
         max_runtime,
-        created,
+        _created,
         started_at,
-        after_id,
+        _after,
         node,
         user,
         account,
         pool,
         profile,
     ) in rows.tuples():
-        r = Resources(mc, mem, gpus or {})
-        priority, whole = view.profiles.get(profile or "", (0.0, False))
+        priority, _ = view.profiles.get(profile or "", (0.0, False))
         wall = float(max_runtime) if max_runtime else DEFAULT_WALLTIME
-        if status == WorkloadState.PENDING:
-            if target != WorkloadState.RUNNING:
-                continue
-            p = Pending(wid, user, account, pool, r, created.timestamp(), wall, priority, whole)
-            if after_id is not None:
-                after[wid] = after_id
-            live.pending.append(p)
-        else:
-            if target >= WorkloadState.STOPPING and status != WorkloadState.STOPPING:
-                live.to_stop.append(wid)
-            started = _epoch(started_at, t_now)
-            live.running.append(
-                Running(
-                    wid,
-                    user,
-                    account,
-                    pool,
-                    node or "",
-                    r,
-                    started,
-                    started + wall,
-                    priority,
-                    stopping=target >= WorkloadState.STOPPING,
+        if target >= WorkloadState.STOPPING and status != WorkloadState.STOPPING:
+            live.to_stop.append(wid)
+        started = _epoch(started_at, t_now)
+        live.running.append(
+            Running(
+                wid,
+                user,
+                account,
+                pool,
+                node or "",
+                Resources(mc, mem, gpus or {}),
+                started,
+                started + wall,
+                priority,
+                stopping=target >= WorkloadState.STOPPING,
+            )
+        )
+    after = {p.id: a for p, a in cache.pending if a is not None}
+    if not after:
+        live.pending = [p for p, _ in cache.pending]
+        return live
+    states = {
+        i: (st, code)
+        for i, st, code in (
+            await session.execute(
+                select(Workload.id, Workload.status, Workload.exit_code).where(
+                    Workload.id.in_(set(after.values()))
                 )
             )
-    if after:
-        states = {
-            i: (s, c)
-            for i, s, c in (
-                await session.execute(
-                    select(Workload.id, Workload.status, Workload.exit_code).where(
-                        Workload.id.in_(set(after.values()))
-                    )
-                )
-            ).tuples()
-        }
-        keep = []
-        for p in live.pending:
-            dep = after.get(p.id)
-            if dep is None:
-                keep.append(p)
-                continue
-            status, code = states.get(dep, (None, None))
-            if status == WorkloadState.STOPPED and code == 0:
-                keep.append(p)
-            elif status is None or status in (WorkloadState.STOPPED, WorkloadState.FAILED):
-                live.doomed[p.id] = (
-                    f"workload {dep}, which it runs after, did not end successfully"
-                    if status is not None
-                    else f"workload {dep}, which it runs after, does not exist"
-                )
-            else:
-                live.waiting[p.id] = f"waiting for workload {dep} to end successfully"
-        live.pending = keep
+        ).tuples()
+    }
+    for p, dep in cache.pending:
+        if dep is None:
+            live.pending.append(p)
+            continue
+        status, code = states.get(dep, (None, None))
+        if status == WorkloadState.STOPPED and code == 0:
+            live.pending.append(p)
+        elif status is None or status in (WorkloadState.STOPPED, WorkloadState.FAILED):
+            live.doomed[p.id] = (
+                f"workload {dep}, which it runs after, did not end successfully"
+                if status is not None
+                else f"workload {dep}, which it runs after, does not exist"
+            )
+        else:
+            live.waiting[p.id] = f"waiting for workload {dep} to end successfully"
     return live
+
+
+def _pending(row: Any, view: PolicyView) -> Pending | None:
+    wid, _status, target, mc, mem, gpus, max_runtime, created = row[:8]
+    user, account, pool, profile = row[11:]
+    if target != WorkloadState.RUNNING:
+        return None
+    priority, whole = view.profiles.get(profile or "", (0.0, False))
+    wall = float(max_runtime) if max_runtime else DEFAULT_WALLTIME
+    r = Resources(mc, mem, gpus or {})
+    return Pending(wid, user, account, pool, r, created.timestamp(), wall, priority, whole)
 
 
 async def usage(
