@@ -87,7 +87,8 @@ def test_unreachable_service_is_explained() -> None:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     data = tmp_path_factory.mktemp("served")
     port = free_port()
-    with allot_serve(port, clean_env(ALLOTMENT_DATA_DIR=str(data))):
+    # The API alone: these tests list and cancel workloads, which must stay pending.
+    with allot_serve(port, clean_env(ALLOTMENT_DATA_DIR=str(data)), "--no-controller"):
         yield {
             "ALLOTMENT_URL": f"http://127.0.0.1:{port}/services/allotment/",
             "ALLOTMENT_DATA_DIR": str(data),
@@ -158,7 +159,7 @@ def test_simulate_what_if_from_history(served: dict[str, str], tmp_path: Path) -
         r = httpx.post(
             served["ALLOTMENT_URL"] + "api/workloads",
             headers=headers,
-            json={"profile": profile, "account": account},
+            json={"profile": profile, "account": account, "command": ["true"]},
         )
         assert r.status_code == 201, r.text
     proposed = tmp_path / "proposed.yaml"
