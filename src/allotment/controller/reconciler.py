@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.backends.base import Backend, LaunchSpec, Observation
@@ -55,6 +55,16 @@ class Row:
     user: str
     account: str
     backend: str
+
+
+#: Built once: constructing the statement cost more than running it, once per reconcile.
+_LOAD = (
+    select(Workload, User.name, Account.path, Pool.backend)
+    .join(User, User.id == Workload.user_id)
+    .join(Account, Account.id == Workload.account_id)
+    .join(Pool, Pool.id == Workload.pool_id)
+    .where(Workload.id == bindparam("wid"))
+)
 
 
 def _outputs(w: Workload) -> tuple[str | None, str | None]:
@@ -118,15 +128,7 @@ class Reconciler:
         self.start_failures: dict[int, int] = {}
 
     async def load(self, session: AsyncSession, workload: int) -> Row | None:
-        found = (
-            await session.execute(
-                select(Workload, User.name, Account.path, Pool.backend)
-                .join(User, User.id == Workload.user_id)
-                .join(Account, Account.id == Workload.account_id)
-                .join(Pool, Pool.id == Workload.pool_id)
-                .where(Workload.id == workload)
-            )
-        ).first()
+        found = (await session.execute(_LOAD, {"wid": workload})).first()
         return None if found is None else Row(*found.tuple())
 
     async def _write(self, workload: int, expect: tuple[S, ...], **values: Any) -> bool:
@@ -137,6 +139,7 @@ class Reconciler:
                 update(Workload)
                 .where(Workload.id == workload, Workload.status.in_([int(s) for s in expect]))
                 .values(**values)
+                .execution_options(synchronize_session=False)
             )
         return bool(getattr(result, "rowcount", 0))
 

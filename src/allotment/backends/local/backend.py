@@ -169,8 +169,10 @@ class LocalBackend(Backend):
         if self.cgroups is not None:
             # From the moment the launcher is in its groups, every process of the workload is:
             # only then can a stop find them all.
-            while pid not in self.cgroups.procs(spec.workload) and alive(pid, started):
-                await asyncio.sleep(0.001)
+            delay = 0.0005
+            while not (run / "joined").exists() and alive(pid, started):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.02)
         yield {**placement, "pid": pid, "started": started, "running": True}
 
     def _environment(

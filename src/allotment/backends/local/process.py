@@ -38,7 +38,8 @@ def alive(pid: int, started: int | None) -> bool:
 #:
 #: 1. Claim the attempt: create ``pid`` exclusively. If it exists, the service already
 #:    claimed this attempt as dead after a crash: run nothing.
-#: 2. Join the workload's cgroups before anything of the user's runs, so no fork escapes.
+#: 2. Join the workload's cgroups before anything of the user's runs, so no fork escapes, and
+#:    say so (``joined``): from then on a stop finds every process of the workload.
 #: 3. Start the user's part with privileges dropped and all signals at their defaults. Its
 #:    environment is the launcher's own, which the service builds from nothing: passed that way
 #:    (not as arguments) it stays out of ``/proc/<pid>/cmdline``, which every user can read.
@@ -55,6 +56,7 @@ set +C
 IFS=:
 for f in $procs; do echo $$ > "$f" || { echo 255 > "$run/exit"; exit 1; }; done
 unset IFS
+: > "$run/joined"
 $drop env --default-signal "$@" &
 child=$!
 wait $child
