@@ -126,6 +126,15 @@ class Reconciler:
         #: Called when a workload gives its resources back: the scheduler may admit more.
         self.freed = freed
         self.start_failures: dict[int, int] = {}
+        #: Workloads this process started, as it left them (RUNNING): when the backend says one
+        #: ended, its end is recorded without reading it again. A cancel racing that end loses:
+        #: the workload ended on its own first.
+        self._started: dict[int, Row] = {}
+        self._exited: set[int] = set()
+
+    def exited(self, workload: int) -> None:
+        """The backend saw the workload end (``Backend.watch``)."""
+        self._exited.add(workload)
 
     async def load(self, session: AsyncSession, workload: int) -> Row | None:
         found = (await session.execute(_LOAD, {"wid": workload})).first()
@@ -145,6 +154,16 @@ class Reconciler:
 
     async def reconcile(self, workload: int) -> tuple[Backend, Mapping[str, Any]] | None:
         """One pass; returns the backend and placement of a workload it left running."""
+        if workload in self._exited:
+            self._exited.discard(workload)
+            known = self._started.pop(workload, None)
+            backend = self.backends.get(known.backend) if known else None
+            if known is not None and backend is not None:
+                assert known.workload.placement is not None
+                seen = (await backend.poll({workload: known.workload.placement}))[workload]
+                if not seen.alive:
+                    await self._ended(known, backend, seen, S.RUNNING)
+                    return None
         async with self.db.read() as session:
             row = await self.load(session, workload)
         if row is None:
@@ -222,6 +241,9 @@ class Reconciler:
             **({"placement": dict(placement)} if placement is not None else {}),
         )
         failpoint("running")
+        if placement is not None:
+            w.status, w.placement = S.RUNNING, dict(placement)
+            self._started[w.id] = row
         return placement
 
     async def _stop(self, row: Row, backend: Backend) -> None:
@@ -249,6 +271,7 @@ class Reconciler:
     ) -> None:
         """Record how it ended, then free what it held."""
         w = row.workload
+        self._started.pop(w.id, None)
         # Stopped on request: STOPPED whatever its exit status, keeping who asked as the reason,
         # unless it had already failed on its own.
         out_of_memory = seen.reason.startswith("out of memory")

@@ -216,7 +216,11 @@ class Controller:
                 self.queue.done(wid)
                 if running is not None:
                     backend, placement = running
-                    backend.watch(wid, placement, self.queue.add)
+                    backend.watch(wid, placement, self._exited)
+
+    def _exited(self, workload: int) -> None:
+        self.reconciler.exited(workload)
+        self.queue.add(workload)
 
     async def _watch(self) -> None:
         """Poll every running workload now and then; stop those past their maximum runtime."""

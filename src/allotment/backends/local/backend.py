@@ -169,10 +169,10 @@ class LocalBackend(Backend):
         if self.cgroups is not None:
             # From the moment the launcher is in its groups, every process of the workload is:
             # only then can a stop find them all.
-            delay = 0.0005
+            delay = 0.001
             while not (run / "joined").exists() and alive(pid, started):
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.02)
+                delay = min(delay * 1.2, 0.02)
         yield {**placement, "pid": pid, "started": started, "running": True}
 
     def _environment(
@@ -257,7 +257,8 @@ class LocalBackend(Backend):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the launcher in {run} did not start within {timeout:g} s")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            # The launcher writes its pid within milliseconds: poll finely at first.
+            delay = 0.001 if time.monotonic() < deadline - timeout + 0.1 else 0.05
 
     async def _claim(self, run: Path) -> tuple[int, int | None] | None:
         """After a crash during ``start``: (pid, start time) when the attempt's launcher got
@@ -410,14 +411,18 @@ class LocalBackend(Backend):
     async def release(self, workload: int, placement: Placement) -> None:
         """After the end was recorded: kill anything left behind, drop the cgroups and the run
         directory (whose ``gpus.json`` held the workload's GPUs)."""
+        # File-system work off the event loop: it is not on anyone's critical path.
+        await asyncio.to_thread(self._release, workload, Path(placement["run"]))
+
+    def _release(self, workload: int, run: Path) -> None:
         if self.cgroups is not None:
             self.cgroups.kill_all(workload)
             for _ in range(100):
                 self.cgroups.remove(workload)
-                if workload not in self.cgroups.workloads():
+                if not self.cgroups.exists(workload):
                     break
-                await asyncio.sleep(0.01)
-        shutil.rmtree(placement["run"], ignore_errors=True)
+                time.sleep(0.01)
+        shutil.rmtree(run, ignore_errors=True)
 
     async def capacity(self) -> list[NodeCapacity]:
         found = await gpu.discover()

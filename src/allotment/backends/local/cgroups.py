@@ -87,6 +87,10 @@ class Cgroups(ABC):
     def workloads(self) -> set[int]:
         """Workloads that have a group."""
 
+    @abstractmethod
+    def exists(self, workload: int) -> bool:
+        """Whether anything of the workload's group(s) is left."""
+
     def signal(self, workload: int, sig: int) -> None:
         _kill(self.procs(workload), sig)
 
@@ -195,6 +199,9 @@ class V1(Cgroups):
             out |= self._ids(self.root / c / PREFIX)
         return out
 
+    def exists(self, workload: int) -> bool:
+        return any(self._dir(c, workload).exists() for c in self.CONTROLLERS)
+
 
 class V2(Cgroups):
     """The unified hierarchy. Device access there needs an eBPF program, which this driver
@@ -260,6 +267,9 @@ class V2(Cgroups):
 
     def workloads(self) -> set[int]:
         return self._ids(self.root / PREFIX)
+
+    def exists(self, workload: int) -> bool:
+        return self._dir(workload).exists()
 
 
 def detect(root: Path = Path("/sys/fs/cgroup")) -> Cgroups | None:
