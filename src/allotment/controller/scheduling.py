@@ -167,6 +167,10 @@ class SchedulingLoop:
                     "run yet"
                 )
         result = await self._persist(decisions, waiting, live.doomed, now, estimates)
+        if len(self._shown) > 2 * len(live.pending) + 1000:
+            # Workloads cancelled while pending leave no decision behind: forget them too.
+            queued = {p.id for p in live.pending} | set(waiting)
+            self._shown = {w: v for w, v in self._shown.items() if w in queued}
         self._queue.forget(
             {
                 *result.admitted,
