@@ -187,7 +187,8 @@ def run(jobs: int, latency_runs: int, repeats: int) -> dict[str, Any]:
     hub = Hub(work / "hub", ["alice"], admins=[])
     hub.start()
     try:
-        with job_service(free_port(), work / "data", None, hub.api_url, policy_file(work)) as s:
+        policy = policy_file(work, estimate_interval="30s")  # the default cadence
+        with job_service(free_port(), work / "data", None, hub.api_url, policy) as s:
             token = hub.token("alice")
             allotment_latency(s, token, 3, cwd)  # warm: the POSIX account, caches
             ours = {"latency": allotment_latency(s, token, latency_runs, cwd)}
