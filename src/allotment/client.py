@@ -112,6 +112,11 @@ class AllotmentClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        r = self._request(method, path, **kwargs)
+        return r.json() if r.content else None
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response to a call; a problem (or no answer) raised as ``ApiError``."""
         try:
             r = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
@@ -129,7 +134,7 @@ class AllotmentClient:
             except (ValueError, ValidationError):
                 problem = Problem(title=r.reason_phrase, status=r.status_code, detail=r.text[:500])
             raise ApiError(problem)
-        return r.json() if r.content else None
+        return r
 
     def _get(self, adapter: TypeAdapter[T], path: str, **kwargs: Any) -> T:
         return adapter.validate_python(self._call("GET", path, **kwargs))
@@ -183,20 +188,9 @@ class AllotmentClient:
         self, workload_id: int, *, stream: str = "stdout", offset: int = 0
     ) -> tuple[bytes, int, bool]:
         """A job's output from ``offset``: (bytes, where to continue, whether it has ended)."""
-        try:
-            r = self._http.get(
-                f"workloads/{workload_id}/output", params={"stream": stream, "offset": offset}
-            )
-        except httpx.HTTPError as e:
-            raise ApiError(
-                Problem(title="Cannot reach Allotment", status=0, detail=str(e))
-            ) from None
-        if r.status_code >= 400:
-            try:
-                problem = Problem.model_validate(r.json())
-            except (ValueError, ValidationError):
-                problem = Problem(title=r.reason_phrase, status=r.status_code, detail=r.text[:500])
-            raise ApiError(problem)
+        r = self._request(
+            "GET", f"workloads/{workload_id}/output", params={"stream": stream, "offset": offset}
+        )
         return (
             r.content,
             int(r.headers.get("X-Next-Offset", offset + len(r.content))),

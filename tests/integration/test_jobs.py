@@ -3,7 +3,7 @@ user's own POSIX account, driven by the real CLI with tokens from a real Jupyter
 
 from __future__ import annotations
 
-import os
+import json
 import pwd
 import threading
 from collections.abc import Iterator
@@ -13,7 +13,14 @@ import pytest
 
 from tests.backends.conftest import ROOT
 from tests.support.hub import Hub, free_port
-from tests.support.jobs import JobService, cgroup_left, job_service, policy_file, wait_for
+from tests.support.jobs import (
+    JobService,
+    cgroup_left,
+    job_service,
+    policy_file,
+    processes_of,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.jupyterhub,
@@ -47,8 +54,6 @@ def ended(s: JobService, token: str, wid: int, seconds: float = 60) -> dict[str,
 def submit(s: JobService, token: str, cwd: Path, *args: str) -> int:
     r = s.allot(token, "submit", "--json", *args, cwd=cwd)
     assert r.returncode == 0, r.stderr
-    import json
-
     return int(json.loads(r.stdout)["id"])
 
 
@@ -234,18 +239,7 @@ def test_no_process_outlives_its_users_jobs(svc: JobService, hub: Hub, shared: P
     wait_for(lambda: not cgroup_left(wid), 10, what="the control groups to go")
     uid = pwd.getpwnam("jupyter-alice").pw_uid
     wait_for(
-        lambda: not [p for p in os.listdir("/proc") if p.isdigit() and _live(p, uid)],
+        lambda: not processes_of(uid),
         10,
         what="jupyter-alice's processes to go",
     )
-
-
-def _live(pid: str, uid: int) -> bool:
-    """A process of ``uid`` that is not a zombie waiting for init to reap it."""
-    try:
-        if os.stat(f"/proc/{pid}").st_uid != uid:
-            return False
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from allotment.backends.local.process import start_time
 from tests.support.process import allot_serve, clean_env
 
 POLICY = """\
@@ -118,12 +119,15 @@ def cgroup_left(workload: int) -> bool:
 
 
 def processes_of(uid: int) -> list[int]:
+    """Live processes of ``uid`` (not zombies waiting for init to reap them)."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    out.append(int(entry))
+                if os.stat(f"/proc/{entry}").st_uid != uid:
+                    continue
             except FileNotFoundError:
                 continue
+            if start_time(int(entry)) is not None:
+                out.append(int(entry))
     return out

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from allotment.cli.output import client, console, fail, print_json, run
-from allotment.client import ApiError
+from allotment.client import AllotmentClient, ApiError
 from allotment.domain.quantities import format_bytes
 from allotment.schemas import WorkloadCreate, WorkloadOut
 
@@ -144,10 +144,8 @@ def submit(
             raise typer.Exit(_wait(c, w, array is not None))
 
 
-def _wait(c: object, w: WorkloadOut, is_array: bool) -> int:
-    from allotment.client import AllotmentClient
-
-    assert isinstance(c, AllotmentClient)
+def _wait(c: AllotmentClient, w: WorkloadOut, is_array: bool) -> int:
+    """Poll until the job (every task of an array) ended; the worst exit status."""
     delay = 0.2
     while True:
         items = c.workloads(array=w.id, limit=None) if is_array else [c.workload(w.id)]

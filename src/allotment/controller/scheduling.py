@@ -50,11 +50,12 @@ EXACT_POSITIONS = 20
 
 @dataclass(frozen=True)
 class CycleResult:
+    """What one cycle wrote: ids admitted and preempted, how many holds and rejections."""
+
     admitted: list[int]
     preempted: list[int]
     held: int
     rejected: int
-    seconds: float
 
 
 class SchedulingLoop:
@@ -82,7 +83,8 @@ class SchedulingLoop:
         self._estimates_at = float("-inf")
         #: What was last written for each held workload: (reason, position, expected start).
         self._shown: dict[int, tuple[str, int | None, datetime | None]] = {}
-        self.cycles = 0
+        #: The policy's ``scheduling.interval``, as of the last cycle.
+        self.interval = 10.0
         self._views: ViewCache = {}
         self._queue = QueueCache()
         self._view: PolicyView | None = None
@@ -95,8 +97,8 @@ class SchedulingLoop:
         while True:
             interval = 10.0
             try:
-                result = await self.cycle()
-                interval = result[1]
+                await self.cycle()
+                interval = self.interval
             except Exception:
                 log.exception("scheduling cycle failed; trying again")
                 await asyncio.sleep(1.0)
@@ -119,9 +121,8 @@ class SchedulingLoop:
             self._nudged_at = mtime
             self._wake.set()
 
-    async def cycle(self) -> tuple[CycleResult | None, float]:
-        """One cycle; returns what it did and the policy's interval."""
-        t0 = time.perf_counter()
+    async def cycle(self) -> CycleResult | None:
+        """One cycle; what it did, or None while no policy is in force."""
         now = self.clock.now()
         async with self.db.read() as session:
             mono = time.monotonic()
@@ -129,7 +130,7 @@ class SchedulingLoop:
                 self._view, self._view_at = await load_policy_view(session, self._views), mono
             view = self._view
             if view is None:
-                return None, 10.0
+                return None
             live = await load_live(session, view, now, self._queue)
             spec = view.policy.scheduling
             refresh = self._factors is None or mono - self._factors_at >= spec.fair_share_interval
@@ -178,23 +179,14 @@ class SchedulingLoop:
                 *(d.workload for d in decisions if isinstance(d, Reject)),
             }
         )
-        self.cycles += 1
+        self.interval = float(spec.interval)
         if result.admitted:
             failpoint("admitted")
         for w in result.admitted:
             self.on_admit(w)
         for w in (*result.preempted, *live.to_stop):
             self.on_admit(w)
-        return (
-            CycleResult(
-                result.admitted,
-                result.preempted,
-                result.held,
-                result.rejected,
-                time.perf_counter() - t0,
-            ),
-            float(spec.interval),
-        )
+        return result
 
     async def _persist(
         self,
@@ -308,4 +300,4 @@ class SchedulingLoop:
                     )
                     if r.rowcount:
                         preempted.append(p["wid"])
-        return CycleResult(admitted, preempted, len(holds), len(rejects), 0.0)
+        return CycleResult(admitted, preempted, len(holds), len(rejects))

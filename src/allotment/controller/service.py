@@ -29,10 +29,10 @@ from allotment.clock import Clock
 from allotment.config.models import Policy
 from allotment.controller.reconciler import Reconciler
 from allotment.controller.scheduling import SchedulingLoop
-from allotment.controller.view import ACTIVE, PolicyView
+from allotment.controller.view import ACTIVE, PolicyView, load_policy_view
 from allotment.controller.workqueue import WorkQueue
 from allotment.db.engine import Database
-from allotment.db.tables import PolicyVersion, Pool, Workload
+from allotment.db.tables import Pool, Workload
 from allotment.domain.quantities import format_duration
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState as S
@@ -136,13 +136,9 @@ class Controller:
             return False
         if not self.backends:
             async with self.db.read() as session:
-                latest = (
-                    await session.execute(
-                        select(PolicyVersion).order_by(PolicyVersion.id.desc()).limit(1)
-                    )
-                ).scalar_one_or_none()
-            if latest is not None:
-                policy = Policy.model_validate(latest.document)
+                view = await load_policy_view(session)
+            if view is not None:
+                policy = view.policy
                 self.reconciler.stop_grace = float(policy.scheduling.stop_grace)
                 local = local_backend(policy, self.settings.data_dir)
                 if local is not None:

@@ -132,10 +132,10 @@ _COLUMNS = (
     Workload.started_at,
     Workload.after_id,
     Workload.node,
-    User.name,
-    Account.path,
-    Pool.name,
-    Profile.name,
+    User.name.label("user"),
+    Account.path.label("account"),
+    Pool.name.label("pool"),
+    Profile.name.label("profile"),
 )
 
 
@@ -192,47 +192,30 @@ async def load_live(
         rows = await session.execute(
             _query(view).where(Workload.status == int(WorkloadState.PENDING))
         )
-        cache.pending = []
-        for row in rows.tuples():
-            p = _pending(row, view)
-            if p is not None:
-                cache.pending.append((p, row[9]))
+        cache.pending = [
+            (_pending(row, view), row.after_id)
+            for row in rows
+            if row.target == WorkloadState.RUNNING
+        ]
         cache.signature, cache.read_at = (signature[0], signature[1]), mono
     rows = await session.execute(_query(view).where(Workload.status.in_([int(s) for s in ACTIVE])))
-    for (
-        wid,
-        status,
-        target,
-        mc,
-        mem,
-        gpus,
-        max_runtime,
-        _created,
-        started_at,
-        _after,
-        node,
-        user,
-        account,
-        pool,
-        profile,
-    ) in rows.tuples():
-        priority, _ = view.profiles.get(profile or "", (0.0, False))
-        wall = float(max_runtime) if max_runtime else DEFAULT_WALLTIME
-        if target >= WorkloadState.STOPPING and status != WorkloadState.STOPPING:
-            live.to_stop.append(wid)
-        started = _epoch(started_at, t_now)
+    for row in rows:
+        stopping = row.target >= WorkloadState.STOPPING
+        if stopping and row.status != WorkloadState.STOPPING:
+            live.to_stop.append(row.id)
+        started = _epoch(row.started_at, t_now)
         live.running.append(
             Running(
-                wid,
-                user,
-                account,
-                pool,
-                node or "",
-                Resources(mc, mem, gpus or {}),
+                row.id,
+                row.user,
+                row.account,
+                row.pool,
+                row.node or "",
+                _resources(row),
                 started,
-                started + wall,
-                priority,
-                stopping=target >= WorkloadState.STOPPING,
+                started + _walltime(row),
+                view.profiles.get(row.profile or "", (0.0, False))[0],
+                stopping=stopping,
             )
         )
     after = {p.id: a for p, a in cache.pending if a is not None}
@@ -267,15 +250,27 @@ async def load_live(
     return live
 
 
-def _pending(row: Any, view: PolicyView) -> Pending | None:
-    wid, _status, target, mc, mem, gpus, max_runtime, created = row[:8]
-    user, account, pool, profile = row[11:]
-    if target != WorkloadState.RUNNING:
-        return None
-    priority, whole = view.profiles.get(profile or "", (0.0, False))
-    wall = float(max_runtime) if max_runtime else DEFAULT_WALLTIME
-    r = Resources(mc, mem, gpus or {})
-    return Pending(wid, user, account, pool, r, created.timestamp(), wall, priority, whole)
+def _resources(row: Any) -> Resources:
+    return Resources(row.millicpus, row.memory, row.gpus or {})
+
+
+def _walltime(row: Any) -> float:
+    return float(row.max_runtime) if row.max_runtime else DEFAULT_WALLTIME
+
+
+def _pending(row: Any, view: PolicyView) -> Pending:
+    priority, whole = view.profiles.get(row.profile or "", (0.0, False))
+    return Pending(
+        row.id,
+        row.user,
+        row.account,
+        row.pool,
+        _resources(row),
+        row.created_at.timestamp(),
+        _walltime(row),
+        priority,
+        whole,
+    )
 
 
 async def usage(

@@ -299,7 +299,7 @@ class LocalBackend(Backend):
             return Observation(alive=(run / "gpus.json").exists() and not (run / "exit").exists())
         if alive(pid, placement.get("started")):
             return Observation(alive=True)
-        code = _read_exit(run)
+        code = _read_number(run / "exit")
         failed, reason = _ended(code)
         if self.cgroups is not None:
             mem = self.cgroups.memory(workload)
@@ -394,17 +394,7 @@ class LocalBackend(Backend):
     def _kill_all(self, workload: int, pid: int | None) -> None:
         if self.cgroups is not None:
             # Everything of the workload except the launcher, which records the exit status.
-            launcher = {pid}
-            for _ in range(100):
-                left = [p for p in self.cgroups.procs(workload) if p not in launcher]
-                if not left:
-                    break
-                for p in left:
-                    try:
-                        os.kill(p, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                os.sched_yield()
+            self.cgroups.kill_all(workload, spare=() if pid is None else (pid,))
         else:
             self._signal(workload, pid, signal.SIGKILL)
 
@@ -442,17 +432,14 @@ def _reap(pid: int | None) -> None:
         pass
 
 
+def _read_number(path: Path) -> int | None:
+    """The number a launcher wrote to ``path``; None until it has (or if it is torn)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def _read_pid(run: Path) -> int | None:
-    try:
-        text = (run / "pid").read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _read_exit(run: Path) -> int | None:
-    try:
-        text = (run / "exit").read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
+    return _read_number(run / "pid")

@@ -14,6 +14,7 @@ import errno
 import os
 import signal
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,10 +95,11 @@ class Cgroups(ABC):
     def signal(self, workload: int, sig: int) -> None:
         _kill(self.procs(workload), sig)
 
-    def kill_all(self, workload: int) -> None:
-        """SIGKILL until the group is empty (a fork racing the kill is caught next round)."""
+    def kill_all(self, workload: int, spare: Collection[int] = ()) -> None:
+        """SIGKILL until only ``spare`` is left in the group (a fork racing the kill is caught
+        next round)."""
         for _ in range(100):
-            pids = self.procs(workload)
+            pids = [p for p in self.procs(workload) if p not in spare]
             if not pids:
                 return
             _kill(pids, signal.SIGKILL)
@@ -255,12 +257,12 @@ class V2(Cgroups):
             pass
         return MemoryOutcome(killed, _read_int(d / "memory.peak"), _read_int(d / "memory.max"))
 
-    def kill_all(self, workload: int) -> None:
+    def kill_all(self, workload: int, spare: Collection[int] = ()) -> None:
         kill = self._dir(workload) / "cgroup.kill"
-        if kill.exists():  # Linux 5.14+: one write kills the whole group, forks included
+        if not spare and kill.exists():  # Linux 5.14+: one write kills the group, forks too
             with contextlib.suppress(OSError):
                 _write(kill, "1")
-        super().kill_all(workload)
+        super().kill_all(workload, spare)
 
     def remove(self, workload: int) -> None:
         self._rmdir(self._dir(workload))
