@@ -220,3 +220,62 @@ class PolicyIn(BaseModel):
 class ApplyResult(_Out):
     version: int | None = Field(description="Policy version now in force; None on a dry run.")
     changes: list[str]
+
+
+class BudgetLeft(_Out):
+    """An allocation's budget in the current period, and how long this profile could run on
+    what is left."""
+
+    account: str = Field(description="Account whose allocation carries the budget.")
+    period: str
+    amount: float
+    spent: float
+    left: float
+    #: Hours this profile could run before the budget is spent; None when it costs nothing.
+    hours_left: float | None
+    hard_stop: bool
+
+
+class QuotaLeft(_Out):
+    """An allocation's guaranteed quota, less what its subtree holds now and this profile."""
+
+    account: str
+    cpus: float
+    memory: int
+    gpus: dict[str, int]
+
+
+class ProfileQuote(_Out):
+    profile: str
+    display_name: str
+    description: str
+    pool: str
+    cpus: float
+    memory: int
+    gpus: dict[str, int]
+    #: Free in the pool now (summed over its nodes).
+    free_cpus: float
+    free_memory: int
+    free_gpus: dict[str, int]
+    #: True when a session of this profile would start at once.
+    starts_now: bool
+    #: Workloads waiting in the pool now; a new one joins behind them.
+    queued: int
+    #: Its place if it joined the queue now (1: next), None when it starts at once.
+    position: int | None
+    expected_start: datetime | None
+    wait_seconds: float | None
+    cost_per_hour: float
+    budget: BudgetLeft | None
+    quota: QuotaLeft | None
+    #: Why it cannot start at all (budget spent with a hard stop), else None.
+    blocked: str | None = None
+
+
+class QuoteOut(_Out):
+    account: str = Field(description="Account the quote charges.")
+    #: Accounts the caller may charge; the launch form offers a choice when there are several.
+    accounts: list[str]
+    currency: str
+    at: datetime
+    profiles: list[ProfileQuote]

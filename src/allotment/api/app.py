@@ -18,7 +18,16 @@ from allotment import __version__
 from allotment.api.auth import TokenVerifier, new_admin_token, token_sha256
 from allotment.api.deps import AppState
 from allotment.api.problems import install_problem_handlers
-from allotment.api.routes import accounts, catalog, health, me, policy, users, workloads
+from allotment.api.routes import (
+    accounts,
+    catalog,
+    health,
+    me,
+    policy,
+    quote,
+    users,
+    workloads,
+)
 from allotment.clock import Clock, SystemClock
 from allotment.config.models import Policy
 from allotment.controller.service import Controller, ControllerSettings
@@ -201,6 +210,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     # Matched in this order: the hot paths first.
-    for module in (workloads, me, accounts, catalog, users, policy, health):
+    for module in (workloads, me, quote, accounts, catalog, users, policy, health):
         app.include_router(module.router, prefix=f"{base}/api")
     return app

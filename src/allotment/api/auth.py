@@ -43,6 +43,8 @@ class HubUnavailable(PublicError):
 class Identity:
     name: str
     scopes: frozenset[str]
+    #: "user", or "service" for a JupyterHub service's token (the hub's spawner).
+    kind: str = "user"
 
 
 def token_sha256(token: str) -> str:
@@ -71,12 +73,13 @@ class TokenVerifier:
             raise HubUnavailable(
                 "Allotment cannot reach JupyterHub to check your token; try again shortly."
             ) from None
-        if not model or model.get("kind", "user") != "user" or "name" not in model:
+        kind = model.get("kind", "user") if model else None
+        if not model or kind not in ("user", "service") or "name" not in model:
             raise Unauthenticated(
                 "This token is not valid (expired, revoked, or not a JupyterHub user token). "
                 "Get a new one from the hub's token page."
             )
-        return Identity(model["name"], frozenset(model.get("scopes", [])))
+        return Identity(model["name"], frozenset(model.get("scopes", [])), kind)
 
 
-ADMIN_IDENTITY_SCOPES = frozenset(s.value for s in Scope)
+ADMIN_IDENTITY_SCOPES = frozenset(s.value for s in Scope if s is not Scope.SPAWN)

@@ -24,14 +24,15 @@ from allotment.api.auth import (
 from allotment.api.cache import TtlCache
 from allotment.clock import Clock
 from allotment.controller.service import Controller, nudge_other
+from allotment.controller.view import ViewCache
 from allotment.db import repository as repo
 from allotment.db.catalog import Catalog, load_catalog
 from allotment.db.engine import Database
 from allotment.db.group_commit import GroupCommit
 from allotment.db.tables import Account, User
 from allotment.domain.accounts import Membership
-from allotment.domain.permissions import Principal, expand_scopes
-from allotment.errors import Forbidden, Unauthenticated
+from allotment.domain.permissions import Principal, Scope, expand_scopes
+from allotment.errors import Forbidden, InvalidRequest, Unauthenticated
 
 __all__ = ["AppState", "Caller", "CallerDep", "StateDep", "UserContext"]
 
@@ -55,6 +56,8 @@ class AppState:
     #: The controller, when this process runs it.
     controller: Controller | None = None
     data_dir: Path | None = None
+    #: Parsed policies by version, for quotes.
+    policy_views: ViewCache = field(default_factory=dict)
     admin_tokens: TtlCache[str, str] = field(init=False)
     users: TtlCache[str, UserContext] = field(init=False)
     _catalog: TtlCache[int, Catalog] = field(init=False)
@@ -120,9 +123,30 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-async def _identity(state: AppState, token: str) -> Identity:
+ON_BEHALF_OF = "X-Allotment-User"
+_ACTING_SCOPES = frozenset({Scope.READ.value, Scope.SUBMIT.value})
+
+
+def _acting_for(identity: Identity, request: Request) -> Identity:
+    """A service token (the hub's spawner) acts for the hub user named in ``X-Allotment-User``,
+    with ``read`` and ``submit`` only, and only when it holds ``custom:allotment:spawn``."""
+    user = request.headers.get(ON_BEHALF_OF, "").strip()
+    if Scope.SPAWN.value not in identity.scopes:
+        raise Forbidden(
+            f"Service '{identity.name}' may not use Allotment: grant its role "
+            f"{Scope.SPAWN.value} (the hub's spawner needs it), or use a user's token."
+        )
+    if not user:
+        raise InvalidRequest(
+            f"Service '{identity.name}' acts for a hub user: name them in the {ON_BEHALF_OF} header."
+        )
+    return Identity(user, _ACTING_SCOPES)
+
+
+async def _identity(state: AppState, token: str, request: Request) -> Identity:
     if not token.startswith(ADMIN_PREFIX):
-        return await state.verifier.hub_user(token)
+        identity = await state.verifier.hub_user(token)
+        return _acting_for(identity, request) if identity.kind == "service" else identity
     digest = token_sha256(token)
     name = state.admin_tokens.get(digest)
     if name is None:
@@ -160,7 +184,7 @@ async def _user_context(state: AppState, name: str) -> UserContext:
 
 
 async def get_caller(request: Request, state: StateDep) -> Caller:
-    identity = await _identity(state, _bearer(request))
+    identity = await _identity(state, _bearer(request), request)
     scopes = expand_scopes(identity.scopes)
     if not scopes:
         raise Forbidden(

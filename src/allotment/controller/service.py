@@ -181,13 +181,11 @@ class Controller:
 
     async def recover(self) -> None:
         async with self.db.read() as session:
-            rows = (
-                await session.execute(
-                    select(Workload.id, Pool.backend)
-                    .join(Pool, Pool.id == Workload.pool_id)
-                    .where(Workload.status.in_([int(s) for s in ACTIVE]))
-                )
-            ).tuples()
+            rows = await session.execute(
+                select(Workload.id, Pool.backend)
+                .join(Pool, Pool.id == Workload.pool_id)
+                .where(Workload.status.in_([int(s) for s in ACTIVE]))
+            )
             active = {wid: backend for wid, backend in rows}
         for wid, backend in active.items():
             if backend in self.backends:
@@ -230,20 +228,18 @@ class Controller:
     async def _poll_once(self) -> None:
         now = self.clock.now()
         async with self.db.read() as session:
-            rows = (
-                await session.execute(
-                    select(
-                        Workload.id,
-                        Workload.placement,
-                        Workload.started_at,
-                        Workload.max_runtime,
-                        Workload.target,
-                        Pool.backend,
-                    )
-                    .join(Pool, Pool.id == Workload.pool_id)
-                    .where(Workload.status == int(S.RUNNING))
+            rows = await session.execute(
+                select(
+                    Workload.id,
+                    Workload.placement,
+                    Workload.started_at,
+                    Workload.max_runtime,
+                    Workload.target,
+                    Pool.backend,
                 )
-            ).tuples()
+                .join(Pool, Pool.id == Workload.pool_id)
+                .where(Workload.status == int(S.RUNNING))
+            )
             running = list(rows)
         by_backend: dict[str, dict[int, dict[str, object]]] = {}
         overdue: list[tuple[int, int]] = []

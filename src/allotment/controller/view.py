@@ -88,7 +88,7 @@ async def load_policy_view(
     result = await session.execute(
         select(Account.path, Account.shares).where(Account.archived_at.is_(None))
     )
-    shares = {path: n for path, n in result.tuples()}
+    shares = {path: n for path, n in result}
     accounts = {
         path: AccountState(path, float(shares.get(path, a.shares)), a.limits, a.allocations)
         for path, a in accounts.items()
@@ -230,7 +230,7 @@ async def load_live(
                     Workload.id.in_(set(after.values()))
                 )
             )
-        ).tuples()
+        )
     }
     for p, dep in cache.pending:
         if dep is None:
@@ -300,7 +300,7 @@ async def usage(
         .where(Workload.started_at.is_not(None))
     )
     out: dict[tuple[str, str], float] = defaultdict(float)
-    for mc, mem, gpus, started, ended, user, account, pool in rows.tuples():
+    for mc, mem, gpus, started, ended, user, account, pool in rows:
         end = _epoch(ended, t_now)
         if end < horizon or pool not in capacity:
             continue

@@ -33,6 +33,9 @@ class Scope(StrEnum):
     SUBMIT = "custom:allotment:submit"
     MANAGE = "custom:allotment:manage"
     ADMIN = "custom:allotment:admin"
+    #: Held by the hub's spawner (a JupyterHub service): act for the hub user it names, with
+    #: ``read`` and ``submit``. The hub already decided that user may start a server.
+    SPAWN = "custom:allotment:spawn"
 
 
 _IMPLIES: dict[Scope, frozenset[Scope]] = {
@@ -40,6 +43,7 @@ _IMPLIES: dict[Scope, frozenset[Scope]] = {
     Scope.SUBMIT: frozenset({Scope.READ}),
     Scope.MANAGE: frozenset({Scope.READ}),
     Scope.ADMIN: frozenset({Scope.READ, Scope.SUBMIT, Scope.MANAGE}),
+    Scope.SPAWN: frozenset(),
 }
 
 

@@ -30,7 +30,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["workloads"])
 
 
-def _charged_account(catalog: Catalog, caller: Caller, ref: str | None) -> AccountEntry:
+def charged_account(catalog: Catalog, caller: Caller, ref: str | None) -> AccountEntry:
     """The account a new workload charges: the one named, else the user's default or only."""
     p = caller.principal
     if ref is None:
@@ -193,7 +193,7 @@ async def create_workload(
     if not caller.principal.has(Scope.SUBMIT):
         raise Forbidden("This token may read but not submit (it lacks custom:allotment:submit).")
     catalog = await state.catalog()
-    account = _charged_account(catalog, caller, body.account)
+    account = charged_account(catalog, caller, body.account)
     pool, profile, allowed = _placement(catalog, body, account)
     size = _size(profile.offer if profile else None, body)
     problem = fits_some_node(size, pool.nodes)

@@ -1,0 +1,163 @@
+"""The quote before a launch, on both databases: free capacity, cost per hour, expected start
+and place when the pool is full, budget and quota left, and what may be quoted to whom."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import update
+
+from allotment.db.tables import Workload
+from allotment.domain.workloads import WorkloadState
+from tests.support.service import Service, running_service
+
+POLICY = """
+currency: EUR
+accounts:
+  lab: {members: [alice]}
+  other: {members: [bob]}
+pools:
+  box:
+    nodes: [{name: n1, cpus: 4, memory: 16G}]
+    rates: {cpu: 1.0, memory: 0.5}
+profiles:
+  small:
+    display_name: Small
+    description: two cores
+    pool: box
+    size: {cpus: 2, memory: 4G}
+    max_runtime: 2h
+  lab-only:
+    pool: box
+    size: {cpus: 1, memory: 1G}
+    accounts: [lab]
+allocations:
+  - account: lab
+    pool: box
+    quota: {cpus: 3, memory: 8G}
+    budget: {amount: 10, period: day}
+"""
+
+
+async def _run_for(service: Service, workload: int, hours: float, *, ended: bool) -> None:
+    now = service.clock.now()
+    async with service.app.state.allotment.db.write() as session:
+        await session.execute(
+            update(Workload)
+            .where(Workload.id == workload)
+            .values(
+                status=int(WorkloadState.STOPPED if ended else WorkloadState.RUNNING),
+                node="n1",
+                started_at=now - timedelta(hours=hours),
+                ended_at=now if ended else None,
+            )
+        )
+
+
+async def _submit(service: Service, account: str) -> int:
+    async with service.admin() as c:
+        r = await c.post(
+            "workloads", json={"profile": "small", "account": account, "command": ["true"]}
+        )
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+async def test_quote_of_an_idle_pool(database_url: str, tmp_path: Path) -> None:
+    async with running_service(database_url, tmp_path, policy_text=POLICY) as service:
+        async with service.admin() as c:
+            r = await c.get("quote", params={"account": "lab"})
+        assert r.status_code == 200, r.text
+        q = r.json()
+        assert (q["account"], q["currency"]) == ("lab", "EUR")
+        small = {p["profile"]: p for p in q["profiles"]}["small"]
+        assert small["starts_now"] and small["position"] is None
+        assert small["wait_seconds"] == 0
+        assert (small["free_cpus"], small["free_memory"]) == (4.0, 16 * 2**30)
+        # 2 CPUs × 1.0 + 4 GiB × 0.5
+        assert small["cost_per_hour"] == 4.0
+        assert small["budget"] == {
+            "account": "lab",
+            "period": "day",
+            "amount": 10.0,
+            "spent": 0.0,
+            "left": 10.0,
+            "hours_left": 2.5,
+            "hard_stop": True,
+        }
+        assert small["quota"] == {"account": "lab", "cpus": 1.0, "memory": 4 * 2**30, "gpus": {}}
+
+
+async def test_a_full_pool_quotes_a_place_and_the_end_of_what_runs(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with running_service(database_url, tmp_path, policy_text=POLICY) as service:
+        # Two sessions of other's fill the box; one started 30 min ago, one 90 min ago: with
+        # a 2 h limit they end in 90 and 30 minutes.
+        first, second = await _submit(service, "other"), await _submit(service, "other")
+        await _run_for(service, first, 0.5, ended=False)
+        await _run_for(service, second, 1.5, ended=False)
+        waiting = await _submit(service, "other")
+        async with service.admin() as c:
+            q = (await c.get("quote", params={"account": "lab", "profile": "small"})).json()
+        (small,) = q["profiles"]
+        assert not small["starts_now"]
+        assert (small["queued"], small["position"]) == (1, 2)
+        assert small["free_cpus"] == 0
+        # The one waiting takes the box at +30 min (second's end); ours the next end, +90 min.
+        assert small["wait_seconds"] == 90 * 60
+        assert waiting > second
+
+
+async def test_spending_in_the_period_leaves_less_budget_and_a_hard_stop_blocks(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with running_service(database_url, tmp_path, policy_text=POLICY) as service:
+        service.clock.advance(12 * 3600)  # noon; the budget is per day
+        now = service.clock.now()
+        yesterday, today = await _submit(service, "lab"), await _submit(service, "lab")
+        async with service.app.state.allotment.db.write() as session:
+            # 23:00 to 00:30: only the half hour after midnight counts (2.0 at 4.0/h).
+            await session.execute(
+                update(Workload)
+                .where(Workload.id == yesterday)
+                .values(
+                    status=int(WorkloadState.STOPPED),
+                    node="n1",
+                    started_at=now - timedelta(hours=13),
+                    ended_at=now - timedelta(hours=11.5),
+                )
+            )
+        await _run_for(service, today, 1, ended=True)  # 4.0
+        async with service.admin() as c:
+            q = (await c.get("quote", params={"account": "lab", "profile": "small"})).json()
+        (p,) = q["profiles"]
+        assert (p["budget"]["spent"], p["budget"]["left"], p["budget"]["hours_left"]) == (
+            6.0,
+            4.0,
+            1.0,
+        )
+        assert p["blocked"] is None and p["starts_now"]
+        # One more hour, still running: 10 of 10 spent, and the budget stops new work.
+        running = await _submit(service, "lab")
+        await _run_for(service, running, 1, ended=False)
+        async with service.admin() as c:
+            q = (await c.get("quote", params={"account": "lab", "profile": "small"})).json()
+        (p,) = q["profiles"]
+        assert (p["budget"]["spent"], p["budget"]["left"]) == (10.0, 0.0)
+        assert p["blocked"] == "the daily budget of lab is spent" and not p["starts_now"]
+
+
+async def test_profiles_quoted_are_the_accounts_own(database_url: str, tmp_path: Path) -> None:
+    async with running_service(database_url, tmp_path, policy_text=POLICY) as service:
+        async with service.admin() as c:
+            lab = (await c.get("quote", params={"account": "lab"})).json()
+            other = (await c.get("quote", params={"account": "other"})).json()
+            r = await c.get("quote", params={"account": "other", "profile": "lab-only"})
+            missing = await c.get("quote", params={"account": "nope"})
+        assert {p["profile"] for p in lab["profiles"]} == {"lab-only", "small"}
+        assert {p["profile"] for p in other["profiles"]} == {"small"}
+        assert other["profiles"][0]["budget"] is None
+        assert r.status_code == 404 and "lab-only" in r.json()["detail"]
+        assert missing.status_code == 404
