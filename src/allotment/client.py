@@ -25,11 +25,12 @@ from allotment.schemas import (
     PoolOut,
     Problem,
     ProfileOut,
+    QuoteOut,
     WorkloadCreate,
     WorkloadOut,
 )
 
-__all__ = ["DEFAULT_URL", "AllotmentClient", "ApiError", "discover"]
+__all__ = ["DEFAULT_URL", "AllotmentClient", "ApiError", "AsyncAllotmentClient", "discover"]
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -73,6 +74,35 @@ def discover(environ: dict[str, str] | None = None) -> tuple[str, str | None]:
     return url, token
 
 
+def _unreachable(base: httpx.URL, e: Exception) -> ApiError:
+    return ApiError(
+        Problem(
+            title="Cannot reach Allotment",
+            status=0,
+            detail=f"Cannot reach Allotment at {base}: {e}. "
+            "Is the service running, and is $ALLOTMENT_URL right?",
+        )
+    )
+
+
+def _checked(r: httpx.Response) -> httpx.Response:
+    """``r``, or its problem raised as ``ApiError``."""
+    if r.status_code >= 400:
+        try:
+            problem = Problem.model_validate(r.json())
+        except (ValueError, ValidationError):
+            problem = Problem(title=r.reason_phrase, status=r.status_code, detail=r.text[:500])
+        raise ApiError(problem)
+    return r
+
+
+def _headers(token: str | None, acting_for: str | None) -> dict[str, str]:
+    headers = {"Authorization": f"token {token}"} if token else {}
+    if acting_for is not None:
+        headers["X-Allotment-User"] = acting_for
+    return headers
+
+
 class AllotmentClient:
     """Blocking client. Each method maps to one API call and returns typed models.
 
@@ -94,10 +124,9 @@ class AllotmentClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
     ) -> None:
-        headers = {"Authorization": f"token {token}"} if token else {}
         self._http = httpx.Client(
             base_url=url.rstrip("/") + "/api/",
-            headers=headers,
+            headers=_headers(token, None),
             transport=transport,
             timeout=timeout,
         )
@@ -120,21 +149,8 @@ class AllotmentClient:
         try:
             r = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
-            raise ApiError(
-                Problem(
-                    title="Cannot reach Allotment",
-                    status=0,
-                    detail=f"Cannot reach Allotment at {self._http.base_url}: {e}. "
-                    "Is the service running, and is $ALLOTMENT_URL right?",
-                )
-            ) from None
-        if r.status_code >= 400:
-            try:
-                problem = Problem.model_validate(r.json())
-            except (ValueError, ValidationError):
-                problem = Problem(title=r.reason_phrase, status=r.status_code, detail=r.text[:500])
-            raise ApiError(problem)
-        return r
+            raise _unreachable(self._http.base_url, e) from None
+        return _checked(r)
 
     def _get(self, adapter: TypeAdapter[T], path: str, **kwargs: Any) -> T:
         return adapter.validate_python(self._call("GET", path, **kwargs))
@@ -244,3 +260,87 @@ class AllotmentClient:
     def apply_policy(self, text: str, filename: str, *, dry_run: bool = False) -> ApplyResult:
         body = PolicyIn(text=text, filename=filename, dry_run=dry_run)
         return ApplyResult.model_validate(self._call("PUT", "policy", json=body.model_dump()))
+
+
+class AsyncAllotmentClient:
+    """Asynchronous client for code that runs in an event loop (the hub's spawner): the calls
+    a session needs. ``acting_for`` names the hub user a service token acts for (it needs
+    ``custom:allotment:spawn``)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        acting_for: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=url.rstrip("/") + "/api/",
+            headers=_headers(token, acting_for),
+            transport=transport,
+            timeout=timeout,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncAllotmentClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            r = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise _unreachable(self._http.base_url, e) from None
+        return _checked(r).json()
+
+    async def quote(
+        self, *, account: str | None = None, profiles: list[str] | None = None
+    ) -> QuoteOut:
+        params: dict[str, Any] = {}
+        if account is not None:
+            params["account"] = account
+        if profiles:
+            params["profile"] = profiles
+        return QuoteOut.model_validate(await self._call("GET", "quote", params=params))
+
+    async def create_workload(
+        self, request: WorkloadCreate, *, idempotency_key: str | None = None
+    ) -> WorkloadOut:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        data = await self._call(
+            "POST", "workloads", json=request.model_dump(exclude_none=True), headers=headers
+        )
+        return WorkloadOut.model_validate(data)
+
+    async def workloads(
+        self,
+        *,
+        user: str | None = None,
+        kind: str | None = None,
+        statuses: list[str] | None = None,
+        limit: int = 1000,
+    ) -> list[WorkloadOut]:
+        """The newest workloads you may see (one page of up to ``limit``)."""
+        params: dict[str, Any] = {"limit": limit}
+        if user is not None:
+            params["user"] = user
+        if kind is not None:
+            params["kind"] = kind
+        if statuses:
+            params["status"] = statuses
+        page = await self._call("GET", "workloads", params=params)
+        return [WorkloadOut.model_validate(w) for w in page["items"]]
+
+    async def workload(self, workload_id: int) -> WorkloadOut:
+        return WorkloadOut.model_validate(await self._call("GET", f"workloads/{workload_id}"))
+
+    async def cancel(self, workload_id: int) -> WorkloadOut:
+        return WorkloadOut.model_validate(
+            await self._call("POST", f"workloads/{workload_id}/cancel")
+        )

@@ -250,6 +250,7 @@ class ProfileQuote(_Out):
     display_name: str
     description: str
     pool: str
+    environment: str
     cpus: float
     memory: int
     gpus: dict[str, int]

@@ -16,6 +16,7 @@ from allotment.cli import jobs, user
 from allotment.cli.admin import config_app, load_or_exit
 from allotment.cli.output import console
 from allotment.cli.simulate import simulate
+from allotment.cli.up import up
 
 __all__ = ["app", "main"]
 
@@ -30,6 +31,7 @@ app.add_typer(config_app, name="config")
 user.register(app)
 jobs.register(app)
 app.command()(simulate)
+app.command()(up)
 
 
 @app.command()

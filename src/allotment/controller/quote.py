@@ -49,6 +49,7 @@ class QuoteRequest:
     display_name: str
     description: str
     pool: str
+    environment: str
     size: Resources
     walltime: float | None
     whole_node: bool = False
@@ -197,6 +198,7 @@ async def quote_profiles(
                 display_name=req.display_name or req.name,
                 description=req.description,
                 pool=req.pool,
+                environment=req.environment,
                 cpus=size.cpus,
                 memory=size.memory,
                 gpus=dict(size.gpus),

@@ -75,7 +75,9 @@ async def load_catalog(session: AsyncSession) -> Catalog:
         nodes = tuple(Node(n.name, Resources.of(n.cpus, n.memory, n.gpus)) for n in spec.nodes)
         pools[p.id] = PoolEntry(p.id, p.name, nodes)
     profiles = {}
-    rows = await session.execute(select(Profile).where(Profile.archived_at.is_(None)))
+    rows = await session.execute(
+        select(Profile).where(Profile.archived_at.is_(None)).order_by(Profile.id)
+    )
     for prof in rows.scalars():
         if prof.pool_id not in pools:
             continue

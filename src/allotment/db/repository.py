@@ -54,14 +54,27 @@ async def ensure_user(session: AsyncSession, name: str, now: datetime) -> User:
     return user
 
 
+#: A policy's ``members: ["*"]`` makes every hub user a member of that account.
+EVERYONE = "*"
+
+
 async def memberships_of(session: AsyncSession, user: str) -> list[DomainMembership]:
     rows = await session.execute(
         select(Account.path, Membership.role)
         .join(Membership, Membership.account_id == Account.id)
         .join(User, User.id == Membership.user_id)
-        .where(User.name == user, Account.archived_at.is_(None))
+        .where(User.name.in_([user, EVERYONE]), Account.archived_at.is_(None))
     )
-    return [DomainMembership(user, path, Role(role)) for path, role in rows]
+    # A user's own role on an account outranks what everyone has there.
+    best: dict[str, Role] = {}
+    for path, role in rows:
+        r = Role(role)
+        if path not in best or _RANK[r] > _RANK[best[path]]:
+            best[path] = r
+    return [DomainMembership(user, path, role) for path, role in best.items()]
+
+
+_RANK = {Role.VIEWER: 0, Role.MEMBER: 1, Role.MANAGER: 2}
 
 
 async def account_by_ref(session: AsyncSession, ref: str) -> Account | None:

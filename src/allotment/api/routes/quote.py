@@ -70,11 +70,12 @@ async def get_quote(
                     p.spec.display_name,
                     p.spec.description,
                     p.pool.name,
+                    p.spec.environment,
                     p.offer.size,
                     float(p.spec.max_runtime) if p.spec.max_runtime else None,
                     p.spec.whole_node,
                 )
-                for p in sorted(offered, key=lambda p: p.name)
+                for p in offered  # in the policy's order: the administrator's
             ],
             charged.path,
             now,

@@ -1,0 +1,97 @@
+"""The software environment sessions start in.
+
+Sessions run as their users' own accounts, so the environment must be readable and runnable
+by every user: the interpreter the hub runs on often is not (``/root/.pyenv``). ``allot up``
+therefore builds a virtual environment from an interpreter everyone can run, with JupyterLab,
+the hub's own version of ``jupyterhub`` (for ``jupyterhub-singleuser``) and Allotment's
+session extension, and makes it world-readable. Named, shared environments are a later issue;
+this one is ``default``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+__all__ = ["SESSION_PACKAGES", "ensure_environment", "runnable_by_everyone"]
+
+SESSION_PACKAGES = ["jupyterlab>=4.2,<5"]
+EXTENSION = "allotment_session"
+
+
+def runnable_by_everyone(path: Path) -> bool:
+    """True when any user can execute ``path``: it and each directory above it are o+x."""
+    path = path.resolve()
+    for p in [path, *path.parents]:
+        try:
+            if not os.stat(p).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _interpreter() -> str:
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        if candidate and runnable_by_everyone(Path(candidate)):
+            return candidate
+    raise RuntimeError(
+        f"No Python that every user can run was found ({sys.executable} is not, and neither "
+        "is /usr/bin/python3): install Debian's python3 and python3-venv."
+    )
+
+
+def _wanted() -> dict[str, object]:
+    return {"jupyterhub": version("jupyterhub"), "packages": SESSION_PACKAGES, "extension": 1}
+
+
+def ensure_environment(prefix: Path, *, quiet: bool = True) -> Path:
+    """Build (or keep, when it is current) the session environment at ``prefix``."""
+    marker = prefix / "allotment-environment.json"
+    wanted = _wanted()
+    try:
+        if json.loads(marker.read_text()) == wanted:
+            return prefix
+    except (OSError, ValueError):
+        pass
+    if prefix.exists():
+        shutil.rmtree(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([_interpreter(), "-m", "venv", str(prefix)], check=True)
+    pip = [str(prefix / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
+    if quiet:
+        pip.append("-q")
+    subprocess.run([*pip, f"jupyterhub=={wanted['jupyterhub']}", *SESSION_PACKAGES], check=True)
+    site = subprocess.run(
+        [
+            str(prefix / "bin" / "python"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    shutil.copyfile(
+        Path(__file__).with_name("session_extension.py"), Path(site) / f"{EXTENSION}.py"
+    )
+    conf = prefix / "etc" / "jupyter" / "jupyter_server_config.d"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / f"{EXTENSION}.json").write_text(
+        json.dumps({"ServerApp": {"jpserver_extensions": {EXTENSION: True}}})
+    )
+    for root, dirs, files in os.walk(prefix):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            if not os.path.islink(p):
+                mode = os.stat(p).st_mode
+                os.chmod(p, mode | stat.S_IRGRP | stat.S_IROTH | (0o011 if mode & 0o100 else 0))
+    os.chmod(prefix, 0o755)
+    marker.write_text(json.dumps(wanted))
+    return prefix

@@ -1,0 +1,274 @@
+"""AllotmentSpawner: JupyterHub's Spawner contract over Allotment's API.
+
+A session is a workload like any other: the spawner asks the service for one (kind
+``session``) and follows it. The scheduler decides when it starts, the controller runs
+``jupyterhub-singleuser`` as the user's own account inside its limits, the ledger charges it.
+When the machine is full the session waits in the queue (no HTTP 429) and ``progress`` tells
+the user their place and expected start. The spawner holds no database credentials: it
+speaks to the service with the token of the ``allotment-spawner`` hub service, which holds
+``custom:allotment:spawn`` and acts for the hub user it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from jupyterhub.spawner import Spawner
+from jupyterhub.utils import random_port
+from traitlets import Dict, Float, Integer, List, Unicode, default
+
+from allotment.client import ApiError, AsyncAllotmentClient
+from allotment.hub.form import render_form
+from allotment.schemas import WorkloadCreate, WorkloadOut
+
+__all__ = ["AllotmentSpawner"]
+
+LIVE = ("pending", "admitted", "starting", "running", "stopping")
+ENDED = ("stopped", "failed")
+FORM_SCOPES = ["custom:allotment:read"]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _duration(seconds: float) -> str:
+    minutes = max(1, round(seconds / 60))
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes / 60:.1f} h"
+
+
+def waiting_message(w: WorkloadOut, now: float | None = None) -> str:
+    """What a queued session tells its user: place, expected start, and why."""
+    now = time.time() if now is None else now
+    parts = ["Queued"]
+    if w.position is not None:
+        parts[0] = f"Queued: {_ordinal(w.position)} in line"
+    if w.expected_start is not None:
+        wait = w.expected_start.timestamp() - now
+        at = w.expected_start.astimezone().strftime("%H:%M")
+        parts.append(
+            f"expected to start at {at} (in {_duration(wait)})" if wait > 30 else "starting soon"
+        )
+    return ", ".join(parts) + f". {w.reason[:1].upper()}{w.reason[1:]}."
+
+
+class AllotmentSpawner(Spawner):  # type: ignore[misc]
+    """Start each server as an Allotment session: queued, limited, accounted."""
+
+    allotment_url = Unicode(
+        os.environ.get("ALLOTMENT_URL", "http://127.0.0.1:8750/services/allotment/"),
+        help="Where the hub reaches the Allotment service (its base URL).",
+    ).tag(config=True)
+
+    allotment_token = Unicode(
+        os.environ.get("ALLOTMENT_SPAWNER_TOKEN", ""),
+        help="API token of the hub service that holds custom:allotment:spawn.",
+    ).tag(config=True)
+
+    environments = Dict(
+        {},
+        help="Environment name → prefix (a directory with bin/jupyterhub-singleuser). A "
+        "profile's environment picks one; unknown names run `cmd` from the default PATH.",
+    ).tag(config=True)
+
+    poll_seconds = Float(1.0, help="How often a starting session is checked.").tag(config=True)
+
+    stop_timeout = Integer(
+        90, help="Seconds a stop waits for the session to end before giving up."
+    ).tag(config=True)
+
+    form_refresh_seconds = Integer(5, help="How often the launch form asks for a fresh quote.").tag(
+        config=True
+    )
+
+    env_keep: List[str] = List([], help="Nothing of the hub's environment reaches a session.").tag(
+        config=True
+    )
+
+    workload_id = Integer(0, help="The session's workload (0: none).")
+
+    @default("ip")
+    def _ip_default(self) -> str:
+        return "127.0.0.1"
+
+    @default("start_timeout")
+    def _start_timeout_default(self) -> int:
+        # A session waits in the queue as long as it must; the user can cancel it.
+        return 7 * 24 * 3600
+
+    @default("options_form")
+    def _options_form_default(self) -> Any:
+        return self._render_options_form
+
+    # -- the API ----------------------------------------------------------------------------
+
+    def _client(self) -> AsyncAllotmentClient:
+        return AsyncAllotmentClient(
+            self.allotment_url, self.allotment_token, acting_for=self.user.name
+        )
+
+    # -- the launch form --------------------------------------------------------------------
+
+    def _form_token(self) -> str:
+        """A read-only token of this user for the form's live quote (cached until it nears
+        expiry; JupyterHub removes expired tokens)."""
+        token, expires = getattr(self, "_form_token_cache", ("", 0.0))
+        if time.monotonic() > expires:
+            token = self.user.new_api_token(
+                scopes=FORM_SCOPES, expires_in=3600, note="Allotment launch form (live quote)"
+            )
+            self._form_token_cache = (token, time.monotonic() + 3000)
+        return str(token)
+
+    async def _render_options_form(self, spawner: Spawner) -> str:
+        async with self._client() as api:
+            quote = await api.quote()
+        return render_form(
+            quote,
+            service_url=urlsplit(self.allotment_url).path,
+            token=self._form_token(),
+            refresh_seconds=self.form_refresh_seconds,
+        )
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
+        options = {"profile": (formdata.get("profile") or [""])[0]}
+        account = (formdata.get("account") or [""])[0]
+        if account:
+            options["account"] = account
+        return options
+
+    # -- the contract ----------------------------------------------------------------------
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.workload_id = int(state.get("workload") or 0)
+
+    def get_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().get_state()
+        if self.workload_id:
+            state["workload"] = self.workload_id
+        return state
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.workload_id = 0
+
+    def _command(self, environment: str | None) -> tuple[list[str], str]:
+        prefix = self.environments.get(environment or "default")
+        path = "/usr/local/bin:/usr/bin:/bin"
+        cmd = list(self.cmd)
+        if prefix:
+            path = f"{prefix}/bin:{path}"
+            if cmd and not os.path.isabs(cmd[0]):
+                cmd[0] = os.path.join(prefix, "bin", cmd[0])
+        return cmd + list(self.get_args()), path
+
+    async def start(self) -> tuple[str, int]:
+        self.port = random_port()
+        options = dict(self.user_options or {})
+        profile = options.get("profile") or None
+        env = self.get_env()
+        async with self._client() as api:
+            await self._cancel_strays(api)
+            environment = None
+            if profile:
+                quote = await api.quote(account=options.get("account"), profiles=[profile])
+                environment = quote.profiles[0].environment
+            cmd, path = self._command(environment)
+            env["PATH"] = path
+            log = f".allotment-session{'-' + self.name if self.name else ''}.log"
+            request = WorkloadCreate(
+                kind="session",
+                name=self.name or "",
+                profile=profile,
+                account=options.get("account"),
+                command=cmd,
+                env=env,
+                # In the home directory, appended to by each session of this server.
+                stdout=log,
+                stderr=log,
+            )
+            # One spawn has one API token: a retried request finds the session it made.
+            key = "session-" + hashlib.sha256(self.api_token.encode()).hexdigest()[:40]
+            w = await api.create_workload(request, idempotency_key=key)
+            self.workload_id = w.id
+            self._latest = w
+            self.log.info("%s: session is workload %s (%s)", self._log_name, w.id, w.status)
+            while w.status != "running":
+                if w.status in ENDED or w.target in ("stopping", "stopped"):
+                    raise RuntimeError(f"Your session did not start: {w.reason}.")
+                await asyncio.sleep(self.poll_seconds)
+                w = await api.workload(w.id)
+                self._latest = w
+        return (self.ip, self.port)
+
+    async def _cancel_strays(self, api: AsyncAllotmentClient) -> None:
+        """Sessions of this server that the hub lost track of (it was restarted while they
+        waited, before it recorded their id): nobody can reach them, so they stop."""
+        for w in await api.workloads(user=self.user.name, kind="session", statuses=list(LIVE)):
+            if w.name == (self.name or "") and w.id != self.workload_id and w.target == "running":
+                self.log.warning("%s: stopping stray session workload %s", self._log_name, w.id)
+                try:
+                    await api.cancel(w.id)
+                except ApiError as e:
+                    if e.status not in (404, 409):
+                        raise
+
+    async def poll(self) -> int | None:
+        if not self.workload_id:
+            return 0
+        try:
+            async with self._client() as api:
+                w = await api.workload(self.workload_id)
+        except ApiError as e:
+            if e.status == 404:
+                return 0
+            self.log.warning("%s: cannot ask Allotment about it: %s", self._log_name, e)
+            return None  # not known to have ended: keep it
+        if w.status in LIVE and w.target == "running":
+            return None
+        return w.exit_code if w.exit_code is not None else 0
+
+    async def stop(self, now: bool = False) -> None:
+        if not self.workload_id:
+            return
+        async with self._client() as api:
+            try:
+                w = await api.cancel(self.workload_id)
+            except ApiError as e:
+                if e.status not in (404, 409):
+                    raise
+                return
+            deadline = time.monotonic() + self.stop_timeout
+            while w.status not in ENDED and time.monotonic() < deadline:
+                await asyncio.sleep(0.25)
+                w = await api.workload(self.workload_id)
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        shown = ""
+        while True:
+            w: WorkloadOut | None = getattr(self, "_latest", None)
+            if w is not None:
+                if w.status == "pending":
+                    message, value = waiting_message(w), 10
+                elif w.status in ("admitted", "starting"):
+                    message, value = f"Starting on {w.node or 'its node'}…", 50
+                elif w.status == "running":
+                    message, value = "Session started; JupyterLab is loading…", 90
+                else:
+                    return
+                if message != shown:
+                    shown = message
+                    yield {"progress": value, "message": message}
+                if w.status == "running":
+                    return
+            await asyncio.sleep(0.5)
