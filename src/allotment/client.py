@@ -64,7 +64,13 @@ def discover(environ: dict[str, str] | None = None) -> tuple[str, str | None]:
     if not token:
         data_dir = env.get("ALLOTMENT_DATA_DIR")
         candidates = [Path(data_dir)] if data_dir else []
-        candidates += [Path.home() / ".local/share/allotment", Path("/var/lib/allotment")]
+        candidates += [
+            Path.home() / ".local/share/allotment",
+            Path("/var/lib/allotment"),
+            # The service of `allot up`:
+            Path.home() / ".local/share/allotment-hub/service",
+            Path("/var/lib/allotment/service"),
+        ]
         for d in candidates:
             try:
                 token = (d / "admin-token").read_text().strip()

@@ -51,9 +51,6 @@ def up(
     ip: Annotated[str, typer.Option(help="Address the hub listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port the hub listens on.")] = 8000,
     admin: Annotated[str, typer.Option(help="Name of the first administrator.")] = "admin",
-    named_servers: Annotated[
-        int, typer.Option(help="Named servers each user may have besides the default one.")
-    ] = 2,
     hub_port: Annotated[int, typer.Option(help="Port of the hub's internal API.")] = 8081,
     service_port: Annotated[int, typer.Option(help="Port of the Allotment service.")] = 8751,
     proxy_api_port: Annotated[int, typer.Option(help="Port of Traefik's API.")] = 8099,
@@ -70,7 +67,7 @@ def up(
     elif not layout.policy.exists():
         layout.policy.write_text(default_policy(admin))
         console.print(f"Wrote a policy for this machine: {layout.policy}")
-    load_or_exit(layout.policy)
+    policy = load_or_exit(layout.policy)
     for name in SECRETS:
         layout.secret(name)
     with console.status("Preparing the session environment (the first start takes a minute)…"):
@@ -87,7 +84,7 @@ def up(
             hub_port=hub_port,
             service_port=service_port,
             traefik_api_port=proxy_api_port,
-            named_servers=named_servers,
+            named_servers=policy.sessions.named_servers,
         )
     )
     shown = "127.0.0.1" if ip in ("0.0.0.0", "::", "") else ip
@@ -103,6 +100,7 @@ def up(
         f"  other users: any name, with the shared password in "
         f"{layout.secrets / 'user-password'} (configure PAM, LDAP or OAuth: README)\n"
         f"  policy: {layout.policy}\n"
+        f"  API:    ALLOTMENT_URL=http://{shown}:{port}/services/allotment/ allot whoami\n"
         f"  data:   {layout.root}{mode}",
         highlight=False,
     )

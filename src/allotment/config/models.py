@@ -102,7 +102,9 @@ class AccountSpec(_Spec):
     managers: list[str] = Field(
         [], description="Users who administer this account and everything below it."
     )
-    members: list[str] = Field([], description="Users who may charge work to this account.")
+    members: list[str] = Field(
+        [], description='Users who may charge work to this account; `"*"`: every hub user.'
+    )
     viewers: list[str] = Field(
         [], description="Users who may see this subtree's workloads and usage, never spend."
     )
@@ -287,6 +289,14 @@ class SchedulingSpec(_Spec):
     )
 
 
+class SessionsSpec(_Spec):
+    """Interactive sessions (JupyterLab servers) started through the hub."""
+
+    named_servers: int = Field(
+        2, ge=0, description="Named servers each user may have besides their default one."
+    )
+
+
 class Policy(_Spec):
     """The whole policy of one Allotment installation."""
 
@@ -299,3 +309,4 @@ class Policy(_Spec):
     allocations: list[AllocationSpec] = Field([], description="Grants of accounts on pools.")
     limits: LimitsSpec = Field(LimitsSpec(), description="Concurrency limits.")
     scheduling: SchedulingSpec = Field(SchedulingSpec(), description="Queue order and admission.")
+    sessions: SessionsSpec = Field(SessionsSpec(), description="Hub sessions (`allot up`).")
