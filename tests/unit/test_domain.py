@@ -148,7 +148,11 @@ def test_submit_and_account_rules() -> None:
 
 
 def test_admin_scope_implies_the_others() -> None:
-    assert expand_scopes(["custom:allotment:admin", "read:users"]) == frozenset(Scope)
+    # ... all but spawn, which is the hub's alone: an admin's token cannot act as others.
+    assert expand_scopes(["custom:allotment:admin", "read:users"]) == frozenset(Scope) - {
+        Scope.SPAWN
+    }
+    assert expand_scopes(["custom:allotment:spawn"]) == {Scope.SPAWN}
     assert expand_scopes(["custom:allotment:submit"]) == {Scope.SUBMIT, Scope.READ}
 
 
