@@ -232,3 +232,35 @@ async def test_catalogue_lists_paginate(hub_service: Service) -> None:
         assert [p["name"] for p in pools["items"]] == ["gpu"] and pools["next_cursor"] == "gpu"
         gpu_only = (await c.get("profiles", params={"all": True, "pool": "gpu"})).json()
         assert [p["name"] for p in gpu_only["items"]] == ["gpu-a100", "gpu-node"]
+
+
+async def test_the_spawner_service_acts_for_the_user_it_names(
+    hub_service: Service, hub: Hub
+) -> None:
+    acting = {"X-Allotment-User": "bob"}
+    async with hub_service.client(hub.spawner_token) as c:
+        me = (await c.get("me", headers=acting)).json()
+        assert me["name"] == "bob" and not me["admin"]
+        r = await c.post(
+            "workloads",
+            headers=acting,
+            json={"kind": "session", "profile": "small", "command": ["jupyterhub-singleuser"]},
+        )
+        assert r.status_code == 201, r.text
+        assert (r.json()["user"], r.json()["account"]) == ("bob", "physics/lab-a")
+        # Without naming a user it is nobody.
+        r = await c.get("me")
+        assert r.status_code == 422 and "X-Allotment-User" in r.json()["detail"]
+        # Acting for erin, it cannot see or cancel bob's session.
+        session = (await c.get("workloads", headers=acting)).json()["items"][0]["id"]
+        as_erin = {"X-Allotment-User": "erin"}
+        assert (await c.post(f"workloads/{session}/cancel", headers=as_erin)).status_code == 404
+    # Another service may not act for anyone; a user's token ignores the header.
+    async with hub_service.client(hub.other_service_token) as c:
+        r = await c.get("me", headers=acting)
+        assert r.status_code == 403 and "custom:allotment:spawn" in r.json()["detail"]
+    async with hub_service.client(hub.token("erin")) as c:
+        assert (await c.get("me", headers=acting)).json()["name"] == "erin"
+    # An administrator's token holds every scope but the spawner's.
+    async with hub_service.client(hub.token("hubadmin")) as c:
+        assert (await c.get("me", headers=acting)).json()["name"] == "hubadmin"

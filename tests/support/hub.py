@@ -24,6 +24,7 @@ SCOPES = {
     "custom:allotment:submit": "Submit and cancel your own Allotment workloads.",
     "custom:allotment:manage": "Administer the Allotment accounts you manage.",
     "custom:allotment:admin": "Administer all of Allotment.",
+    "custom:allotment:spawn": "Act for hub users (the spawner).",
 }
 
 
@@ -49,6 +50,10 @@ class Hub:
         self.port = free_port()
         self.hub_port = free_port()
         self.harness_token = secrets.token_hex(32)
+        #: Token of a service holding custom:allotment:spawn, like the hub's spawner.
+        self.spawner_token = secrets.token_hex(32)
+        #: Token of a service with no Allotment scope.
+        self.other_service_token = secrets.token_hex(32)
         self.api_url = f"http://127.0.0.1:{self.hub_port}/hub/api"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -79,9 +84,13 @@ class Hub:
                   "users": {self.admins!r}}},
                 {{"name": "harness", "scopes": ["admin:users", "tokens"],
                   "services": ["harness"]}},
+                {{"name": "spawner", "scopes": ["custom:allotment:spawn"],
+                  "services": ["spawner"]}},
             ]
             c.JupyterHub.services = [
-                {{"name": "harness", "api_token": "{self.harness_token}"}}
+                {{"name": "harness", "api_token": "{self.harness_token}"}},
+                {{"name": "spawner", "api_token": "{self.spawner_token}"}},
+                {{"name": "other", "api_token": "{self.other_service_token}"}},
             ] + {self.services!r}
             c.Authenticator.allowed_users = set({self.users!r})
             """
