@@ -48,7 +48,7 @@ def _interpreter() -> str:
 
 
 def _wanted() -> dict[str, object]:
-    return {"jupyterhub": version("jupyterhub"), "packages": SESSION_PACKAGES, "extension": 1}
+    return {"jupyterhub": version("jupyterhub"), "packages": SESSION_PACKAGES, "extension": 2}
 
 
 def ensure_environment(prefix: Path, *, quiet: bool = True) -> Path:

@@ -9,6 +9,7 @@ proxy a small message waits for the previous one's acknowledgement (a trivial ce
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 
@@ -17,6 +18,8 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
+    if os.environ.get("ALLOTMENT_SESSION_NODELAY") == "0":  # off, to measure the difference
+        return
     from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 
     if getattr(KernelWebsocketHandler, "_allotment_nodelay", False):

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import random_port
 from traitlets import Dict, Float, Integer, List, Unicode, default
@@ -80,7 +81,13 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
         "profile's environment picks one; unknown names run `cmd` from the default PATH.",
     ).tag(config=True)
 
-    poll_seconds = Float(1.0, help="How often a starting session is checked.").tag(config=True)
+    poll_seconds = Float(
+        1.0, help="Longest wait between two looks at a session that has not started yet."
+    ).tag(config=True)
+
+    service_wait = Float(
+        60.0, help="Seconds a poll waits for an unreachable Allotment service (it may be starting)."
+    ).tag(config=True)
 
     stop_timeout = Integer(
         90, help="Seconds a stop waits for the session to end before giving up."
@@ -178,11 +185,15 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
         profile = options.get("profile") or None
         env = self.get_env()
         async with self._client() as api:
-            await self._cancel_strays(api)
             environment = None
             if profile:
-                quote = await api.quote(account=options.get("account"), profiles=[profile])
+                _, quote = await asyncio.gather(
+                    self._cancel_strays(api),
+                    api.quote(account=options.get("account"), profiles=[profile]),
+                )
                 environment = quote.profiles[0].environment
+            else:
+                await self._cancel_strays(api)
             cmd, path = self._command(environment)
             env["PATH"] = path
             log = f".allotment-session{'-' + self.name if self.name else ''}.log"
@@ -203,13 +214,42 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
             self.workload_id = w.id
             self._latest = w
             self.log.info("%s: session is workload %s (%s)", self._log_name, w.id, w.status)
+            # Admission usually takes milliseconds: look again soon, then less often.
+            delay = 0.05
             while w.status != "running":
                 if w.status in ENDED or w.target in ("stopping", "stopped"):
                     raise RuntimeError(f"Your session did not start: {w.reason}.")
-                await asyncio.sleep(self.poll_seconds)
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, self.poll_seconds)
                 w = await api.workload(w.id)
                 self._latest = w
+            await self._wait_until_answering(api, log)
         return (self.ip, self.port)
+
+    async def _wait_until_answering(self, api: AsyncAllotmentClient, log: str) -> None:
+        """Return once the server answers HTTP: the hub's own check backs off exponentially
+        and would find it up to a second late. Gives up quietly after ``http_timeout`` (the
+        hub then reports it); fails at once if the session ends."""
+        url = f"http://{self.ip}:{self.port}{self.server.base_url if self.server else '/'}api"
+        deadline = time.monotonic() + self.http_timeout
+        checked = time.monotonic()
+        async with httpx.AsyncClient(timeout=2) as http:
+            while time.monotonic() < deadline:
+                try:
+                    await http.get(url)
+                    return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() - checked > 1:
+                    checked = time.monotonic()
+                    w = await api.workload(self.workload_id)
+                    self._latest = w
+                    if w.status in ENDED:
+                        raise RuntimeError(
+                            f"Your session ended before JupyterLab answered: {w.reason}. "
+                            f"Its log is ~/{log}."
+                        )
+                await asyncio.sleep(0.05)
 
     async def _cancel_strays(self, api: AsyncAllotmentClient) -> None:
         """Sessions of this server that the hub lost track of (it was restarted while they
@@ -226,14 +266,21 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
     async def poll(self) -> int | None:
         if not self.workload_id:
             return 0
-        try:
-            async with self._client() as api:
-                w = await api.workload(self.workload_id)
-        except ApiError as e:
-            if e.status == 404:
-                return 0
-            self.log.warning("%s: cannot ask Allotment about it: %s", self._log_name, e)
-            return None  # not known to have ended: keep it
+        # When the hub (re)starts it polls before its managed services are up: give the
+        # service a while to answer before saying anything.
+        deadline = time.monotonic() + self.service_wait
+        while True:
+            try:
+                async with self._client() as api:
+                    w = await api.workload(self.workload_id)
+                break
+            except ApiError as e:
+                if e.status == 404:
+                    return 0
+                if e.status != 0 or time.monotonic() > deadline:
+                    self.log.warning("%s: cannot ask Allotment about it: %s", self._log_name, e)
+                    return None  # not known to have ended: keep it
+                await asyncio.sleep(1)
         if w.status in LIVE and w.target == "running":
             return None
         return w.exit_code if w.exit_code is not None else 0
