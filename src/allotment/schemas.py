@@ -280,3 +280,21 @@ class QuoteOut(_Out):
     currency: str
     at: datetime
     profiles: list[ProfileQuote]
+
+
+class MeterOut(_Out):
+    """What a workload has cost so far and costs per hour, what its account has left, and
+    what is about to happen to it (the JupyterLab meter shows this)."""
+
+    workload: int
+    status: State
+    currency: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    #: Requested resources × wall time so far, at the pool's rates.
+    cost: float
+    cost_per_hour: float
+    budget: BudgetLeft | None
+    #: When it will be stopped by its maximum runtime, if it has one.
+    stops_at: datetime | None
+    warnings: list[str]

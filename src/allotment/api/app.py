@@ -23,6 +23,7 @@ from allotment.api.routes import (
     catalog,
     health,
     me,
+    meter,
     policy,
     quote,
     users,
@@ -210,6 +211,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     # Matched in this order: the hot paths first.
-    for module in (workloads, me, quote, accounts, catalog, users, policy, health):
+    for module in (workloads, meter, me, quote, accounts, catalog, users, policy, health):
         app.include_router(module.router, prefix=f"{base}/api")
     return app

@@ -30,7 +30,7 @@ from allotment.schemas import BudgetLeft, ProfileQuote, QuotaLeft
 
 from .view import DEFAULT_WALLTIME, LiveView, PolicyView
 
-__all__ = ["QuoteRequest", "quote_profiles", "rates_of"]
+__all__ = ["BudgetBook", "QuoteRequest", "quote_profiles", "rates_of"]
 
 _ADJECTIVE = {
     "day": "daily",
@@ -111,6 +111,62 @@ async def _spent(
     return total
 
 
+class BudgetBook:
+    """The budgets over an account on a pool, spending read once per allocation."""
+
+    def __init__(self, session: AsyncSession, policy: Policy, now: datetime) -> None:
+        self.session, self.policy, self.now = session, policy, now
+        self.paths = account_paths(policy)
+        self._spent: dict[tuple[str, str], float] = {}
+        self._pool_ids: dict[str, int] | None = None
+
+    async def _spent_by(self, root: str, pool: str, since: datetime) -> float:
+        if (root, pool) not in self._spent:
+            if self._pool_ids is None:
+                rows = await self.session.execute(select(Pool.name, Pool.id))
+                self._pool_ids = {name: i for name, i in rows}
+            self._spent[(root, pool)] = await _spent(
+                self.session,
+                self._pool_ids[pool],
+                root,
+                since,
+                self.now,
+                rates_of(self.policy, pool),
+            )
+        return self._spent[(root, pool)]
+
+    async def tightest(
+        self, account: str, pool: str, hourly: float
+    ) -> tuple[BudgetLeft | None, str | None]:
+        """The budget with the least left over ``account`` on ``pool``, and why new work is
+        held, if a hard stop holds it."""
+        budget: BudgetLeft | None = None
+        blocked = None
+        for alloc in self.policy.allocations:
+            name = resolve_account(self.policy, alloc.account)
+            root = self.paths.get(name) if name else None
+            if alloc.pool != pool or root is None or alloc.budget is None:
+                continue
+            if not is_within(account, root):
+                continue
+            spent = await self._spent_by(root, pool, period_start(self.now, alloc.budget.period))
+            left = float(alloc.budget.amount) - spent
+            candidate = BudgetLeft(
+                account=root,
+                period=alloc.budget.period,
+                amount=float(alloc.budget.amount),
+                spent=round(spent, 6),
+                left=round(left, 6),
+                hours_left=max(left, 0.0) / hourly if hourly > 0 else None,
+                hard_stop=alloc.budget.hard_stop,
+            )
+            if budget is None or candidate.left < budget.left:
+                budget = candidate
+            if left <= 0 and alloc.budget.hard_stop:
+                blocked = f"the {_ADJECTIVE[alloc.budget.period]} budget of {root} is spent"
+        return budget, blocked
+
+
 async def quote_profiles(
     session: AsyncSession,
     view: PolicyView,
@@ -123,14 +179,13 @@ async def quote_profiles(
     t_now = now.timestamp()
     policy = view.policy
     paths = account_paths(policy)
-    pool_ids = {name: i for name, i in (await session.execute(select(Pool.name, Pool.id)))}
     queues: dict[str, list[Pending]] = defaultdict(list)
     for p in live.pending:
         queues[p.pool].append(p)
     in_use: dict[tuple[str, str], Resources] = defaultdict(Resources)  # (pool, account)
     for r in live.running:
         in_use[(r.pool, r.account)] = in_use[(r.pool, r.account)] + r.resources
-    spent_cache: dict[tuple[str, str], float] = {}
+    budgets = BudgetBook(session, policy, now)
     out: list[ProfileQuote] = []
     for req in requests:
         nodes = _nodes(view, live, req.pool, t_now)
@@ -152,33 +207,13 @@ async def quote_profiles(
             )
         rates = rates_of(policy, req.pool)
         hourly = rates.hourly(size)
-        budget, quota, blocked = None, None, None
+        budget, blocked = await budgets.tightest(account, req.pool, hourly)
+        quota = None
         for alloc in policy.allocations:
             name = resolve_account(policy, alloc.account)
             root = paths.get(name) if name else None
             if alloc.pool != req.pool or root is None or not is_within(account, root):
                 continue
-            if alloc.budget is not None:
-                since = period_start(now, alloc.budget.period)
-                key = (root, req.pool)
-                if key not in spent_cache:
-                    spent_cache[key] = await _spent(
-                        session, pool_ids[req.pool], root, since, now, rates
-                    )
-                left = float(alloc.budget.amount) - spent_cache[key]
-                candidate = BudgetLeft(
-                    account=root,
-                    period=alloc.budget.period,
-                    amount=float(alloc.budget.amount),
-                    spent=round(spent_cache[key], 6),
-                    left=round(left, 6),
-                    hours_left=max(left, 0.0) / hourly if hourly > 0 else None,
-                    hard_stop=alloc.budget.hard_stop,
-                )
-                if budget is None or candidate.left < budget.left:
-                    budget = candidate
-                if left <= 0 and alloc.budget.hard_stop:
-                    blocked = f"the {_ADJECTIVE[alloc.budget.period]} budget of {root} is spent"
             held_now = Resources()
             for (pool, acct), res in in_use.items():
                 if pool == req.pool and is_within(acct, root):

@@ -205,7 +205,7 @@ async def create_workload(
     extra = _job_fields(body)
     if body.after is not None:
         async with state.db.read() as session:
-            await _visible_workload(session, caller, body.after)
+            await visible_workload(session, caller, body.after)
         extra["after_id"] = body.after
     values: dict[str, Any] = {
         "kind": body.kind,
@@ -326,7 +326,7 @@ async def list_workloads(
     return Page[WorkloadOut](items=items, next_cursor=str(items[-1].id) if more and items else None)
 
 
-async def _visible_workload(
+async def visible_workload(
     session: AsyncSession, caller: Caller, workload_id: int
 ) -> repo.WorkloadRow:
     row = await repo.workload_by_id(session, workload_id)
@@ -338,7 +338,7 @@ async def _visible_workload(
 @router.get("/workloads/{workload_id}", response_model=WorkloadOut)
 async def get_workload(workload_id: int, caller: CallerDep, state: StateDep) -> WorkloadOut:
     async with state.db.read() as session:
-        return workload_out(await _visible_workload(session, caller, workload_id))
+        return workload_out(await visible_workload(session, caller, workload_id))
 
 
 @router.post("/workloads/{workload_id}/cancel", response_model=WorkloadOut)
@@ -346,7 +346,7 @@ async def cancel_workload(workload_id: int, caller: CallerDep, state: StateDep) 
     """Ask for a workload to stop. A pending one stops at once; a running one is told to."""
     now = state.clock.now()
     async with state.db.write() as session:
-        row = await _visible_workload(session, caller, workload_id)
+        row = await visible_workload(session, caller, workload_id)
         if not caller.principal.can_cancel_workload(row.user, row.account):
             raise Forbidden(
                 f"You may see workload {workload_id} but not cancel it; "
@@ -388,7 +388,7 @@ async def workload_output(
     so managers of the account see the job but not what it printed.
     """
     async with state.db.read() as session:
-        row = await _visible_workload(session, caller, workload_id)
+        row = await visible_workload(session, caller, workload_id)
     if row.user != caller.name and not caller.principal.is_admin:
         raise Forbidden(
             f"Only {row.user} (and administrators) may read workload {workload_id}'s output."

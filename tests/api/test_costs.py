@@ -161,3 +161,41 @@ async def test_profiles_quoted_are_the_accounts_own(database_url: str, tmp_path:
         assert other["profiles"][0]["budget"] is None
         assert r.status_code == 404 and "lab-only" in r.json()["detail"]
         assert missing.status_code == 404
+
+
+async def test_the_meter_counts_cost_so_far_and_warns_before_a_stop(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with running_service(database_url, tmp_path, policy_text=POLICY) as service:
+        service.clock.advance(12 * 3600)
+        w = await _submit(service, "lab")
+        async with service.admin() as c:
+            pending = (await c.get(f"workloads/{w}/meter")).json()
+        assert (pending["status"], pending["cost"], pending["warnings"]) == ("pending", 0.0, [])
+        # Running for 1 h 50 min of its 2 h limit: 7.33 spent at 4.0/h, 10 minutes left.
+        await _run_for(service, w, 11 / 6, ended=False)
+        async with service.admin() as c:
+            m = (await c.get(f"workloads/{w}/meter")).json()
+        assert (m["cost"], m["cost_per_hour"], m["currency"]) == (
+            round(4.0 * 11 / 6, 6),
+            4.0,
+            "EUR",
+        )
+        assert m["budget"]["left"] == round(10 - 4.0 * 11 / 6, 6)
+        assert m["stops_at"].startswith("2026-01-01T12:10:00")
+        assert any("maximum runtime ends in 10 min" in x for x in m["warnings"]), m["warnings"]
+        # 2.67 left at 4.0/h: 40 minutes, more than the warning's 15: no budget warning yet.
+        assert not any("budget" in x for x in m["warnings"])
+        service.clock.advance(35 * 60)  # 0.33 left: 5 minutes
+        async with service.admin() as c:
+            m = (await c.get(f"workloads/{w}/meter")).json()
+        assert any("budget of lab runs out in about 5 min" in x for x in m["warnings"]), m
+
+
+async def test_the_meter_is_its_readers_only(database_url: str, tmp_path: Path) -> None:
+    async with running_service(database_url, tmp_path, policy_text=POLICY) as service:
+        w = await _submit(service, "lab")
+        async with service.client("not-a-token") as c:
+            assert (await c.get(f"workloads/{w}/meter")).status_code in (401, 503)
+        async with service.admin() as c:
+            assert (await c.get("workloads/999999/meter")).status_code == 404

@@ -1,0 +1,84 @@
+"""The meter: a workload's cost so far and per hour, its account's budget left, and warnings
+before a budget or runtime limit stops it. Sessions show it in JupyterLab's status bar."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter
+
+from allotment.api.deps import CallerDep, StateDep
+from allotment.api.routes.workloads import visible_workload
+from allotment.controller.quote import BudgetBook, rates_of
+from allotment.controller.view import load_policy_view
+from allotment.domain.costs import overlap_hours
+from allotment.domain.resources import Resources
+from allotment.domain.workloads import WorkloadState
+from allotment.errors import NotFound
+from allotment.schemas import MeterOut
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["meter"])
+
+#: Warn this long before a limit stops a workload.
+WARN_BEFORE = timedelta(minutes=15)
+
+
+def _minutes(delta: timedelta) -> str:
+    m = max(1, round(delta.total_seconds() / 60))
+    return f"{m} min" if m < 90 else f"{m / 60:.1f} h"
+
+
+@router.get("/workloads/{workload_id}/meter", response_model=MeterOut)
+async def meter(workload_id: int, caller: CallerDep, state: StateDep) -> MeterOut:
+    now = state.clock.now()
+    async with state.db.read() as session:
+        row = await visible_workload(session, caller, workload_id)
+        view = await load_policy_view(session, state.policy_views)
+        if view is None or row.pool is None or row.pool not in view.policy.pools:
+            raise NotFound(f"Workload {workload_id}'s pool is no longer in the policy.")
+        w = row.workload
+        rates = rates_of(view.policy, row.pool)
+        hourly = rates.hourly(Resources(w.millicpus, w.memory, w.gpus or {}))
+        running = w.ended_at is None and w.started_at is not None
+        budget, blocked = await BudgetBook(session, view.policy, now).tightest(
+            row.account, row.pool, hourly if running else 0.0
+        )
+    cost = 0.0
+    if w.started_at is not None:
+        cost = hourly * overlap_hours(w.started_at, w.ended_at, w.started_at, now)
+    warnings = []
+    stops_at = None
+    if w.max_runtime and w.started_at is not None:
+        stops_at = w.started_at + timedelta(seconds=w.max_runtime)
+        if running and stops_at - now <= WARN_BEFORE:
+            warnings.append(
+                f"Its maximum runtime ends in {_minutes(stops_at - now)}: it will be stopped "
+                f"at {stops_at:%H:%M} UTC. Save your work."
+            )
+    if running and budget is not None and budget.hard_stop:
+        if blocked:
+            warnings.append(
+                f"The {budget.period}'s budget of {budget.account} is spent: new work is held."
+            )
+        elif (
+            budget.hours_left is not None
+            and budget.hours_left * 3600 <= WARN_BEFORE.total_seconds()
+        ):
+            warnings.append(
+                f"The budget of {budget.account} runs out in about "
+                f"{_minutes(timedelta(hours=budget.hours_left))} at this rate; then new work is held."
+            )
+    return MeterOut(
+        workload=w.id,
+        status=WorkloadState(w.status).label,
+        currency=view.policy.currency,
+        started_at=w.started_at,
+        ended_at=w.ended_at,
+        cost=round(cost, 6),
+        cost_per_hour=round(hourly, 6),
+        budget=budget,
+        stops_at=stops_at,
+        warnings=warnings,
+    )
