@@ -3,7 +3,8 @@ the AllotmentSpawner), driven by Playwright in Debian's Chromium.
 
 One story, in order, on a box with room for two small sessions: alice sees the quote, starts a
 session, gets JupyterLab and runs a cell in it, as her own POSIX account in a private home;
-bob cannot open alice's session; with alice and bob running, carol's session waits and her
+the meter in JupyterLab's status bar shows
+the cost so far and per hour and the budget left, and moves; bob cannot open alice's session; with alice and bob running, carol's session waits and her
 page shows its place; when alice stops hers, carol's starts. Screenshots of each page go to
 ``test-artefacts/`` (README's come from there).
 """
@@ -107,6 +108,21 @@ def test_launch_run_isolate_queue_and_stop(hub_up: HubUp, browser: Any, artefact
     alice.wait_for_selector(".jp-Notebook .jp-Cell .cm-content:has-text('6 * 7')")
     alice.keyboard.press("Shift+Enter")
     alice.wait_for_selector(".jp-OutputArea-output:has-text('42 lab')", timeout=60_000)
+    # The meter in the status bar: cost so far, per hour, budget left; and it moves.
+    meter = alice.locator(".allotment-meter")
+    meter.wait_for(timeout=30_000)
+    alice.wait_for_function(
+        "() => (document.querySelector('.allotment-meter').dataset.cost || '') !== ''",
+        timeout=60_000,
+    )
+    text = meter.inner_text()
+    assert "so far" in text and "1.50 credits/h" in text and "left in lab" in text, text
+    cost = float(meter.get_attribute("data-cost") or 0)
+    alice.wait_for_function(
+        "c => parseFloat(document.querySelector('.allotment-meter').dataset.cost) > c",
+        arg=cost,
+        timeout=30_000,
+    )
     alice.screenshot(path=str(artefacts / "cell.png"))
 
     # It runs as alice's own POSIX account, whose home only she can read.

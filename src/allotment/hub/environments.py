@@ -10,6 +10,7 @@ this one is ``default``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,7 +22,8 @@ from pathlib import Path
 
 __all__ = ["SESSION_PACKAGES", "ensure_environment", "runnable_by_everyone"]
 
-SESSION_PACKAGES = ["jupyterlab>=4.2,<5"]
+#: The meter (hub/labextension) was built against JupyterLab 4.6.
+SESSION_PACKAGES = ["jupyterlab>=4.6,<5"]
 EXTENSION = "allotment_session"
 
 
@@ -48,7 +50,18 @@ def _interpreter() -> str:
 
 
 def _wanted() -> dict[str, object]:
-    return {"jupyterhub": version("jupyterhub"), "packages": SESSION_PACKAGES, "extension": 2}
+    """What the environment is built from; a change rebuilds it."""
+    ours = Path(__file__).parent
+    digest = hashlib.sha256(ours.joinpath("session_extension.py").read_bytes())
+    for f in sorted(ours.glob("labextension/**/*")):
+        if f.is_file():
+            digest.update(f.name.encode() + f.read_bytes())
+    return {
+        "jupyterhub": version("jupyterhub"),
+        "packages": SESSION_PACKAGES,
+        "extensions": digest.hexdigest(),
+        "layout": 2,
+    }
 
 
 def ensure_environment(prefix: Path, *, quiet: bool = True) -> Path:
@@ -80,6 +93,18 @@ def ensure_environment(prefix: Path, *, quiet: bool = True) -> Path:
     ).stdout.strip()
     shutil.copyfile(
         Path(__file__).with_name("session_extension.py"), Path(site) / f"{EXTENSION}.py"
+    )
+    # The meter in JupyterLab's status bar, built once with node (meter/) and shipped prebuilt.
+    meter = Path(__file__).with_name("labextension")
+    if (meter / "package.json").exists():
+        shutil.copytree(
+            meter, prefix / "share" / "jupyter" / "labextensions" / "@allotment" / "meter"
+        )
+    # No "official Jupyter news?" prompt: sessions should not reach out to the internet.
+    labconfig = prefix / "etc" / "jupyter" / "labconfig"
+    labconfig.mkdir(parents=True, exist_ok=True)
+    (labconfig / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
     )
     conf = prefix / "etc" / "jupyter" / "jupyter_server_config.d"
     conf.mkdir(parents=True, exist_ok=True)

@@ -196,6 +196,8 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
                 await self._cancel_strays(api)
             cmd, path = self._command(environment)
             env["PATH"] = path
+            # The session's server asks for its meter there; `allot` inside it finds it too.
+            env["ALLOTMENT_URL"] = self.allotment_url
             log = f".allotment-session{'-' + self.name if self.name else ''}.log"
             request = WorkloadCreate(
                 kind="session",
