@@ -39,6 +39,9 @@ scheduling:
   stop_grace: 2s
   interval: 1s
   estimate_interval: {estimate_interval}
+sessions:
+  cull_idle: {cull_idle}
+  cull_warning: {cull_warning}
 """
 
 
@@ -72,11 +75,24 @@ class JobService:
         )
 
 
-def policy_file(directory: Path, max_runtime: str = "1h", estimate_interval: str = "1s") -> Path:
+def policy_file(
+    directory: Path,
+    max_runtime: str = "1h",
+    estimate_interval: str = "1s",
+    cull_idle: str = "2h",
+    cull_warning: str = "15m",
+) -> Path:
     """The test policy; tests see expected starts within a second, benchmarks pass the
     default cadence (30s)."""
     path = directory / "box.yaml"
-    path.write_text(POLICY.format(max_runtime=max_runtime, estimate_interval=estimate_interval))
+    path.write_text(
+        POLICY.format(
+            max_runtime=max_runtime,
+            estimate_interval=estimate_interval,
+            cull_idle=cull_idle,
+            cull_warning=cull_warning,
+        )
+    )
     return path
 
 
@@ -113,7 +129,7 @@ def wait_for(
 
 def cgroup_left(workload: int) -> bool:
     """Whether anything of the workload's control groups is left on this machine."""
-    roots = [Path("/sys/fs/cgroup") / c / "allotment" for c in ("cpu", "memory", "pids")]
+    roots = [Path("/sys/fs/cgroup") / c / "allotment" for c in ("cpu", "cpuacct", "memory", "pids")]
     roots.append(Path("/sys/fs/cgroup/allotment"))
     return any((r / f"w{workload}").exists() for r in roots)
 

@@ -123,3 +123,20 @@ def test_runnable_by_everyone(tmp_path: Path) -> None:
     assert not runnable_by_everyone(f)
     os.chmod(tmp_path, 0o711)
     assert runnable_by_everyone(f) == all(os.stat(p).st_mode & 0o001 for p in tmp_path.parents)
+
+
+def test_cpu_use_counts_as_use_from_five_percent_of_a_core() -> None:
+    from allotment.controller.culler import CpuWatch, idle_deadline
+
+    watch = CpuWatch(min_cores=0.05)
+    assert watch.busy(1, 10.0, at=100.0)  # first sight: in use (a restart forgets history)
+    assert not watch.busy(1, 10.2, at=105.0)  # 0.04 of a core
+    assert watch.busy(1, 10.5, at=110.0)  # 0.06
+    watch.keep(set())
+    assert watch.busy(1, 99.0, at=200.0)  # forgotten: first sight again
+    start = NOW
+    assert idle_deadline(start, None, 0) is None
+    assert idle_deadline(start, None, 60) == start + timedelta(seconds=60)
+    later = start + timedelta(minutes=5)
+    assert idle_deadline(start, later, 60) == later + timedelta(seconds=60)
+    assert idle_deadline(later, start, 60) == later + timedelta(seconds=60)

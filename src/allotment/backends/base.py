@@ -59,6 +59,8 @@ class Observation:
     failed: bool = False
     #: For the researcher, when it ended: "exited with status 1", "out of memory: used …".
     reason: str = ""
+    #: CPU time used so far, in seconds, where the backend can tell (for the culler).
+    cpu_seconds: float | None = None
 
 
 @dataclass(frozen=True)

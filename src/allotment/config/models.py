@@ -295,6 +295,17 @@ class SessionsSpec(_Spec):
     named_servers: int = Field(
         2, ge=0, description="Named servers each user may have besides their default one."
     )
+    cull_idle: Duration = Field(
+        "2h",
+        validate_default=True,
+        description="Stop a session after this long without use: no browser or kernel "
+        "activity and no CPU use (5% of a core). `0`: never.",
+    )
+    cull_warning: Duration = Field(
+        "15m",
+        validate_default=True,
+        description="Warn in the session's meter this long before an idle stop.",
+    )
 
 
 class Policy(_Spec):

@@ -14,12 +14,14 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from allotment.backends.base import Backend
 from allotment.backends.local.backend import LocalBackend
@@ -27,9 +29,10 @@ from allotment.backends.local.cgroups import detect
 from allotment.backends.local.posix import PosixAccounts
 from allotment.clock import Clock
 from allotment.config.models import Policy
+from allotment.controller.culler import CpuWatch, idle_deadline
 from allotment.controller.reconciler import Reconciler
 from allotment.controller.scheduling import SchedulingLoop
-from allotment.controller.view import ACTIVE, PolicyView, load_policy_view
+from allotment.controller.view import ACTIVE, PolicyView, ViewCache, load_policy_view
 from allotment.controller.workqueue import WorkQueue
 from allotment.db.engine import Database
 from allotment.db.tables import Pool, Workload
@@ -108,6 +111,8 @@ class Controller:
             freed=self.scheduling.nudge,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._views: ViewCache = {}
+        self._cpu = CpuWatch()
         self._lock: IO[str] | None = None
 
     def _driven(self, view: PolicyView) -> Collection[str]:
@@ -225,6 +230,26 @@ class Controller:
             except Exception:
                 log.exception("polling running workloads failed; trying again")
 
+    @staticmethod
+    def _idle(
+        sessions: dict[int, tuple[datetime, datetime | None]],
+        used: list[int],
+        now: datetime,
+        cull_idle: int,
+    ) -> dict[int, str]:
+        """Sessions unused for ``cull_idle`` seconds, with the reason they stop."""
+        out = {}
+        for wid, (started, last) in sessions.items():
+            deadline = idle_deadline(started, last, cull_idle)
+            if wid in used or deadline is None or now < deadline:
+                continue
+            since = max(started, last) if last else started
+            out[wid] = (
+                f"stopped after {format_duration(cull_idle)} unused (no browser, kernel or "
+                f"CPU activity since {since:%H:%M} UTC)"
+            )
+        return out
+
     async def _poll_once(self) -> None:
         now = self.clock.now()
         async with self.db.read() as session:
@@ -236,14 +261,22 @@ class Controller:
                     Workload.max_runtime,
                     Workload.target,
                     Pool.backend,
+                    Workload.kind,
+                    Workload.last_activity,
                 )
                 .join(Pool, Pool.id == Workload.pool_id)
                 .where(Workload.status == int(S.RUNNING))
             )
             running = list(rows)
+            view = await load_policy_view(session, self._views)
         by_backend: dict[str, dict[int, dict[str, object]]] = {}
         overdue: list[tuple[int, int]] = []
-        for wid, placement, started, max_runtime, target, backend in running:
+        sessions = {
+            row[0]: (row[2], row[7])
+            for row in running
+            if row[6] == "session" and row[4] == S.RUNNING and row[2] is not None
+        }
+        for wid, placement, started, max_runtime, target, backend, _, _ in running:
             if backend not in self.backends or not placement:
                 continue
             by_backend.setdefault(backend, {})[wid] = placement
@@ -254,11 +287,38 @@ class Controller:
                 and (now - started).total_seconds() > max_runtime
             ):
                 overdue.append((wid, max_runtime))
+        used: list[int] = []
+        mono = time.monotonic()
         for name, placements in by_backend.items():
             seen = await self.backends[name].poll(placements)
             for wid, obs in seen.items():
                 if not obs.alive:
                     self.queue.add(wid)
+                elif wid in sessions and obs.cpu_seconds is not None:
+                    if self._cpu.busy(wid, obs.cpu_seconds, mono):
+                        used.append(wid)
+        self._cpu.keep(set(sessions))
+        idle = self._idle(sessions, used, now, view.policy.sessions.cull_idle if view else 0)
+        if used:
+            async with self.db.write() as session:
+                await session.execute(
+                    update(Workload)
+                    .where(
+                        Workload.id.in_(used),
+                        or_(Workload.last_activity.is_(None), Workload.last_activity < now),
+                    )
+                    .values(last_activity=now)
+                )
+        if idle:
+            async with self.db.write() as session:
+                for wid, reason in idle.items():
+                    await session.execute(
+                        update(Workload)
+                        .where(Workload.id == wid, Workload.target == int(S.RUNNING))
+                        .values(target=int(S.STOPPED), reason=reason, updated_at=now)
+                    )
+            for wid in idle:
+                self.queue.add(wid)
         if overdue:
             async with self.db.write() as session:
                 for wid, limit in overdue:

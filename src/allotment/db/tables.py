@@ -196,6 +196,9 @@ class Workload(Base):
     expected_start: Mapped[datetime | None] = mapped_column(default=None)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: Last use of a session: browser or kernel activity it reported, or CPU use seen by the
+    #: controller. The culler stops sessions idle for `sessions.cull_idle`.
+    last_activity: Mapped[datetime | None] = mapped_column(default=None)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
 
 

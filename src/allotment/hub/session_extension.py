@@ -6,6 +6,8 @@ environment as ``allotment_session``; it imports nothing of Allotment).
   instead of ~9 ms). ``ALLOTMENT_SESSION_NODELAY=0`` turns it off, to measure the difference.
 - ``GET <base_url>allotment/meter``: this session's meter, asked of Allotment with the
   session's own token, for the meter in JupyterLab's status bar (the browser holds no token).
+- Every minute (``ALLOTMENT_ACTIVITY_SECONDS``) it tells Allotment when the session was last
+  used (browser, API or kernel activity; a busy kernel means now), for the culler.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     if os.environ.get("ALLOTMENT_SESSION_NODELAY") != "0":
         _nodelay(serverapp)
     _meter(serverapp)
+    _activity(serverapp)
 
 
 def _nodelay(serverapp: Any) -> None:
@@ -79,3 +82,42 @@ def _meter(serverapp: Any) -> None:
     serverapp.web_app.add_handlers(
         ".*$", [(url_path_join(serverapp.base_url, "allotment/meter"), MeterHandler)]
     )
+
+
+def _activity(serverapp: Any) -> None:
+    from datetime import UTC
+
+    from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+    from tornado.ioloop import PeriodicCallback
+
+    service = os.environ.get("ALLOTMENT_URL", "").rstrip("/")
+    workload = os.environ.get("ALLOT_WORKLOAD_ID", "")
+    token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    if not (service and workload.isdigit() and token):
+        return
+    url = f"{service}/api/workloads/{workload}/activity"
+    every = float(os.environ.get("ALLOTMENT_ACTIVITY_SECONDS", "60"))
+
+    async def report() -> None:
+        try:
+            last = serverapp.web_app.last_activity()
+            kernels = serverapp.kernel_manager.list_kernels()
+            busy = any(k.get("execution_state") == "busy" for k in kernels)
+        except Exception as e:  # noqa: BLE001 - a report missed is a minute of activity
+            serverapp.log.warning("allotment_session: cannot tell the last activity: %s", e)
+            return
+        if last.tzinfo is None:
+            last = last.replace(tzinfo=UTC)
+        body = json.dumps({"last_activity": last.astimezone(UTC).isoformat(), "busy": busy})
+        try:
+            await AsyncHTTPClient().fetch(
+                url,
+                method="POST",
+                body=body,
+                headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+                request_timeout=10,
+            )
+        except (HTTPClientError, OSError) as e:
+            serverapp.log.warning("allotment_session: cannot report activity: %s", e)
+
+    PeriodicCallback(report, every * 1000).start()

@@ -3,18 +3,23 @@ before a budget or runtime limit stops it. Sessions show it in JupyterLab's stat
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import or_, update
 
 from allotment.api.deps import CallerDep, StateDep
 from allotment.api.routes.workloads import visible_workload
+from allotment.controller.culler import idle_deadline
 from allotment.controller.quote import BudgetBook, rates_of
 from allotment.controller.view import load_policy_view
+from allotment.db.tables import Workload
 from allotment.domain.costs import overlap_hours
+from allotment.domain.permissions import Scope
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState
-from allotment.errors import NotFound
+from allotment.errors import Forbidden, InvalidRequest, NotFound
 from allotment.schemas import MeterOut
 
 __all__ = ["router"]
@@ -57,6 +62,16 @@ async def meter(workload_id: int, caller: CallerDep, state: StateDep) -> MeterOu
                 f"Its maximum runtime ends in {_minutes(stops_at - now)}: it will be stopped "
                 f"at {stops_at:%H:%M} UTC. Save your work."
             )
+    deadline = None
+    if running and w.kind == "session" and w.started_at is not None:
+        deadline = idle_deadline(w.started_at, w.last_activity, view.policy.sessions.cull_idle)
+    if deadline is not None and deadline - now <= timedelta(
+        seconds=view.policy.sessions.cull_warning
+    ):
+        warnings.append(
+            f"Unused for a while: it will be stopped at {deadline:%H:%M} UTC unless you use "
+            "it (run something, or just open it)."
+        )
     if running and budget is not None and budget.hard_stop:
         if blocked:
             warnings.append(
@@ -82,3 +97,36 @@ async def meter(workload_id: int, caller: CallerDep, state: StateDep) -> MeterOu
         stops_at=stops_at,
         warnings=warnings,
     )
+
+
+class ActivityIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    last_activity: datetime = Field(description="Last browser or kernel activity (with a zone).")
+    busy: bool = Field(False, description="A kernel is running code now: in use now.")
+
+
+@router.post("/workloads/{workload_id}/activity", status_code=204, response_class=Response)
+async def report_activity(
+    workload_id: int, body: ActivityIn, caller: CallerDep, state: StateDep
+) -> Response:
+    """A session says when it was last used (its server extension does, every minute); the
+    culler stops sessions unused for `sessions.cull_idle`. Only the owner's tokens may."""
+    if body.last_activity.tzinfo is None:
+        raise InvalidRequest("`last_activity` needs a time zone, e.g. 2026-11-22T09:00:00Z.")
+    if not caller.principal.has(Scope.SUBMIT):
+        raise Forbidden("This token may read but not report activity (it lacks submit).")
+    now = state.clock.now()
+    at = now if body.busy else min(body.last_activity, now)
+    async with state.db.write() as session:
+        row = await visible_workload(session, caller, workload_id)
+        if row.user != caller.name:
+            raise Forbidden(f"Only {row.user}'s session may report its activity.")
+        await session.execute(
+            update(Workload)
+            .where(
+                Workload.id == workload_id,
+                or_(Workload.last_activity.is_(None), Workload.last_activity < at),
+            )
+            .values(last_activity=at)
+        )
+    return Response(status_code=204)

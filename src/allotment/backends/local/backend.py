@@ -298,7 +298,8 @@ class LocalBackend(Backend):
             # Between the first checkpoint and the launcher's claim: still starting.
             return Observation(alive=(run / "gpus.json").exists() and not (run / "exit").exists())
         if alive(pid, placement.get("started")):
-            return Observation(alive=True)
+            cpu = self.cgroups.cpu_seconds(workload) if self.cgroups is not None else None
+            return Observation(alive=True, cpu_seconds=cpu)
         code = _read_number(run / "exit")
         failed, reason = _ended(code)
         if self.cgroups is not None:

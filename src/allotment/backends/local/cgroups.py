@@ -81,6 +81,10 @@ class Cgroups(ABC):
         """Whether the kernel killed something for lack of memory, and the peak use."""
 
     @abstractmethod
+    def cpu_seconds(self, workload: int) -> float | None:
+        """CPU time its processes have used, in seconds (None: not known)."""
+
+    @abstractmethod
     def remove(self, workload: int) -> None:
         """Remove the (empty) group(s). Safe when already gone."""
 
@@ -128,16 +132,20 @@ class V1(Cgroups):
     """Legacy hierarchies: cpu, memory, pids and devices each mounted on their own."""
 
     version = 1
-    CONTROLLERS = ("cpu", "memory", "pids", "devices")
+    #: cpuacct (CPU time used, for the culler) is usually co-mounted with cpu; where it is
+    #: mounted on its own, the workload gets a group there too.
+    CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "devices")
 
     def _dir(self, controller: str, workload: int) -> Path:
         return self.root / controller / PREFIX / f"w{workload}"
 
     def create(self, workload: int, limits: Limits) -> list[Path]:
         out = []
+        mounts: set[Path] = set()
         for c in self.CONTROLLERS:
-            if not (self.root / c).is_dir():
+            if not (self.root / c).is_dir() or (self.root / c).resolve() in mounts:
                 continue
+            mounts.add((self.root / c).resolve())
             d = self._dir(c, workload)
             d.mkdir(parents=True, exist_ok=True)
             out.append(d / "cgroup.procs")
@@ -190,6 +198,14 @@ class V1(Cgroups):
         else:  # kernels before 4.13 count no kills: reaching the limit is the sign then
             killed = bool(_read_int(d / "memory.failcnt")) and peak == limit
         return MemoryOutcome(killed, peak, limit)
+
+    def cpu_seconds(self, workload: int) -> float | None:
+        # cpuacct is co-mounted with cpu on most systems ("cpu,cpuacct"), else on its own.
+        for c in ("cpu", "cpuacct"):
+            ns = _read_int(self._dir(c, workload) / "cpuacct.usage")
+            if ns is not None:
+                return ns / 1e9
+        return None
 
     def remove(self, workload: int) -> None:
         for c in self.CONTROLLERS:
@@ -263,6 +279,16 @@ class V2(Cgroups):
             with contextlib.suppress(OSError):
                 _write(kill, "1")
         super().kill_all(workload, spare)
+
+    def cpu_seconds(self, workload: int) -> float | None:
+        try:
+            for line in (self._dir(workload) / "cpu.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    return int(value) / 1e6
+        except (OSError, ValueError):
+            pass
+        return None
 
     def remove(self, workload: int) -> None:
         self._rmdir(self._dir(workload))
