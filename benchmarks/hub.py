@@ -266,7 +266,19 @@ def many_at_once(ours: HubUp, token: str, n: int) -> dict[str, Any]:
         time.sleep(1)
     final = sessions()
     waited = [w for w in final if w["user"] not in first_wave]
-    by_start = [w["id"] for w in sorted(waited, key=lambda w: w["started_at"] or "~")]
+    # Five start at once when five stop, and their launches race: "in order" means no session
+    # started more than a second after one asked for later (a later wave).
+    starts = sorted(
+        (w["id"], datetime.fromisoformat(w["started_at"]).timestamp())
+        for w in waited
+        if w["started_at"]
+    )
+    late = [
+        later - earlier
+        for i, (_, earlier) in enumerate(starts)
+        for _, later in starts[i + 1 :]
+        if earlier - later > 1.0
+    ]
     failures = sum(1 for c in codes if c not in (201, 202)) + sum(
         1 for w in final if w["status"] == "failed"
     )
@@ -281,7 +293,7 @@ def many_at_once(ours: HubUp, token: str, n: int) -> dict[str, Any]:
         "first_20_ready_s": None if first is None else round(first, 1),
         "queued": len(waited),
         "queued_started": sum(1 for w in waited if w["started_at"]),
-        "queued_started_in_order": by_start == sorted(by_start),
+        "queued_started_out_of_order": len(late),
         "all_started_s": round(after, 1),
     }
 
