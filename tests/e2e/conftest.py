@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def hub_up() -> Iterator[HubUp]:
     # Not under pytest's own temporary directory (0700): sessions, running as their users,
     # must reach the environment in the hub's data directory.
@@ -41,8 +41,10 @@ def hub_up() -> Iterator[HubUp]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    # Module scope: while Playwright's sync API is open, an event loop runs in this thread,
+    # and the asyncio tests that follow could not start theirs.
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -31,7 +31,10 @@ CHROMIUM_ARGS = [
 class HubUp:
     data: Path
     port: int
-    proc: subprocess.Popen[bytes]
+    #: The `allot up` command line and environment, kept for restarts (same ports).
+    args: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -53,16 +56,32 @@ class HubUp:
         )
 
     def log_tail(self, chars: int = 6000) -> str:
-        return (self.data / "up.log").read_text(errors="replace")[-chars:]
+        return (self.data.parent / f"{self.data.name}-up.log").read_text(errors="replace")[-chars:]
 
-    def stop(self) -> None:
-        """Stop the hub, its service and proxy; then every session still running."""
-        with self.api() as api:
-            for w in api.get(
-                "workloads", params={"status": ["pending", "running"], "limit": 1000}
-            ).json()["items"]:
-                api.post(f"workloads/{w['id']}/cancel")
-        if self.proc.poll() is None:
+    def launch(self) -> None:
+        """Start `allot up` and wait until the hub and the service answer."""
+        log = open(self.data.parent / f"{self.data.name}-up.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        deadline = time.monotonic() + 600  # the first start builds the session environment
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("allot up exited:\n" + self.log_tail())
+            try:
+                r = httpx.get(self.url + "/services/allotment/api/health", timeout=2)
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("allot up did not start in 10 minutes:\n" + self.log_tail())
+
+    def halt(self) -> None:
+        """Stop the hub, its service and proxy (SIGTERM, as an administrator would); sessions
+        run on, in their own process sessions."""
+        if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(30)
@@ -70,10 +89,21 @@ class HubUp:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
 
+    def stop(self) -> None:
+        """Stop every session still running, then the hub."""
+        try:
+            with self.api() as api:
+                for w in api.get(
+                    "workloads", params={"status": ["pending", "running"], "limit": 1000}
+                ).json()["items"]:
+                    api.post(f"workloads/{w['id']}/cancel")
+        except httpx.HTTPError:
+            pass
+        self.halt()
+
 
 def start_hub(data: Path, policy: Path, *, extra_env: dict[str, str] | None = None) -> HubUp:
     port = free_port()
-    log = open(data.parent / f"{data.name}-up.log", "wb")  # noqa: SIM115 - lives with the process
     data.mkdir(parents=True, exist_ok=True)
     args = [
         sys.executable, "-m", "allotment", "up",
@@ -86,20 +116,6 @@ def start_hub(data: Path, policy: Path, *, extra_env: dict[str, str] | None = No
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "ALLOTMENT_"))}
     env.update(extra_env or {})
-    proc = subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    hub = HubUp(data, port, proc)
-    os.symlink(log.name, data / "up.log") if not (data / "up.log").exists() else None
-    deadline = time.monotonic() + 600  # the first start builds the session environment
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("allot up exited:\n" + hub.log_tail())
-        try:
-            if httpx.get(hub.url + "/services/allotment/api/health", timeout=2).status_code == 200:
-                return hub
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    hub.stop()
-    raise RuntimeError("allot up did not start in 10 minutes:\n" + hub.log_tail())
+    hub = HubUp(data, port, args, env)
+    hub.launch()
+    return hub
