@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -88,6 +89,13 @@ class HubUp:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        # The hub runs its service and proxy in sessions of their own; if it was killed before
+        # it stopped them, they must not outlive the test.
+        for pid in _processes_mentioning(
+            str(self.data / "allotment.yaml"), str(self.data / "hub" / "traefik")
+        ):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def stop(self) -> None:
         """Stop every session still running, then the hub."""
@@ -100,6 +108,18 @@ class HubUp:
         except httpx.HTTPError:
             pass
         self.halt()
+
+
+def _processes_mentioning(*needles: str) -> list[int]:
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if any(n in cmd for n in needles):
+            out.append(int(pid))
+    return out
 
 
 def start_hub(data: Path, policy: Path, *, extra_env: dict[str, str] | None = None) -> HubUp:
