@@ -26,6 +26,7 @@ from allotment.domain.costs import Rates, overlap_hours, period_start
 from allotment.domain.resources import Resources
 from allotment.scheduler import NodeState, Pending
 from allotment.scheduler.projection import project
+from allotment.scheduler.usage import subtract
 from allotment.schemas import BudgetLeft, ProfileQuote, QuotaLeft
 
 from .view import DEFAULT_WALLTIME, LiveView, PolicyView
@@ -67,18 +68,13 @@ def rates_of(policy: Policy, pool: str) -> Rates:
     return Rates(float(spec.cpu), float(spec.memory), {k: float(v) for k, v in spec.gpu.items()})
 
 
-def _minus(a: Resources, b: Resources) -> Resources:
-    gpus = {m: a.gpus.get(m, 0) - b.gpus.get(m, 0) for m in set(a.gpus) | set(b.gpus)}
-    return Resources(a.millicpus - b.millicpus, a.memory - b.memory, gpus)
-
-
 def _nodes(view: PolicyView, live: LiveView, pool: str, now: float) -> list[_Node]:
     nodes = {n.name: _Node(n, n.capacity) for n in view.nodes if n.pool == pool}
     for r in live.running:
         node = nodes.get(r.node)
         if r.pool != pool or node is None:
             continue
-        node.free = _minus(node.free, r.resources)
+        node.free = subtract(node.free, r.resources)
         node.releases.append((max(r.expected_end, now), r.resources))
     return list(nodes.values())
 
@@ -219,7 +215,7 @@ async def quote_profiles(
                 if pool == req.pool and is_within(acct, root):
                     held_now = held_now + res
             q = alloc.quota
-            left_q = _minus(_minus(Resources.of(q.cpus, q.memory, q.gpus), held_now), size)
+            left_q = subtract(subtract(Resources.of(q.cpus, q.memory, q.gpus), held_now), size)
             if q.cpus or q.memory or q.gpus:
                 quota = QuotaLeft(
                     account=root,

@@ -126,6 +126,10 @@ class Principal:
             return True
         return self.has(Scope.MANAGE) and Role.MANAGER in self._roles_over(path)
 
+    def spendable_accounts(self) -> list[str]:
+        """Accounts the user may charge directly (member or manager), sorted."""
+        return sorted({m.account for m in self.memberships if m.role in ("member", "manager")})
+
     def oversight_roots(self) -> list[str]:
         """Roots of the subtrees whose workloads this caller may read besides their own."""
         return [m.account for m in self.memberships if m.role in (Role.MANAGER, Role.VIEWER)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["format_bytes", "format_duration", "parse_bytes", "parse_duration"]
+__all__ = ["format_bytes", "format_duration", "format_while", "parse_bytes", "parse_duration"]
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B?)?\s*$", re.IGNORECASE)
@@ -56,6 +56,12 @@ def parse_duration(value: str | int | float) -> int:
     if not parts or _DURATION_PART.sub("", text).strip():
         raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 30m, 8h, 2d or 1h30m")
     return int(sum(float(n) * _SECONDS[u.lower()] for n, u in parts))
+
+
+def format_while(seconds: float) -> str:
+    """A wait or a time left, for people: ``12 min`` (at least 1), ``2.5 h`` from 90 minutes."""
+    minutes = max(1, round(seconds / 60))
+    return f"{minutes} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 
 def format_duration(seconds: int) -> str:

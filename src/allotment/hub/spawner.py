@@ -25,6 +25,7 @@ from jupyterhub.utils import random_port
 from traitlets import Dict, Float, Integer, List, Unicode, default
 
 from allotment.client import ApiError, AsyncAllotmentClient
+from allotment.domain.quantities import format_while
 from allotment.hub.form import render_form
 from allotment.schemas import WorkloadCreate, WorkloadOut
 
@@ -40,13 +41,6 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
-def _duration(seconds: float) -> str:
-    minutes = max(1, round(seconds / 60))
-    if minutes < 90:
-        return f"{minutes} min"
-    return f"{minutes / 60:.1f} h"
-
-
 def waiting_message(w: WorkloadOut, now: float | None = None) -> str:
     """What a queued session tells its user: place, expected start, and why."""
     now = time.time() if now is None else now
@@ -57,7 +51,7 @@ def waiting_message(w: WorkloadOut, now: float | None = None) -> str:
         wait = w.expected_start.timestamp() - now
         at = w.expected_start.astimezone().strftime("%H:%M")
         parts.append(
-            f"expected to start at {at} (in {_duration(wait)})" if wait > 30 else "starting soon"
+            f"expected to start at {at} (in {format_while(wait)})" if wait > 30 else "starting soon"
         )
     return ", ".join(parts) + f". {w.reason[:1].upper()}{w.reason[1:]}."
 

@@ -17,6 +17,7 @@ from allotment.controller.view import load_policy_view
 from allotment.db.tables import Workload
 from allotment.domain.costs import overlap_hours
 from allotment.domain.permissions import Scope
+from allotment.domain.quantities import format_while
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState
 from allotment.errors import Forbidden, InvalidRequest, NotFound
@@ -28,11 +29,6 @@ router = APIRouter(tags=["meter"])
 
 #: Warn this long before a limit stops a workload.
 WARN_BEFORE = timedelta(minutes=15)
-
-
-def _minutes(delta: timedelta) -> str:
-    m = max(1, round(delta.total_seconds() / 60))
-    return f"{m} min" if m < 90 else f"{m / 60:.1f} h"
 
 
 @router.get("/workloads/{workload_id}/meter", response_model=MeterOut)
@@ -59,7 +55,7 @@ async def meter(workload_id: int, caller: CallerDep, state: StateDep) -> MeterOu
         stops_at = w.started_at + timedelta(seconds=w.max_runtime)
         if running and stops_at - now <= WARN_BEFORE:
             warnings.append(
-                f"Its maximum runtime ends in {_minutes(stops_at - now)}: it will be stopped "
+                f"Its maximum runtime ends in {format_while((stops_at - now).total_seconds())}: it will be stopped "
                 f"at {stops_at:%H:%M} UTC. Save your work."
             )
     deadline = None
@@ -83,7 +79,7 @@ async def meter(workload_id: int, caller: CallerDep, state: StateDep) -> MeterOu
         ):
             warnings.append(
                 f"The budget of {budget.account} runs out in about "
-                f"{_minutes(timedelta(hours=budget.hours_left))} at this rate; then new work is held."
+                f"{format_while(budget.hours_left * 3600)} at this rate; then new work is held."
             )
     return MeterOut(
         workload=w.id,

@@ -36,9 +36,7 @@ async def get_quote(
     The launch form shows this and asks again while it is open; `allot quote` prints it.
     """
     catalog = await state.catalog()
-    spendable = sorted(
-        {m.account for m in caller.principal.memberships if m.role in ("member", "manager")}
-    )
+    spendable = caller.principal.spendable_accounts()
     if account is None and caller.default_account is None and len(spendable) > 1:
         account = spendable[0]
     charged = charged_account(catalog, caller, account)

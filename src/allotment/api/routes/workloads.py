@@ -36,7 +36,7 @@ def charged_account(catalog: Catalog, caller: Caller, ref: str | None) -> Accoun
     if ref is None:
         ref = caller.default_account
     if ref is None:
-        spendable = sorted({m.account for m in p.memberships if m.role in ("member", "manager")})
+        spendable = p.spendable_accounts()
         if len(spendable) != 1:
             raise InvalidRequest(
                 f"Say which account to charge (`account`); you may charge: {', '.join(spendable)}."
