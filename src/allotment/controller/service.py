@@ -272,9 +272,9 @@ class Controller:
         by_backend: dict[str, dict[int, dict[str, object]]] = {}
         overdue: list[tuple[int, int]] = []
         sessions = {
-            row[0]: (row[2], row[7])
+            row.id: (row.started_at, row.last_activity)
             for row in running
-            if row[6] == "session" and row[4] == S.RUNNING and row[2] is not None
+            if row.kind == "session" and row.target == S.RUNNING and row.started_at is not None
         }
         for wid, placement, started, max_runtime, target, backend, _, _ in running:
             if backend not in self.backends or not placement:

@@ -48,18 +48,27 @@ def _nodelay(serverapp: Any) -> None:
     serverapp.log.info("allotment_session: TCP_NODELAY on kernel websockets")
 
 
+def _this_workload(endpoint: str) -> tuple[str, str] | None:
+    """This session's ``workloads/{id}/<endpoint>`` URL in Allotment and the session's token,
+    from the environment the spawner gave it; None outside an Allotment session."""
+    service = os.environ.get("ALLOTMENT_URL", "").rstrip("/")
+    workload = os.environ.get("ALLOT_WORKLOAD_ID", "")
+    token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    if not (service and workload.isdigit() and token):
+        return None
+    return f"{service}/api/workloads/{workload}/{endpoint}", token
+
+
 def _meter(serverapp: Any) -> None:
     from jupyter_server.base.handlers import APIHandler
     from jupyter_server.utils import url_path_join
     from tornado import web
     from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-    service = os.environ.get("ALLOTMENT_URL", "").rstrip("/")
-    workload = os.environ.get("ALLOT_WORKLOAD_ID", "")
-    token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
-    if not (service and workload.isdigit() and token):
+    found = _this_workload("meter")
+    if found is None:
         return
-    url = f"{service}/api/workloads/{workload}/meter"
+    url, token = found
 
     class MeterHandler(APIHandler):  # type: ignore[misc]
         @web.authenticated
@@ -90,12 +99,10 @@ def _activity(serverapp: Any) -> None:
     from tornado.httpclient import AsyncHTTPClient, HTTPClientError
     from tornado.ioloop import PeriodicCallback
 
-    service = os.environ.get("ALLOTMENT_URL", "").rstrip("/")
-    workload = os.environ.get("ALLOT_WORKLOAD_ID", "")
-    token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
-    if not (service and workload.isdigit() and token):
+    found = _this_workload("activity")
+    if found is None:
         return
-    url = f"{service}/api/workloads/{workload}/activity"
+    url, token = found
     every = float(os.environ.get("ALLOTMENT_ACTIVITY_SECONDS", "60"))
 
     async def report() -> None:
