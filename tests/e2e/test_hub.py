@@ -20,6 +20,7 @@ from typing import Any
 
 from tests.support.hubup import HubUp
 from tests.support.jobs import wait_for
+from tests.support.process import command_lines
 
 LAB_READY = "#jp-main-dock-panel"
 
@@ -59,16 +60,15 @@ def _stop(page: Any, hub: HubUp) -> None:
 
 def _singleuser_uid(user: str) -> int | None:
     """Owner of the jupyterhub-singleuser process serving ``user``."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid, cmd in command_lines():
+        argv = cmd.split(b"\0")[:2]  # the server itself, not the launcher that names it
+        if not any(a.endswith(b"/jupyterhub-singleuser") for a in argv):
+            continue
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            env = Path(f"/proc/{pid}/environ").read_bytes()
+            if f"JUPYTERHUB_USER={user}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                return os.stat(f"/proc/{pid}").st_uid
         except OSError:
             continue
-        argv = cmd.split(b"\0")[:2]  # the server itself, not the launcher that names it
-        serves = any(a.endswith(b"/jupyterhub-singleuser") for a in argv)
-        if serves and f"JUPYTERHUB_USER={user}\0".encode() in env:
-            return os.stat(f"/proc/{pid}").st_uid
     return None
 
 

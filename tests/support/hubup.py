@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.hub import free_port
+from tests.support.process import command_lines
 
 CHROMIUM = "/usr/bin/chromium"
 #: Chromium on a closed network: no background connections, no sandbox as root.
@@ -111,15 +112,8 @@ class HubUp:
 
 
 def _processes_mentioning(*needles: str) -> list[int]:
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if any(n in cmd for n in needles):
-            out.append(int(pid))
-    return out
+    wanted = [n.encode() for n in needles]
+    return [pid for pid, cmd in command_lines() if any(n in cmd for n in wanted)]
 
 
 def start_hub(data: Path, policy: Path, *, extra_env: dict[str, str] | None = None) -> HubUp:

@@ -16,6 +16,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def command_lines() -> Iterator[tuple[int, bytes]]:
+    """(pid, NUL-separated command line) of every process this machine runs now."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                yield int(entry), Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue  # ended meanwhile
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without Allotment's or JupyterHub's variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ALLOTMENT_", "JUPYTERHUB_"))}
