@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from allotment.backends.base import Backend, LaunchSpec, Observation
 from allotment.clock import Clock
@@ -136,21 +136,27 @@ class Reconciler:
         """The backend saw the workload end (``Backend.watch``)."""
         self._exited.add(workload)
 
-    async def load(self, session: AsyncSession, workload: int) -> Row | None:
-        found = (await session.execute(_LOAD, {"wid": workload})).first()
-        return None if found is None else Row(*found.tuple())
+    async def load(self, workload: int) -> Row | None:
+        def read(session: Session) -> Row | None:
+            found = session.execute(_LOAD, {"wid": workload}).first()
+            return None if found is None else Row(*found.tuple())
+
+        return await self.db.run_read(read)
 
     async def _write(self, workload: int, expect: tuple[S, ...], **values: Any) -> bool:
         """Set ``values`` if the workload is still in one of ``expect``; True when it was."""
         values.setdefault("updated_at", self.clock.now())
-        async with self.db.write() as session:
-            result = await session.execute(
-                update(Workload)
-                .where(Workload.id == workload, Workload.status.in_([int(s) for s in expect]))
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-        return bool(getattr(result, "rowcount", 0))
+        statement = (
+            update(Workload)
+            .where(Workload.id == workload, Workload.status.in_([int(s) for s in expect]))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
+        def write(session: Session) -> bool:
+            return bool(getattr(session.execute(statement), "rowcount", 0))
+
+        return await self.db.run_write(write)
 
     async def reconcile(self, workload: int) -> tuple[Backend, Mapping[str, Any]] | None:
         """One pass; returns the backend and placement of a workload it left running."""
@@ -164,8 +170,7 @@ class Reconciler:
                 if not seen.alive:
                     await self._ended(known, backend, seen, S.RUNNING)
                     return None
-        async with self.db.read() as session:
-            row = await self.load(session, workload)
+        row = await self.load(workload)
         if row is None:
             return None
         w = row.workload

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, update
+from sqlalchemy.orm import Session
 
 from allotment.clock import Clock
 from allotment.controller.reconciler import failpoint
 from allotment.controller.view import (
+    LiveView,
     PolicyView,
     QueueCache,
     ViewCache,
@@ -43,6 +45,9 @@ log = logging.getLogger("allotment.controller")
 #: How long a cycle reuses the policy in force and the accounts' shares before reading them
 #: again (a policy applied or a share changed takes effect within this).
 VIEW_SECONDS = 1.0
+
+#: Decayed usage per (account, user), or None when this cycle reuses the last factors.
+Usage = dict[tuple[str, str], float] | None
 
 #: Held workloads per pool whose place in the queue is rewritten on every cycle.
 EXACT_POSITIONS = 20
@@ -124,17 +129,28 @@ class SchedulingLoop:
     async def cycle(self) -> CycleResult | None:
         """One cycle; what it did, or None while no policy is in force."""
         now = self.clock.now()
-        async with self.db.read() as session:
-            mono = time.monotonic()
-            if self._view is None or mono - self._view_at >= VIEW_SECONDS:
-                self._view, self._view_at = await load_policy_view(session, self._views), mono
-            view = self._view
+        mono = time.monotonic()
+        view_stale = self._view is None or mono - self._view_at >= VIEW_SECONDS
+
+        def read(session: Session) -> tuple[PolicyView | None, LiveView | None, Usage]:
+            view = load_policy_view(session, self._views) if view_stale else self._view
             if view is None:
-                return None
-            live = await load_live(session, view, now, self._queue)
-            spec = view.policy.scheduling
-            refresh = self._factors is None or mono - self._factors_at >= spec.fair_share_interval
-            used = await usage(session, view, now) if refresh else {}
+                return None, None, None
+            live = load_live(session, view, now, self._queue)
+            refresh = (
+                self._factors is None
+                or mono - self._factors_at >= view.policy.scheduling.fair_share_interval
+            )
+            return view, live, usage(session, view, now) if refresh else None
+
+        view, live, used = await self.db.run_read(read)
+        if view_stale:
+            self._view, self._view_at = view, mono
+        if view is None or live is None:
+            return None
+        spec = view.policy.scheduling
+        refresh = used is not None
+        used = used or {}
         driven = set(self.pools(view))
         pending = [p for p in live.pending if p.pool in driven]
         if refresh or any((p.account, p.user) not in (self._factors or {}) for p in pending):
@@ -245,29 +261,29 @@ class SchedulingLoop:
         admitted: list[int] = []
         preempted: list[int] = []
         if admits or holds or rejects or preempts:
-            async with self.db.write() as session:
-                conn = await session.connection()
+
+            def write(session: Session) -> None:
+                conn = session.connection()
                 w = cast(Table, Workload.__table__)
                 pending = (w.c.id == bindparam("wid")) & (w.c.status == int(S.PENDING))
                 wants_run = w.c.target == int(S.RUNNING)
-                if admits:
-                    for a in admits:
-                        r = await conn.execute(
-                            update(w)
-                            .where(w.c.id == a["wid"], w.c.status == int(S.PENDING), wants_run)
-                            .values(
-                                status=int(S.ADMITTED),
-                                node=a["node"],
-                                reason=a["reason"],
-                                position=None,
-                                expected_start=None,
-                                updated_at=now,
-                            )
+                for a in admits:
+                    r = conn.execute(
+                        update(w)
+                        .where(w.c.id == a["wid"], w.c.status == int(S.PENDING), wants_run)
+                        .values(
+                            status=int(S.ADMITTED),
+                            node=a["node"],
+                            reason=a["reason"],
+                            position=None,
+                            expected_start=None,
+                            updated_at=now,
                         )
-                        if r.rowcount:
-                            admitted.append(a["wid"])
+                    )
+                    if r.rowcount:
+                        admitted.append(a["wid"])
                 if holds:
-                    await conn.execute(
+                    conn.execute(
                         update(w)
                         .where(pending)
                         .values(
@@ -278,7 +294,7 @@ class SchedulingLoop:
                         holds,
                     )
                 if rejects:
-                    await conn.execute(
+                    conn.execute(
                         update(w)
                         .where(pending)
                         .values(
@@ -293,11 +309,13 @@ class SchedulingLoop:
                         rejects,
                     )
                 for p in preempts:
-                    r = await conn.execute(
+                    r = conn.execute(
                         update(w)
                         .where(w.c.id == p["wid"], wants_run)
                         .values(target=int(S.STOPPED), reason=p["reason"], updated_at=now)
                     )
                     if r.rowcount:
                         preempted.append(p["wid"])
+
+            await self.db.run_write(write)
         return CycleResult(admitted, preempted, len(holds), len(rejects))

@@ -140,8 +140,7 @@ class Controller:
             log.info("another process runs the controller")
             return False
         if not self.backends:
-            async with self.db.read() as session:
-                view = await load_policy_view(session)
+            view = await self.db.run_read(load_policy_view)
             if view is not None:
                 policy = view.policy
                 self.reconciler.stop_grace = float(policy.scheduling.stop_grace)
@@ -268,7 +267,7 @@ class Controller:
                 .where(Workload.status == int(S.RUNNING))
             )
             running = list(rows)
-            view = await load_policy_view(session, self._views)
+            view = await session.run_sync(load_policy_view, self._views)
         by_backend: dict[str, dict[int, dict[str, object]]] = {}
         overdue: list[tuple[int, int]] = []
         sessions = {

@@ -5,6 +5,9 @@ The policy document gives allocations, limits, weights and nodes; shares come fr
 table, since group managers may have changed them through the API since the policy was applied.
 Usage for fair share is what workloads ran (dominant share × seconds), decayed by the policy's
 half-life, counted from the workloads table until the ledger (a later issue) takes over.
+
+The readers take a synchronous session: the controller runs them in one hand-over
+(``Database.run_read``), API routes on their async session (``AsyncSession.run_sync``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from allotment.config.models import Policy
 from allotment.db.tables import Account, PolicyVersion, Pool, Profile, User, Workload
@@ -66,26 +69,24 @@ class PolicyView:
 ViewCache = dict[int, tuple[Policy, tuple[Any, ...]]]
 
 
-async def load_policy_view(
-    session: AsyncSession, cache: ViewCache | None = None
-) -> PolicyView | None:
+def load_policy_view(session: Session, cache: ViewCache | None = None) -> PolicyView | None:
     """The policy in force; with a ``cache``, parsed once per version (a cycle then only asks
     which version is newest)."""
     _views: ViewCache = {} if cache is None else cache
-    version = (
-        await session.execute(select(PolicyVersion.id).order_by(PolicyVersion.id.desc()).limit(1))
+    version = session.execute(
+        select(PolicyVersion.id).order_by(PolicyVersion.id.desc()).limit(1)
     ).scalar_one_or_none()
     if version is None:
         return None
     if version not in _views:
-        document = (
-            await session.execute(select(PolicyVersion.document).where(PolicyVersion.id == version))
+        document = session.execute(
+            select(PolicyVersion.document).where(PolicyVersion.id == version)
         ).scalar_one()
         parsed = Policy.model_validate(document)
         _views.clear()
         _views[version] = (parsed, scheduler_view(parsed))
     policy, (accounts, nodes, users, default, weights) = _views[version]
-    result = await session.execute(
+    result = session.execute(
         select(Account.path, Account.shares).where(Account.archived_at.is_(None))
     )
     shares = {path: n for path, n in result}
@@ -171,34 +172,30 @@ def _query(view: PolicyView) -> Any:
     )
 
 
-async def load_live(
-    session: AsyncSession, view: PolicyView, now: datetime, cache: QueueCache | None = None
+def load_live(
+    session: Session, view: PolicyView, now: datetime, cache: QueueCache | None = None
 ) -> LiveView:
     """Pending and active workloads of the pools this view knows."""
     t_now = now.timestamp()
     live = LiveView()
     cache = cache or QueueCache()
     signature = tuple(
-        (
-            await session.execute(
-                select(func.max(Workload.id), func.count()).where(
-                    Workload.status == int(WorkloadState.PENDING)
-                )
+        session.execute(
+            select(func.max(Workload.id), func.count()).where(
+                Workload.status == int(WorkloadState.PENDING)
             )
         ).one()
     )
     mono = time.monotonic()
     if signature != cache.signature or mono - cache.read_at > cache.max_age:
-        rows = await session.execute(
-            _query(view).where(Workload.status == int(WorkloadState.PENDING))
-        )
+        rows = session.execute(_query(view).where(Workload.status == int(WorkloadState.PENDING)))
         cache.pending = [
             (_pending(row, view), row.after_id)
             for row in rows
             if row.target == WorkloadState.RUNNING
         ]
         cache.signature, cache.read_at = (signature[0], signature[1]), mono
-    rows = await session.execute(_query(view).where(Workload.status.in_([int(s) for s in ACTIVE])))
+    rows = session.execute(_query(view).where(Workload.status.in_([int(s) for s in ACTIVE])))
     for row in rows:
         stopping = row.target >= WorkloadState.STOPPING
         if stopping and row.status != WorkloadState.STOPPING:
@@ -224,11 +221,9 @@ async def load_live(
         return live
     states = {
         i: (st, code)
-        for i, st, code in (
-            await session.execute(
-                select(Workload.id, Workload.status, Workload.exit_code).where(
-                    Workload.id.in_(set(after.values()))
-                )
+        for i, st, code in session.execute(
+            select(Workload.id, Workload.status, Workload.exit_code).where(
+                Workload.id.in_(set(after.values()))
             )
         )
     }
@@ -273,9 +268,7 @@ def _pending(row: Any, view: PolicyView) -> Pending:
     )
 
 
-async def usage(
-    session: AsyncSession, view: PolicyView, now: datetime
-) -> dict[tuple[str, str], float]:
+def usage(session: Session, view: PolicyView, now: datetime) -> dict[tuple[str, str], float]:
     """Decayed dominant-share seconds per (account, user), over the last ten half-lives."""
     half_life = float(view.policy.scheduling.half_life)
     capacity: dict[str, Resources] = defaultdict(Resources)
@@ -283,7 +276,7 @@ async def usage(
         capacity[n.pool] = capacity[n.pool] + n.capacity
     t_now = now.timestamp()
     horizon = t_now - 10 * half_life if half_life > 0 else float("-inf")
-    rows = await session.execute(
+    rows = session.execute(
         select(
             Workload.millicpus,
             Workload.memory,

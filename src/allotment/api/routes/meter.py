@@ -36,7 +36,7 @@ async def meter(workload_id: int, caller: CallerDep, state: StateDep) -> MeterOu
     now = state.clock.now()
     async with state.db.read() as session:
         row = await visible_workload(session, caller, workload_id)
-        view = await load_policy_view(session, state.policy_views)
+        view = await session.run_sync(load_policy_view, state.policy_views)
         if view is None or row.pool is None or row.pool not in view.policy.pools:
             raise NotFound(f"Workload {workload_id}'s pool is no longer in the policy.")
         w = row.workload

@@ -54,10 +54,10 @@ async def get_quote(
         offered = [p for p in offered if p.name in profile]
     now = state.clock.now()
     async with state.db.read() as session:
-        view = await load_policy_view(session, state.policy_views)
+        view = await session.run_sync(load_policy_view, state.policy_views)
         if view is None:
             raise NotFound("No policy has been applied yet, so there is nothing to launch.")
-        live = await load_live(session, view, now)
+        live = await session.run_sync(load_live, view, now)
         quotes = await quote_profiles(
             session,
             view,
