@@ -198,6 +198,23 @@ async def test_a_workload_sees_no_service_secrets(
     await local.release(wid, p)
 
 
+async def test_a_workload_starts_with_every_signal_at_its_default(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    """The service ignores SIGPIPE (Python does) and its launcher catches TERM to record the
+    exit status: neither may leave the user's command deaf to a signal (a pipeline whose reader
+    is gone would run on; Ctrl-C-style SIGINT would do nothing)."""
+    wid = new_id()
+    script = f"grep -E '^Sig(Ign|Blk)' /proc/self/status > {shared}/signals"
+    p = (await started(local, job(wid, "alice", ["sh", "-c", script], shared)))[-1]
+    assert (await ended(local, wid, p)).exit_code == 0
+    masks = dict(line.split(":\t") for line in (shared / "signals").read_text().splitlines())
+    standard = (1 << 31) - 1  # signals 1-31; glibc keeps two real-time ones for itself
+    assert int(masks["SigIgn"], 16) & standard == 0, masks
+    assert int(masks["SigBlk"], 16) & standard == 0, masks
+    await local.release(wid, p)
+
+
 @root_only
 async def test_one_user_cannot_read_or_signal_another(
     local: LocalBackend, shared: Path, new_id: Callable[[], int]

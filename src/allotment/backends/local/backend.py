@@ -41,6 +41,14 @@ log = logging.getLogger("allotment.local")
 
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 
+#: Every signal the launcher may set back to its default: Python ignores SIGPIPE and SIGXFSZ,
+#: and what a process ignores, the programs it runs ignore too.
+DEFAULT_SIGNALS = tuple(
+    s
+    for s in signal.valid_signals()
+    if s < signal.SIGRTMIN and s not in (signal.SIGKILL, signal.SIGSTOP)
+)
+
 
 def _ended(code: int | None) -> tuple[bool, str]:
     """(failed, reason) for an exit status."""
@@ -245,6 +253,8 @@ class LocalBackend(Backend):
             self._environment(spec, account, devices),
             file_actions=devnull,
             setsid=True,
+            setsigdef=DEFAULT_SIGNALS,
+            setsigmask=(),
         )
 
     async def _wait_for_pid(self, run: Path, timeout: float = 30.0) -> int:
