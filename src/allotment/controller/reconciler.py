@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from allotment.db.tables import Account, Pool, User, Workload
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState as S
 
-__all__ = ["Reconciler", "Row"]
+__all__ = ["Reconciler", "Row", "read_rows"]
 
 log = logging.getLogger("allotment.controller")
 
@@ -57,14 +57,21 @@ class Row:
     backend: str
 
 
-#: Built once: constructing the statement cost more than running it, once per reconcile.
-_LOAD = (
+_ROWS = (
     select(Workload, User.name, Account.path, Pool.backend)
     .join(User, User.id == Workload.user_id)
     .join(Account, Account.id == Workload.account_id)
     .join(Pool, Pool.id == Workload.pool_id)
-    .where(Workload.id == bindparam("wid"))
 )
+#: Built once: constructing the statement cost more than running it, once per reconcile.
+_LOAD = _ROWS.where(Workload.id == bindparam("wid"))
+
+
+def read_rows(session: Session, workloads: Collection[int]) -> dict[int, Row]:
+    """Workloads as the reconciler acts on them. The scheduling loop reads those it admits in
+    the transaction that admits them, so that their start does not begin with a read."""
+    found = session.execute(_ROWS.where(Workload.id.in_(workloads)))
+    return {r[0].id: Row(*r) for r in found}
 
 
 def _outputs(w: Workload) -> tuple[str | None, str | None]:
@@ -131,6 +138,13 @@ class Reconciler:
         #: the workload ended on its own first.
         self._started: dict[int, Row] = {}
         self._exited: set[int] = set()
+        #: Rows read as they were admitted, for their first pass (``prime``).
+        self._primed: dict[int, Row] = {}
+
+    def prime(self, row: Row) -> None:
+        """The workload as it was admitted: its first pass starts from this, not a read. A
+        cancel that came meanwhile still wins: the first write is guarded on the target."""
+        self._primed[row.workload.id] = row
 
     def exited(self, workload: int) -> None:
         """The backend saw the workload end (``Backend.watch``)."""
@@ -139,16 +153,22 @@ class Reconciler:
     async def load(self, workload: int) -> Row | None:
         def read(session: Session) -> Row | None:
             found = session.execute(_LOAD, {"wid": workload}).first()
-            return None if found is None else Row(*found.tuple())
+            return None if found is None else Row(*found)
 
         return await self.db.run_read(read)
 
-    async def _write(self, workload: int, expect: tuple[S, ...], **values: Any) -> bool:
-        """Set ``values`` if the workload is still in one of ``expect``; True when it was."""
+    async def _write(
+        self, workload: int, expect: tuple[S, ...], *, to_run: bool = False, **values: Any
+    ) -> bool:
+        """Set ``values`` if the workload is still in one of ``expect`` (and, with ``to_run``,
+        still meant to run); True when it was."""
         values.setdefault("updated_at", self.clock.now())
+        guard = [Workload.id == workload, Workload.status.in_([int(s) for s in expect])]
+        if to_run:
+            guard.append(Workload.target == int(S.RUNNING))
         statement = (
             update(Workload)
-            .where(Workload.id == workload, Workload.status.in_([int(s) for s in expect]))
+            .where(*guard)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -170,7 +190,8 @@ class Reconciler:
                 if not seen.alive:
                     await self._ended(known, backend, seen, S.RUNNING)
                     return None
-        row = await self.load(workload)
+        primed = self._primed.pop(workload, None)
+        row = primed or await self.load(workload)
         if row is None:
             return None
         w = row.workload
@@ -182,6 +203,8 @@ class Reconciler:
             await self._stop(row, backend)
         elif status in (S.ADMITTED, S.STARTING):
             placement = await self._start(row, backend)
+            if placement is None and primed is not None:
+                return await self.reconcile(workload)  # it changed since: act on it as it is
             return None if placement is None else (backend, placement)
         elif status == S.RUNNING:
             assert w.placement is not None
@@ -208,6 +231,7 @@ class Reconciler:
                     if not await self._write(
                         w.id,
                         (S.ADMITTED,),
+                        to_run=True,
                         status=S.STARTING,
                         reason=f"starting on {w.node}",
                         placement=dict(placement),
@@ -237,13 +261,14 @@ class Reconciler:
             self.freed()
             return None
         self.start_failures.pop(w.id, None)
+        last: dict[str, Any] = {} if placement is None else {"placement": dict(placement)}
         await self._write(
             w.id,
             (S.STARTING,),
             status=S.RUNNING,
             started_at=self.clock.now(),
             reason=f"running on {w.node}",
-            **({"placement": dict(placement)} if placement is not None else {}),
+            **last,
         )
         failpoint("running")
         if placement is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,15 +70,19 @@ class SchedulingLoop:
         clock: Clock,
         pools: Callable[[PolicyView], Collection[str]],
         *,
-        on_admit: Callable[[int], None] = lambda _: None,
+        on_admit: Callable[[int, Any], None] = lambda _w, _r: None,
+        read_admitted: Callable[[Session, list[int]], Mapping[int, Any]] | None = None,
         nudge_file: Path | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         #: The pools this controller drives (those whose backend it has).
         self.pools = pools
-        #: Called with every workload the reconciler must act on: admitted, preempted, cancelled.
+        #: Called with every workload the reconciler must act on (admitted, preempted,
+        #: cancelled) and, for those admitted, what ``read_admitted`` read of it, else None.
         self.on_admit = on_admit
+        #: Reads the workloads admitted in the transaction that admits them.
+        self.read_admitted = read_admitted
         #: Touched by API worker processes that do not hold the controller (``nudge_file``).
         self.nudge_file = nudge_file
         self._nudged_at = 0.0
@@ -183,7 +187,7 @@ class SchedulingLoop:
                     f"pool '{p.pool}' uses the {backend} backend, which this service does not "
                     "run yet"
                 )
-        result = await self._persist(decisions, waiting, live.doomed, now, estimates)
+        result, rows = await self._persist(decisions, waiting, live.doomed, now, estimates)
         if len(self._shown) > 2 * len(live.pending) + 1000:
             # Workloads cancelled while pending leave no decision behind: forget them too.
             queued = {p.id for p in live.pending} | set(waiting)
@@ -199,9 +203,9 @@ class SchedulingLoop:
         if result.admitted:
             failpoint("admitted")
         for w in result.admitted:
-            self.on_admit(w)
+            self.on_admit(w, rows.get(w))
         for w in (*result.preempted, *live.to_stop):
-            self.on_admit(w)
+            self.on_admit(w, None)
         return result
 
     async def _persist(
@@ -211,7 +215,7 @@ class SchedulingLoop:
         doomed: dict[int, str],
         now: datetime,
         estimates: bool,
-    ) -> CycleResult:
+    ) -> tuple[CycleResult, Mapping[int, Any]]:
         admits: list[dict[str, Any]] = []
         holds: list[dict[str, Any]] = []
         rejects: list[dict[str, Any]] = []
@@ -260,9 +264,10 @@ class SchedulingLoop:
             shown.pop(wid, None)
         admitted: list[int] = []
         preempted: list[int] = []
+        rows: Mapping[int, Any] = {}
         if admits or holds or rejects or preempts:
 
-            def write(session: Session) -> None:
+            def write(session: Session) -> Mapping[int, Any]:
                 conn = session.connection()
                 w = cast(Table, Workload.__table__)
                 pending = (w.c.id == bindparam("wid")) & (w.c.status == int(S.PENDING))
@@ -316,6 +321,9 @@ class SchedulingLoop:
                     )
                     if r.rowcount:
                         preempted.append(p["wid"])
+                if admitted and self.read_admitted is not None:
+                    return self.read_admitted(session, admitted)
+                return {}
 
-            await self.db.run_write(write)
-        return CycleResult(admitted, preempted, len(holds), len(rejects))
+            rows = await self.db.run_write(write)
+        return CycleResult(admitted, preempted, len(holds), len(rejects)), rows

@@ -30,7 +30,7 @@ from allotment.backends.local.posix import PosixAccounts
 from allotment.clock import Clock
 from allotment.config.models import Policy
 from allotment.controller.culler import CpuWatch, idle_deadline
-from allotment.controller.reconciler import Reconciler
+from allotment.controller.reconciler import Reconciler, Row, read_rows
 from allotment.controller.scheduling import SchedulingLoop
 from allotment.controller.view import ACTIVE, PolicyView, ViewCache, load_policy_view
 from allotment.controller.workqueue import WorkQueue
@@ -101,7 +101,8 @@ class Controller:
             db,
             clock,
             self._driven,
-            on_admit=self.queue.add,
+            on_admit=self._admitted,
+            read_admitted=read_rows,
             nudge_file=nudge_path(settings.data_dir),
         )
         self.reconciler = Reconciler(
@@ -177,6 +178,11 @@ class Controller:
     def nudge(self) -> None:
         """Something changed (a submission, a cancel): schedule soon."""
         self.scheduling.nudge()
+
+    def _admitted(self, workload: int, row: Row | None) -> None:
+        if row is not None:
+            self.reconciler.prime(row)
+        self.queue.add(workload)
 
     def wake(self, workload: int) -> None:
         """A workload's target changed: reconcile it now."""
