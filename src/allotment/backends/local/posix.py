@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import pwd
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,10 @@ def _account(entry: pwd.struct_passwd) -> PosixAccount:
     return PosixAccount(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
 
 
+#: How long a found account is used without looking it up again.
+REMEMBER_SECONDS = 30.0
+
+
 class PosixAccounts:
     """Finds or creates the account for each hub user; one at a time (``useradd`` locks
     ``/etc/passwd`` and two creations of the same user must not race)."""
@@ -84,6 +89,9 @@ class PosixAccounts:
         self.isolated = os.geteuid() == 0 if create is None else create
         self.home_base = home_base
         self._lock = asyncio.Lock()
+        #: Accounts found lately: a user's jobs come in runs, and every look-up parses
+        #: /etc/passwd (twice: the same name, then the mapped one).
+        self._found: dict[str, tuple[float, PosixAccount]] = {}
         if not self.isolated:
             me = pwd.getpwuid(os.geteuid()).pw_name
             log.warning(
@@ -96,6 +104,17 @@ class PosixAccounts:
     async def resolve(self, hub_name: str) -> PosixAccount:
         if not self.isolated:
             return _account(pwd.getpwuid(os.geteuid()))
+        now = time.monotonic()
+        found = self._found.get(hub_name)
+        if found is not None and now - found[0] < REMEMBER_SECONDS:
+            return found[1]
+        account = await self._resolve(hub_name)
+        if len(self._found) > 10_000:
+            self._found.clear()
+        self._found[hub_name] = (now, account)
+        return account
+
+    async def _resolve(self, hub_name: str) -> PosixAccount:
         async with self._lock:
             try:
                 same = pwd.getpwnam(hub_name)
