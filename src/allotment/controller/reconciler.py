@@ -278,11 +278,13 @@ class Reconciler:
     async def _stop(self, row: Row, backend: Backend) -> None:
         w = row.workload
         if w.status == S.ADMITTED or (w.status == S.STARTING and not w.placement):
-            # Nothing of it can be running yet (the first placement precedes any launch).
+            # Nothing of it can be running yet (the first placement precedes any launch), but
+            # a start cut short by a crash may have made its cgroups or run directory.
             if await self._write(
                 w.id, (S.ADMITTED, S.STARTING), status=S.STOPPED, ended_at=self.clock.now()
             ):
                 self.freed()
+                await backend.reap(w.id)
             return
         if w.status != S.STOPPING and not await self._write(
             w.id, (S.STARTING, S.RUNNING), status=S.STOPPING

@@ -109,6 +109,8 @@ class LocalBackend(Backend):
         self.pids_max = pids_max
         self._gpu_lock = asyncio.Lock()
         self._watched: set[int] = set()
+        #: Cgroups being made for workloads whose first checkpoint is being written.
+        self._preparing: dict[int, asyncio.Future[list[Path]]] = {}
         if cgroups is None:
             log.warning(
                 "no writable cgroup hierarchy: workloads run without CPU, memory or process "
@@ -138,14 +140,7 @@ class LocalBackend(Backend):
             await self._claim(run)
             shutil.rmtree(run, ignore_errors=True)
         async with self._gpu_lock:
-            devices = gpu.assign(self.inventory, spec.resources.gpus, self._gpus_in_use())
-            if devices is None:
-                raise RuntimeError(
-                    f"workload {spec.workload} asks for {spec.resources.describe()} but those "
-                    "GPUs are in use here"
-                )
-            run.mkdir(mode=0o700)
-            (run / "gpus.json").write_text(json.dumps(devices))
+            devices = await asyncio.to_thread(self._claim_gpus, spec, run)
         workdir = spec.workdir or str(account.home)
         placement: dict[str, Any] = {
             "node": spec.node or self.node,
@@ -161,17 +156,15 @@ class LocalBackend(Backend):
             "stdout": os.path.join(workdir, spec.stdout or f"allot-{spec.workload}.out"),
             "stderr": os.path.join(workdir, spec.stderr or f"allot-{spec.workload}.err"),
         }
+        # The workload's groups are made while its first checkpoint is written: they are named
+        # by the workload, so even a crash before the write leaves nothing that cannot be found
+        # (the next start makes them again; recovery reaps those of inactive workloads).
+        groups = asyncio.ensure_future(asyncio.to_thread(self._groups, spec, devices))
+        self._preparing[spec.workload] = groups
         yield placement  # persisted before anything of the user's can run
-        procs: list[Path] = []
-        if self.cgroups is not None:
-            limits = Limits(
-                spec.resources.millicpus,
-                spec.resources.memory,
-                self.pids_max,
-                gpu.device_numbers(self.inventory, devices),
-            )
-            procs = self.cgroups.create(spec.workload, limits)
-        await self._spawn(spec, account, run, procs, devices, placement)
+        procs = await groups
+        self._preparing.pop(spec.workload, None)
+        await asyncio.to_thread(self._spawn, spec, account, run, procs, devices, placement)
         pid = await self._wait_for_pid(run)
         started = start_time(pid)
         if self.cgroups is not None:
@@ -182,6 +175,30 @@ class LocalBackend(Backend):
                 await asyncio.sleep(delay)
                 delay = min(delay * 1.2, 0.02)
         yield {**placement, "pid": pid, "started": started, "running": True}
+
+    def _claim_gpus(self, spec: LaunchSpec, run: Path) -> list[str]:
+        """Assign the workload's GPUs and record them in its new run directory."""
+        devices = gpu.assign(self.inventory, spec.resources.gpus, self._gpus_in_use())
+        if devices is None:
+            raise RuntimeError(
+                f"workload {spec.workload} asks for {spec.resources.describe()} but those "
+                "GPUs are in use here"
+            )
+        run.mkdir(mode=0o700)
+        (run / "gpus.json").write_text(json.dumps(devices))
+        return devices
+
+    def _groups(self, spec: LaunchSpec, devices: list[str]) -> list[Path]:
+        """The workload's cgroups with its limits; their ``cgroup.procs`` files."""
+        if self.cgroups is None:
+            return []
+        limits = Limits(
+            spec.resources.millicpus,
+            spec.resources.memory,
+            self.pids_max,
+            gpu.device_numbers(self.inventory, devices),
+        )
+        return self.cgroups.create(spec.workload, limits)
 
     def _environment(
         self, spec: LaunchSpec, account: PosixAccount, devices: list[str]
@@ -209,7 +226,7 @@ class LocalBackend(Backend):
         env.update(spec.env)
         return env
 
-    async def _spawn(
+    def _spawn(
         self,
         spec: LaunchSpec,
         account: PosixAccount,
@@ -412,6 +429,9 @@ class LocalBackend(Backend):
     async def release(self, workload: int, placement: Placement) -> None:
         """After the end was recorded: kill anything left behind, drop the cgroups and the run
         directory (whose ``gpus.json`` held the workload's GPUs)."""
+        making = self._preparing.pop(workload, None)
+        if making is not None:  # its start went no further than its first checkpoint
+            await asyncio.wait([making])
         # File-system work off the event loop: it is not on anyone's critical path.
         await asyncio.to_thread(self._release, workload, Path(placement["run"]))
 
