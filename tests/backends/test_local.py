@@ -216,6 +216,26 @@ async def test_a_workload_starts_with_every_signal_at_its_default(
 
 
 @root_only
+async def test_a_workload_inherits_no_descriptor_but_its_standard_three(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    """Neither the pipe the launcher reports on (its fds 3 and 4) nor anything the service
+    inherited from its own parent (here: pytest's) may reach the user's command."""
+    wid = new_id()
+    p = (await started(local, job(wid, "alice", ["sleep", "30"], shared)))[-1]
+    assert local.cgroups is not None
+    for _ in range(100):
+        user = [pid for pid in local.cgroups.procs(wid) if pid != p["pid"]]
+        if user and Path(f"/proc/{user[0]}/exe").resolve().name == "sleep":
+            break
+        await asyncio.sleep(0.05)
+    fds = sorted(int(fd) for fd in os.listdir(f"/proc/{user[0]}/fd"))
+    assert fds == [0, 1, 2], [(fd, os.readlink(f"/proc/{user[0]}/fd/{fd}")) for fd in fds]
+    await local.stop(wid, p, grace=1)
+    await local.release(wid, p)
+
+
+@root_only
 async def test_one_user_cannot_read_or_signal_another(
     local: LocalBackend, shared: Path, new_id: Callable[[], int]
 ) -> None:

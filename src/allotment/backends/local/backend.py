@@ -10,6 +10,7 @@ it was given and, once it ended, its exit status. Processes are detached from th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -109,6 +110,7 @@ class LocalBackend(Backend):
         self.pids_max = pids_max
         self._gpu_lock = asyncio.Lock()
         self._watched: set[int] = set()
+        _keep_descriptors_from_workloads()
         #: Cgroups being made for workloads whose first checkpoint is being written.
         self._preparing: dict[int, asyncio.Future[list[Path]]] = {}
         if cgroups is None:
@@ -164,7 +166,14 @@ class LocalBackend(Backend):
         yield placement  # persisted before anything of the user's can run
         procs = await groups
         self._preparing.pop(spec.workload, None)
-        await asyncio.to_thread(self._spawn, spec, account, run, procs, devices, placement)
+        ready, told = os.pipe2(os.O_CLOEXEC)
+        try:
+            await asyncio.to_thread(
+                self._spawn, spec, account, run, procs, devices, placement, (told, ready)
+            )
+        finally:
+            os.close(told)
+        await _readable(ready, timeout=30.0)  # the launcher joined its groups, or it ended
         pid = await self._wait_for_pid(run)
         started = start_time(pid)
         if self.cgroups is not None:
@@ -234,7 +243,9 @@ class LocalBackend(Backend):
         procs: list[Path],
         devices: list[str],
         placement: Mapping[str, Any],
+        pipe: tuple[int, int],
     ) -> None:
+        """Start the launcher; ``pipe`` (write end, read end) becomes its fds 3 and 4."""
         workdir, out, err = placement["workdir"], placement["stdout"], placement["stderr"]
         drop = ""
         if self.accounts.isolated:
@@ -244,10 +255,11 @@ class LocalBackend(Backend):
             )
         # posix_spawn (vfork + exec) in a new session: the launcher leads its own session and
         # process group. Forking this large process, as subprocess would, costs milliseconds.
-        devnull = [
+        files: list[tuple[Any, ...]] = [
             (os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDONLY if fd == 0 else os.O_WRONLY, 0)
             for fd in (0, 1, 2)
         ]
+        files += [(os.POSIX_SPAWN_DUP2, pipe[0], 3), (os.POSIX_SPAWN_DUP2, pipe[1], 4)]
         os.posix_spawn(
             "/bin/sh",
             [
@@ -268,7 +280,7 @@ class LocalBackend(Backend):
                 *spec.command,
             ],
             self._environment(spec, account, devices),
-            file_actions=devnull,
+            file_actions=files,
             setsid=True,
             setsigdef=DEFAULT_SIGNALS,
             setsigmask=(),
@@ -470,6 +482,36 @@ def _read_number(path: Path) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def _keep_descriptors_from_workloads() -> None:
+    """Mark every descriptor this process inherited close-on-exec. Python opens its own that
+    way, but what the service's parent left open (a pipe of a supervisor, a terminal) would
+    otherwise reach every workload's command: posix_spawn keeps what is inheritable."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+                os.set_inheritable(fd, False)
+
+
+async def _readable(fd: int, timeout: float) -> None:
+    """Wait until ``fd`` (a pipe's read end, closed here after) has a byte or its end."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def fire() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, fire)
+    try:
+        await asyncio.wait_for(ready, timeout)
+    except TimeoutError:
+        pass  # the checks that follow say what became of the launcher
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def _read_pid(run: Path) -> int | None:

@@ -39,7 +39,10 @@ def alive(pid: int, started: int | None) -> bool:
 #: 1. Claim the attempt: create ``pid`` exclusively. If it exists, the service already
 #:    claimed this attempt as dead after a crash: run nothing.
 #: 2. Join the workload's cgroups before anything of the user's runs, so no fork escapes, and
-#:    say so (``joined``): from then on a stop finds every process of the workload.
+#:    say so (``joined``, and a byte on fd 3, a pipe the service waits on instead of polling;
+#:    fd 4 is the pipe's other end, so that the write cannot raise SIGPIPE if the service
+#:    died meanwhile): from then on a stop finds every process of the workload. Neither fd
+#:    reaches the user's command.
 #: 3. Run the user's part in the foreground with privileges dropped. The launcher *catches*
 #:    INT, HUP and TERM (a stop signals the whole group): a caught signal is back at its
 #:    default in the exec'd command, where an ignored one would stay ignored, and the shell
@@ -64,6 +67,7 @@ IFS=:
 for f in $procs; do echo $$ > "$f" || { echo 255 > "$run/exit"; exit 1; }; done
 unset IFS
 : > "$run/joined"
+echo >&3 2>/dev/null; exec 3>&- 4<&-
 $drop "$@"
 echo $? > "$run/exit"
 """
