@@ -111,8 +111,6 @@ class LocalBackend(Backend):
         self._gpu_lock = asyncio.Lock()
         self._watched: set[int] = set()
         _keep_descriptors_from_workloads()
-        #: Cgroups being made for workloads whose first checkpoint is being written.
-        self._preparing: dict[int, asyncio.Future[list[Path]]] = {}
         if cgroups is None:
             log.warning(
                 "no writable cgroup hierarchy: workloads run without CPU, memory or process "
@@ -142,7 +140,7 @@ class LocalBackend(Backend):
             await self._claim(run)
             shutil.rmtree(run, ignore_errors=True)
         async with self._gpu_lock:
-            devices = await asyncio.to_thread(self._claim_gpus, spec, run)
+            devices = self._claim_gpus(spec, run)
         workdir = spec.workdir or str(account.home)
         placement: dict[str, Any] = {
             "node": spec.node or self.node,
@@ -158,19 +156,11 @@ class LocalBackend(Backend):
             "stdout": os.path.join(workdir, spec.stdout or f"allot-{spec.workload}.out"),
             "stderr": os.path.join(workdir, spec.stderr or f"allot-{spec.workload}.err"),
         }
-        # The workload's groups are made while its first checkpoint is written: they are named
-        # by the workload, so even a crash before the write leaves nothing that cannot be found
-        # (the next start makes them again; recovery reaps those of inactive workloads).
-        groups = asyncio.ensure_future(asyncio.to_thread(self._groups, spec, devices))
-        self._preparing[spec.workload] = groups
         yield placement  # persisted before anything of the user's can run
-        procs = await groups
-        self._preparing.pop(spec.workload, None)
+        procs = self._groups(spec, devices)
         ready, told = os.pipe2(os.O_CLOEXEC)
         try:
-            await asyncio.to_thread(
-                self._spawn, spec, account, run, procs, devices, placement, (told, ready)
-            )
+            self._spawn(spec, account, run, procs, devices, placement, (told, ready))
         finally:
             os.close(told)
         await _readable(ready, timeout=30.0)  # the launcher joined its groups, or it ended
@@ -441,9 +431,6 @@ class LocalBackend(Backend):
     async def release(self, workload: int, placement: Placement) -> None:
         """After the end was recorded: kill anything left behind, drop the cgroups and the run
         directory (whose ``gpus.json`` held the workload's GPUs)."""
-        making = self._preparing.pop(workload, None)
-        if making is not None:  # its start went no further than its first checkpoint
-            await asyncio.wait([making])
         # File-system work off the event loop: it is not on anyone's critical path.
         await asyncio.to_thread(self._release, workload, Path(placement["run"]))
 
