@@ -161,6 +161,9 @@ class LocalBackend(Backend):
         ready, told = os.pipe2(os.O_CLOEXEC)
         try:
             self._spawn(spec, account, run, procs, devices, placement, (told, ready))
+        except BaseException:
+            os.close(ready)
+            raise
         finally:
             os.close(told)
         await _readable(ready, timeout=30.0)  # the launcher joined its groups, or it ended
