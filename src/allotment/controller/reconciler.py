@@ -19,15 +19,15 @@ import os
 import signal
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from allotment.backends.base import Backend, LaunchSpec, Observation
 from allotment.clock import Clock
 from allotment.db.engine import Database
-from allotment.db.tables import Account, Pool, User, Workload
+from allotment.db.tables import WORKLOADS, Account, Pool, User, Workload
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState as S
 
@@ -57,7 +57,6 @@ class Row:
     backend: str
 
 
-_TABLE = cast(Table, Workload.__table__)
 _ROWS = (
     select(Workload, User.name, Account.path, Pool.backend)
     .join(User, User.id == Workload.user_id)
@@ -164,13 +163,12 @@ class Reconciler:
         """Set ``values`` if the workload is still in one of ``expect`` (and, with ``to_run``,
         still meant to run); True when it was."""
         values.setdefault("updated_at", self.clock.now())
-        # On the table, not the mapped class: an ORM-enabled UPDATE costs more to prepare.
-        w = _TABLE.c
+        w = WORKLOADS.c
         guard = [w.id == workload, w.status.in_([int(s) for s in expect])]
         if to_run:
             guard.append(w.target == int(S.RUNNING))
         plain = {k: int(v) if isinstance(v, S) else v for k, v in values.items()}
-        statement = update(_TABLE).where(*guard).values(**plain)
+        statement = update(WORKLOADS).where(*guard).values(**plain)
 
         def write(session: Session) -> bool:
             return bool(getattr(session.execute(statement), "rowcount", 0))

@@ -16,9 +16,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from allotment.clock import Clock
@@ -33,7 +33,7 @@ from allotment.controller.view import (
     usage,
 )
 from allotment.db.engine import Database
-from allotment.db.tables import Workload
+from allotment.db.tables import WORKLOADS
 from allotment.domain.workloads import WorkloadState as S
 from allotment.scheduler import Admit, Hold, Preempt, Reject, Snapshot, schedule
 from allotment.scheduler.fairshare import fair_share_factors
@@ -269,7 +269,7 @@ class SchedulingLoop:
 
             def write(session: Session) -> Mapping[int, Any]:
                 conn = session.connection()
-                w = cast(Table, Workload.__table__)
+                w = WORKLOADS
                 pending = (w.c.id == bindparam("wid")) & (w.c.status == int(S.PENDING))
                 wants_run = w.c.target == int(S.RUNNING)
                 for a in admits:

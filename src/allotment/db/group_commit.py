@@ -17,11 +17,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from allotment.db.engine import Database
-from allotment.db.tables import Workload
+from allotment.db.tables import WORKLOADS
 
 __all__ = ["GroupCommit"]
 
@@ -94,15 +94,13 @@ class GroupCommit:
                     item.done.set_result(result)
 
     def _insert(self, dialect: str) -> postgresql.Insert | sqlite.Insert:
-        table = Workload.__table__
-        assert isinstance(table, Table)
-        return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+        return postgresql.insert(WORKLOADS) if dialect == "postgresql" else sqlite.insert(WORKLOADS)
 
     async def _commit(self, batch: list[_Item]) -> list[tuple[int, bool]]:
         # Core statements on a bare connection: the ORM's unit of work costs more than the
         # insert itself, and nothing here needs identity tracking.
         results: list[tuple[int, bool] | None] = [None] * len(batch)
-        table = Workload.__table__
+        table = WORKLOADS
         async with self.db.writer.begin() as conn:
             dialect = conn.dialect.name
             plain = [i for i, item in enumerate(batch) if not item.values.get("idempotency_key")]

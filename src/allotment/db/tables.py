@@ -7,7 +7,7 @@ History is never deleted: accounts, pools and profiles that anything refers to a
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Pool",
     "Profile",
     "User",
+    "WORKLOADS",
     "Workload",
 ]
 
@@ -200,6 +202,11 @@ class Workload(Base):
     #: controller. The culler stops sessions idle for `sessions.cull_idle`.
     last_activity: Mapped[datetime | None] = mapped_column(default=None)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+#: The workloads table itself, for Core statements on the hot paths (an ORM-enabled statement
+#: costs more to prepare than to run there).
+WORKLOADS = cast(Table, Workload.__table__)
 
 
 class AdminToken(Base):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
-from sqlalchemy import Table, insert, update
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.api.deps import AppState, Caller, CallerDep, StateDep
@@ -15,7 +15,7 @@ from allotment.api.views import workload_out
 from allotment.backends.local.output import read_as
 from allotment.db import repository as repo
 from allotment.db.catalog import AccountEntry, Catalog, PoolEntry, ProfileEntry
-from allotment.db.tables import Workload
+from allotment.db.tables import WORKLOADS
 from allotment.domain.accounts import is_within
 from allotment.domain.permissions import Scope
 from allotment.domain.profiles import ProfileOffer, choose_size, fits_some_node
@@ -158,7 +158,7 @@ async def _create_array(
             if earlier is not None:
                 response.status_code = 200
                 return workload_out(earlier)
-        table = cast(Table, Workload.__table__)
+        table = WORKLOADS
         first = (
             await session.execute(
                 insert(table).values(**values, array_index=indices[0]).returning(table.c.id)
