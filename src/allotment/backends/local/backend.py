@@ -171,7 +171,8 @@ class LocalBackend(Backend):
         started = start_time(pid)
         if self.cgroups is not None:
             # From the moment the launcher is in its groups, every process of the workload is:
-            # only then can a stop find them all.
+            # only then can a stop find them all. The pipe normally said so already; this
+            # checks it, and waits only if the pipe's wait timed out.
             delay = 0.001
             while not (run / "joined").exists() and alive(pid, started):
                 await asyncio.sleep(delay)
