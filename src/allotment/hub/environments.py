@@ -16,37 +16,16 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 from importlib.metadata import version
 from pathlib import Path
+
+from allotment.interpreters import python_for_everyone, runnable_by_everyone
 
 __all__ = ["SESSION_PACKAGES", "ensure_environment", "runnable_by_everyone"]
 
 #: The meter (hub/labextension) was built against JupyterLab 4.6.
 SESSION_PACKAGES = ["jupyterlab>=4.6,<5"]
 EXTENSION = "allotment_session"
-
-
-def runnable_by_everyone(path: Path) -> bool:
-    """True when any user can execute ``path``: it and each directory above it are o+x."""
-    path = path.resolve()
-    for p in [path, *path.parents]:
-        try:
-            if not os.stat(p).st_mode & stat.S_IXOTH:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def _interpreter() -> str:
-    for candidate in (sys.executable, "/usr/bin/python3"):
-        if candidate and runnable_by_everyone(Path(candidate)):
-            return candidate
-    raise RuntimeError(
-        f"No Python that every user can run was found ({sys.executable} is not, and neither "
-        "is /usr/bin/python3): install Debian's python3 and python3-venv."
-    )
 
 
 def _wanted() -> dict[str, object]:
@@ -76,7 +55,7 @@ def ensure_environment(prefix: Path, *, quiet: bool = True) -> Path:
     if prefix.exists():
         shutil.rmtree(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([_interpreter(), "-m", "venv", str(prefix)], check=True)
+    subprocess.run([python_for_everyone(), "-m", "venv", str(prefix)], check=True)
     pip = [str(prefix / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
     if quiet:
         pip.append("-q")

@@ -2,39 +2,121 @@
 
 The files live in the user's directories, which the user controls: a process with the
 service's privileges that opened them could be led through a symlink to any file on the
-machine. So they are read by a process running as the workload's own POSIX account.
+machine. So they are read by a short helper running as the workload's own POSIX account
+(``setpriv`` by absolute path, a fixed environment, ``/`` as its directory), which opens the
+file without following a symlink and without blocking (a FIFO, a terminal), reads only a
+regular file, and is killed when it takes longer than :data:`READ_SECONDS`. Every helper is
+waited for, so none outlives its request, as a process or as a descriptor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import sys
 
-__all__ = ["read_as"]
+from allotment.errors import Conflict
+from allotment.interpreters import python_for_everyone
+
+__all__ = ["READ_SECONDS", "read_as"]
+
+SETPRIV = "/usr/bin/setpriv"
+#: How long a helper may take before it is killed and the request answered with an error.
+READ_SECONDS = 5.0
+
+#: Exit statuses of the helper besides 0 (read): its stderr says more.
+_CANNOT_OPEN = 2  # stderr: the errno's name
+_NOT_REGULAR = 3  # stderr: what the file is instead
+
+#: Run as the user, with ``-I -S``: no environment, no site, nothing from the user's files
+#: but the one it was asked to read.
+_HELPER = """\
+import os, stat, sys
+offset, limit, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+try:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
+except OSError as e:
+    sys.stderr.write(str(e.errno))
+    sys.exit(2)
+mode = os.fstat(fd).st_mode
+if not stat.S_ISREG(mode):
+    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISDIR, "a directory")]
+    sys.stderr.write(next((k for test, k in kinds if test(mode)), "not a file"))
+    sys.exit(3)
+out = sys.stdout.buffer
+while limit > 0:
+    chunk = os.pread(fd, min(limit, 1 << 20), offset)
+    if not chunk:
+        break
+    out.write(chunk)
+    offset += len(chunk)
+    limit -= len(chunk)
+out.flush()
+"""
+
+#: Helpers of cancelled requests, still being reaped (a reference keeps the task alive).
+_reaping: set[asyncio.Task[tuple[bytes, bytes]]] = set()
 
 
 async def read_as(uid: int, gid: int, path: str, offset: int, limit: int) -> bytes | None:
     """Up to ``limit`` bytes of ``path`` from ``offset``, read as ``uid``; None when the file
-    does not exist or that account may not read it."""
-    command = ["tail", "-c", f"+{offset + 1}", "--", path]
+    does not exist or that account may not read it.
+
+    Raises
+    ------
+    Conflict
+        ``path`` is a symbolic link or not a regular file (a FIFO, a device), or could not be
+        read within :data:`READ_SECONDS`; the message says which, for the researcher.
+    """
+    helper = ["-I", "-S", "-c", _HELPER, str(offset), str(limit), path]
     if os.geteuid() != uid:
-        command = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--", *command]
+        # ``--`` ends setpriv's options; after ``-c`` the interpreter takes no more options.
+        drop = [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--no-new-privs"]
+        command = [*drop, "--", python_for_everyone(), *helper]
+    else:  # single-user mode: the service's own account, and its own interpreter
+        command = [sys.executable, *helper]
     proc = await asyncio.create_subprocess_exec(
         *command,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
         env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
         cwd="/",
     )
-    assert proc.stdout is not None
-    data = await proc.stdout.read(limit)
-    if proc.returncode is None:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-    code = await proc.wait()
-    if code not in (0, -9) and not data:
-        return None
-    return data
+    try:
+        data, said = await asyncio.wait_for(proc.communicate(), READ_SECONDS)
+    except TimeoutError:
+        _kill(proc)
+        await proc.communicate()
+        raise Conflict(
+            f"{path} could not be read within {READ_SECONDS:g} s (is it on a file system "
+            "that is not answering?); try again later."
+        ) from None
+    except asyncio.CancelledError:
+        # The request went away: the helper goes too, and is reaped in the background.
+        _kill(proc)
+        task = asyncio.ensure_future(proc.communicate())
+        _reaping.add(task)
+        task.add_done_callback(_reaping.discard)
+        raise
+    if proc.returncode == 0:
+        return data
+    reason = said.decode(errors="replace").strip()
+    if proc.returncode == _NOT_REGULAR:
+        raise Conflict(f"{path} is {reason}, not a regular file: only regular files are read.")
+    if proc.returncode == _CANNOT_OPEN and reason == str(errno.ELOOP):
+        raise Conflict(
+            f"{path} is a symbolic link, not a regular file: output files are read without "
+            "following links."
+        )
+    return None
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
