@@ -7,8 +7,9 @@
 ``hub``           a real JupyterHub process (session-wide) that issues user tokens with chosen
                   scopes: ``hub.token("alice", ["custom:allotment:read"])``.
 ``hub_service``   ``service``, verifying tokens against ``hub``.
-``shared``        a world-writable scratch directory (mode 1777, like /tmp) that workloads
-                  running as other POSIX accounts can write to and the test can read.
+``shared``        a world-writable scratch directory (mode 1777) that workloads running as
+                  other POSIX accounts can write to and the test can read; under /var/tmp,
+                  since every workload has a /tmp of its own.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ async def hub_service(database_url: str, tmp_path: Path, hub: Hub) -> AsyncItera
 
 @pytest.fixture
 def shared() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="allot-test-", dir="/tmp"))
+    d = Path(tempfile.mkdtemp(prefix="allot-test-", dir="/var/tmp"))
     d.chmod(0o1777)
     try:
         yield d

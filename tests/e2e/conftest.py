@@ -30,8 +30,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="package")
 def hub_up() -> Iterator[HubUp]:
     # Not under pytest's own temporary directory (0700): sessions, running as their users,
-    # must reach the environment in the hub's data directory.
-    root = Path(tempfile.mkdtemp(prefix="allotment-e2e-"))
+    # must reach the environment in the hub's data directory; not under /tmp, which each
+    # session has a private one of.
+    root = Path(tempfile.mkdtemp(prefix="allotment-e2e-", dir="/var/tmp"))
     os.chmod(root, 0o711)
     hub = start_hub(root / "data", Path(__file__).with_name("policy.yaml"))
     try:

@@ -27,10 +27,13 @@ from allotment.backends.local import gpus as gpu
 from allotment.backends.local.cgroups import Cgroups, Limits
 from allotment.backends.local.posix import PosixAccount, PosixAccounts
 from allotment.backends.local.process import (
+    ROOT_ENVIRONMENT,
     SETUP_FAILURES,
     USER_PART,
     WRAPPER,
     alive,
+    environment_script,
+    program,
     start_time,
 )
 from allotment.domain.quantities import format_bytes
@@ -110,6 +113,10 @@ class LocalBackend(Backend):
         self.pids_max = pids_max
         self._gpu_lock = asyncio.Lock()
         self._watched: set[int] = set()
+        #: Programs the launcher runs as root, by absolute path (never found through PATH).
+        self._setpriv = program("setpriv") if accounts.isolated else ""
+        #: As root, every workload gets a private /tmp and /dev/shm in a mount namespace.
+        self._private = (program("unshare"), program("mount")) if accounts.isolated else None
         _keep_descriptors_from_workloads()
         if cgroups is None:
             log.warning(
@@ -188,6 +195,11 @@ class LocalBackend(Backend):
                 "GPUs are in use here"
             )
         run.mkdir(mode=0o700)
+        if self._private is not None:
+            # The workload's /tmp: reachable only inside its own mount namespace (the run
+            # directory is the service's, 0700), removed with the run directory.
+            (run / "tmp").mkdir()
+            os.chmod(run / "tmp", 0o1777)
         (run / "gpus.json").write_text(json.dumps(devices))
         return devices
 
@@ -239,46 +251,65 @@ class LocalBackend(Backend):
         placement: Mapping[str, Any],
         pipe: tuple[int, int],
     ) -> None:
-        """Start the launcher; ``pipe`` (write end, read end) becomes its fds 3 and 4."""
+        """Start the launcher; ``pipe`` (write end, read end) becomes its fds 3 and 4, the
+        workload's environment its fd 5. The launcher itself gets ``ROOT_ENVIRONMENT`` only."""
         workdir, out, err = placement["workdir"], placement["stdout"], placement["stderr"]
         drop = ""
         if self.accounts.isolated:
             drop = (
-                f"setpriv --reuid={account.uid} --regid={account.gid} --init-groups "
+                f"{self._setpriv} --reuid={account.uid} --regid={account.gid} --init-groups "
                 "--inh-caps=-all --"
             )
-        # posix_spawn (vfork + exec) in a new session: the launcher leads its own session and
-        # process group. Forking this large process, as subprocess would, costs milliseconds.
-        files: list[tuple[Any, ...]] = [
-            (os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDONLY if fd == 0 else os.O_WRONLY, 0)
-            for fd in (0, 1, 2)
-        ]
-        files += [(os.POSIX_SPAWN_DUP2, pipe[0], 3), (os.POSIX_SPAWN_DUP2, pipe[1], 4)]
-        os.posix_spawn(
-            "/bin/sh",
-            [
-                "/bin/sh",
-                "-c",
-                WRAPPER,
-                "allot-wrapper",
-                str(run),
-                ":".join(str(p) for p in procs),
-                drop,
-                "/bin/sh",
-                "-c",
-                USER_PART,
-                "allot-job",
-                out,
-                err,
-                workdir,
-                *spec.command,
-            ],
-            self._environment(spec, account, devices),
-            file_actions=files,
-            setsid=True,
-            setsigdef=DEFAULT_SIGNALS,
-            setsigmask=(),
-        )
+        launcher = ["/bin/sh", "-c", WRAPPER, "allot-wrapper"]
+        mount = shm = ""
+        if self._private is not None:
+            unshare, mount = self._private
+            launcher = [unshare, "--mount", "--propagation", "private", "--", *launcher]
+            memory = max(spec.resources.memory, 2**20)
+            shm = f"size={memory},mode=1777,nosuid,nodev"
+        env = os.memfd_create("allot-env", os.MFD_CLOEXEC)
+        try:
+            script = environment_script(self._environment(spec, account, devices))
+            while script:
+                script = script[os.write(env, script) :]
+            # posix_spawn (vfork + exec) in a new session: the launcher leads its own session
+            # and process group. Forking this large process, as subprocess would, costs
+            # milliseconds.
+            files: list[tuple[Any, ...]] = [
+                (os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDONLY if fd == 0 else os.O_WRONLY, 0)
+                for fd in (0, 1, 2)
+            ]
+            files += [
+                (os.POSIX_SPAWN_DUP2, pipe[0], 3),
+                (os.POSIX_SPAWN_DUP2, pipe[1], 4),
+                (os.POSIX_SPAWN_DUP2, env, 5),
+            ]
+            os.posix_spawn(
+                launcher[0],
+                [
+                    *launcher,
+                    str(run),
+                    ":".join(str(p) for p in procs),
+                    drop,
+                    mount,
+                    shm,
+                    "/bin/sh",
+                    "-c",
+                    USER_PART,
+                    "allot-job",
+                    out,
+                    err,
+                    workdir,
+                    *spec.command,
+                ],
+                ROOT_ENVIRONMENT,
+                file_actions=files,
+                setsid=True,
+                setsigdef=DEFAULT_SIGNALS,
+                setsigmask=(),
+            )
+        finally:
+            os.close(env)
 
     async def _wait_for_pid(self, run: Path, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout

@@ -6,9 +6,22 @@ of ``/proc/<pid>/stat``, in clock ticks since boot) is.
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["SETUP_FAILURES", "USER_PART", "WRAPPER", "alive", "start_time"]
+__all__ = [
+    "ROOT_ENVIRONMENT",
+    "SETUP_FAILURES",
+    "USER_PART",
+    "WRAPPER",
+    "alive",
+    "environment_script",
+    "program",
+    "start_time",
+]
 
 
 def start_time(pid: int, proc: Path = Path("/proc")) -> int | None:
@@ -30,64 +43,106 @@ def alive(pid: int, started: int | None) -> bool:
 
 
 #: Runs as root (or as the service's user in single-user mode), in a session of its own so that
-#: it outlives restarts of the service (after one, init is its parent and reaps it).
+#: it outlives restarts of the service (after one, init is its parent and reaps it), and, as
+#: root, in a mount namespace of its own (``unshare --mount``). Its environment is fixed
+#: (``ROOT_ENVIRONMENT``) and every program it runs is named by absolute path: nothing the user
+#: asked for reaches it (a ``PATH`` or ``LD_PRELOAD`` of the user's would otherwise pick the
+#: program or the library root runs).
 #:
 #: $1 run directory (the service's, mode 0700) · $2 cgroup.procs files, ":"-separated ·
-#: $3 the command that drops privileges (e.g. "setpriv --reuid 1001 --regid 1001
-#: --init-groups --inh-caps=-all --"), or "" · then ``USER_PART`` with its own arguments.
+#: $3 the command that drops privileges (e.g. "/usr/bin/setpriv --reuid=1001 --regid=1001
+#: --init-groups --inh-caps=-all --"), or "" · $4 the mount program, or "" for no private /tmp
+#: and /dev/shm · $5 the private /dev/shm's tmpfs options · then ``USER_PART`` with its own
+#: arguments. Descriptor 5 holds the workload's environment (``environment_script``).
 #:
 #: 1. Claim the attempt: create ``pid`` exclusively. If it exists, the service already
-#:    claimed this attempt as dead after a crash: run nothing.
-#: 2. Join the workload's cgroups before anything of the user's runs, so no fork escapes, and
-#:    say so (``joined``, and a byte on fd 3, a pipe the service waits on instead of polling;
-#:    fd 4 is the pipe's other end, so that the write cannot raise SIGPIPE if the service
-#:    died meanwhile): from then on a stop finds every process of the workload. Neither fd
-#:    reaches the user's command.
-#: 3. Run the user's part in the foreground with privileges dropped. The launcher *catches*
+#:    claimed this attempt as dead after a crash: run nothing. The launcher works inside its
+#:    run directory, so the private /tmp mounted below cannot hide it.
+#: 2. Join the workload's cgroups before anything of the user's runs, so no fork escapes.
+#: 3. Give the workload its own /tmp (the run directory's ``tmp``, on disk, bind-mounted: as
+#:    Slurm's job_container/tmpfs does) and its own /dev/shm (a tmpfs, whose pages count
+#:    against the workload's memory). Both vanish with it: the mounts with the namespace when
+#:    its last process ends, the directory with the run directory.
+#: 4. Say it is ready (``joined``, and a byte on fd 3, a pipe the service waits on instead of
+#:    polling; fd 4 is the pipe's other end, so that the write cannot raise SIGPIPE if the
+#:    service died meanwhile): from then on a stop finds every process of the workload.
+#:    Neither fd reaches the user's command.
+#: 5. Run the user's part in the foreground with privileges dropped. The launcher *catches*
 #:    INT, HUP and TERM (a stop signals the whole group): a caught signal is back at its
 #:    default in the exec'd command, where an ignored one would stay ignored, and the shell
 #:    runs the trap only once the command has ended. The service spawns the launcher with
-#:    every signal at its default. The environment is the launcher's own, which the service
-#:    builds from nothing: passed that way (not as arguments) it stays out of
-#:    ``/proc/<pid>/cmdline``, which every user can read.
-#: 4. Record its exit status; the service cannot read an exit status from a process it is not
+#:    every signal at its default.
+#: 6. Record its exit status; the service cannot read an exit status from a process it is not
 #:    the parent of (after a restart), so it reads this file, and only once the launcher is
 #:    gone (a few bytes in one write: no reader sees it half written).
-#:
-#: No ``env`` and no ``mv``: each program it runs costs ~1.5 ms of a start on a busy machine.
 WRAPPER = r"""
 trap : INT HUP TERM
-cd /
-run=$1 procs=$2 drop=$3
-shift 3
+run=$1 procs=$2 drop=$3 mount=$4 shm=$5
+shift 5
+cd "$run" || exit 1
 set -C
-{ echo $$ > "$run/pid"; } 2>/dev/null || exit 0
+{ echo $$ > pid; } 2>/dev/null || exit 0
 set +C
 IFS=:
-for f in $procs; do echo $$ > "$f" || { echo 255 > "$run/exit"; exit 1; }; done
+for f in $procs; do echo $$ > "$f" || { echo 255 > exit; exit 1; }; done
 unset IFS
-: > "$run/joined"
+if [ -n "$mount" ]; then
+  { "$mount" --bind -- "$run/tmp" /tmp && "$mount" -t tmpfs -o "$shm" -- allot-shm /dev/shm; } ||
+    { echo 251 > exit; exit 1; }
+fi
+: > joined
 echo >&3 2>/dev/null; exec 3>&- 4<&-
 $drop "$@"
-echo $? > "$run/exit"
+echo $? > exit
 """
 
 #: The user's part, as the user: into the working directory, then output appended to files
 #: opened *as the user* (a root process opening files in a user's directory could be led
 #: through a symlink; relative paths are relative to the working directory, as in Slurm), then
-#: the command. Arguments: stdout, stderr, directory, command….
+#: the workload's environment (fd 5, read only now, by the user's own shell), then the
+#: command. Arguments: stdout, stderr, directory, command….
 USER_PART = r"""
 cd "$3" || exit 254
 unset OLDPWD
 { true >>"$1" && true >>"$2"; } 2>/dev/null || exit 253
 exec >>"$1" 2>>"$2" </dev/null
 shift 3
+[ -r /proc/self/fd/5 ] || exit 252
+. /proc/self/fd/5
+exec 5<&-
 exec "$@"
 """
 
-#: Exit statuses of ``USER_PART`` itself, before the command ran.
+#: The launcher's whole environment: nothing of the user's, nothing of the service's.
+ROOT_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+#: Exit statuses of the launcher and ``USER_PART`` themselves, before the command ran.
 SETUP_FAILURES = {
+    251: "could not make its private /tmp and /dev/shm",
+    252: "could not read its environment",
     253: "could not open its output files",
     254: "could not enter its working directory",
     255: "could not join its control group",
 }
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def environment_script(env: Mapping[str, str]) -> bytes:
+    """``env`` as the ``export`` lines the user's shell sources (values quoted for sh, so they
+    are data, whatever they hold). Raises ValueError for a name sh cannot export."""
+    lines = []
+    for name, value in env.items():
+        if not _NAME.match(name):
+            raise ValueError(f"{name!r} is not an environment variable name")
+        lines.append(f"export {name}={shlex.quote(value)}\n")
+    return "".join(lines).encode()
+
+
+def program(name: str, places: tuple[str, ...] = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")) -> str:
+    """The absolute path of a system program, looked up once in fixed places (never ``PATH``)."""
+    for place in places:
+        path = os.path.join(place, name)
+        if os.access(path, os.X_OK):
+            return path
+    raise FileNotFoundError(f"{name} not found in {', '.join(places)}: install util-linux")

@@ -1,0 +1,181 @@
+"""Finding 11.1 and 11.5: nothing a submitter sends reaches a root process, and a workload's
+/tmp and /dev/shm are its own and die with it. Real POSIX accounts, cgroups and processes.
+
+Before the fix, the environment a submitter passed was the root launcher's own: an
+executable named ``setpriv`` early on ``PATH``, or a library in ``LD_PRELOAD``, ran as root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from allotment.backends.local.backend import LocalBackend
+from allotment.backends.local.process import ROOT_ENVIRONMENT
+from allotment.domain.resources import Resources
+from tests.backends.conftest import ROOT, local_backend
+from tests.backends.test_contract import ended, started
+from tests.backends.test_local import job
+
+pytestmark = pytest.mark.skipif(not ROOT, reason="needs root: POSIX accounts and cgroups")
+
+#: Variables that change what a program or the libraries it loads do, set to places the
+#: submitter controls (``{d}``: a directory of theirs).
+HOSTILE = {
+    "PATH": "{d}/bin:/usr/bin:/bin",
+    "LD_PRELOAD": "{d}/evil.so",
+    "LD_LIBRARY_PATH": "{d}/lib",
+    "LD_AUDIT": "{d}/evil.so",
+    "GCONV_PATH": "{d}/gconv",
+    "LOCPATH": "{d}/locale",
+    "NLSPATH": "{d}/nls/%N",
+    "BASH_ENV": "{d}/evil.sh",
+    "ENV": "{d}/evil.sh",
+    "IFS": "/",
+    "PS4": "$(id > {d}/ps4)",
+    "SHELLOPTS": "xtrace",
+    "PYTHONPATH": "{d}/py",
+    "PYTHONSTARTUP": "{d}/evil.py",
+    "PERL5OPT": "-M{d}/evil",
+    "HOME": "{d}",
+    "TMPDIR": "{d}",
+}
+
+EVIL_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void evil(void) {
+    FILE *f = fopen("%s", "a");
+    if (f) { fprintf(f, "%%d\n", (int)geteuid()); fclose(f); }
+}
+"""
+
+
+@pytest.fixture
+async def local(tmp_path: Path) -> LocalBackend:
+    return local_backend(tmp_path / "state")
+
+
+@pytest.fixture
+def new_id() -> Callable[[], int]:
+    return lambda: next(_ids)
+
+
+_ids = itertools.count(os.getpid() * 1000 + 500)
+
+
+def _root_processes(local: LocalBackend, wid: int) -> dict[int, dict[str, str]]:
+    """Environment of every uid-0 process in the workload's cgroups, by pid."""
+    assert local.cgroups is not None
+    found = {}
+    for pid in local.cgroups.procs(wid):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != 0:
+                continue
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        found[pid] = dict(v.split("=", 1) for v in raw.decode().split("\0") if "=" in v)
+    return found
+
+
+async def test_no_root_process_of_a_workload_has_anything_of_the_submitters_environment(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    env = {name: value.format(d=shared) for name, value in HOSTILE.items()}
+    env["SECRET_OF_THE_USER"] = "it's\nmine $(id)"
+    wid = new_id()
+    script = f'printf "%s" "$SECRET_OF_THE_USER" > {shared}/seen; sleep 2'
+    p = (await started(local, job(wid, "alice", ["/bin/sh", "-c", script], shared, env=env)))[-1]
+    samples: list[dict[str, str]] = []
+    for _ in range(20):
+        samples += _root_processes(local, wid).values()
+        await asyncio.sleep(0.05)
+    assert samples, "the launcher (root) is in the workload's cgroup while it runs"
+    for environ in samples:
+        # The launcher's shell exports its own working directories (the run directory).
+        assert {k: v for k, v in environ.items() if k not in ("PWD", "OLDPWD")} == ROOT_ENVIRONMENT
+    seen = await ended(local, wid, p)
+    assert (seen.exit_code, seen.failed) == (0, False), seen.reason
+    # The user's own command still gets what was asked for, byte for byte.
+    assert (shared / "seen").read_text() == "it's\nmine $(id)"
+    assert not (shared / "ps4").exists()
+    await local.release(wid, p)
+
+
+@pytest.mark.skipif(
+    shutil.which("cc") is None, reason="needs a C compiler (scripts/test installs gcc)"
+)
+async def test_a_setpriv_on_the_users_path_or_a_preloaded_library_never_runs_as_root(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    marks = shared / "uids"
+    (shared / "bin").mkdir()
+    fake = shared / "bin" / "setpriv"
+    fake.write_text(f"#!/bin/sh\nid -u >> {marks}\nexit 0\n")
+    fake.chmod(0o755)
+    (shared / "evil.c").write_text(EVIL_C % marks)
+    subprocess.run(
+        ["cc", "-shared", "-fPIC", "-o", str(shared / "evil.so"), str(shared / "evil.c")],
+        check=True,
+    )
+    (shared / "evil.so").chmod(0o755)
+    env = {"PATH": f"{shared}/bin:/usr/bin:/bin", "LD_PRELOAD": f"{shared}/evil.so"}
+    wid = new_id()
+    p = (await started(local, job(wid, "alice", ["/bin/true"], shared, env=env)))[-1]
+    seen = await ended(local, wid, p)
+    assert (seen.exit_code, seen.failed) == (0, False), seen.reason
+    uids = marks.read_text().split() if marks.exists() else []
+    alice = str(pwd.getpwnam("jupyter-alice").pw_uid)
+    # The library did load, into the user's own command: the attempt was real.
+    assert alice in uids
+    assert "0" not in uids, f"ran as root: {uids}"
+    await local.release(wid, p)
+
+
+async def test_a_workloads_tmp_and_shm_are_its_own_and_die_with_it(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    alice, bob = new_id(), new_id()
+    r = Resources.of(0.5, 256 * 2**20)
+    write = (
+        "echo private > /tmp/alice-file && "
+        "head -c 50000000 /dev/zero > /dev/shm/alice-shm && "
+        f"ls -A /tmp > {shared}/alice-tmp; sleep 30"
+    )
+    pa = (await started(local, job(alice, "alice", ["sh", "-c", write], shared, resources=r)))[-1]
+    for _ in range(100):
+        if (shared / "alice-tmp").exists():
+            break
+        await asyncio.sleep(0.05)
+    assert (shared / "alice-tmp").read_text().split() == ["alice-file"]
+    # Not on the machine's /tmp or /dev/shm, and the shared memory counts as the workload's.
+    assert not Path("/tmp/alice-file").exists() and not Path("/dev/shm/alice-shm").exists()
+    assert local.cgroups is not None
+    assert (local.cgroups.memory(alice).peak or 0) >= 50_000_000
+    launcher = pa["pid"]
+    look = (
+        f"ls -A /tmp /dev/shm > {shared}/bob-lists 2>&1;"
+        f"cat /proc/{launcher}/root/tmp/alice-file > {shared}/bob-reads 2>&1; true"
+    )
+    pb = (await started(local, job(bob, "bob", ["sh", "-c", look], shared, resources=r)))[-1]
+    await ended(local, bob, pb)
+    assert (shared / "bob-lists").read_text().split() == ["/dev/shm:", "/tmp:"]
+    assert "Permission denied" in (shared / "bob-reads").read_text()
+    await local.release(bob, pb)
+    await local.stop(alice, pa, grace=1)
+    await ended(local, alice, pa)
+    run = Path(pa["run"])
+    await local.release(alice, pa)
+    assert not run.exists()
+    assert not any("alice" in n for n in os.listdir("/dev/shm"))
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert "allot-shm" not in mounts and str(run) not in mounts
