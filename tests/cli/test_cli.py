@@ -129,7 +129,7 @@ def test_workloads_and_cancel(served: dict[str, str]) -> None:
     table = allot("workloads", "--state", "pending", env=served).stdout
     assert "physics/lab-b" in table and "pending" in table
     r = allot("cancel", str(wid), env=served)
-    assert r.returncode == 0 and f"{wid}: stopped (cancelled by admin-token:setup)" in r.stdout
+    assert r.returncode == 0 and f"{wid}: stopped (cancelled by admin-token/setup)" in r.stdout
     r = allot("cancel", str(wid), env=served)
     assert r.returncode == 1 and "already stopped" in r.stderr
     r = allot("workloads", "--since", "tomorrow", env=served)

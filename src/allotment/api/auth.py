@@ -21,6 +21,7 @@ from allotment.domain.permissions import Scope
 from allotment.errors import PublicError, Unauthenticated
 
 __all__ = [
+    "ADMIN_IDENTITY",
     "ADMIN_PREFIX",
     "HubUnavailable",
     "Identity",
@@ -32,6 +33,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ADMIN_PREFIX = "allot_admin_"
+#: What the headless admin's identities are called: ``admin-token/<token name>``. JupyterHub
+#: refuses "/" in user names, so no hub user can be given this identity (and with it, the
+#: admin's workloads).
+ADMIN_IDENTITY = "admin-token/"
 
 
 class HubUnavailable(PublicError):

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 
 from allotment.api.auth import (
+    ADMIN_IDENTITY,
     ADMIN_IDENTITY_SCOPES,
     ADMIN_PREFIX,
     Identity,
@@ -146,7 +147,12 @@ def _acting_for(identity: Identity, request: Request) -> Identity:
 async def _identity(state: AppState, token: str, request: Request) -> Identity:
     if not token.startswith(ADMIN_PREFIX):
         identity = await state.verifier.hub_user(token)
-        return _acting_for(identity, request) if identity.kind == "service" else identity
+        if identity.kind == "service":
+            identity = _acting_for(identity, request)
+        if "/" in identity.name:
+            # JupyterHub never names a user so; the admin's identities are named so.
+            raise Forbidden(f"{identity.name!r} is not a JupyterHub user name (it has a '/').")
+        return identity
     digest = token_sha256(token)
     name = state.admin_tokens.get(digest)
     if name is None:
@@ -154,7 +160,7 @@ async def _identity(state: AppState, token: str, request: Request) -> Identity:
             row = await repo.admin_token(session, digest)
         if row is None:
             raise Unauthenticated("This admin token is not valid (revoked or mistyped).")
-        name = f"admin-token:{row.name}"
+        name = ADMIN_IDENTITY + row.name
         state.admin_tokens.put(digest, name)
     return Identity(name, ADMIN_IDENTITY_SCOPES)
 

@@ -308,6 +308,35 @@ class SessionsSpec(_Spec):
     )
 
 
+class ExistingAccountsSpec(_Spec):
+    """Hub users who already have a POSIX account of the same name run as that account.
+
+    For sites whose hub logs in with PAM or LDAP, where the authenticator vouches that hub user
+    ``alice`` is the machine's ``alice``. Only accounts inside the uid range (and, when
+    ``groups`` is given, members of one of them) qualify; system accounts (uid below 1000),
+    ``nobody``, accounts whose shell is ``nologin`` or ``false`` (other services') and accounts
+    Allotment made for another hub user never do. A hub user without a qualifying account gets
+    one Allotment creates, as without this setting.
+    """
+
+    uid_min: int = Field(1000, ge=1000, description="Smallest uid that may be used.")
+    uid_max: int = Field(59999, ge=1000, description="Largest uid that may be used.")
+    groups: list[str] = Field(
+        [], description="Only members of one of these POSIX groups. Empty: any account in range."
+    )
+
+
+class IdentitySpec(_Spec):
+    """Which POSIX account a hub user's workloads run as (when Allotment runs as root)."""
+
+    existing_accounts: ExistingAccountsSpec | None = Field(
+        None,
+        description="Run hub users as their existing POSIX accounts of the same name (PAM or "
+        "LDAP sites). Empty (the default): every hub user runs as an account Allotment creates "
+        "and marks as its own (`jupyter-<name>`), and no existing account is ever used.",
+    )
+
+
 class Policy(_Spec):
     """The whole policy of one Allotment installation."""
 
@@ -321,3 +350,6 @@ class Policy(_Spec):
     limits: LimitsSpec = Field(LimitsSpec(), description="Concurrency limits.")
     scheduling: SchedulingSpec = Field(SchedulingSpec(), description="Queue order and admission.")
     sessions: SessionsSpec = Field(SessionsSpec(), description="Hub sessions (`allot up`).")
+    identity: IdentitySpec = Field(
+        IdentitySpec(), description="Which POSIX account each hub user runs as."
+    )

@@ -81,7 +81,8 @@ def local_backend(policy: Policy, data_dir: Path) -> LocalBackend | None:
         for model, count in node.gpus.items():
             gpus[model] = gpus.get(model, 0) + count
     declared = Resources.of(n.cpus, n.memory, gpus)
-    return LocalBackend(data_dir / "local", n.name, declared, detect(), PosixAccounts())
+    accounts = PosixAccounts(existing=policy.identity.existing_accounts)
+    return LocalBackend(data_dir / "local", n.name, declared, detect(), accounts)
 
 
 class Controller:

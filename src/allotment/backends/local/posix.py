@@ -2,14 +2,17 @@
 
 When Allotment runs as root, every hub user runs as their own account:
 
-- an existing account with the hub user's exact name and a regular uid (≥ 1000) is used as it
-  is (sites whose hub logs in with PAM or LDAP already have one);
-- otherwise ``jupyter-<name>`` is created on first use (the convention of The Littlest
+- by default ``jupyter-<name>``, created on first use (the convention of The Littlest
   JupyterHub), the name escaped so that any hub name maps to a distinct, valid POSIX name:
   ``a-z``, ``0-9`` stay, every other byte becomes ``_xx`` (hex); a name too long for POSIX is
-  cut and given a hash. The GECOS field records the escaped hub name, so the mapping can be
-  read back from the account itself, and an account that does not carry it is never taken
+  cut and given a hash. The GECOS field marks it as made by Allotment for that hub user, so
+  the mapping can be read back from the account itself (any installation on the machine may
+  use it for the same hub user), and an account that does not carry the mark is never taken
   over. Home directories are created with mode 0700.
+- an existing account with the hub user's exact name only where the policy says so
+  (``identity.existing_accounts``: sites whose hub logs in with PAM or LDAP, where the
+  authenticator vouches for the name), within its uid range and groups. A hub login that
+  accepts any name could otherwise become any local user.
 
 When it is not root, every workload runs as the service's own account (single-user mode).
 """
@@ -17,6 +20,7 @@ When it is not root, every workload runs as the service's own account (single-us
 from __future__ import annotations
 
 import asyncio
+import grp
 import hashlib
 import logging
 import os
@@ -25,13 +29,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from allotment.backends.local.process import ROOT_ENVIRONMENT, program
+from allotment.config.models import ExistingAccountsSpec
+
 __all__ = ["PosixAccount", "PosixAccounts", "decode", "escape", "unix_name"]
 
 log = logging.getLogger("allotment.local")
 
 PREFIX = "jupyter-"
 MAX_NAME = 32
-UID_MIN = 1000
 MARK = "allotment "
 
 
@@ -77,6 +83,33 @@ def _account(entry: pwd.struct_passwd) -> PosixAccount:
     return PosixAccount(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
 
 
+NOBODY = 65534
+#: Shells of accounts nobody logs in to: those of services.
+SERVICE_SHELLS = ("nologin", "false")
+
+
+def refusal(entry: pwd.struct_passwd, hub_name: str, rule: ExistingAccountsSpec) -> str | None:
+    """Why the existing account ``entry`` may not run ``hub_name``'s workloads, or None."""
+    if not rule.uid_min <= entry.pw_uid <= rule.uid_max or entry.pw_uid == NOBODY:
+        return f"its uid {entry.pw_uid} is outside {rule.uid_min}-{rule.uid_max}"
+    if os.path.basename(entry.pw_shell) in SERVICE_SHELLS:
+        return f"its shell is {entry.pw_shell} (a service's account)"
+    if entry.pw_gecos.startswith(MARK) and entry.pw_gecos != MARK + escape(hub_name):
+        return "Allotment made it for another hub user"
+    if rule.groups:
+        mine = {grp.getgrgid(g).gr_name for g in _groups(entry)}
+        if not mine & set(rule.groups):
+            return f"it is in none of the groups {', '.join(rule.groups)}"
+    return None
+
+
+def _groups(entry: pwd.struct_passwd) -> list[int]:
+    try:
+        return os.getgrouplist(entry.pw_name, entry.pw_gid)
+    except OSError:
+        return [entry.pw_gid]
+
+
 #: How long a found account is used without looking it up again.
 REMEMBER_SECONDS = 30.0
 
@@ -85,9 +118,17 @@ class PosixAccounts:
     """Finds or creates the account for each hub user; one at a time (``useradd`` locks
     ``/etc/passwd`` and two creations of the same user must not race)."""
 
-    def __init__(self, *, create: bool | None = None, home_base: Path = Path("/home")) -> None:
+    def __init__(
+        self,
+        *,
+        create: bool | None = None,
+        home_base: Path = Path("/home"),
+        existing: ExistingAccountsSpec | None = None,
+    ) -> None:
         self.isolated = os.geteuid() == 0 if create is None else create
         self.home_base = home_base
+        #: The policy's ``identity.existing_accounts``; None: never use an existing account.
+        self.existing = existing
         self._lock = asyncio.Lock()
         #: Accounts found lately: a user's jobs come in runs, and every look-up parses
         #: /etc/passwd (twice: the same name, then the mapped one).
@@ -116,12 +157,21 @@ class PosixAccounts:
 
     async def _resolve(self, hub_name: str) -> PosixAccount:
         async with self._lock:
-            try:
-                same = pwd.getpwnam(hub_name)
-            except KeyError:
-                same = None
-            if same is not None and same.pw_uid >= UID_MIN and same.pw_uid != 65534:
-                return _account(same)
+            if self.existing is not None:
+                try:
+                    same = pwd.getpwnam(hub_name)
+                except KeyError:
+                    same = None
+                if same is not None:
+                    why = refusal(same, hub_name, self.existing)
+                    if why is None:
+                        return _account(same)
+                    log.warning(
+                        "not running hub user %s as the existing account %s: %s",
+                        hub_name,
+                        same.pw_name,
+                        why,
+                    )
             name = unix_name(hub_name)
             try:
                 entry = pwd.getpwnam(name)
@@ -138,7 +188,7 @@ class PosixAccounts:
     async def _create(self, hub_name: str, name: str) -> PosixAccount:
         home = self.home_base / name
         proc = await asyncio.create_subprocess_exec(
-            "useradd",
+            program("useradd"),
             "--create-home",
             "--home-dir",
             str(home),
@@ -147,9 +197,13 @@ class PosixAccounts:
             "--user-group",
             "--comment",
             MARK + escape(hub_name),
+            "--",
             name,
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env=ROOT_ENVIRONMENT,
+            cwd="/",
         )
         _, err = await proc.communicate()
         if proc.returncode != 0:

@@ -1,0 +1,107 @@
+"""Finding 11.2: identities cannot be borrowed.
+
+A hub user whose name equals a local account ran as that account, and the default shared-
+password login accepts any name: anyone could become any local user. Mapping onto existing
+accounts is now the policy's explicit choice (``identity.existing_accounts``), within a uid
+range and groups, and never onto system accounts, services' accounts or accounts Allotment made
+for another hub user. The headless admin's identity is a name JupyterHub never gives a user.
+Real POSIX accounts (``useradd``); the admin's namespace against a real JupyterHub, on both
+databases.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from allotment.backends.local.posix import PosixAccounts, unix_name
+from allotment.config.models import ExistingAccountsSpec
+from tests.support.hub import Hub
+from tests.support.service import Service
+
+ROOT = os.geteuid() == 0
+root_only = pytest.mark.skipif(not ROOT, reason="needs root: POSIX accounts")
+
+
+def _useradd(name: str, *args: str) -> None:
+    if name not in {e.pw_name for e in pwd.getpwall()}:
+        subprocess.run(["/usr/sbin/useradd", "--no-create-home", *args, "--", name], check=True)
+
+
+@pytest.fixture(scope="module")
+def locals_() -> Iterator[None]:
+    """Existing accounts as a PAM/LDAP site has them: a researcher, one in a group, a service."""
+    subprocess.run(["/usr/sbin/groupadd", "-f", "allot-researchers"], check=True)
+    _useradd("allotvictim", "--shell", "/bin/bash")
+    _useradd("allotgrouped", "--shell", "/bin/bash", "--groups", "allot-researchers")
+    _useradd("allotservice", "--shell", "/usr/sbin/nologin")
+    yield
+
+
+async def _resolve(hub_name: str, existing: ExistingAccountsSpec | None = None) -> str:
+    return (await PosixAccounts(create=True, existing=existing).resolve(hub_name)).name
+
+
+@root_only
+async def test_by_default_no_hub_user_runs_as_an_existing_account(locals_: None) -> None:
+    for name in ("allotvictim", "allotgrouped", "daemon", "nobody", "root"):
+        assert await _resolve(name) == unix_name(name)
+        made = pwd.getpwnam(unix_name(name))
+        assert made.pw_gecos.startswith("allotment ")
+        assert made.pw_uid >= 1000
+
+
+@root_only
+async def test_existing_accounts_are_used_only_as_the_policy_says(locals_: None) -> None:
+    anyone = ExistingAccountsSpec()
+    assert await _resolve("allotvictim", anyone) == "allotvictim"
+    # Outside the uid range, not in a named group: an account of Allotment's own instead.
+    uid = pwd.getpwnam("allotvictim").pw_uid
+    assert await _resolve("allotvictim", ExistingAccountsSpec(uid_min=uid + 1)) == unix_name(
+        "allotvictim"
+    )
+    grouped = ExistingAccountsSpec(groups=["allot-researchers"])
+    assert await _resolve("allotgrouped", grouped) == "allotgrouped"
+    assert await _resolve("allotvictim", grouped) == unix_name("allotvictim")
+    # System accounts, a service's account, nobody: never.
+    for name in ("daemon", "nobody", "allotservice"):
+        assert await _resolve(name, anyone) == unix_name(name)
+
+
+@root_only
+async def test_an_account_allotment_made_for_one_hub_user_never_runs_another(
+    locals_: None,
+) -> None:
+    made = await _resolve("alice")
+    assert made == "jupyter-alice"
+    # A hub user literally named "jupyter-alice", on a site that maps existing accounts.
+    assert await _resolve("jupyter-alice", ExistingAccountsSpec()) == unix_name("jupyter-alice")
+    assert unix_name("jupyter-alice") != "jupyter-alice"
+    # Another installation on the machine may use it for the same hub user.
+    assert await _resolve("alice") == "jupyter-alice"
+
+
+@pytest.mark.jupyterhub
+async def test_no_hub_user_can_take_the_admins_identity(hub_service: Service, hub: Hub) -> None:
+    async with hub_service.admin() as admin:
+        me = (await admin.get("me")).json()
+        created = await admin.post(
+            "workloads",
+            json={"profile": "small", "account": "lab-a", "command": ["true"]},
+        )
+    assert created.status_code == 201, created.text
+    wid = created.json()["id"]
+    assert me["name"].startswith("admin-token/")
+    # A hub user named as the admin's identity used to be named.
+    borrower = "admin-token:" + me["name"].removeprefix("admin-token/")
+    r = hub._api("POST", f"/users/{borrower}")
+    assert r.status_code in (201, 409), r.text
+    async with hub_service.client(hub.token(borrower)) as c:
+        assert (await c.get("me")).json()["name"] == borrower
+        assert (await c.get(f"workloads/{wid}")).status_code == 404
+        assert (await c.post(f"workloads/{wid}/cancel")).status_code == 404
+        assert (await c.get("workloads")).json()["items"] == []
