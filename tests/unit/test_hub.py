@@ -3,10 +3,12 @@ data, the session command, the generated JupyterHub configuration, the environme
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from traitlets.config.loader import PyFileConfigLoader
 
 from allotment.config import parse_policy
@@ -140,3 +142,28 @@ def test_cpu_use_counts_as_use_from_five_percent_of_a_core() -> None:
     later = start + timedelta(minutes=5)
     assert idle_deadline(start, later, 60) == later + timedelta(seconds=60)
     assert idle_deadline(later, start, 60) == later + timedelta(seconds=60)
+
+
+def test_the_policy_is_readable_by_the_service_only(tmp_path: Path) -> None:
+    """It may hold a database URL with its password (security issue 11, part 6c)."""
+    layout = HubLayout(tmp_path / "data")
+    layout.create()
+    layout.write_policy("currency: credits\n")
+    assert os.stat(layout.policy).st_mode & 0o777 == 0o600
+    assert layout.policy.read_text() == "currency: credits\n"
+    assert os.stat(layout.policy).st_uid == os.geteuid()
+    os.chmod(layout.policy, 0o644)  # as earlier versions left it
+    layout.create()
+    assert os.stat(layout.policy).st_mode & 0o777 == 0o600
+    layout.write_policy("currency: EUR\n")  # replaced, not appended to, and still 0600
+    assert os.stat(layout.policy).st_mode & 0o777 == 0o600
+    assert layout.policy.read_text() == "currency: EUR\n"
+    assert sorted(p.name for p in layout.root.iterdir() if p.name.startswith(".")) == []
+
+
+async def test_a_spawn_logs_no_unhandled_user_options(caplog: pytest.LogCaptureFixture) -> None:
+    """start() reads the options itself: JupyterHub must not warn of them at every spawn."""
+    s = AllotmentSpawner()
+    with caplog.at_level(logging.DEBUG):
+        await s._run_apply_user_options({"profile": "small", "account": "lab"})
+    assert not [r for r in caplog.records if "user_options" in r.getMessage()]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,10 +16,15 @@ from allotment.cli.admin import load_or_exit
 from allotment.cli.output import console, fail
 from allotment.hub.environments import ensure_environment
 from allotment.hub.setup import HubLayout, default_policy, hub_config
+from allotment.interpreters import closed_at
 
 __all__ = ["up"]
 
 SECRETS = ("admin-password", "user-password", "spawner-token", "traefik-api")
+#: What `allot up` runs beyond Allotment itself, from its ``hub`` extra: modules, and programs
+#: looked for next to this interpreter and on $PATH.
+HUB_MODULES = ("jupyterhub_traefik_proxy",)
+HUB_PROGRAMS = ("traefik",)
 
 
 def _default_data_dir() -> Path:
@@ -28,6 +35,30 @@ def _default_data_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/allotment")
     return Path.home() / ".local/share/allotment-hub"
+
+
+def _missing_hub_extra() -> list[str]:
+    """What of the ``hub`` extra is not installed: module and program names."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    missing = [m for m in HUB_MODULES if importlib.util.find_spec(m) is None]
+    return missing + [p for p in HUB_PROGRAMS if shutil.which(p, path=path) is None]
+
+
+def _closed_to_sessions(path: Path) -> str | None:
+    """Why sessions, running as other users, cannot reach ``path``; None when they can."""
+    closed = closed_at(path)
+    if closed is None:
+        return None
+    try:
+        mode = f" (mode {stat.S_IMODE(os.stat(closed).st_mode):04o})"
+    except OSError:
+        return f"{closed} does not exist"
+    if closed.is_dir():
+        return (
+            f"other users cannot enter {closed}{mode}. Run `chmod o+x {closed}`, or choose a "
+            "--data-dir that every user can reach (the default as root is /var/lib/allotment)"
+        )
+    return f"other users cannot run {closed}{mode}. Run `chmod o+rx {closed}`"
 
 
 def up(
@@ -59,14 +90,26 @@ def up(
     ] = False,
 ) -> None:
     """Install and start the hub: JupyterHub in front, Allotment behind, sessions queued."""
+    if missing := _missing_hub_extra():
+        fail(
+            f"`allot up` needs the hub extra ({', '.join(missing)} not found): install it with "
+            f"`{sys.executable} -m pip install 'allotment[hub]'`."
+        )
     layout = HubLayout((data_dir or _default_data_dir()).resolve())
     layout.create()
+    # Sessions run as their users' own accounts (as root): a data directory they cannot
+    # reach makes every session fail with "exited with status 126", so say so now.
+    isolated = os.geteuid() == 0
+    if isolated and (why := _closed_to_sessions(layout.environments)):
+        fail(f"Sessions could not reach their environment in {layout.environments}: {why}.")
     if config is not None:
         load_or_exit(config)
-        shutil.copyfile(config, layout.policy)
+        layout.write_policy(config.read_text())
     elif not layout.policy.exists():
-        layout.policy.write_text(default_policy(admin))
-        console.print(f"Wrote a policy for this machine: {layout.policy}")
+        layout.write_policy(default_policy(admin))
+        console.print(
+            f"Wrote a policy for this machine: {layout.policy} (mode 0600)", soft_wrap=True
+        )
     policy = load_or_exit(layout.policy)
     for name in SECRETS:
         layout.secret(name)
@@ -75,6 +118,9 @@ def up(
             ensure_environment(layout.environments / "default")
         except Exception as e:  # noqa: BLE001 - said to the administrator, with the cause
             fail(f"Could not build the session environment: {e}")
+    runs = layout.environments / "default" / "bin" / "python"
+    if isolated and (why := _closed_to_sessions(runs)):
+        fail(f"Sessions could not run {runs}: {why}.")
     layout.config.write_text(
         hub_config(
             layout,
@@ -90,7 +136,7 @@ def up(
     shown = "127.0.0.1" if ip in ("0.0.0.0", "::", "") else ip
     mode = (
         ""
-        if os.geteuid() == 0
+        if isolated
         else ("\n  [yellow]Not root: every session runs as you (single-user mode).[/]")
     )
     console.print(
@@ -103,10 +149,11 @@ def up(
         f"  API:    ALLOTMENT_URL=http://{shown}:{port}/services/allotment/ allot whoami\n"
         f"  data:   {layout.root}{mode}",
         highlight=False,
+        soft_wrap=True,  # paths whole, even in a log that is not a terminal
     )
     command = [sys.executable, "-m", "jupyterhub", "-f", str(layout.config)]
     if prepare_only:
-        console.print("  start: " + " ".join(command), highlight=False)
+        console.print("  start: " + " ".join(command), highlight=False, soft_wrap=True)
         return
     os.chdir(layout.hub)
     os.execv(sys.executable, command)

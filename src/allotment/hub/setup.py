@@ -4,7 +4,8 @@ proxy and Allotment's scopes and roles.
 
 Layout of the data directory (mode 0711: users may reach the environments, not list it)::
 
-    allotment.yaml      the policy (generated for this machine on first start)
+    allotment.yaml      the policy (generated for this machine on first start; 0600, as it
+                        may hold a database URL with its password)
     service/            the Allotment service's own data: database, admin token, runs (0700)
     hub/                JupyterHub's database, cookie secret, config, Traefik files (0700)
     secrets/            generated passwords and tokens, one file each (0700, files 0600)
@@ -70,6 +71,18 @@ class HubLayout:
             os.chmod(d, mode)
         self.environments.mkdir(exist_ok=True)
         os.chmod(self.environments, 0o755)
+        if self.policy.exists():  # written 0644 by versions before 0600 was the rule
+            os.chmod(self.policy, 0o600)
+
+    def write_policy(self, text: str) -> None:
+        """Replace the policy with ``text``, readable by the service's account only (0600):
+        a policy may hold a database URL, password included."""
+        staged = self.policy.with_name(f".{self.policy.name}.new")
+        staged.unlink(missing_ok=True)
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(staged, self.policy)
 
     def secret(self, name: str) -> str:
         """The secret ``name``, generated (mode 0600) on first use."""
