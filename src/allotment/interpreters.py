@@ -23,18 +23,18 @@ def closed_at(path: Path) -> Path | None:
     """The first of ``/`` and the directories below it down to ``path`` (and ``path`` itself)
     that other users cannot traverse or execute; None when they can reach and run ``path``.
 
-    Both the path as written and the file it resolves to are checked: executing a symlink
-    (a virtual environment's ``bin/python``) traverses the link's directories and then the
-    target's. A path that does not exist is closed where it stops existing.
+    Executing a symlink (a virtual environment's ``bin/python``) traverses the directories of
+    the path as written, then those of its target, and runs the target: all are checked. A
+    path that does not exist is closed where it stops existing.
     """
     written = Path(os.path.abspath(path))
-    for chain in (written, written.resolve()):
-        for p in [*reversed(chain.parents), chain]:
-            try:
-                if not os.stat(p).st_mode & stat.S_IXOTH:
-                    return p
-            except OSError:
+    resolved = written.resolve()
+    for p in [*reversed(written.parents), *reversed(resolved.parents), resolved]:
+        try:
+            if not os.stat(p).st_mode & stat.S_IXOTH:
                 return p
+        except OSError:
+            return p
     return None
 
 

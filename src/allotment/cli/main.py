@@ -97,6 +97,7 @@ def serve(
         f"  admin token: {settings.data_dir / 'admin-token'} (readable by you only)\n"
         f"  try:         ALLOTMENT_URL=http://{shown_host}:{port}{base}/ allot whoami",
         highlight=False,
+        soft_wrap=True,  # paths whole, even in a log that is not a terminal
     )
     os.environ.setdefault("ALLOTMENT_DATA_DIR", str(settings.data_dir))
     common = {

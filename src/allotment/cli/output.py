@@ -10,6 +10,7 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
 from allotment.client import AllotmentClient, ApiError, discover
 
@@ -21,7 +22,9 @@ T = TypeVar("T")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    # soft_wrap: paths and commands whole, also in logs that are not terminals.
+    # Escaped: messages are text ("allotment[hub]", "FILE.swf[.gz]"), not markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -56,6 +56,10 @@ def waiting_message(w: WorkloadOut, now: float | None = None) -> str:
     return ", ".join(parts) + f". {w.reason[:1].upper()}{w.reason[1:]}."
 
 
+def _read_by_start(spawner: Spawner, user_options: dict[str, Any]) -> None:
+    """JupyterHub's ``apply_user_options`` hook: nothing to do, start() reads them."""
+
+
 class AllotmentSpawner(Spawner):  # type: ignore[misc]
     """Start each server as an Allotment session: queued, limited, accounted."""
 
@@ -109,6 +113,13 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
     @default("options_form")
     def _options_form_default(self) -> Any:
         return self._render_options_form
+
+    @default("apply_user_options")
+    def _apply_user_options_default(self) -> Any:
+        # start() reads the options (profile, account) and the service checks them; saying
+        # so keeps JupyterHub (5.3+) from logging "Received unhandled user_options" at
+        # every spawn.
+        return _read_by_start
 
     # -- the API ----------------------------------------------------------------------------
 
