@@ -146,9 +146,10 @@ async def test_a_workloads_tmp_and_shm_are_its_own_and_die_with_it(
 ) -> None:
     alice, bob = new_id(), new_id()
     r = Resources.of(0.5, 256 * 2**20)
+    mine = f"alice-{alice}"  # a name no other run of this test leaves behind
     write = (
-        "echo private > /tmp/alice-file && "
-        "head -c 50000000 /dev/zero > /dev/shm/alice-shm && "
+        f"echo private > /tmp/{mine} && "
+        f"head -c 50000000 /dev/zero > /dev/shm/{mine} && "
         f"ls -A /tmp > {shared}/alice-tmp; sleep 30"
     )
     pa = (await started(local, job(alice, "alice", ["sh", "-c", write], shared, resources=r)))[-1]
@@ -156,15 +157,15 @@ async def test_a_workloads_tmp_and_shm_are_its_own_and_die_with_it(
         if (shared / "alice-tmp").exists():
             break
         await asyncio.sleep(0.05)
-    assert (shared / "alice-tmp").read_text().split() == ["alice-file"]
+    assert (shared / "alice-tmp").read_text().split() == [mine]
     # Not on the machine's /tmp or /dev/shm, and the shared memory counts as the workload's.
-    assert not Path("/tmp/alice-file").exists() and not Path("/dev/shm/alice-shm").exists()
+    assert not Path(f"/tmp/{mine}").exists() and not Path(f"/dev/shm/{mine}").exists()
     assert local.cgroups is not None
     assert (local.cgroups.memory(alice).peak or 0) >= 50_000_000
     launcher = pa["pid"]
     look = (
         f"ls -A /tmp /dev/shm > {shared}/bob-lists 2>&1;"
-        f"cat /proc/{launcher}/root/tmp/alice-file > {shared}/bob-reads 2>&1; true"
+        f"cat /proc/{launcher}/root/tmp/{mine} > {shared}/bob-reads 2>&1; true"
     )
     pb = (await started(local, job(bob, "bob", ["sh", "-c", look], shared, resources=r)))[-1]
     await ended(local, bob, pb)
@@ -176,6 +177,6 @@ async def test_a_workloads_tmp_and_shm_are_its_own_and_die_with_it(
     run = Path(pa["run"])
     await local.release(alice, pa)
     assert not run.exists()
-    assert not any("alice" in n for n in os.listdir("/dev/shm"))
+    assert mine not in os.listdir("/dev/shm")
     mounts = Path("/proc/self/mountinfo").read_text()
     assert "allot-shm" not in mounts and str(run) not in mounts

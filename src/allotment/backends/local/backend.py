@@ -36,6 +36,7 @@ from allotment.backends.local.process import (
     program,
     start_time,
 )
+from allotment.backends.local.reasons import setup_failure
 from allotment.domain.quantities import format_bytes
 from allotment.domain.resources import Resources
 
@@ -366,6 +367,8 @@ class LocalBackend(Backend):
             return Observation(alive=True, cpu_seconds=cpu)
         code = _read_number(run / "exit")
         failed, reason = _ended(code)
+        if code is not None:
+            reason = setup_failure(code, placement) or reason
         if self.cgroups is not None:
             mem = self.cgroups.memory(workload)
             if mem.oom_killed:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from collections.abc import Collection, Mapping, Sequence
+
+from allotment.backends.local.process import ROOT_ENVIRONMENT, program
 
 __all__ = ["Inventory", "assign", "declared", "device_numbers", "discover", "model_of"]
 
@@ -28,15 +29,19 @@ def model_of(name: str) -> str:
 
 async def discover() -> dict[str, list[str]]:
     """The GPUs ``nvidia-smi`` reports, by model; empty where there is none or no driver."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
+    try:  # run as root: by absolute path, never found through PATH
+        exe = program("nvidia-smi", ("/usr/bin", "/usr/local/bin", "/bin"))
+    except FileNotFoundError:
         return {}
     proc = await asyncio.create_subprocess_exec(
         exe,
         "--query-gpu=index,name",
         "--format=csv,noheader",
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
+        env=ROOT_ENVIRONMENT,
+        cwd="/",
     )
     out, _ = await proc.communicate()
     if proc.returncode != 0:

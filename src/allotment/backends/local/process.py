@@ -145,4 +145,4 @@ def program(name: str, places: tuple[str, ...] = ("/usr/bin", "/bin", "/usr/sbin
         path = os.path.join(place, name)
         if os.access(path, os.X_OK):
             return path
-    raise FileNotFoundError(f"{name} not found in {', '.join(places)}: install util-linux")
+    raise FileNotFoundError(f"{name} not found in {', '.join(places)}")
