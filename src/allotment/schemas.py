@@ -7,9 +7,9 @@ inside JupyterHub and inside user kernels.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 __all__ = [
     "AccountOut",
@@ -33,6 +33,45 @@ T = TypeVar("T")
 Role = Literal["member", "manager", "viewer"]
 State = Literal["pending", "admitted", "starting", "running", "stopping", "stopped", "failed"]
 Kind = Literal["session", "job", "dask-scheduler", "dask-worker"]
+#: Largest id or workload number the API takes (the databases' 64-bit integers).
+MAX_ID = 2**63 - 1
+
+
+def _storable(text: str) -> str:
+    if "\0" in text:
+        raise ValueError("may not contain a NUL character (no program or file name can)")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError("is not valid Unicode (it holds a lone surrogate)") from None
+    return text
+
+
+#: Text that reaches a program, a file name or the database: no NUL, valid Unicode.
+Text = Annotated[str, AfterValidator(_storable)]
+#: A count of GPUs of one model.
+GpuCount = Annotated[int, Field(ge=0, le=4096)]
+
+
+def _shape(value: object) -> str:
+    # Names the branch of a union, so that an error says `body.gpus.by_model.a100`.
+    if isinstance(value, str):
+        return "text"
+    return "by_model" if isinstance(value, dict) else "number"
+
+
+#: A size or a duration: a number, or text such as `4G` or `2h`.
+NumberOrText = Annotated[
+    Annotated[int, Field(ge=0, le=MAX_ID), Tag("number")]
+    | Annotated[Text, Field(max_length=64), Tag("text")],
+    Discriminator(_shape),
+]
+Gpus = Annotated[
+    Annotated[GpuCount, Tag("number")]
+    | Annotated[dict[Annotated[Text, Field(max_length=64)], GpuCount], Tag("by_model")],
+    Discriminator(_shape),
+]
 
 
 class _Out(BaseModel):
@@ -94,8 +133,8 @@ class AccountOut(_Out):
 
 class AccountPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    shares: int | None = Field(None, ge=0)
-    description: str | None = Field(None, max_length=1000)
+    shares: int | None = Field(None, ge=0, le=1_000_000)
+    description: Text | None = Field(None, max_length=1000)
 
 
 class UserOut(_Out):
@@ -136,44 +175,62 @@ class ProfileOut(_Out):
 
 class WorkloadCreate(BaseModel):
     """A new workload. Give a profile, or a size, or both (the size then adjusts the profile
-    within its options)."""
+    within its options).
+
+    Only jobs come through ``POST workloads`` from users: sessions come from the hub's
+    spawner, and Dask schedulers and workers from endpoints that build their commands."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Kind = "job"
-    name: str = Field("", max_length=255)
-    account: str | None = Field(
-        None, description="Account to charge (name or path). Default: your default account."
+    kind: Kind = Field(
+        "job",
+        description="`job`. `session`: the hub's spawner only. Dask kinds have their own "
+        "endpoints.",
     )
-    profile: str | None = None
-    pool: str | None = Field(None, description="Pool, when no profile is given.")
+    name: Text = Field("", max_length=255)
+    account: Text | None = Field(
+        None,
+        max_length=1000,
+        description="Account to charge (name or path). Default: your default account.",
+    )
+    profile: Text | None = Field(None, max_length=255)
+    pool: Text | None = Field(None, max_length=255, description="Pool, when no profile is given.")
     cpus: float | None = Field(None, gt=0, le=100_000)
-    memory: str | int | None = Field(None, description="Bytes, or a size such as `4G`.")
-    gpus: int | dict[str, int] | None = None
-    command: list[str] | None = Field(
-        None, max_length=10_000, description="Program and arguments; required for a job."
+    memory: NumberOrText | None = Field(
+        None, description="Bytes, or a size such as `4G`; at least 16M."
     )
-    max_runtime: str | int | None = Field(None, description="Seconds, or e.g. `2h`.")
-    env: dict[str, str] = Field(
+    gpus: Gpus | None = Field(
+        None, description='A count (with a profile), or counts by model, e.g. `{"a100": 1}`.'
+    )
+    command: list[Text] | None = Field(
+        None,
+        max_length=10_000,
+        description="Program and arguments; required for a job. Each argument may hold "
+        "128 KiB, the command and `env` together 1 MiB (the kernel's limits).",
+    )
+    max_runtime: NumberOrText | None = Field(
+        None, description="Seconds, or e.g. `2h`; at least 1 s, at most 365 days."
+    )
+    env: dict[Annotated[Text, Field(max_length=1024)], Text] = Field(
         {}, max_length=200, description="Environment variables for the workload."
     )
-    workdir: str | None = Field(
+    workdir: Text | None = Field(
         None, max_length=4096, description="Absolute working directory; default: your home."
     )
-    stdout: str | None = Field(
+    stdout: Text | None = Field(
         None,
         max_length=4096,
         description="Output file (relative to `workdir`); `%j` is the id, `%A` the array, "
         "`%a` the index. Default: `allot-%j.out` (`allot-%A_%a.out` in an array).",
     )
-    stderr: str | None = Field(None, max_length=4096, description="Error file, as `stdout`.")
-    array: str | None = Field(
+    stderr: Text | None = Field(None, max_length=4096, description="Error file, as `stdout`.")
+    array: Text | None = Field(
         None,
         max_length=1000,
         description="Indices of a job array, e.g. `0-99`, `0-99:10` or `1,4,9`; one workload "
         "each, with ALLOT_ARRAY_TASK_ID set.",
     )
     after: int | None = Field(
-        None, description="Start only after this workload has ended successfully."
+        None, ge=1, le=MAX_ID, description="Start only after this workload has ended successfully."
     )
 
 

@@ -17,6 +17,8 @@ from sqlalchemy import select
 from allotment import __version__
 from allotment.api.auth import TokenVerifier, new_admin_token, token_sha256
 from allotment.api.deps import AppState
+from allotment.api.limits import RequestBounds
+from allotment.api.openapi import document_problems
 from allotment.api.problems import install_problem_handlers
 from allotment.api.routes import (
     accounts,
@@ -53,7 +55,9 @@ def default_data_dir() -> Path:
     if env := os.environ.get("ALLOTMENT_DATA_DIR"):
         return Path(env)
     if os.geteuid() == 0:
-        return Path("/var/lib/allotment")
+        # Not /var/lib/allotment: that is `allot up`'s (the hub, and its own service in
+        # service/ there); two services must never share a database.
+        return Path("/var/lib/allotment-service")
     return Path.home() / ".local" / "share" / "allotment"
 
 
@@ -72,6 +76,8 @@ class Settings:
     prepared: bool = False
     #: Run the controller (scheduling, execution) in this process, if no other process does.
     controller: bool = False
+    #: Largest request body read, in bytes (``service.max_request_body``).
+    max_request_body: int = 2**20
 
 
 def settings_from_policy(policy: Policy, *, apply: bool = True) -> Settings:
@@ -84,6 +90,7 @@ def settings_from_policy(policy: Policy, *, apply: bool = True) -> Settings:
         base_url=s.base_url,
         hub_api_url=s.hub_api_url,
         token_cache_seconds=s.token_cache_seconds,
+        max_request_body=s.max_request_body,
         policy=policy if apply else None,
     )
 
@@ -210,7 +217,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_problem_handlers(app)
+    app.add_middleware(RequestBounds, max_body=settings.max_request_body)
     # Matched in this order: the hot paths first.
     for module in (workloads, meter, me, quote, accounts, catalog, users, policy, health):
         app.include_router(module.router, prefix=f"{base}/api")
+    document_problems(app)
     return app

@@ -48,7 +48,8 @@ class HubUnavailable(PublicError):
 class Identity:
     name: str
     scopes: frozenset[str]
-    #: "user", or "service" for a JupyterHub service's token (the hub's spawner).
+    #: "user"; "service" for a JupyterHub service's token; "spawner" for a user the hub's
+    #: spawner acts for (only it may start sessions).
     kind: str = "user"
 
 

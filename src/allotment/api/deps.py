@@ -24,13 +24,14 @@ from allotment.api.auth import (
 )
 from allotment.api.cache import TtlCache
 from allotment.clock import Clock
+from allotment.config.models import LimitsSpec
 from allotment.controller.service import Controller, nudge_other
 from allotment.controller.view import ViewCache
 from allotment.db import repository as repo
 from allotment.db.catalog import Catalog, load_catalog
 from allotment.db.engine import Database
 from allotment.db.group_commit import GroupCommit
-from allotment.db.tables import Account, User
+from allotment.db.tables import Account, PolicyVersion, User
 from allotment.domain.accounts import Membership
 from allotment.domain.permissions import Principal, Scope, expand_scopes
 from allotment.errors import Forbidden, InvalidRequest, Unauthenticated
@@ -62,11 +63,28 @@ class AppState:
     admin_tokens: TtlCache[str, str] = field(init=False)
     users: TtlCache[str, UserContext] = field(init=False)
     _catalog: TtlCache[int, Catalog] = field(init=False)
+    _pending_cap: TtlCache[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.admin_tokens = TtlCache(self.cache_seconds)
         self.users = TtlCache(self.cache_seconds)
         self._catalog = TtlCache(self.cache_seconds, max_entries=1)
+        self._pending_cap = TtlCache(self.cache_seconds, max_entries=1)
+
+    async def pending_cap(self) -> int:
+        """Most workloads one user may have pending: the policy's ``limits.pending_per_user``."""
+        cached = self._pending_cap.get(0)
+        if cached is None:
+            async with self.db.read() as session:
+                document = (
+                    await session.execute(
+                        select(PolicyVersion.document).order_by(PolicyVersion.id.desc()).limit(1)
+                    )
+                ).scalar_one_or_none()
+            limits = (document or {}).get("limits") or {}
+            cached = LimitsSpec.model_validate(limits).pending_per_user
+            self._pending_cap.put(0, cached)
+        return cached
 
     async def catalog(self) -> Catalog:
         cached = self._catalog.get(0)
@@ -90,6 +108,7 @@ class AppState:
         """Drop cached permissions and catalogue after this process changed them."""
         self.users.clear()
         self._catalog.clear()
+        self._pending_cap.clear()
         self.admin_tokens.clear()
 
 
@@ -106,6 +125,8 @@ class Caller:
     principal: Principal
     user_id: int
     default_account: str | None
+    #: The hub's spawner acts for this user: it may start sessions (it builds their command).
+    via_spawner: bool = False
 
     @property
     def name(self) -> str:
@@ -141,7 +162,7 @@ def _acting_for(identity: Identity, request: Request) -> Identity:
         raise InvalidRequest(
             f"Service '{identity.name}' acts for a hub user: name them in the {ON_BEHALF_OF} header."
         )
-    return Identity(user, _ACTING_SCOPES)
+    return Identity(user, _ACTING_SCOPES, "spawner")
 
 
 async def _identity(state: AppState, token: str, request: Request) -> Identity:
@@ -199,7 +220,10 @@ async def get_caller(request: Request, state: StateDep) -> Caller:
         )
     ctx = await _user_context(state, identity.name)
     return Caller(
-        Principal(identity.name, scopes, ctx.memberships), ctx.user_id, ctx.default_account
+        Principal(identity.name, scopes, ctx.memberships),
+        ctx.user_id,
+        ctx.default_account,
+        via_spawner=identity.kind == "spawner",
     )
 
 

@@ -66,7 +66,7 @@ class ServiceSettings(_Spec):
         None,
         description="Directory for the SQLite database and the admin token. "
         "Default: `$ALLOTMENT_DATA_DIR`, else `~/.local/share/allotment` "
-        "(`/var/lib/allotment` as root).",
+        "(`/var/lib/allotment-service` as root: `/var/lib/allotment` is `allot up`'s).",
     )
     database_url: str | None = Field(
         None,
@@ -86,6 +86,14 @@ class ServiceSettings(_Spec):
     )
     token_cache_seconds: int = Field(
         60, ge=0, description="How long a verified token is trusted before asking the hub again."
+    )
+    max_request_body: Bytes = Field(
+        "1M",
+        validate_default=True,
+        ge=1024,
+        description="Largest request body the API reads, e.g. `1M`; a larger one is refused "
+        "(413) before it is read. A submission's command plus environment may hold at most 1 MiB "
+        "whatever this says; raise it for policy files larger than this (`PUT policy`).",
     )
 
 
@@ -242,6 +250,12 @@ class LimitsSpec(_Spec):
     default: LimitSpec = Field(LimitSpec(), description="Applies when nothing else does.")
     accounts: dict[str, LimitSpec] = Field({}, description="Per account (name or path).")
     users: dict[str, LimitSpec] = Field({}, description="Per user.")
+    pending_per_user: int = Field(
+        10_000,
+        ge=1,
+        description="Most workloads one user may have waiting (`pending`) at once; each task "
+        "of a job array counts. A submission that would go beyond it is refused, saying so.",
+    )
 
 
 class SchedulingSpec(_Spec):

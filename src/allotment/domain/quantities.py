@@ -24,11 +24,17 @@ def parse_bytes(value: str | int | float) -> int:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"a size cannot be negative ({value})")
-        return int(value)
+        return _finite(value, str(value), "size")
     m = _SIZE.match(value)
     if not m:
         raise ValueError(f"{value!r} is not a size; write e.g. 4G, 512M or 1T (binary units)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    return _finite(float(m.group(1)) * _UNITS[m.group(2).upper()], value, "size")
+
+
+def _finite(number: float, text: str, what: str) -> int:
+    if number == float("inf"):
+        raise ValueError(f"{text[:40]!r} is too large for a {what}")
+    return int(number)
 
 
 def format_bytes(n: int) -> str:
@@ -48,14 +54,14 @@ def parse_duration(value: str | int | float) -> int:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"a duration cannot be negative ({value})")
-        return int(value)
+        return _finite(value, str(value), "duration")
     text = value.strip()
     if re.fullmatch(r"\d+", text):
         return int(text)
     parts = _DURATION_PART.findall(text)
     if not parts or _DURATION_PART.sub("", text).strip():
         raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 30m, 8h, 2d or 1h30m")
-    return int(sum(float(n) * _SECONDS[u.lower()] for n, u in parts))
+    return _finite(sum(float(n) * _SECONDS[u.lower()] for n, u in parts), text, "duration")
 
 
 def format_while(seconds: float) -> str:

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
-__all__ = ["MAX_ARRAY", "TERMINAL", "WorkloadKind", "WorkloadState", "can_cancel", "parse_array"]
+__all__ = [
+    "MAX_ARRAY",
+    "MAX_ARRAY_INDEX",
+    "TERMINAL",
+    "WorkloadKind",
+    "WorkloadState",
+    "can_cancel",
+    "parse_array",
+]
 
 
 class WorkloadKind(StrEnum):
@@ -54,6 +62,8 @@ def can_cancel(status: WorkloadState, target: WorkloadState) -> bool:
 
 #: Most tasks one job array may have.
 MAX_ARRAY = 10_000
+#: Largest index of a task (Slurm's largest ``MaxArraySize`` less one).
+MAX_ARRAY_INDEX = 4_000_000
 
 
 def parse_array(text: str) -> list[int]:
@@ -79,6 +89,10 @@ def parse_array(text: str) -> list[int]:
         if lo < 0 or hi < lo or step < 1:
             raise ValueError(
                 f"array element {part!r} needs 0 ≤ start ≤ end and a step of at least 1"
+            )
+        if hi > MAX_ARRAY_INDEX:
+            raise ValueError(
+                f"array element {part!r} goes to {hi}; indices go up to {MAX_ARRAY_INDEX}"
             )
         if (hi - lo) // step + 1 + len(out) > MAX_ARRAY:
             raise ValueError(f"an array may have at most {MAX_ARRAY} tasks")

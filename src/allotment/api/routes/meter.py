@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import or_, update
 
 from allotment.api.deps import CallerDep, StateDep
-from allotment.api.routes.workloads import visible_workload
+from allotment.api.routes.workloads import WorkloadId, aware, visible_workload
 from allotment.controller.culler import idle_deadline
 from allotment.controller.quote import BudgetBook, rates_of
 from allotment.controller.view import load_policy_view
@@ -20,7 +20,7 @@ from allotment.domain.permissions import Scope
 from allotment.domain.quantities import format_while
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState
-from allotment.errors import Forbidden, InvalidRequest, NotFound
+from allotment.errors import Forbidden, NotFound
 from allotment.schemas import MeterOut
 
 __all__ = ["router"]
@@ -32,7 +32,7 @@ WARN_BEFORE = timedelta(minutes=15)
 
 
 @router.get("/workloads/{workload_id}/meter", response_model=MeterOut)
-async def meter(workload_id: int, caller: CallerDep, state: StateDep) -> MeterOut:
+async def meter(workload_id: WorkloadId, caller: CallerDep, state: StateDep) -> MeterOut:
     now = state.clock.now()
     async with state.db.read() as session:
         row = await visible_workload(session, caller, workload_id)
@@ -103,16 +103,16 @@ class ActivityIn(BaseModel):
 
 @router.post("/workloads/{workload_id}/activity", status_code=204, response_class=Response)
 async def report_activity(
-    workload_id: int, body: ActivityIn, caller: CallerDep, state: StateDep
+    workload_id: WorkloadId, body: ActivityIn, caller: CallerDep, state: StateDep
 ) -> Response:
     """A session says when it was last used (its server extension does, every minute); the
     culler stops sessions unused for `sessions.cull_idle`. Only the owner's tokens may."""
-    if body.last_activity.tzinfo is None:
-        raise InvalidRequest("`last_activity` needs a time zone, e.g. 2026-11-22T09:00:00Z.")
+    reported = aware(body.last_activity, "last_activity")
     if not caller.principal.has(Scope.SUBMIT):
         raise Forbidden("This token may read but not report activity (it lacks submit).")
     now = state.clock.now()
-    at = now if body.busy else min(body.last_activity, now)
+    # Never later than now: a time in the future would keep a session from being culled.
+    at = now if body.busy else min(reported, now)
     async with state.db.write() as session:
         row = await visible_workload(session, caller, workload_id)
         if row.user != caller.name:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Response
-from sqlalchemy import insert, update
+from fastapi import APIRouter, Header, Path, Query, Response
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from allotment.api.bounds import check_command, check_memory, check_runtime
 from allotment.api.deps import AppState, Caller, CallerDep, StateDep
 from allotment.api.views import workload_out
 from allotment.backends.local.output import read_as
@@ -23,11 +24,23 @@ from allotment.domain.quantities import parse_bytes, parse_duration
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState, can_cancel, parse_array
 from allotment.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from allotment.schemas import Kind, Page, WorkloadCreate, WorkloadOut
+from allotment.schemas import MAX_ID, Kind, Page, WorkloadCreate, WorkloadOut
 
-__all__ = ["router"]
+__all__ = ["WorkloadId", "aware", "router"]
 
 router = APIRouter(tags=["workloads"])
+
+WorkloadId = Annotated[int, Path(ge=1, le=MAX_ID, description="The workload's id.")]
+
+
+def aware(at: datetime, name: str) -> datetime:
+    """``at`` in UTC; a time without a zone, or one that UTC cannot hold, is refused."""
+    if at.tzinfo is None:
+        raise InvalidRequest(f"`{name}` needs a time zone, e.g. 2026-11-22T09:00:00Z.")
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(f"`{name}` is outside the years 1 to 9999 in UTC.") from None
 
 
 def charged_account(catalog: Catalog, caller: Caller, ref: str | None) -> AccountEntry:
@@ -106,6 +119,7 @@ def _max_runtime(body: WorkloadCreate, allowed: int | None) -> int | None:
         asked = parse_duration(body.max_runtime)
     except ValueError as e:
         raise InvalidRequest(_sentence(str(e))) from None
+    check_runtime(asked)
     if allowed is not None and asked > allowed:
         raise InvalidRequest(
             f"Profile '{body.profile}' allows at most {allowed} s; you asked {asked} s."
@@ -122,6 +136,7 @@ def _job_fields(body: WorkloadCreate) -> dict[str, Any]:
         raise InvalidRequest(
             'A job needs a `command`: the program and its arguments, e.g. ["python", "train.py"].'
         )
+    check_command(body)
     for name in body.env:
         if not _ENV_NAME.match(name):
             raise InvalidRequest(
@@ -132,9 +147,6 @@ def _job_fields(body: WorkloadCreate) -> dict[str, Any]:
         raise InvalidRequest(
             f"`workdir` must be an absolute path (got {body.workdir!r}), e.g. /home/alice/project."
         )
-    for field_name in ("workdir", "stdout", "stderr"):
-        if "\0" in (getattr(body, field_name) or ""):
-            raise InvalidRequest(f"`{field_name}` may not contain a NUL character.")
     return {
         "env": dict(body.env) or None,
         "workdir": body.workdir,
@@ -143,14 +155,46 @@ def _job_fields(body: WorkloadCreate) -> dict[str, Any]:
     }
 
 
+def _check_kind(caller: Caller, kind: Kind) -> None:
+    """Users submit jobs; each other kind comes with a command the service or hub builds."""
+    if kind == "session" and not caller.via_spawner:
+        raise Forbidden(
+            "Sessions are started from JupyterHub, whose spawner builds their command: start "
+            "one from the hub's home page. Submit batch work as a `job`."
+        )
+    if kind in ("dask-scheduler", "dask-worker"):
+        raise InvalidRequest(
+            f"A {kind} is not submitted through `POST workloads`: Dask clusters get an endpoint "
+            "of their own that builds their commands. Submit batch work as a `job`."
+        )
+
+
+async def _check_pending(state: AppState, caller: Caller, adding: int) -> None:
+    """A user may have at most ``limits.pending_per_user`` workloads waiting; each task of an
+    array counts. Concurrent submissions may overshoot it by what they add together."""
+    cap = await state.pending_cap()
+    t = WORKLOADS
+    waiting = (
+        select(t.c.id)
+        .where(t.c.user_id == caller.user_id, t.c.status == int(WorkloadState.PENDING))
+        .limit(cap)
+        .subquery()
+    )
+    async with state.db.read() as session:
+        pending = (await session.execute(select(func.count()).select_from(waiting))).scalar_one()
+    if pending + adding > cap:
+        what = f"this array adds {adding:,}" if adding > 1 else "this one would be one more"
+        raise Conflict(
+            f"You have {pending:,} workloads waiting to start and {what}; a user may have at "
+            f"most {cap:,} waiting (limits.pending_per_user). Wait for some to start, or "
+            "cancel some."
+        )
+
+
 async def _create_array(
-    state: AppState, caller: Caller, text: str, values: dict[str, Any], response: Response
+    state: AppState, caller: Caller, indices: list[int], values: dict[str, Any], response: Response
 ) -> WorkloadOut:
     """One workload per index, in one transaction; the first one's id names the array."""
-    try:
-        indices = parse_array(text)
-    except ValueError as e:
-        raise InvalidRequest(_sentence(str(e))) from None
     key = values.get("idempotency_key")
     async with state.db.write() as session:
         if key is not None:
@@ -192,10 +236,12 @@ async def create_workload(
     """
     if not caller.principal.has(Scope.SUBMIT):
         raise Forbidden("This token may read but not submit (it lacks custom:allotment:submit).")
+    _check_kind(caller, body.kind)
     catalog = await state.catalog()
     account = charged_account(catalog, caller, body.account)
     pool, profile, allowed = _placement(catalog, body, account)
     size = _size(profile.offer if profile else None, body)
+    check_memory(size.memory)
     problem = fits_some_node(size, pool.nodes)
     if problem:
         raise InvalidRequest(_sentence(problem))
@@ -203,6 +249,13 @@ async def create_workload(
     reason = "waiting for the scheduler"
     max_runtime = _max_runtime(body, allowed)
     extra = _job_fields(body)
+    indices = None
+    if body.array is not None:
+        try:
+            indices = parse_array(body.array)
+        except ValueError as e:
+            raise InvalidRequest(_sentence(str(e))) from None
+    await _check_pending(state, caller, len(indices) if indices else 1)
     if body.after is not None:
         async with state.db.read() as session:
             await visible_workload(session, caller, body.after)
@@ -227,8 +280,8 @@ async def create_workload(
         "updated_at": now,
         **extra,
     }
-    if body.array is not None:
-        return await _create_array(state, caller, body.array, values, response)
+    if indices is not None:
+        return await _create_array(state, caller, indices, values, response)
     workload_id, created = await state.inserts.insert(values)
     state.workloads_changed()
     if not created:
@@ -274,7 +327,9 @@ async def list_workloads(
     ] = None,
     user: Annotated[str | None, Query()] = None,
     kind: Annotated[Kind | None, Query()] = None,
-    array: Annotated[int | None, Query(description="Only the tasks of this job array.")] = None,
+    array: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="Only the tasks of this job array.")
+    ] = None,
     since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[
@@ -290,11 +345,11 @@ async def list_workloads(
         statuses = tuple(WorkloadState.parse(s) for s in status or ())
     except ValueError as e:
         raise InvalidRequest(_sentence(str(e))) from None
-    if since is not None and since.tzinfo is None:
-        raise InvalidRequest("`since` needs a time zone, e.g. 2026-11-01T00:00:00Z.")
+    if since is not None:
+        since = aware(since, "since")
     before_id = None
     if cursor is not None:
-        if not cursor.isdigit():
+        if not (cursor.isascii() and cursor.isdigit() and int(cursor) <= MAX_ID):
             raise InvalidRequest("`cursor` is not one this API gave out; start from page 1.")
         before_id = int(cursor)
     async with state.db.read() as session:
@@ -336,18 +391,25 @@ async def visible_workload(
 
 
 @router.get("/workloads/{workload_id}", response_model=WorkloadOut)
-async def get_workload(workload_id: int, caller: CallerDep, state: StateDep) -> WorkloadOut:
+async def get_workload(workload_id: WorkloadId, caller: CallerDep, state: StateDep) -> WorkloadOut:
     async with state.db.read() as session:
         return workload_out(await visible_workload(session, caller, workload_id))
 
 
 @router.post("/workloads/{workload_id}/cancel", response_model=WorkloadOut)
-async def cancel_workload(workload_id: int, caller: CallerDep, state: StateDep) -> WorkloadOut:
+async def cancel_workload(
+    workload_id: WorkloadId, caller: CallerDep, state: StateDep
+) -> WorkloadOut:
     """Ask for a workload to stop. A pending one stops at once; a running one is told to."""
     now = state.clock.now()
     async with state.db.write() as session:
         row = await visible_workload(session, caller, workload_id)
         if not caller.principal.can_cancel_workload(row.user, row.account):
+            if row.user == caller.name:  # their own: it is the token that may not
+                raise Forbidden(
+                    f"This token may read but not cancel workload {workload_id} (it lacks "
+                    "custom:allotment:submit); use a token that may submit."
+                )
             raise Forbidden(
                 f"You may see workload {workload_id} but not cancel it; "
                 f"its owner ({row.user}) or a manager of {row.account} can."
@@ -375,11 +437,11 @@ async def cancel_workload(workload_id: int, caller: CallerDep, state: StateDep) 
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def workload_output(
-    workload_id: int,
+    workload_id: WorkloadId,
     caller: CallerDep,
     state: StateDep,
     stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout",
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=16 * 2**20)] = 2**20,
 ) -> Response:
     """A batch job's output from byte ``offset``; ``X-Next-Offset`` says where to continue.

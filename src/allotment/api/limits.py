@@ -1,0 +1,90 @@
+"""Bounds every request meets before a route sees it: the size of its body, and no NUL
+character in its address (no name, path or filter the API knows can hold one, and PostgreSQL
+cannot store one).
+
+A body is counted as it arrives, so a client that sends no ``Content-Length`` (chunked) or
+one that lies is stopped at the limit too, without the service holding more than the limit.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from allotment.api.problems import problem_response
+from allotment.schemas import Problem
+
+__all__ = ["RequestBounds", "describe_size"]
+
+
+def describe_size(n: int) -> str:
+    """``1 MiB``, ``3.2 MiB``, ``128 KiB``, ``17 bytes``: sizes in messages to people."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} byte" + ("" if n == 1 else "s")
+
+
+class RequestBounds:
+    """ASGI middleware: 413 for a body over ``max_body`` bytes, 422 for a NUL in the address."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    def _too_large(self, found: str) -> Problem:
+        limit = describe_size(self.max_body)
+        return Problem(
+            title="Request too large",
+            status=413,
+            detail=f"The request body is {found}; the limit is {limit} "
+            "(service.max_request_body). Send large inputs as files the workload reads.",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        address = scope.get("raw_path") or scope["path"].encode()
+        if b"\0" in unquote_to_bytes(address) or b"\0" in unquote_to_bytes(scope["query_string"]):
+            problem = Problem(
+                title="Invalid request",
+                status=422,
+                detail="The address holds a NUL character (%00); no name or filter can.",
+            )
+            await problem_response(problem)(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            declared = int(length) if length.isdigit() else -1
+            if declared < 0:
+                problem = Problem(
+                    title="Bad request",
+                    status=400,
+                    detail="The Content-Length header is not a number of bytes.",
+                )
+                await problem_response(problem)(scope, receive, send)
+                return
+            if declared > self.max_body:
+                too_large = self._too_large(describe_size(declared))
+                await problem_response(too_large)(scope, receive, send)
+                return
+        received = 0
+
+        async def bounded() -> Message:
+            # Raised inside the route's read of the body; FastAPI passes HTTPException on, and
+            # the problem handlers turn it into problem details.
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise HTTPException(
+                        413, self._too_large(f"more than {describe_size(self.max_body)}").detail
+                    )
+            return message
+
+        await self.app(scope, bounded, send)
