@@ -19,11 +19,13 @@ def test_unused_sessions_stop_and_used_ones_stay(tmp_path: Path, hub: Hub, share
     policy = policy_file(tmp_path, cull_idle="8s", cull_warning="5s")
     with job_service(free_port(), tmp_path / "data", None, hub.api_url, policy) as s:
         alice = hub.token("alice")
-        with s.client(alice) as c:
+        with s.client(alice) as c, s.client(hub.spawner_token) as spawner:
 
             def session(*command: str) -> int:
-                r = c.post(
+                # As the hub starts one: its spawner acts for alice.
+                r = spawner.post(
                     "workloads",
+                    headers={"X-Allotment-User": "alice"},
                     json={
                         "kind": "session",
                         "profile": "small",
