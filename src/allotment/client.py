@@ -66,7 +66,7 @@ def discover(environ: dict[str, str] | None = None) -> tuple[str, str | None]:
         candidates = [Path(data_dir)] if data_dir else []
         candidates += [
             Path.home() / ".local/share/allotment",
-            Path("/var/lib/allotment"),
+            Path("/var/lib/allotment-service"),
             # The service of `allot up`:
             Path.home() / ".local/share/allotment-hub/service",
             Path("/var/lib/allotment/service"),

@@ -36,8 +36,12 @@ def whoami(url: Url = None, token: Token = None, json: Json = False) -> None:
     console.print("scopes: " + ", ".join(me.scopes))
     if me.default_account:
         console.print(f"default account: {me.default_account}")
+    own = {m.account for m in me.memberships if m.user == me.name}
     for m in me.memberships:
-        console.print(f"  {m.role:8} {m.account}")
+        if m.user == me.name:
+            console.print(f"  {m.role:8} {m.account}")
+        elif m.account not in own:  # the policy's `members: ["*"]`
+            console.print(f"  {m.role:8} {m.account} (as every user is)")
     if not me.memberships:
         console.print("  (no memberships yet: ask a lab manager to add you)")
 

@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from allotment.api.deps import CallerDep, StateDep
 from allotment.api.routes.accounts import memberships_out
+from allotment.db import repository as repo
 from allotment.db.tables import Account, User
 from allotment.schemas import Me
 
@@ -25,7 +26,10 @@ async def me(caller: CallerDep, state: StateDep) -> Me:
                 .where(User.id == caller.user_id)
             )
         ).scalar_one_or_none()
-        memberships = await memberships_out(session, user_id=caller.user_id)
+        # A policy's `members: ["*"]` makes everyone a member: those count too, as user "*".
+        everyone = await repo.user_by_name(session, repo.EVERYONE)
+        ids = [caller.user_id] + ([everyone.id] if everyone is not None else [])
+        memberships = await memberships_out(session, user_ids=ids)
     return Me(
         name=caller.name,
         scopes=sorted(caller.principal.scopes),
