@@ -16,17 +16,22 @@ import uvicorn
 from typer.testing import CliRunner
 
 from allotment.api.app import default_data_dir
+from allotment.backends.base import LaunchSpec
 from allotment.backends.local.reasons import setup_failure
 from allotment.cli import up as up_module
 from allotment.cli import user as user_module
 from allotment.cli.main import app
 from allotment.config.models import ServiceSettings
+from allotment.domain.resources import Resources
 from allotment.hub.setup import HubLayout
 from allotment.schemas import Me
+from tests.backends.conftest import ROOT as AS_ROOT
+from tests.backends.conftest import local_backend
+from tests.backends.test_contract import ended, started
 from tests.support.hub import Hub
 from tests.support.service import Service, running_service
 
-ROOT = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 READ = ["custom:allotment:read"]
 
 EVERYONE_POLICY = """\
@@ -115,8 +120,8 @@ def test_allot_serve_and_allot_up_never_share_a_data_directory(
     # The reference, the schema's description and the README say what the code does.
     described = ServiceSettings.model_fields["data_dir"].description or ""
     assert f"`{serve}` as root" in described
-    assert f"`{serve}` as root" in (ROOT / "docs/reference/config.md").read_text()
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"`{serve}` as root" in (REPO / "docs/reference/config.md").read_text()
+    readme = " ".join((REPO / "README.md").read_text().split())
     assert f"`{serve}` as root (not `{hub.root}`, which is `allot up`'s)" in readme
     assert f"prepares a data directory (`{hub.root}` as root" in readme
 
@@ -152,3 +157,32 @@ def test_a_job_that_cannot_open_its_output_names_files_directory_and_account() -
     entered = setup_failure(254, placement) or ""
     assert "jupyter-alice may not enter /srv/shared" in entered
     assert setup_failure(1, placement) is None
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="runs a job as another POSIX account: needs root")
+async def test_a_job_from_a_directory_its_user_cannot_write_says_where_and_as_whom(
+    tmp_path: Path, shared: Path
+) -> None:
+    readonly = shared / "readonly"
+    readonly.mkdir(mode=0o755)  # root's; the job's account may enter but not write
+    readonly.chmod(0o755)
+    local = local_backend(tmp_path / "state")
+    wid = os.getpid() * 1000 + 999
+    spec = LaunchSpec(
+        wid, "alice", "lab", ["true"], Resources.of(1, 256 * 2**20), workdir=str(readonly)
+    )
+    try:
+        p = (await started(local, spec))[-1]
+        seen = await ended(local, wid, p)
+        assert (seen.exit_code, seen.failed) == (253, True)
+        assert seen.reason == (
+            "could not open its output files (exit status 253): jupyter-alice may not create "
+            f"or append to allot-{wid}.out and allot-{wid}.err in {readonly}. Submit from a "
+            "directory jupyter-alice can write to, or name files it can write with --output "
+            "and --error."
+        )
+        await local.release(wid, p)
+    finally:
+        for w in await local.present():
+            await local.reap(w)
+        await local.close()
