@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,3 +181,19 @@ async def test_a_workloads_tmp_and_shm_are_its_own_and_die_with_it(
     assert mine not in os.listdir("/dev/shm")
     mounts = Path("/proc/self/mountinfo").read_text()
     assert "allot-shm" not in mounts and str(run) not in mounts
+
+
+async def test_a_job_in_a_directory_under_the_machines_tmp_is_told_why_it_cannot_start(
+    local: LocalBackend, new_id: Callable[[], int], tmp_path: Path
+) -> None:
+    there = Path(tempfile.mkdtemp(prefix="allot-test-", dir="/tmp"))
+    try:
+        there.chmod(0o1777)
+        wid = new_id()
+        p = (await started(local, job(wid, "alice", ["/bin/true"], there)))[-1]
+        seen = await ended(local, wid, p)
+        assert seen.failed and seen.exit_code == 254
+        assert f"{there} is under /tmp, and every workload has a private one" in seen.reason
+        await local.release(wid, p)
+    finally:
+        shutil.rmtree(there, ignore_errors=True)

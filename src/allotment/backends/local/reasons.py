@@ -38,10 +38,28 @@ def setup_failure(code: int, placement: Mapping[str, Any]) -> str | None:
             f"or append to {named}. Submit from a directory {account} can write to, or name "
             "files it can write with --output and --error."
         )
+    if code == WORKING_DIRECTORY and _under_private(workdir):
+        return (
+            f"could not enter its working directory (exit status {code}): {workdir} is under "
+            f"{_under_private(workdir)}, and every workload has a private one of its own. Submit "
+            "from your home or a project directory, or name one with --chdir."
+        )
     if code == WORKING_DIRECTORY:
         return (
             f"could not enter its working directory (exit status {code}): {account} may not "
             f"enter {workdir or 'it'}. Submit from a directory {account} can reach, or name one "
             "with --chdir."
         )
+    return None
+
+
+#: Directories each workload has a private one of (``process.WRAPPER``).
+PRIVATE = ("/tmp", "/dev/shm")
+
+
+def _under_private(path: str) -> str | None:
+    """The private directory ``path`` lies in, or None."""
+    for d in PRIVATE:
+        if path == d or path.startswith(d + "/"):
+            return d
     return None
