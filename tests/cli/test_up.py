@@ -4,7 +4,9 @@ the session environment's build replaced by a stub; ``--prepare-only`` so nothin
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -100,3 +102,18 @@ def test_a_session_interpreter_other_users_cannot_run_is_named_at_start(
     assert r.exit_code == 1
     assert "Sessions could not run" in r.output
     assert f"other users cannot enter {hidden} (mode 0700)" in r.output
+
+
+def test_a_data_directory_under_tmp_is_refused_at_start(
+    stubbed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every session has a private /tmp: an environment under the machine's is out of reach."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    data = Path(tempfile.mkdtemp(prefix="allot-test-", dir="/tmp"))
+    try:
+        data.chmod(0o755)
+        r = allot_up("--data-dir", str(data / "hub"))
+        assert r.exit_code == 1
+        assert "it is under /tmp, and every session has a private /tmp of its own" in r.output
+    finally:
+        shutil.rmtree(data, ignore_errors=True)

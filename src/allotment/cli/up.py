@@ -25,6 +25,8 @@ SECRETS = ("admin-password", "user-password", "spawner-token", "traefik-api")
 #: looked for next to this interpreter and on $PATH.
 HUB_MODULES = ("jupyterhub_traefik_proxy",)
 HUB_PROGRAMS = ("traefik",)
+#: Directories every workload has a private one of (the local backend's mount namespace).
+PRIVATE = (Path("/tmp"), Path("/dev/shm"))
 
 
 def _default_data_dir() -> Path:
@@ -46,6 +48,12 @@ def _missing_hub_extra() -> list[str]:
 
 def _closed_to_sessions(path: Path) -> str | None:
     """Why sessions, running as other users, cannot reach ``path``; None when they can."""
+    for private in PRIVATE:
+        if path == private or private in path.parents:
+            return (
+                f"it is under {private}, and every session has a private {private} of its own. "
+                "Choose a --data-dir elsewhere (the default as root is /var/lib/allotment)"
+            )
     closed = closed_at(path)
     if closed is None:
         return None
