@@ -25,6 +25,8 @@ from allotment.domain.resources import Resources
 from tests.backends.conftest import ROOT, local_backend
 from tests.backends.test_contract import ended, started
 from tests.backends.test_local import job
+from tests.support.hub import Hub, free_port
+from tests.support.jobs import job_service, policy_file
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="needs root: POSIX accounts and cgroups")
 
@@ -112,12 +114,12 @@ async def test_no_root_process_of_a_workload_has_anything_of_the_submitters_envi
     await local.release(wid, p)
 
 
-@pytest.mark.skipif(
-    shutil.which("cc") is None, reason="needs a C compiler (scripts/test installs gcc)"
-)
-async def test_a_setpriv_on_the_users_path_or_a_preloaded_library_never_runs_as_root(
-    local: LocalBackend, shared: Path, new_id: Callable[[], int]
-) -> None:
+@pytest.fixture
+def hijack(shared: Path) -> tuple[dict[str, str], Path]:
+    """The attack of finding 11.1: a ``setpriv`` of the submitter's early on ``PATH`` and a
+    library in ``LD_PRELOAD``; each writes the uid it runs as to the returned file."""
+    if shutil.which("cc") is None:
+        pytest.skip("needs a C compiler (scripts/test installs gcc)")
     marks = shared / "uids"
     (shared / "bin").mkdir()
     fake = shared / "bin" / "setpriv"
@@ -129,17 +131,48 @@ async def test_a_setpriv_on_the_users_path_or_a_preloaded_library_never_runs_as_
         check=True,
     )
     (shared / "evil.so").chmod(0o755)
-    env = {"PATH": f"{shared}/bin:/usr/bin:/bin", "LD_PRELOAD": f"{shared}/evil.so"}
+    return {"PATH": f"{shared}/bin:/usr/bin:/bin", "LD_PRELOAD": f"{shared}/evil.so"}, marks
+
+
+def _uids(marks: Path) -> list[str]:
+    return marks.read_text().split() if marks.exists() else []
+
+
+async def test_a_setpriv_on_the_users_path_or_a_preloaded_library_never_runs_as_root(
+    local: LocalBackend,
+    shared: Path,
+    new_id: Callable[[], int],
+    hijack: tuple[dict[str, str], Path],
+) -> None:
+    env, marks = hijack
     wid = new_id()
     p = (await started(local, job(wid, "alice", ["/bin/true"], shared, env=env)))[-1]
     seen = await ended(local, wid, p)
     assert (seen.exit_code, seen.failed) == (0, False), seen.reason
-    uids = marks.read_text().split() if marks.exists() else []
+    uids = _uids(marks)
     alice = str(pwd.getpwnam("jupyter-alice").pw_uid)
     # The library did load, into the user's own command: the attempt was real.
     assert alice in uids
     assert "0" not in uids, f"ran as root: {uids}"
     await local.release(wid, p)
+
+
+@pytest.mark.jupyterhub
+def test_the_hijack_fails_from_a_session_token_through_the_api(
+    tmp_path: Path, hub: Hub, shared: Path, hijack: tuple[dict[str, str], Path]
+) -> None:
+    """As reported: a member with only a session's token (read + submit) and ``allot submit
+    --env``, against a real ``allot serve``."""
+    env, marks = hijack
+    token = hub.token("alice", ["custom:allotment:read", "custom:allotment:submit"])
+    with job_service(free_port(), tmp_path / "data", None, hub.api_url, policy_file(tmp_path)) as s:
+        flags = [f"--env={name}={value}" for name, value in env.items()]
+        r = s.allot(token, "submit", "-p", "small", "--wait", *flags, "--", "true", cwd=shared)
+    errors = "".join(f.read_text() for f in shared.glob("allot-*.err"))
+    assert r.returncode == 0, r.stdout + r.stderr + errors
+    uids = _uids(marks)
+    assert str(pwd.getpwnam("jupyter-alice").pw_uid) in uids
+    assert "0" not in uids, f"ran as root: {uids}"
 
 
 async def test_a_workloads_tmp_and_shm_are_its_own_and_die_with_it(
