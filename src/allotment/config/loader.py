@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from allotment.config import rules
 from allotment.config.models import Policy
@@ -63,6 +63,9 @@ def parse_policy(
         raise ConfigError(
             [ConfigProblem(filename, line, "", f"not valid YAML: {what}", hint)]
         ) from None
+    except YAMLError as e:  # e.g. a control character, which the reader refuses before parsing
+        first = str(e).splitlines()[0]
+        raise ConfigError([ConfigProblem(filename, 0, "", f"not valid YAML: {first}")]) from None
     if doc is None:
         raise ConfigError(
             [
