@@ -221,7 +221,14 @@ async def _create_array(
     return workload_out(row)
 
 
-@router.post("/workloads", status_code=201, response_model=WorkloadOut)
+@router.post(
+    "/workloads",
+    status_code=201,
+    response_model=WorkloadOut,
+    responses={
+        200: {"model": WorkloadOut, "description": "An earlier request with this key made it."}
+    },
+)
 async def create_workload(
     body: WorkloadCreate,
     caller: CallerDep,
