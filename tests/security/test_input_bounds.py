@@ -192,10 +192,15 @@ async def test_a_nul_in_the_address_is_refused(service: Service) -> None:
             assert "NUL character" in problem(await c.get(path), 422)
 
 
-async def test_a_user_has_a_cap_on_waiting_workloads(database_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cache_seconds", [0, 60], ids=["counted", "cached"])
+async def test_a_user_has_a_cap_on_waiting_workloads(
+    database_url: str, tmp_path: Path, cache_seconds: int
+) -> None:
     text = (ROOT / "examples/department.yaml").read_text()
     text = text.replace("\nlimits:\n", "\nlimits:\n  pending_per_user: 5\n")
-    async with running_service(database_url, tmp_path / "data", policy_text=text) as svc:
+    async with running_service(
+        database_url, tmp_path / "data", policy_text=text, token_cache_seconds=cache_seconds
+    ) as svc:
         async with svc.admin() as c:
             assert (await c.post("workloads", json={**JOB, "array": "0-2"})).status_code == 201
             # Array tasks count one by one.

@@ -64,12 +64,15 @@ class AppState:
     users: TtlCache[str, UserContext] = field(init=False)
     _catalog: TtlCache[int, Catalog] = field(init=False)
     _pending_cap: TtlCache[int, int] = field(init=False)
+    #: User id → [workloads pending, at most]: counted, plus what this process added since.
+    pending_counts: TtlCache[int, list[int]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.admin_tokens = TtlCache(self.cache_seconds)
         self.users = TtlCache(self.cache_seconds)
         self._catalog = TtlCache(self.cache_seconds, max_entries=1)
         self._pending_cap = TtlCache(self.cache_seconds, max_entries=1)
+        self.pending_counts = TtlCache(self.cache_seconds)
 
     async def pending_cap(self) -> int:
         """Most workloads one user may have pending: the policy's ``limits.pending_per_user``."""

@@ -171,8 +171,18 @@ def _check_kind(caller: Caller, kind: Kind) -> None:
 
 async def _check_pending(state: AppState, caller: Caller, adding: int) -> None:
     """A user may have at most ``limits.pending_per_user`` workloads waiting; each task of an
-    array counts. Concurrent submissions may overshoot it by what they add together."""
+    array counts.
+
+    Counting on every submission would cost a read each: the count is kept for the cache's
+    lifetime and raised by what this process adds (never lowered, so it errs on the safe
+    side), and counted again only when it would reach the cap. Other processes' and
+    concurrent submissions are seen at the next count, so the cap may be overshot by them.
+    """
     cap = await state.pending_cap()
+    known = state.pending_counts.get(caller.user_id)
+    if known is not None and known[0] + adding <= cap:
+        known[0] += adding
+        return
     t = WORKLOADS
     waiting = (
         select(t.c.id)
@@ -189,6 +199,7 @@ async def _check_pending(state: AppState, caller: Caller, adding: int) -> None:
             f"most {cap:,} waiting (limits.pending_per_user). Wait for some to start, or "
             "cancel some."
         )
+    state.pending_counts.put(caller.user_id, [pending + adding])
 
 
 async def _create_array(
