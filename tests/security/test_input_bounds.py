@@ -171,9 +171,11 @@ async def test_sizes_that_could_never_run_are_refused(
         ("GET", "workloads", {"since": "0001-01-01T00:00:00+05:00"}, None, "`since` is outside"),
         ("GET", "workloads/1/output", {"offset": 2**70}, None, "query.offset"),
         ("PATCH", "accounts/physics", {}, {"shares": 2**40}, "body.shares"),
+        ("PUT", f"accounts/physics/members/{'u' * 300}", {}, {"role": "member"}, "path.user"),
+        ("GET", f"users/{'u' * 300}", {}, None, "path.name"),
     ],
 )
-async def test_integers_out_of_range_get_422(
+async def test_numbers_and_names_out_of_range_get_422(
     service: Service,
     method: str,
     path: str,

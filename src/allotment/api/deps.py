@@ -149,6 +149,8 @@ def _bearer(request: Request) -> str:
 
 
 ON_BEHALF_OF = "X-Allotment-User"
+#: Longest user name the database holds.
+MAX_USER_NAME = 255
 _ACTING_SCOPES = frozenset({Scope.READ.value, Scope.SUBMIT.value})
 
 
@@ -164,6 +166,10 @@ def _acting_for(identity: Identity, request: Request) -> Identity:
     if not user:
         raise InvalidRequest(
             f"Service '{identity.name}' acts for a hub user: name them in the {ON_BEHALF_OF} header."
+        )
+    if len(user) > MAX_USER_NAME:
+        raise InvalidRequest(
+            f"{ON_BEHALF_OF} is {len(user)} characters; a user name has at most {MAX_USER_NAME}."
         )
     return Identity(user, _ACTING_SCOPES, "spawner")
 
@@ -215,6 +221,10 @@ async def _user_context(state: AppState, name: str) -> UserContext:
 
 async def get_caller(request: Request, state: StateDep) -> Caller:
     identity = await _identity(state, _bearer(request), request)
+    if len(identity.name) > MAX_USER_NAME:
+        raise Forbidden(
+            f"Allotment serves users whose names have at most {MAX_USER_NAME} characters."
+        )
     scopes = expand_scopes(identity.scopes)
     if not scopes:
         raise Forbidden(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -20,6 +20,9 @@ from allotment.schemas import AccountOut, AccountPatch, MembershipIn, Membership
 __all__ = ["memberships_out", "router"]
 
 router = APIRouter(tags=["accounts"])
+
+#: A hub user's name; the database holds up to 255 characters.
+UserName = Annotated[str, Path(min_length=1, max_length=255)]
 Parent = aliased(Account)
 
 
@@ -125,7 +128,7 @@ async def list_members(
 
 @router.put("/accounts/{path:path}/members/{user}", response_model=MembershipOut)
 async def put_member(
-    path: str, user: str, body: MembershipIn, caller: CallerDep, state: StateDep
+    path: str, user: UserName, body: MembershipIn, caller: CallerDep, state: StateDep
 ) -> MembershipOut:
     """Add a user to an account, or change their role (managers of the account or above)."""
     async with state.db.write() as session:
@@ -156,7 +159,7 @@ async def put_member(
 
 
 @router.delete("/accounts/{path:path}/members/{user}", status_code=204)
-async def delete_member(path: str, user: str, caller: CallerDep, state: StateDep) -> None:
+async def delete_member(path: str, user: UserName, caller: CallerDep, state: StateDep) -> None:
     async with state.db.write() as session:
         account = await _visible(session, caller, path)
         if not caller.principal.can_change_memberships(account.path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -74,7 +74,9 @@ async def list_users(
 
 
 @router.get("/users/{name}", response_model=UserOut)
-async def get_user(name: str, caller: CallerDep, state: StateDep) -> UserOut:
+async def get_user(
+    name: Annotated[str, Path(max_length=255)], caller: CallerDep, state: StateDep
+) -> UserOut:
     p = caller.principal
     async with state.db.read() as session:
         user = await repo.user_by_name(session, name)
