@@ -277,6 +277,11 @@ class PolicyIn(BaseModel):
 class ApplyResult(_Out):
     version: int | None = Field(description="Policy version now in force; None on a dry run.")
     changes: list[str]
+    warnings: list[str] = Field(
+        [],
+        description="What the policy changes that you may not mean, e.g. who runs as which "
+        "POSIX account; empty when nothing.",
+    )
 
 
 class BudgetLeft(_Out):

@@ -11,16 +11,26 @@ databases.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from allotment.backends.local.posix import PosixAccounts, unix_name
 from allotment.config.models import ExistingAccountsSpec
-from tests.support.hub import Hub
+from allotment.db.tables import WORKLOADS
+from tests.support.hub import Hub, free_port
+from tests.support.process import allot_serve, clean_env
+from tests.support.service import ROOT as REPO
 from tests.support.service import Service
 
 ROOT = os.geteuid() == 0
@@ -105,3 +115,81 @@ async def test_no_hub_user_can_take_the_admins_identity(hub_service: Service, hu
         assert (await c.get(f"workloads/{wid}")).status_code == 404
         assert (await c.post(f"workloads/{wid}/cancel")).status_code == 404
         assert (await c.get("workloads")).json()["items"] == []
+
+
+async def _ran_as_own_name(service: Service, database_url: str) -> str:
+    """A workload of the admin's identity recorded as run by the POSIX account of that same
+    name, as every version before ``identity.existing_accounts`` did for such users."""
+    async with service.admin() as admin:
+        me = (await admin.get("me")).json()["name"]
+        r = await admin.post(
+            "workloads", json={"profile": "small", "account": "lab-a", "command": ["true"]}
+        )
+    assert r.status_code == 201, r.text
+    engine = create_async_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(WORKLOADS)
+            .where(WORKLOADS.c.id == r.json()["id"])
+            .values(placement={"user": me, "uid": 1001})
+        )
+    await engine.dispose()
+    return str(me)
+
+
+async def test_a_policy_that_drops_existing_accounts_says_whom_it_moves(
+    service: Service, database_url: str
+) -> None:
+    """The upgrade path: a site whose users ran as their existing accounts is told, at apply
+    (and so at `allot config check`), that without `identity.existing_accounts` they will not."""
+    name = await _ran_as_own_name(service, database_url)
+    text = (REPO / "examples/department.yaml").read_text()
+    async with service.admin() as admin:
+        r = await admin.put("policy", json={"text": text, "dry_run": True})
+        kept = await admin.put(
+            "policy",
+            json={
+                "text": text + "\nidentity: {existing_accounts: {uid_min: 1000}}\n",
+                "dry_run": True,
+            },
+        )
+    assert r.status_code == 200, r.text
+    [warning] = r.json()["warnings"]
+    assert f"hub users {name} ran workloads as the existing POSIX accounts" in warning
+    assert "identity: {existing_accounts:" in warning
+    assert kept.json()["warnings"] == []
+
+
+def test_allot_config_check_warns_from_the_services_database(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port = free_port()
+    with allot_serve(port, clean_env(ALLOTMENT_DATA_DIR=str(data)), "--no-controller"):
+        env = clean_env(
+            ALLOTMENT_URL=f"http://127.0.0.1:{port}/services/allotment/",
+            ALLOTMENT_DATA_DIR=str(data),
+            COLUMNS="200",
+        )
+        token = (data / "admin-token").read_text().strip()
+        created = httpx.post(
+            env["ALLOTMENT_URL"] + "api/workloads",
+            json={"profile": "small", "command": ["true"], "account": "lab-b"},
+            headers={"Authorization": f"token {token}"},
+        )
+        assert created.status_code == 201, created.text
+        me = httpx.get(env["ALLOTMENT_URL"] + "api/me", headers={"Authorization": f"token {token}"})
+        name = me.json()["name"]
+        with sqlite3.connect(data / "allotment.sqlite") as db:
+            db.execute(
+                "UPDATE workloads SET placement = ? WHERE id = ?",
+                (json.dumps({"user": name}), created.json()["id"]),
+            )
+        policy = REPO / "examples/department.yaml"
+        check = [sys.executable, "-m", "allotment", "config", "check", str(policy)]
+        r = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "is valid" in r.stdout
+        assert f"warning: hub users {name} ran workloads as the existing POSIX" in r.stderr
+        own = tmp_path / "kept.yaml"
+        own.write_text(policy.read_text() + "\nidentity: {existing_accounts: {uid_min: 1000}}\n")
+        r = subprocess.run([*check[:-1], str(own)], env=env, capture_output=True, text=True)
+        assert r.returncode == 0 and "warning" not in r.stderr, r.stderr

@@ -36,7 +36,7 @@ from allotment.config.models import Policy
 from allotment.controller.service import Controller, ControllerSettings
 from allotment.db.engine import Database, sqlite_url
 from allotment.db.group_commit import GroupCommit
-from allotment.db.policy_sync import apply_policy
+from allotment.db.policy_sync import apply_policy, identity_warnings
 from allotment.db.tables import AdminToken
 
 __all__ = [
@@ -142,8 +142,11 @@ async def prepare(db: Database, settings: Settings, clock: Clock) -> None:
             _, changes = await apply_policy(
                 session, settings.policy, actor="allot serve", now=clock.now()
             )
+            warnings = await identity_warnings(session, settings.policy)
         for change in changes:
             log.info("policy: %s", change)
+        for warning in warnings:
+            log.warning("policy: %s", warning)
     if settings.admin_token_file:
         await _ensure_admin_token(db, settings.data_dir / "admin-token", clock)
 

@@ -10,6 +10,7 @@ import typer
 from ruamel.yaml import YAML
 
 from allotment.cli.output import client, console, err, fail, print_json, run
+from allotment.client import AllotmentClient, ApiError, discover
 from allotment.config import load_policy
 from allotment.config.models import Policy
 from allotment.errors import ConfigError
@@ -34,12 +35,30 @@ def load_or_exit(file: Path) -> Policy:
 
 @config_app.command()
 def check(file: FileArg) -> None:
-    """Validate a policy file; list every problem with its line. Exit code 2 when invalid."""
+    """Validate a policy file; list every problem with its line. Exit code 2 when invalid.
+
+    Where a running service can be reached (``$ALLOTMENT_URL`` and a token, or a local
+    service's admin token), also say what the file would change that may not be meant, from
+    what the service's database holds (a dry run: nothing is changed)."""
     policy = load_or_exit(file)
     console.print(
         f"[green]{file} is valid[/]: {len(policy.accounts)} accounts, {len(policy.pools)} pools, "
         f"{len(policy.profiles)} profiles, {len(policy.allocations)} allocations."
     )
+    url, token = discover()
+    if token is None:
+        return
+    try:
+        with AllotmentClient(url, token) as c:
+            result = c.apply_policy(file.read_text(), str(file), dry_run=True)
+    except ApiError:
+        return  # no service here, or not one this token administers: the file is still valid
+    _warn(result.warnings)
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
 
 
 @config_app.command()
@@ -80,6 +99,7 @@ def apply(
         result = run(lambda: c.apply_policy(file.read_text(), str(file), dry_run=dry_run))
     for change in result.changes:
         console.print(change, highlight=False, markup=False)
+    _warn(result.warnings)
     if not result.changes:
         console.print("no changes")
     elif dry_run:

@@ -19,7 +19,7 @@ from allotment.config.models import Policy
 from allotment.config.rules import account_paths, profile_gpus, resolve_account
 from allotment.db.tables import Account, Membership, PolicyVersion, Pool, Profile, User, Workload
 
-__all__ = ["apply_policy", "policy_document"]
+__all__ = ["apply_policy", "identity_warnings", "policy_document"]
 
 
 def policy_document(policy: Policy) -> dict[str, Any]:
@@ -54,6 +54,32 @@ async def apply_policy(
     session.add(version)
     await session.flush()
     return version.id, changes
+
+
+async def identity_warnings(session: AsyncSession, policy: Policy) -> list[str]:
+    """What ``policy`` changes for hub users who ran as existing POSIX accounts of their own
+    name (as every version before this rule did): without ``identity.existing_accounts``,
+    their next workloads run as accounts Allotment creates instead."""
+    if policy.identity.existing_accounts is not None:
+        return []
+    rows = await session.execute(
+        select(User.name, Workload.placement)
+        .join(User, User.id == Workload.user_id)
+        .where(Workload.placement.is_not(None))
+    )
+    borrowed = sorted({name for name, placement in rows if placement.get("user") == name})
+    if not borrowed:
+        return []
+    shown = ", ".join(borrowed[:10]) + (
+        f" and {len(borrowed) - 10} more" if len(borrowed) > 10 else ""
+    )
+    return [
+        f"hub users {shown} ran workloads as the existing POSIX accounts of the same name; "
+        "this policy has no `identity.existing_accounts`, so their next workloads run as "
+        "accounts Allotment creates (jupyter-<name>), without their files. If your hub's "
+        "authenticator (PAM, LDAP) vouches for these names, keep the old mapping with "
+        "`identity: {existing_accounts: {uid_min: 1000}}`."
+    ]
 
 
 async def _used_account_ids(session: AsyncSession) -> set[int]:

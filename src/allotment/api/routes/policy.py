@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from allotment.api.deps import CallerDep, StateDep
 from allotment.config import parse_policy
-from allotment.db.policy_sync import apply_policy
+from allotment.db.policy_sync import apply_policy, identity_warnings
 from allotment.db.tables import PolicyVersion
 from allotment.errors import ConfigError, Forbidden, InvalidRequest, NotFound
 from allotment.schemas import ApplyResult, PolicyIn
@@ -47,14 +47,16 @@ async def put_policy(body: PolicyIn, caller: CallerDep, state: StateDep) -> Appl
     except ConfigError as e:
         raise InvalidRequest("The policy has problems:\n" + str(e)) from None
     changes: list[str] = []
+    warnings: list[str] = []
     try:
         async with state.db.write() as session:
             version, changes = await apply_policy(
                 session, policy, actor=caller.name, now=state.clock.now()
             )
+            warnings = await identity_warnings(session, policy)
             if body.dry_run:
                 raise _DryRun
     except _DryRun:
-        return ApplyResult(version=None, changes=changes)
+        return ApplyResult(version=None, changes=changes, warnings=warnings)
     state.changed()
-    return ApplyResult(version=version, changes=changes)
+    return ApplyResult(version=version, changes=changes, warnings=warnings)
