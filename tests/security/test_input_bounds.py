@@ -282,3 +282,8 @@ async def test_activity_from_the_future_is_clamped_to_the_servers_clock(
 def problem_free(r: httpx.Response, status: int) -> int:
     assert r.status_code == status, r.text
     return int(r.json()["id"])
+
+
+def test_the_body_limit_can_come_from_the_environment() -> None:
+    policy = parse_policy("{}", environ={"ALLOTMENT_MAX_REQUEST_BODY": "2M"})
+    assert policy.service.max_request_body == 2 * 2**20

@@ -32,6 +32,7 @@ ENV_OVERRIDES = {
     "ALLOTMENT_BASE_URL": "base_url",
     "JUPYTERHUB_API_URL": "hub_api_url",
     "ALLOTMENT_HUB_API_URL": "hub_api_url",
+    "ALLOTMENT_MAX_REQUEST_BODY": "max_request_body",
 }
 
 
