@@ -209,11 +209,113 @@ async def test_a_workloads_tmp_and_shm_are_its_own_and_die_with_it(
     await local.stop(alice, pa, grace=1)
     await ended(local, alice, pa)
     run = Path(pa["run"])
+    tmp = local.scratch / run.name
+    assert (tmp / mine).read_text() == "private\n"  # on disk: scratch is not memory
     await local.release(alice, pa)
-    assert not run.exists()
+    assert not run.exists() and not tmp.exists()
     assert mine not in os.listdir("/dev/shm")
     mounts = Path("/proc/self/mountinfo").read_text()
-    assert "allot-shm" not in mounts and str(run) not in mounts
+    assert "allot-shm" not in mounts and str(tmp) not in mounts
+
+
+async def test_system_v_shared_memory_is_the_workloads_own_and_dies_with_it(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    """Review finding: a segment from ``shmget`` outlived its job, owned by the user, outside
+    every cgroup's accounting. Each workload has an IPC namespace of its own now."""
+    before = Path("/proc/sysvipc/shm").read_text()
+    wid = new_id()
+    # Create a segment and stay attached (an unattached one goes at once: shm_rmid_forced).
+    script = (
+        "import ctypes, subprocess, time\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc.shmat.restype = ctypes.c_void_p\n"
+        "seg = libc.shmget(0, 8388608, 0o1600)\n"
+        "assert seg >= 0 and libc.shmat(seg, None, 0) not in (None, ctypes.c_void_p(-1).value)\n"
+        f"open('{shared}/seen', 'w').write(subprocess.run(['ipcs', '-m'], capture_output=True,"
+        " text=True).stdout)\n"
+        "time.sleep(1)\n"
+    )
+    p = (await started(local, job(wid, "alice", ["python3", "-c", script], shared)))[-1]
+    for _ in range(100):
+        if (shared / "seen").exists():
+            break
+        await asyncio.sleep(0.05)
+    alice = str(pwd.getpwnam("jupyter-alice").pw_uid)
+    assert "8388608" in (shared / "seen").read_text()  # it made one, in its own namespace
+    assert Path("/proc/sysvipc/shm").read_text() == before  # the machine's never saw it
+    seen = await ended(local, wid, p)
+    assert seen.exit_code == 0, seen.reason
+    await local.release(wid, p)
+    owners = [line.split()[7] for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]]
+    assert alice not in owners
+
+
+async def test_a_command_exiting_with_a_set_up_failures_status_is_not_taken_for_one(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    """Review finding: a job exiting 253 was reported as "could not open its output files"."""
+    wid = new_id()
+    p = (await started(local, job(wid, "alice", ["sh", "-c", "exit 253"], shared)))[-1]
+    seen = await ended(local, wid, p)
+    assert (seen.exit_code, seen.reason) == (253, "exited with status 253")
+    await local.release(wid, p)
+
+
+async def test_a_private_tmp_held_open_from_outside_is_still_removed(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    """Review finding: a process of the same user elsewhere, holding the workload's /tmp open
+    (through ``/proc/<pid>/root/tmp``), kept creating files while root removed it, and some
+    survived. Root takes each directory over before emptying it."""
+    wid = new_id()
+    p = (await started(local, job(wid, "alice", ["sh", "-c", "mkdir /tmp/d; sleep 30"], shared)))[
+        -1
+    ]
+    tmp = local.scratch / Path(p["run"]).name
+    for _ in range(100):
+        if (tmp / "d").exists():
+            break
+        await asyncio.sleep(0.05)
+    uid = pwd.getpwnam("jupyter-alice").pw_uid
+    assert local.cgroups is not None
+    user_pid = next(
+        pid for pid in local.cgroups.procs(wid) if os.stat(f"/proc/{pid}").st_uid == uid
+    )
+    # The user's process elsewhere: it opens the directory through the job's /proc entry
+    # (same user) and writes into it without pause.
+    writer = subprocess.Popen(
+        [
+            "/usr/bin/setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            "import os, sys, itertools\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+            "for i in itertools.count():\n"
+            "    try:\n"
+            "        os.close(os.open(f'f{i}', os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd))\n"
+            "    except OSError:\n"
+            "        pass\n",
+            f"/proc/{user_pid}/root/tmp/d",
+        ]
+    )
+    try:
+        for _ in range(100):
+            if len(os.listdir(tmp / "d")) > 100:
+                break
+            await asyncio.sleep(0.05)
+        assert len(os.listdir(tmp / "d")) > 100, "the writer is writing"
+        await local.stop(wid, p, grace=1)
+        await ended(local, wid, p)
+        await local.release(wid, p)
+        assert not tmp.exists()
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 async def test_a_job_in_a_directory_under_the_machines_tmp_is_told_why_it_cannot_start(

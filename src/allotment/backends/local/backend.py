@@ -55,15 +55,16 @@ DEFAULT_SIGNALS = tuple(
 )
 
 
-def _ended(code: int | None) -> tuple[bool, str]:
-    """(failed, reason) for an exit status."""
+def _ended(code: int | None, command_ran: bool = False) -> tuple[bool, str]:
+    """(failed, reason) for an exit status; ``command_ran``: the status is the command's own,
+    even where it equals one of the launcher's set-up failures."""
     if code is None:
         return True, "ended without an exit status (killed together with its wrapper)"
     if code == 0:
         return False, "completed (exit status 0)"
-    if code in SETUP_FAILURES:
+    if code in SETUP_FAILURES and not command_ran:
         return True, f"{SETUP_FAILURES[code]} (exit status {code})"
-    if code > 128:
+    if 128 < code <= 128 + signal.SIGRTMAX:  # the shell's 128 + N for a signal N
         try:
             name = signal.Signals(code - 128).name
         except ValueError:
@@ -88,6 +89,10 @@ class LocalBackend(Backend):
         The cgroup driver (``cgroups.detect()``), or None to run without limits (logged).
     accounts
         Maps hub users to POSIX accounts (``PosixAccounts``).
+    tmp_base
+        Where each workload's private /tmp is made (Slurm's ``BasePath``); None: ``tmp`` in
+        ``state_dir``. Best on a file system of its own: scratch files that fill it must not
+        fill the one holding the database.
     """
 
     name = "local"
@@ -102,10 +107,13 @@ class LocalBackend(Backend):
         *,
         inventory: gpu.Inventory | None = None,
         pids_max: int = 4096,
+        tmp_base: Path | None = None,
     ) -> None:
         self.runs = state_dir / "run"
         self.runs.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(state_dir, 0o700)
+        #: Private /tmp directories, ``w<id>.<attempt>`` like run directories.
+        self.scratch = tmp_base if tmp_base is not None else state_dir / "tmp"
         self.node = node
         self.declared = declared
         self.cgroups = cgroups
@@ -118,6 +126,16 @@ class LocalBackend(Backend):
         self._setpriv = program("setpriv") if accounts.isolated else ""
         #: As root, every workload gets a private /tmp and /dev/shm in a mount namespace.
         self._private = (program("unshare"), program("mount")) if accounts.isolated else None
+        if self._private is not None:
+            self.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.scratch, 0o700)
+            if self.scratch.stat().st_dev == state_dir.stat().st_dev:
+                log.info(
+                    "workloads' private /tmp is on the file system of the service's state (%s): "
+                    "a workload that fills it fills that; set the pool's tmp_dir to a file "
+                    "system of its own",
+                    self.scratch,
+                )
         _keep_descriptors_from_workloads()
         if cgroups is None:
             log.warning(
@@ -196,11 +214,14 @@ class LocalBackend(Backend):
                 "GPUs are in use here"
             )
         run.mkdir(mode=0o700)
+        (run / "started").touch(mode=0o600)  # the user's part says here that its set-up is done
         if self._private is not None:
-            # The workload's /tmp: reachable only inside its own mount namespace (the run
-            # directory is the service's, 0700), removed with the run directory.
-            (run / "tmp").mkdir()
-            os.chmod(run / "tmp", 0o1777)
+            # The workload's /tmp: reachable only inside its own mount namespace (the base is
+            # the service's, 0700), removed when the workload is released.
+            tmp = self.scratch / run.name
+            shutil.rmtree(tmp, ignore_errors=True)  # of an attempt that never started
+            tmp.mkdir()
+            os.chmod(tmp, 0o1777)
         (run / "gpus.json").write_text(json.dumps(devices))
         return devices
 
@@ -262,10 +283,12 @@ class LocalBackend(Backend):
                 "--inh-caps=-all --"
             )
         launcher = ["/bin/sh", "-c", WRAPPER, "allot-wrapper"]
-        mount = shm = ""
+        mount = tmp = shm = ""
         if self._private is not None:
             unshare, mount = self._private
-            launcher = [unshare, "--mount", "--propagation", "private", "--", *launcher]
+            # slave: mounts the machine makes later (autofs, NFS homes) still reach it.
+            launcher = [unshare, "--mount", "--ipc", "--propagation", "slave", "--", *launcher]
+            tmp = str(self.scratch / run.name)
             memory = max(spec.resources.memory, 2**20)
             shm = f"size={memory},mode=1777,nosuid,nodev"
         env = os.memfd_create("allot-env", os.MFD_CLOEXEC)
@@ -293,6 +316,7 @@ class LocalBackend(Backend):
                     ":".join(str(p) for p in procs),
                     drop,
                     mount,
+                    tmp,
                     shm,
                     "/bin/sh",
                     "-c",
@@ -366,8 +390,8 @@ class LocalBackend(Backend):
             cpu = self.cgroups.cpu_seconds(workload) if self.cgroups is not None else None
             return Observation(alive=True, cpu_seconds=cpu)
         code = _read_number(run / "exit")
-        failed, reason = _ended(code)
-        if code is not None:
+        failed, reason = _ended(code, _command_ran(run))
+        if code is not None and not _command_ran(run):
             reason = setup_failure(code, placement) or reason
         if self.cgroups is not None:
             mem = self.cgroups.memory(workload)
@@ -379,7 +403,7 @@ class LocalBackend(Backend):
 
     async def present(self) -> set[int]:
         found = self.cgroups.workloads() if self.cgroups else set()
-        for run in self.runs.iterdir():
+        for run in [*self.runs.iterdir(), *self.scratch.glob("w*")]:
             name = run.name[1:].split(".")[0]
             if run.name.startswith("w") and name.isdigit():
                 found.add(int(name))
@@ -391,6 +415,8 @@ class LocalBackend(Backend):
             if pid is not None and not (run / "exit").exists():
                 self._signal(workload, pid, signal.SIGKILL)
             shutil.rmtree(run, ignore_errors=True)
+        for tmp in self.scratch.glob(f"w{workload}.*"):
+            remove_tree(tmp)
         if self.cgroups is not None:
             self.cgroups.kill_all(workload)
             self.cgroups.remove(workload)
@@ -473,6 +499,8 @@ class LocalBackend(Backend):
         await asyncio.to_thread(self._release, workload, Path(placement["run"]))
 
     def _release(self, workload: int, run: Path) -> None:
+        for tmp in self.scratch.glob(f"w{workload}.*"):  # this attempt's, and any earlier one's
+            remove_tree(tmp)
         if self.cgroups is not None:
             self.cgroups.kill_all(workload)
             for _ in range(100):
@@ -498,6 +526,32 @@ def _reap(pid: int | None) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def _command_ran(run: Path) -> bool:
+    """Whether the user's part got as far as its command (it wrote to ``started``)."""
+    try:
+        return (run / "started").stat().st_size > 0
+    except OSError:
+        return False
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a tree its user may still be writing into (a process of theirs elsewhere can hold
+    a directory of it open): each directory is made root's and 0700 before it is emptied, so
+    nothing more can be created in it. Never follows a symbolic link."""
+    for _ in range(3):
+        try:
+            for _top, _dirs, _files, fd in os.fwalk(path, follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.fchown(fd, 0, 0)
+                    os.fchmod(fd, 0o700)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+    log.warning("could not remove all of %s", path)
 
 
 def _read_number(path: Path) -> int | None:

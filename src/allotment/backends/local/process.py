@@ -44,7 +44,7 @@ def alive(pid: int, started: int | None) -> bool:
 
 #: Runs as root (or as the service's user in single-user mode), in a session of its own so that
 #: it outlives restarts of the service (after one, init is its parent and reaps it), and, as
-#: root, in a mount namespace of its own (``unshare --mount``). Its environment is fixed
+#: root, in mount and IPC namespaces of its own (``unshare --mount --ipc``). Its environment is fixed
 #: (``ROOT_ENVIRONMENT``) and every program it runs is named by absolute path: nothing the user
 #: asked for reaches it (a ``PATH`` or ``LD_PRELOAD`` of the user's would otherwise pick the
 #: program or the library root runs).
@@ -52,22 +52,27 @@ def alive(pid: int, started: int | None) -> bool:
 #: $1 run directory (the service's, mode 0700) · $2 cgroup.procs files, ":"-separated ·
 #: $3 the command that drops privileges (e.g. "/usr/bin/setpriv --reuid=1001 --regid=1001
 #: --init-groups --inh-caps=-all --"), or "" · $4 the mount program, or "" for no private /tmp
-#: and /dev/shm · $5 the private /dev/shm's tmpfs options · then ``USER_PART`` with its own
-#: arguments. Descriptor 5 holds the workload's environment (``environment_script``).
+#: and /dev/shm · $5 the directory to mount as /tmp · $6 the private /dev/shm's tmpfs options ·
+#: then ``USER_PART`` with its own arguments. Descriptor 5 holds the workload's environment
+#: (``environment_script``).
 #:
 #: 1. Claim the attempt: create ``pid`` exclusively. If it exists, the service already
 #:    claimed this attempt as dead after a crash: run nothing. The launcher works inside its
 #:    run directory, so the private /tmp mounted below cannot hide it.
 #: 2. Join the workload's cgroups before anything of the user's runs, so no fork escapes.
-#: 3. Give the workload its own /tmp (the run directory's ``tmp``, on disk, bind-mounted: as
-#:    Slurm's job_container/tmpfs does) and its own /dev/shm (a tmpfs, whose pages count
-#:    against the workload's memory). Both vanish with it: the mounts with the namespace when
-#:    its last process ends, the directory with the run directory.
+#: 3. Give the workload its own /tmp (a directory on disk, bind-mounted: as Slurm's
+#:    job_container/tmpfs does) and its own /dev/shm (a tmpfs, whose pages count against the
+#:    workload's memory), both nosuid and nodev, and System V shared memory that is removed
+#:    once no process is attached (``shm_rmid_forced``, per IPC namespace). They vanish with
+#:    it: the mounts and IPC objects with the namespaces when its last process ends, the
+#:    directory when the service releases the workload.
 #: 4. Say it is ready (``joined``, and a byte on fd 3, a pipe the service waits on instead of
 #:    polling; fd 4 is the pipe's other end, so that the write cannot raise SIGPIPE if the
 #:    service died meanwhile): from then on a stop finds every process of the workload.
 #:    Neither fd reaches the user's command.
-#: 5. Run the user's part in the foreground with privileges dropped. The launcher *catches*
+#: 5. Run the user's part in the foreground with privileges dropped; it says on fd 6
+#:    (``started``, which only root can write otherwise) when its own set-up is done, so an
+#:    exit status of the command that happens to equal a set-up failure's is not taken for one. The launcher *catches*
 #:    INT, HUP and TERM (a stop signals the whole group): a caught signal is back at its
 #:    default in the exec'd command, where an ignored one would stay ignored, and the shell
 #:    runs the trap only once the command has ended. The service spawns the launcher with
@@ -77,8 +82,8 @@ def alive(pid: int, started: int | None) -> bool:
 #:    gone (a few bytes in one write: no reader sees it half written).
 WRAPPER = r"""
 trap : INT HUP TERM
-run=$1 procs=$2 drop=$3 mount=$4 shm=$5
-shift 5
+run=$1 procs=$2 drop=$3 mount=$4 tmp=$5 shm=$6
+shift 6
 cd "$run" || exit 1
 set -C
 { echo $$ > pid; } 2>/dev/null || exit 0
@@ -87,20 +92,22 @@ IFS=:
 for f in $procs; do echo $$ > "$f" || { echo 255 > exit; exit 1; }; done
 unset IFS
 if [ -n "$mount" ]; then
-  { "$mount" --bind -- "$run/tmp" /tmp && "$mount" -t tmpfs -o "$shm" -- allot-shm /dev/shm; } ||
-    { echo 251 > exit; exit 1; }
+  { "$mount" --bind -o nosuid,nodev -- "$tmp" /tmp &&
+    "$mount" -t tmpfs -o "$shm" -- allot-shm /dev/shm &&
+    echo 1 > /proc/sys/kernel/shm_rmid_forced; } || { echo 251 > exit; exit 1; }
 fi
 : > joined
 echo >&3 2>/dev/null; exec 3>&- 4<&-
-$drop "$@"
+$drop "$@" 6>>started
 echo $? > exit
 """
 
 #: The user's part, as the user: into the working directory, then output appended to files
 #: opened *as the user* (a root process opening files in a user's directory could be led
 #: through a symlink; relative paths are relative to the working directory, as in Slurm), then
-#: the workload's environment (fd 5, read only now, by the user's own shell), then the
-#: command. Arguments: stdout, stderr, directory, command….
+#: the workload's environment (fd 5, read only now, by the user's own shell), then word that
+#: the set-up is done (fd 6), then the command. Arguments: stdout, stderr, directory,
+#: command….
 USER_PART = r"""
 cd "$3" || exit 254
 unset OLDPWD
@@ -110,6 +117,7 @@ shift 3
 [ -r /proc/self/fd/5 ] || exit 252
 . /proc/self/fd/5
 exec 5<&-
+echo >&6; exec 6>&-
 exec "$@"
 """
 
