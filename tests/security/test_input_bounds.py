@@ -5,6 +5,7 @@ cannot come from the future. Each refusal is problem details that say the limit.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -287,3 +288,38 @@ def problem_free(r: httpx.Response, status: int) -> int:
 def test_the_body_limit_can_come_from_the_environment() -> None:
     policy = parse_policy("{}", environ={"ALLOTMENT_MAX_REQUEST_BODY": "2M"})
     assert policy.service.max_request_body == 2 * 2**20
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="private /tmp needs root (a mount namespace)")
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("workdir", "/tmp/project"),
+        ("workdir", "/tmp"),
+        ("stdout", "/dev/shm/out"),
+        ("stderr", "/tmp/e"),
+    ],
+)
+async def test_a_job_cannot_use_the_machines_tmp_which_it_never_sees(
+    service: Service, field: str, value: str
+) -> None:
+    """Review finding: output under /tmp went to the job's private /tmp and was lost, and
+    `allot logs` then read the machine's /tmp instead."""
+    async with service.admin() as admin:
+        r = await admin.post(
+            "workloads",
+            json={"profile": "small", "account": "lab-a", "command": ["true"], field: value},
+        )
+    assert r.status_code == 422, r.text
+    assert f"`{field}` is {value}, under /" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("name", ["OPTIND", "UID", "SHELLOPTS"])
+async def test_environment_names_the_shell_keeps_are_refused(service: Service, name: str) -> None:
+    async with service.admin() as admin:
+        r = await admin.post(
+            "workloads",
+            json={"profile": "small", "account": "lab-a", "command": ["true"], "env": {name: "1"}},
+        )
+    assert r.status_code == 422, r.text
+    assert f"`env` has {name}, which the shell" in r.json()["detail"]

@@ -15,14 +15,19 @@ import shutil
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from allotment.backends.local import output
 from allotment.backends.local.output import read_as
 from allotment.backends.local.posix import PosixAccount, PosixAccounts
+from allotment.db.tables import WORKLOADS
 from allotment.errors import Conflict
 from tests.backends.conftest import ROOT
+from tests.support.service import Service
 
 root_only = pytest.mark.skipif(not ROOT, reason="needs root: reads as another POSIX account")
 
@@ -200,3 +205,28 @@ async def test_single_user_mode_reads_as_the_service_itself(tmp_path: Path) -> N
     assert await read_as(me, group, str(f), 6, 100) == b"world"
     with pytest.raises(Conflict, match="is a FIFO"):
         await asyncio.wait_for(read_as(me, group, str(fifo), 0, 100), ANSWER_SECONDS)
+
+
+async def test_a_path_with_any_character_comes_back_percent_encoded(
+    service: Service, database_url: str, shared: Path
+) -> None:
+    """Review finding: a path outside Latin-1 made every read of the job's output a 500."""
+    path = shared / "résumé-€.out"
+    path.write_text("hello\n")
+    async with service.admin() as admin:
+        r = await admin.post(
+            "workloads", json={"profile": "small", "account": "lab-a", "command": ["true"]}
+        )
+        wid = r.json()["id"]
+        me = os.geteuid()
+        engine = create_async_engine(database_url)
+        async with engine.begin() as conn:
+            placement = {"stdout": str(path), "uid": me, "gid": os.getegid(), "user": "me"}
+            await conn.execute(
+                update(WORKLOADS).where(WORKLOADS.c.id == wid).values(placement=placement)
+            )
+        await engine.dispose()
+        got = await admin.get(f"workloads/{wid}/output")
+    assert got.status_code == 200, got.text
+    assert got.content == b"hello\n"
+    assert unquote(got.headers["x-output-path"]) == str(path)

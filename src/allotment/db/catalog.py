@@ -32,6 +32,8 @@ class PoolEntry:
     id: int
     name: str
     nodes: tuple[Node, ...]
+    #: The pool's ``backend:`` (``local``, ``slurm``).
+    backend: str = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +75,7 @@ async def load_catalog(session: AsyncSession) -> Catalog:
     for p in (await session.execute(select(Pool).where(Pool.archived_at.is_(None)))).scalars():
         spec = PoolSpec.model_validate(p.spec)
         nodes = tuple(Node(n.name, Resources.of(n.cpus, n.memory, n.gpus)) for n in spec.nodes)
-        pools[p.id] = PoolEntry(p.id, p.name, nodes)
+        pools[p.id] = PoolEntry(p.id, p.name, nodes, p.backend)
     profiles = {}
     rows = await session.execute(
         select(Profile).where(Profile.archived_at.is_(None)).order_by(Profile.id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from urllib.parse import quote
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -128,9 +130,17 @@ def _max_runtime(body: WorkloadCreate, allowed: int | None) -> int | None:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: Names a shell refuses to take from the environment (dash: OPTIND must be a number; bash,
+#: where /bin/sh is bash: read-only variables): the job would end before its command ran.
+_SHELL_OWNED = frozenset(
+    {"OPTIND", "PPID", "UID", "EUID", "SHELLOPTS", "BASHOPTS", "BASH_VERSINFO", "BASH_ARGV0"}
+)
+#: Directories of which every workload of a local pool has a private one (the local backend's
+#: mount namespace, as root): a job cannot start in, or write output to, the machine's.
+_PRIVATE = ("/tmp", "/dev/shm")
 
 
-def _job_fields(body: WorkloadCreate) -> dict[str, Any]:
+def _job_fields(body: WorkloadCreate, pool: PoolEntry) -> dict[str, Any]:
     """What a batch job adds to a workload: environment, directory, output files."""
     if body.kind == "job" and not body.command:
         raise InvalidRequest(
@@ -143,10 +153,25 @@ def _job_fields(body: WorkloadCreate) -> dict[str, Any]:
                 f"`env` has {name!r}, which is not a variable name (letters, digits and _, "
                 "not starting with a digit)."
             )
+        if name in _SHELL_OWNED:
+            raise InvalidRequest(
+                f"`env` has {name}, which the shell that starts the job keeps for itself; "
+                "choose another name."
+            )
     if body.workdir is not None and not body.workdir.startswith("/"):
         raise InvalidRequest(
             f"`workdir` must be an absolute path (got {body.workdir!r}), e.g. /home/alice/project."
         )
+    if pool.backend == "local" and os.geteuid() == 0:
+        for field_name in ("workdir", "stdout", "stderr"):
+            path = getattr(body, field_name) or ""
+            private = next((d for d in _PRIVATE if path == d or path.startswith(d + "/")), None)
+            if private is not None:
+                raise InvalidRequest(
+                    f"`{field_name}` is {path}, under {private}: every job has a private "
+                    f"{private} of its own, gone when it ends, so nothing there can be found "
+                    "again. Use your home or a project directory."
+                )
     return {
         "env": dict(body.env) or None,
         "workdir": body.workdir,
@@ -266,7 +291,7 @@ async def create_workload(
     now = state.clock.now()
     reason = "waiting for the scheduler"
     max_runtime = _max_runtime(body, allowed)
-    extra = _job_fields(body)
+    extra = _job_fields(body, pool)
     indices = None
     if body.array is not None:
         try:
@@ -489,6 +514,7 @@ async def workload_output(
         headers={
             "X-Next-Offset": str(offset + len(data)),
             "X-Workload-Ended": "true" if ended else "false",
-            "X-Output-Path": path,
+            # Percent-encoded: a header carries Latin-1 only, a path may hold any character.
+            "X-Output-Path": quote(path, safe="/"),
         },
     )
