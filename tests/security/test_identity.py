@@ -11,6 +11,7 @@ databases.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -25,7 +26,13 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from allotment.backends.local.posix import PosixAccounts, unix_name
+from allotment.backends.local.posix import (
+    PosixAccounts,
+    escape,
+    legacy_unix_name,
+    refusal,
+    unix_name,
+)
 from allotment.config.models import ExistingAccountsSpec
 from allotment.db.tables import WORKLOADS
 from tests.support.hub import Hub, free_port
@@ -193,3 +200,45 @@ def test_allot_config_check_warns_from_the_services_database(tmp_path: Path) -> 
         own.write_text(policy.read_text() + "\nidentity: {existing_accounts: {uid_min: 1000}}\n")
         r = subprocess.run([*check[:-1], str(own)], env=env, capture_output=True, text=True)
         assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+
+def test_an_existing_account_must_carry_exactly_the_hub_users_name() -> None:
+    """Review finding: name services that match loosely (sssd: case, user@domain) could hand
+    hub users ``Alice`` and ``alice@dom`` the same account ``alice``."""
+    alice = pwd.struct_passwd(("alice", "x", 2001, 2001, "", "/home/alice", "/bin/bash"))
+    rule = ExistingAccountsSpec()
+    assert refusal(alice, "alice", rule) is None
+    for other in ("Alice", "alice@dom"):
+        assert refusal(alice, other, rule) == "its name 'alice' is not exactly the hub user's"
+
+
+def test_long_hub_names_get_64_bits_of_hash() -> None:
+    """Review finding: 32 bits let an attacker find a hub name whose account takes a known
+    future user's name (a collision turned up after ~18,000 names)."""
+    a, b = "alice.smith@example.org2362", "alice.smith@example.org17874"
+    assert legacy_unix_name(a) == legacy_unix_name(b)  # the collision the review found
+    assert unix_name(a) != unix_name(b)
+    assert len(unix_name(a)) <= 32 and unix_name(a).endswith(
+        "-" + hashlib.sha256(a.encode()).hexdigest()[:16]
+    )
+
+
+@root_only
+async def test_an_account_made_under_the_old_short_hash_stays_its_users(locals_: None) -> None:
+    hub_name = "legacy.user.with.a.long.name@example.org"
+    old = legacy_unix_name(hub_name)
+    if old not in {e.pw_name for e in pwd.getpwall()}:
+        subprocess.run(
+            [
+                "/usr/sbin/useradd",
+                "--no-create-home",
+                "--comment",
+                "allotment " + escape(hub_name),
+                "--",
+                old,
+            ],
+            check=True,
+        )
+    assert await _resolve(hub_name) == old
+    # Another hub user whose legacy name collides gets no use of it: the mark is not theirs.
+    assert pwd.getpwnam(old).pw_gecos == "allotment " + escape(hub_name)

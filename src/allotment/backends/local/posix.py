@@ -32,7 +32,7 @@ from pathlib import Path
 from allotment.backends.local.process import ROOT_ENVIRONMENT, program
 from allotment.config.models import ExistingAccountsSpec
 
-__all__ = ["PosixAccount", "PosixAccounts", "decode", "escape", "unix_name"]
+__all__ = ["PosixAccount", "PosixAccounts", "decode", "escape", "legacy_unix_name", "unix_name"]
 
 log = logging.getLogger("allotment.local")
 
@@ -62,13 +62,21 @@ def decode(escaped: str) -> str:
     return raw.decode()
 
 
-def unix_name(hub_name: str) -> str:
-    """The account created for ``hub_name``: distinct for distinct hub names."""
+def unix_name(hub_name: str, digits: int = 16) -> str:
+    """The account created for ``hub_name``: distinct for distinct hub names. A name too long
+    is cut and given ``digits`` hex digits of a hash: 64 bits, so that nobody can search out a
+    hub name whose account would take the name of another's (32 bits fell in hours)."""
     name = PREFIX + escape(hub_name)
     if len(name) <= MAX_NAME:
         return name
-    digest = hashlib.sha256(hub_name.encode()).hexdigest()[:8]
-    return name[: MAX_NAME - 9] + "-" + digest
+    digest = hashlib.sha256(hub_name.encode()).hexdigest()[:digits]
+    return name[: MAX_NAME - digits - 1] + "-" + digest
+
+
+def legacy_unix_name(hub_name: str) -> str:
+    """The name versions before 64-bit hashes gave a long hub name's account; still used for
+    the hub user it was made for, so that nobody loses their home."""
+    return unix_name(hub_name, digits=8)
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,8 @@ SERVICE_SHELLS = ("nologin", "false")
 
 def refusal(entry: pwd.struct_passwd, hub_name: str, rule: ExistingAccountsSpec) -> str | None:
     """Why the existing account ``entry`` may not run ``hub_name``'s workloads, or None."""
+    if entry.pw_name != hub_name:  # name services that match loosely (case, @domain)
+        return f"its name {entry.pw_name!r} is not exactly the hub user's"
     if not rule.uid_min <= entry.pw_uid <= rule.uid_max or entry.pw_uid == NOBODY:
         return f"its uid {entry.pw_uid} is outside {rule.uid_min}-{rule.uid_max}"
     if os.path.basename(entry.pw_shell) in SERVICE_SHELLS:
@@ -101,6 +111,15 @@ def refusal(entry: pwd.struct_passwd, hub_name: str, rule: ExistingAccountsSpec)
         if not mine & set(rule.groups):
             return f"it is in none of the groups {', '.join(rule.groups)}"
     return None
+
+
+def _ours(name: str, hub_name: str) -> PosixAccount | None:
+    """The account ``name`` if it exists and Allotment made it for ``hub_name``."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return _account(entry) if entry.pw_gecos == MARK + escape(hub_name) else None
 
 
 def _groups(entry: pwd.struct_passwd) -> list[int]:
@@ -176,6 +195,9 @@ class PosixAccounts:
             try:
                 entry = pwd.getpwnam(name)
             except KeyError:
+                legacy = _ours(legacy_unix_name(hub_name), hub_name)
+                if legacy is not None:
+                    return legacy
                 return await self._create(hub_name, name)
             if entry.pw_gecos != MARK + escape(hub_name):
                 raise PermissionError(
