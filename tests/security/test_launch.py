@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from allotment.backends.local.backend import LocalBackend
+from allotment.backends.local.cgroups import detect
+from allotment.backends.local.posix import PosixAccounts
 from allotment.backends.local.process import ROOT_ENVIRONMENT
 from allotment.domain.resources import Resources
 from tests.backends.conftest import ROOT, local_backend
@@ -335,3 +337,25 @@ async def test_a_job_in_a_directory_under_the_machines_tmp_is_told_why_it_cannot
         await local.release(wid, p)
     finally:
         shutil.rmtree(there, ignore_errors=True)
+
+
+async def test_private_tmp_directories_live_where_the_pool_says(
+    tmp_path: Path, shared: Path, new_id: Callable[[], int]
+) -> None:
+    """A pool's ``tmp_dir`` (Slurm's BasePath): scratch on a file system of its own."""
+    base = tmp_path / "scratch"
+    local = LocalBackend(
+        tmp_path / "state",
+        "localhost",
+        Resources.of(2, 4 * 2**30),
+        detect(),
+        PosixAccounts(),
+        tmp_base=base,
+    )
+    wid = new_id()
+    p = (await started(local, job(wid, "alice", ["sh", "-c", "echo x > /tmp/here"], shared)))[-1]
+    assert (await ended(local, wid, p)).exit_code == 0
+    assert (base / Path(p["run"]).name / "here").read_text() == "x\n"
+    assert os.stat(base).st_mode & 0o777 == 0o700
+    await local.release(wid, p)
+    assert list(base.iterdir()) == []

@@ -152,6 +152,14 @@ class PoolSpec(_Spec):
     partition: str | None = Field(None, description="Slurm partition (slurm pools only).")
     nodes: list[NodeSpec] = Field(min_length=1, description="The machines of the pool.")
     rates: RatesSpec = Field(RatesSpec(), description="Prices per resource-hour.")
+    tmp_dir: str | None = Field(
+        None,
+        pattern=r"^/",
+        description="Local pools: the directory under which each workload gets its private "
+        "/tmp, on disk (Slurm's job_container/tmpfs `BasePath`). Best a file system of its own: "
+        "what fills it then cannot fill the one holding the database. Empty: in the service's "
+        "data directory.",
+    )
 
 
 class SizeSpec(_Spec):

@@ -72,9 +72,11 @@ class ControllerSettings:
 
 def local_backend(policy: Policy, data_dir: Path) -> LocalBackend | None:
     """The backend for the policy's local pools (this machine), or None when it has none."""
-    nodes = [n for spec in policy.pools.values() if spec.backend == "local" for n in spec.nodes]
+    local = [spec for spec in policy.pools.values() if spec.backend == "local"]
+    nodes = [n for spec in local for n in spec.nodes]
     if not nodes:
         return None
+    tmp_dir = next((spec.tmp_dir for spec in local if spec.tmp_dir), None)
     n = nodes[0]
     gpus: dict[str, int] = {}
     for node in nodes:
@@ -82,7 +84,14 @@ def local_backend(policy: Policy, data_dir: Path) -> LocalBackend | None:
             gpus[model] = gpus.get(model, 0) + count
     declared = Resources.of(n.cpus, n.memory, gpus)
     accounts = PosixAccounts(existing=policy.identity.existing_accounts)
-    return LocalBackend(data_dir / "local", n.name, declared, detect(), accounts)
+    return LocalBackend(
+        data_dir / "local",
+        n.name,
+        declared,
+        detect(),
+        accounts,
+        tmp_base=Path(tmp_dir) if tmp_dir else None,
+    )
 
 
 class Controller:
