@@ -456,7 +456,7 @@ class LocalBackend(Backend):
         deadline = time.monotonic() + grace
         # Repeated: a process still being exec'd when the first one came may have missed it.
         while True:
-            self._signal(workload, pid, signal.SIGTERM)
+            self._signal(workload, pid, signal.SIGTERM, started)
             for _ in range(5):
                 if not self._any_left(workload, pid, started) or time.monotonic() >= deadline:
                     break
@@ -464,17 +464,20 @@ class LocalBackend(Backend):
             else:
                 continue
             break
-        self._kill_all(workload, pid)
+        self._kill_all(workload, pid, started)
         # The launcher records the exit status once its child is gone; give it a moment.
         for _ in range(100):
             if pid is None or not alive(pid, started):
                 break
             await asyncio.sleep(0.01)
 
-    def _signal(self, workload: int, pid: int | None, sig: int) -> None:
+    def _signal(self, workload: int, pid: int | None, sig: int, started: int | None = None) -> None:
+        """Signal every process of the workload: its cgroups, else the launcher's process
+        group, and that only while the launcher is alive (``started``: its start time, when
+        known), so that a reused pid's group is never signalled."""
         if self.cgroups is not None:
             self.cgroups.signal(workload, sig)
-        elif pid is not None:
+        elif pid is not None and (started is None or alive(pid, started)):
             try:
                 os.killpg(pid, sig)  # the launcher leads its own session and group
             except (ProcessLookupError, PermissionError):
@@ -485,12 +488,12 @@ class LocalBackend(Backend):
             return bool(self.cgroups.procs(workload))
         return pid is not None and alive(pid, started)
 
-    def _kill_all(self, workload: int, pid: int | None) -> None:
+    def _kill_all(self, workload: int, pid: int | None, started: int | None = None) -> None:
         if self.cgroups is not None:
             # Everything of the workload except the launcher, which records the exit status.
             self.cgroups.kill_all(workload, spare=() if pid is None else (pid,))
         else:
-            self._signal(workload, pid, signal.SIGKILL)
+            self._signal(workload, pid, signal.SIGKILL, started)
 
     async def release(self, workload: int, placement: Placement) -> None:
         """After the end was recorded: kill anything left behind, drop the cgroups and the run

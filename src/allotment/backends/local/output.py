@@ -16,12 +16,12 @@ import errno
 import os
 import sys
 
+from allotment.backends.local.process import ROOT_ENVIRONMENT, program
 from allotment.errors import Conflict
 from allotment.interpreters import python_for_everyone
 
 __all__ = ["READ_SECONDS", "read_as"]
 
-SETPRIV = "/usr/bin/setpriv"
 #: How long a helper may take before it is killed and the request answered with an error.
 READ_SECONDS = 5.0
 
@@ -74,7 +74,13 @@ async def read_as(uid: int, gid: int, path: str, offset: int, limit: int) -> byt
     helper = ["-I", "-S", "-c", _HELPER, str(offset), str(limit), path]
     if os.geteuid() != uid:
         # ``--`` ends setpriv's options; after ``-c`` the interpreter takes no more options.
-        drop = [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--no-new-privs"]
+        drop = [
+            program("setpriv"),
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--init-groups",
+            "--no-new-privs",
+        ]
         command = [*drop, "--", python_for_everyone(), *helper]
     else:  # single-user mode: the service's own account, and its own interpreter
         command = [sys.executable, *helper]
@@ -83,7 +89,7 @@ async def read_as(uid: int, gid: int, path: str, offset: int, limit: int) -> byt
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+        env=ROOT_ENVIRONMENT,
         cwd="/",
     )
     try:
