@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
-from allotment.api.app import default_data_dir
+from allotment.api.app import default_data_dir, earlier_data_dir
 from allotment.backends.base import LaunchSpec
 from allotment.backends.local.reasons import setup_failure
 from allotment.cli import up as up_module
@@ -186,3 +186,19 @@ async def test_a_job_from_a_directory_its_user_cannot_write_says_where_and_as_wh
         for w in await local.present():
             await local.reap(w)
         await local.close()
+
+
+def test_an_earlier_serve_database_in_the_old_default_is_named_not_hidden(tmp_path: Path) -> None:
+    """Upgrade: `allot serve` as root used to keep its data in /var/lib/allotment; starting
+    empty in its new default would hide every job it had, so it says how to move them."""
+    earlier = tmp_path / "allotment"
+    earlier.mkdir()
+    new = Path("/var/lib/allotment-service")
+    if new.exists():
+        pytest.skip(f"{new} exists on this machine")
+    assert earlier_data_dir(new, earlier) is None  # nothing there: start afresh
+    (earlier / "allotment.sqlite").write_bytes(b"")
+    said = earlier_data_dir(new, earlier) or ""
+    assert f"An earlier `allot serve` kept its database in {earlier}" in said
+    assert f"mv {earlier}/allotment.sqlite* {earlier}/admin-token {earlier}/local {new}/" in said
+    assert earlier_data_dir(tmp_path / "elsewhere", earlier) is None

@@ -43,12 +43,34 @@ __all__ = [
     "Settings",
     "app_from_environment",
     "create_app",
+    "EARLIER_ROOT_DATA_DIR",
     "default_data_dir",
+    "earlier_data_dir",
     "prepare_once",
     "settings_from_policy",
 ]
 
 log = logging.getLogger("allotment")
+
+
+#: Where `allot serve` kept its data as root before it had a directory of its own.
+EARLIER_ROOT_DATA_DIR = Path("/var/lib/allotment")
+
+
+def earlier_data_dir(data_dir: Path, earlier: Path = EARLIER_ROOT_DATA_DIR) -> str | None:
+    """What to do when ``data_dir`` is the default as root, is new, and an earlier `allot serve`
+    left its database in ``earlier`` (now `allot up`'s): starting empty would hide every job."""
+    if data_dir != Path("/var/lib/allotment-service") or data_dir.exists():
+        return None
+    if not (earlier / "allotment.sqlite").exists():
+        return None
+    return (
+        f"An earlier `allot serve` kept its database in {earlier}, which is now `allot up`'s; "
+        f"this version's default is {data_dir}. Move it there: `mkdir -m 700 {data_dir} && "
+        f"mv {earlier}/allotment.sqlite* {earlier}/admin-token {earlier}/local {data_dir}/`; "
+        f"or keep it where it is with ALLOTMENT_DATA_DIR={earlier} (and run no `allot up` on "
+        "this machine)."
+    )
 
 
 def default_data_dir() -> Path:

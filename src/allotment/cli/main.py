@@ -14,7 +14,7 @@ import typer
 from allotment import __version__
 from allotment.cli import jobs, user
 from allotment.cli.admin import config_app, load_or_exit
-from allotment.cli.output import console
+from allotment.cli.output import console, fail
 from allotment.cli.simulate import simulate
 from allotment.cli.up import up
 
@@ -78,6 +78,8 @@ def serve(
     settings = dataclasses.replace(
         app_module.settings_from_policy(policy, apply=config is not None), controller=controller
     )
+    if moved := app_module.earlier_data_dir(settings.data_dir):
+        fail(moved)
     if workers > 1 and settings.database_url.startswith("sqlite"):
         console.print("[yellow]SQLite takes one writer; running 1 worker.[/]")
         workers = 1
