@@ -172,7 +172,8 @@ def _median_run(runs: list[dict[str, float]]) -> dict[str, Any]:
 def run(jobs: int, latency_runs: int, repeats: int) -> dict[str, Any]:
     """Both systems up at once, each idle while the other is measured; drains alternate."""
     work = Path(tempfile.mkdtemp(prefix="allot-bench-"))
-    cwd = tempfile.mkdtemp(prefix="allot-bench-jobs-", dir="/tmp")
+    # Not under /tmp: each job has a private one.
+    cwd = tempfile.mkdtemp(prefix="allot-bench-jobs-", dir="/var/tmp")
     Path(cwd).chmod(0o1777)
     results: dict[str, Any] = {}
     have_slurm = False

@@ -366,7 +366,8 @@ def cell_round_trip(
 
 def run(clicks: int, sessions: int, round_trips: int) -> dict[str, Any]:
     token = secrets.token_hex(32)
-    root = Path(tempfile.mkdtemp(prefix="allotment-bench-hub-"))
+    # Not under /tmp: each session has a private one, and must reach its environment here.
+    root = Path(tempfile.mkdtemp(prefix="allotment-bench-hub-", dir="/var/tmp"))
     os.chmod(root, 0o711)
     (root / "policy.yaml").write_text(POLICY)
     data = root / "data"
