@@ -343,7 +343,7 @@ async def test_private_tmp_directories_live_where_the_pool_says(
     tmp_path: Path, shared: Path, new_id: Callable[[], int]
 ) -> None:
     """A pool's ``tmp_dir`` (Slurm's BasePath): scratch on a file system of its own."""
-    base = tmp_path / "scratch"
+    base = tmp_path / "scratch space"  # a blank, escaped in the fstab
     local = LocalBackend(
         tmp_path / "state",
         "localhost",

@@ -33,6 +33,7 @@ from allotment.backends.local.process import (
     WRAPPER,
     alive,
     environment_script,
+    private_mounts,
     program,
     start_time,
 )
@@ -283,14 +284,14 @@ class LocalBackend(Backend):
                 "--inh-caps=-all --"
             )
         launcher = ["/bin/sh", "-c", WRAPPER, "allot-wrapper"]
-        mount = tmp = shm = ""
+        mount = mounts = ""
         if self._private is not None:
             unshare, mount = self._private
             # slave: mounts the machine makes later (autofs, NFS homes) still reach it.
             launcher = [unshare, "--mount", "--ipc", "--propagation", "slave", "--", *launcher]
-            tmp = str(self.scratch / run.name)
+            mounts = str(run / "fstab")
             memory = max(spec.resources.memory, 2**20)
-            shm = f"size={memory},mode=1777,nosuid,nodev"
+            (run / "fstab").write_text(private_mounts(str(self.scratch / run.name), memory))
         env = os.memfd_create("allot-env", os.MFD_CLOEXEC)
         try:
             script = environment_script(self._environment(spec, account, devices))
@@ -316,8 +317,7 @@ class LocalBackend(Backend):
                     ":".join(str(p) for p in procs),
                     drop,
                     mount,
-                    tmp,
-                    shm,
+                    mounts,
                     "/bin/sh",
                     "-c",
                     USER_PART,

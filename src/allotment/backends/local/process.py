@@ -19,6 +19,7 @@ __all__ = [
     "WRAPPER",
     "alive",
     "environment_script",
+    "private_mounts",
     "program",
     "start_time",
 ]
@@ -52,8 +53,8 @@ def alive(pid: int, started: int | None) -> bool:
 #: $1 run directory (the service's, mode 0700) · $2 cgroup.procs files, ":"-separated ·
 #: $3 the command that drops privileges (e.g. "/usr/bin/setpriv --reuid=1001 --regid=1001
 #: --init-groups --inh-caps=-all --"), or "" · $4 the mount program, or "" for no private /tmp
-#: and /dev/shm · $5 the directory to mount as /tmp · $6 the private /dev/shm's tmpfs options ·
-#: then ``USER_PART`` with its own arguments. Descriptor 5 holds the workload's environment
+#: and /dev/shm · $5 the fstab of those two mounts (``private_mounts``; one ``mount -a`` costs
+#: half of two mounts) · then ``USER_PART`` with its own arguments. Descriptor 5 holds the workload's environment
 #: (``environment_script``).
 #:
 #: 1. Claim the attempt: create ``pid`` exclusively. If it exists, the service already
@@ -82,8 +83,8 @@ def alive(pid: int, started: int | None) -> bool:
 #:    gone (a few bytes in one write: no reader sees it half written).
 WRAPPER = r"""
 trap : INT HUP TERM
-run=$1 procs=$2 drop=$3 mount=$4 tmp=$5 shm=$6
-shift 6
+run=$1 procs=$2 drop=$3 mount=$4 mounts=$5
+shift 5
 cd "$run" || exit 1
 set -C
 { echo $$ > pid; } 2>/dev/null || exit 0
@@ -92,9 +93,8 @@ IFS=:
 for f in $procs; do echo $$ > "$f" || { echo 255 > exit; exit 1; }; done
 unset IFS
 if [ -n "$mount" ]; then
-  { "$mount" --bind -o nosuid,nodev -- "$tmp" /tmp &&
-    "$mount" -t tmpfs -o "$shm" -- allot-shm /dev/shm &&
-    echo 1 > /proc/sys/kernel/shm_rmid_forced; } || { echo 251 > exit; exit 1; }
+  { "$mount" --all --fstab "$mounts" && echo 1 > /proc/sys/kernel/shm_rmid_forced; } ||
+    { echo 251 > exit; exit 1; }
 fi
 : > joined
 echo >&3 2>/dev/null; exec 3>&- 4<&-
@@ -145,6 +145,20 @@ def environment_script(env: Mapping[str, str]) -> bytes:
             raise ValueError(f"{name!r} is not an environment variable name")
         lines.append(f"export {name}={shlex.quote(value)}\n")
     return "".join(lines).encode()
+
+
+def private_mounts(tmp: str, memory: int) -> str:
+    """The fstab of a workload's private /tmp (``tmp`` bound there) and /dev/shm (a tmpfs of
+    ``memory`` bytes), both nosuid and nodev."""
+    return (
+        f"{_fstab_field(tmp)} /tmp none bind,nosuid,nodev 0 0\n"
+        f"allot-shm /dev/shm tmpfs size={memory},mode=1777,nosuid,nodev 0 0\n"
+    )
+
+
+def _fstab_field(text: str) -> str:
+    """``text`` as one fstab field: whitespace and backslashes as octal escapes."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in text)
 
 
 def program(name: str, places: tuple[str, ...] = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")) -> str:
