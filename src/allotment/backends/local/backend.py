@@ -220,7 +220,7 @@ class LocalBackend(Backend):
             # The workload's /tmp: reachable only inside its own mount namespace (the base is
             # the service's, 0700), removed when the workload is released.
             tmp = self.scratch / run.name
-            shutil.rmtree(tmp, ignore_errors=True)  # of an attempt that never started
+            remove_tree(tmp)  # of an attempt that never started
             tmp.mkdir()
             os.chmod(tmp, 0o1777)
         (run / "gpus.json").write_text(json.dumps(devices))
@@ -390,8 +390,9 @@ class LocalBackend(Backend):
             cpu = self.cgroups.cpu_seconds(workload) if self.cgroups is not None else None
             return Observation(alive=True, cpu_seconds=cpu)
         code = _read_number(run / "exit")
-        failed, reason = _ended(code, _command_ran(run))
-        if code is not None and not _command_ran(run):
+        ran = _command_ran(run)
+        failed, reason = _ended(code, ran)
+        if code is not None and not ran:
             reason = setup_failure(code, placement) or reason
         if self.cgroups is not None:
             mem = self.cgroups.memory(workload)
@@ -502,8 +503,6 @@ class LocalBackend(Backend):
         await asyncio.to_thread(self._release, workload, Path(placement["run"]))
 
     def _release(self, workload: int, run: Path) -> None:
-        for tmp in self.scratch.glob(f"w{workload}.*"):  # this attempt's, and any earlier one's
-            remove_tree(tmp)
         if self.cgroups is not None:
             self.cgroups.kill_all(workload)
             for _ in range(100):
@@ -512,6 +511,8 @@ class LocalBackend(Backend):
                     break
                 time.sleep(0.01)
         shutil.rmtree(run, ignore_errors=True)
+        for tmp in self.scratch.glob(f"w{workload}.*"):  # this attempt's, and any earlier one's
+            remove_tree(tmp)
 
     async def capacity(self) -> list[NodeCapacity]:
         found = await gpu.discover()
