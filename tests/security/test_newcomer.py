@@ -193,12 +193,12 @@ def test_an_earlier_serve_database_in_the_old_default_is_named_not_hidden(tmp_pa
     empty in its new default would hide every job it had, so it says how to move them."""
     earlier = tmp_path / "allotment"
     earlier.mkdir()
-    new = Path("/var/lib/allotment-service")
-    if new.exists():
-        pytest.skip(f"{new} exists on this machine")
-    assert earlier_data_dir(new, earlier) is None  # nothing there: start afresh
+    new = tmp_path / "allotment-service"
+    assert earlier_data_dir(new, earlier, new) is None  # nothing there: start afresh
     (earlier / "allotment.sqlite").write_bytes(b"")
-    said = earlier_data_dir(new, earlier) or ""
+    said = earlier_data_dir(new, earlier, new) or ""
     assert f"An earlier `allot serve` kept its database in {earlier}" in said
     assert f"mv {earlier}/allotment.sqlite* {earlier}/admin-token {earlier}/local {new}/" in said
-    assert earlier_data_dir(tmp_path / "elsewhere", earlier) is None
+    assert earlier_data_dir(tmp_path / "elsewhere", earlier, new) is None  # not the default
+    new.mkdir()
+    assert earlier_data_dir(new, earlier, new) is None  # moved already, or chosen

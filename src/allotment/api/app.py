@@ -57,10 +57,16 @@ log = logging.getLogger("allotment")
 EARLIER_ROOT_DATA_DIR = Path("/var/lib/allotment")
 
 
-def earlier_data_dir(data_dir: Path, earlier: Path = EARLIER_ROOT_DATA_DIR) -> str | None:
-    """What to do when ``data_dir`` is the default as root, is new, and an earlier `allot serve`
-    left its database in ``earlier`` (now `allot up`'s): starting empty would hide every job."""
-    if data_dir != Path("/var/lib/allotment-service") or data_dir.exists():
+ROOT_DATA_DIR = Path("/var/lib/allotment-service")
+
+
+def earlier_data_dir(
+    data_dir: Path, earlier: Path = EARLIER_ROOT_DATA_DIR, default: Path = ROOT_DATA_DIR
+) -> str | None:
+    """What to do when ``data_dir`` is the ``default`` as root, is new, and an earlier `allot
+    serve` left its database in ``earlier`` (now `allot up`'s): starting empty would hide every
+    job."""
+    if data_dir != default or data_dir.exists():
         return None
     if not (earlier / "allotment.sqlite").exists():
         return None
@@ -79,7 +85,7 @@ def default_data_dir() -> Path:
     if os.geteuid() == 0:
         # Not /var/lib/allotment: that is `allot up`'s (the hub, and its own service in
         # service/ there); two services must never share a database.
-        return Path("/var/lib/allotment-service")
+        return ROOT_DATA_DIR
     return Path.home() / ".local" / "share" / "allotment"
 
 
