@@ -5,6 +5,8 @@ cannot come from the future. Each refusal is problem details that say the limit.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -323,3 +325,105 @@ async def test_environment_names_the_shell_keeps_are_refused(service: Service, n
         )
     assert r.status_code == 422, r.text
     assert f"`env` has {name}, which the shell" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("cache_seconds", [0, 60])
+async def test_the_cap_holds_when_submissions_arrive_at_once(
+    database_url: str, tmp_path: Path, cache_seconds: int
+) -> None:
+    """Review finding: concurrent submissions each read the same count and passed (100 of 100
+    accepted against a cap of 5 on PostgreSQL; 10 arrays of 5 left 50 waiting)."""
+    text = (ROOT / "examples/department.yaml").read_text()
+    text = text.replace("\nlimits:\n", "\nlimits:\n  pending_per_user: 5\n")
+    async with running_service(
+        database_url, tmp_path / "data", policy_text=text, token_cache_seconds=cache_seconds
+    ) as svc:
+        async with svc.admin() as c:
+            arrays = await asyncio.gather(
+                *(c.post("workloads", json={**JOB, "array": "0-1"}) for _ in range(10))
+            )
+            singles = await asyncio.gather(*(c.post("workloads", json=JOB) for _ in range(40)))
+            waiting = (await c.get("workloads", params={"status": "pending", "limit": 100})).json()
+        codes = sorted(r.status_code for r in [*arrays, *singles])
+        assert set(codes) == {201, 409}, codes
+        made = sum(
+            len(range(2)) if r in arrays else 1 for r in [*arrays, *singles] if r.status_code == 201
+        )
+        assert made == 5 or made == 4  # two-task arrays cannot always fill an odd cap
+        assert len(waiting["items"]) == made
+
+
+async def test_an_empty_idempotency_key_is_refused_not_a_500(service: Service) -> None:
+    async with service.admin() as c:
+        for body in (JOB, {**JOB, "array": "0-1"}):
+            for key in ("", " ", "a b"):
+                r = await c.post("workloads", json=body, headers={"Idempotency-Key": key})
+                assert r.status_code == 422, (key, r.text)
+
+
+async def test_concurrent_replays_of_an_arrays_key_make_one_array(service: Service) -> None:
+    """Review finding: on PostgreSQL, 8 concurrent replays answered 500 to all but one."""
+    async with service.admin() as c:
+        replies = await asyncio.gather(
+            *(
+                c.post("workloads", json={**JOB, "array": "0-3"}, headers={"Idempotency-Key": "a1"})
+                for _ in range(8)
+            )
+        )
+        assert sorted(r.status_code for r in replies) == [200] * 7 + [201], [
+            r.text for r in replies
+        ]
+        assert len({r.json()["id"] for r in replies}) == 1
+        listed = (await c.get("workloads", params={"limit": 100})).json()["items"]
+        assert len(listed) == 4
+
+
+async def test_less_cpu_than_the_kernel_can_share_is_refused(service: Service) -> None:
+    async with service.admin() as c:
+        for cpus in (0.0004, 0.005):
+            body = {
+                "pool": "workstation",
+                "account": "lab-a",
+                "command": ["x"],
+                "cpus": cpus,
+                "memory": "1G",
+            }
+            assert "a workload needs at least 0.01 of a CPU" in problem(
+                await c.post("workloads", json=body), 422
+            )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"text": "accounts: {}\n", "filename": "\ud800"},
+        {"text": "x: " + "{a: " * 5000 + "1" + "}" * 5000},
+        {"text": "limits: {pending_per_user: 1" + "0" * 5000 + "}"},
+        {
+            "text": "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n"
+                for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+            )
+        },
+    ],
+    ids=["surrogate-filename", "deep", "long-integer", "alias-bomb"],
+)
+async def test_a_hostile_policy_gets_a_clear_error_not_a_500(
+    service: Service, body: dict[str, object]
+) -> None:
+    # As JSON escapes (json.dumps's default): a lone surrogate cannot be sent as UTF-8.
+    raw = json.dumps({**body, "dry_run": True})
+    async with service.admin() as c:
+        r = await c.put("policy", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text[:500]
+
+
+async def test_activity_is_reported_for_sessions_only(service: Service) -> None:
+    """Review finding: any of the owner's tokens could keep any workload 'in use'."""
+    async with service.admin() as c:
+        wid = (await c.post("workloads", json=JOB)).json()["id"]
+        r = await c.post(
+            f"workloads/{wid}/activity", json={"last_activity": "2026-01-01T00:00:00Z"}
+        )
+    assert "is a job, not a session" in problem(r, 409)

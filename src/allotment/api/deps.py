@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import unquote
 
 from fastapi import Depends, Request
 from sqlalchemy import select
@@ -23,6 +24,7 @@ from allotment.api.auth import (
     token_sha256,
 )
 from allotment.api.cache import TtlCache
+from allotment.api.pending import PendingCounts
 from allotment.clock import Clock
 from allotment.config.models import LimitsSpec
 from allotment.controller.service import Controller, nudge_other
@@ -64,15 +66,15 @@ class AppState:
     users: TtlCache[str, UserContext] = field(init=False)
     _catalog: TtlCache[int, Catalog] = field(init=False)
     _pending_cap: TtlCache[int, int] = field(init=False)
-    #: User id → [workloads pending, at most]: counted, plus what this process added since.
-    pending_counts: TtlCache[int, list[int]] = field(init=False)
+    #: Each user's pending workloads, for ``limits.pending_per_user``.
+    pending: PendingCounts = field(init=False)
 
     def __post_init__(self) -> None:
         self.admin_tokens = TtlCache(self.cache_seconds)
         self.users = TtlCache(self.cache_seconds)
         self._catalog = TtlCache(self.cache_seconds, max_entries=1)
         self._pending_cap = TtlCache(self.cache_seconds, max_entries=1)
-        self.pending_counts = TtlCache(self.cache_seconds)
+        self.pending = PendingCounts(self.cache_seconds)
 
     async def pending_cap(self) -> int:
         """Most workloads one user may have pending: the policy's ``limits.pending_per_user``."""
@@ -157,15 +159,22 @@ _ACTING_SCOPES = frozenset({Scope.READ.value, Scope.SUBMIT.value})
 def _acting_for(identity: Identity, request: Request) -> Identity:
     """A service token (the hub's spawner) acts for the hub user named in ``X-Allotment-User``,
     with ``read`` and ``submit`` only, and only when it holds ``custom:allotment:spawn``."""
-    user = request.headers.get(ON_BEHALF_OF, "").strip()
     if Scope.SPAWN.value not in identity.scopes:
         raise Forbidden(
             f"Service '{identity.name}' may not use Allotment: grant its role "
             f"{Scope.SPAWN.value} (the hub's spawner needs it), or use a user's token."
         )
+    try:  # percent-encoded UTF-8 (allotment.client sends it so)
+        user = unquote(request.headers.get(ON_BEHALF_OF, ""), errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{ON_BEHALF_OF} is not percent-encoded UTF-8.") from None
     if not user:
         raise InvalidRequest(
             f"Service '{identity.name}' acts for a hub user: name them in the {ON_BEHALF_OF} header."
+        )
+    if user != user.strip() or any(c < " " or c == "\x7f" for c in user):
+        raise InvalidRequest(
+            f"{ON_BEHALF_OF} holds a control character or blank at an end; no hub user name does."
         )
     if len(user) > MAX_USER_NAME:
         raise InvalidRequest(

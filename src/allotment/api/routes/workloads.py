@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from allotment.api.bounds import check_command, check_memory, check_runtime
+from allotment.api.bounds import check_command, check_cpus, check_memory, check_runtime
 from allotment.api.deps import AppState, Caller, CallerDep, StateDep
+from allotment.api.pending import Reservation
 from allotment.api.views import workload_out
 from allotment.backends.local.output import read_as
 from allotment.db import repository as repo
@@ -194,37 +197,26 @@ def _check_kind(caller: Caller, kind: Kind) -> None:
         )
 
 
-async def _check_pending(state: AppState, caller: Caller, adding: int) -> None:
+def _pending_reservation(
+    state: AppState, caller: Caller, adding: int, cap: int
+) -> AbstractAsyncContextManager[Reservation]:
     """A user may have at most ``limits.pending_per_user`` workloads waiting; each task of an
-    array counts.
+    array counts (``api/pending.py`` holds it under concurrency)."""
 
-    Counting on every submission would cost a read each: the count is kept for the cache's
-    lifetime and raised by what this process adds (never lowered, so it errs on the safe
-    side), and counted again only when it would reach the cap. Other processes' and
-    concurrent submissions are seen at the next count, so the cap may be overshot by them.
-    """
-    cap = await state.pending_cap()
-    known = state.pending_counts.get(caller.user_id)
-    if known is not None and known[0] + adding <= cap:
-        known[0] += adding
-        return
-    t = WORKLOADS
-    waiting = (
-        select(t.c.id)
-        .where(t.c.user_id == caller.user_id, t.c.status == int(WorkloadState.PENDING))
-        .limit(cap)
-        .subquery()
-    )
-    async with state.db.read() as session:
-        pending = (await session.execute(select(func.count()).select_from(waiting))).scalar_one()
-    if pending + adding > cap:
-        what = f"this array adds {adding:,}" if adding > 1 else "this one would be one more"
-        raise Conflict(
-            f"You have {pending:,} workloads waiting to start and {what}; a user may have at "
-            f"most {cap:,} waiting (limits.pending_per_user). Wait for some to start, or "
-            "cancel some."
+    async def count() -> int:
+        t = WORKLOADS
+        waiting = (
+            select(t.c.id)
+            .where(t.c.user_id == caller.user_id, t.c.status == int(WorkloadState.PENDING))
+            .limit(cap)
+            .subquery()
         )
-    state.pending_counts.put(caller.user_id, [pending + adding])
+        async with state.db.read() as session:
+            return int(
+                (await session.execute(select(func.count()).select_from(waiting))).scalar_one()
+            )
+
+    return state.pending.reserve(caller.user_id, adding, cap, count)
 
 
 async def _create_array(
@@ -232,26 +224,37 @@ async def _create_array(
 ) -> WorkloadOut:
     """One workload per index, in one transaction; the first one's id names the array."""
     key = values.get("idempotency_key")
-    async with state.db.write() as session:
-        if key is not None:
+    try:
+        async with state.db.write() as session:
+            if key is not None:
+                earlier = await repo.workload_by_key(session, caller.user_id, key)
+                if earlier is not None:
+                    response.status_code = 200
+                    return workload_out(earlier)
+            table = WORKLOADS
+            first = (
+                await session.execute(
+                    insert(table).values(**values, array_index=indices[0]).returning(table.c.id)
+                )
+            ).scalar_one()
+            await session.execute(update(table).where(table.c.id == first).values(array_id=first))
+            rest = [
+                {**values, "idempotency_key": None, "array_id": first, "array_index": i}
+                for i in indices[1:]
+            ]
+            if rest:
+                await session.execute(insert(table), rest)
+            row = await repo.workload_by_id(session, first)
+    except IntegrityError:
+        # A concurrent replay of the same key committed first (PostgreSQL lets both look).
+        if key is None:
+            raise
+        async with state.db.read() as session:
             earlier = await repo.workload_by_key(session, caller.user_id, key)
-            if earlier is not None:
-                response.status_code = 200
-                return workload_out(earlier)
-        table = WORKLOADS
-        first = (
-            await session.execute(
-                insert(table).values(**values, array_index=indices[0]).returning(table.c.id)
-            )
-        ).scalar_one()
-        await session.execute(update(table).where(table.c.id == first).values(array_id=first))
-        rest = [
-            {**values, "idempotency_key": None, "array_id": first, "array_index": i}
-            for i in indices[1:]
-        ]
-        if rest:
-            await session.execute(insert(table), rest)
-        row = await repo.workload_by_id(session, first)
+        if earlier is None:
+            raise
+        response.status_code = 200
+        return workload_out(earlier)
     state.workloads_changed()
     assert row is not None
     return workload_out(row)
@@ -270,7 +273,15 @@ async def create_workload(
     caller: CallerDep,
     state: StateDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=128,
+            pattern=r"^[!-~]+$",
+            description="1-128 visible ASCII characters, e.g. a UUID.",
+        ),
+    ] = None,
 ) -> WorkloadOut | Response:
     """Record a new workload; it waits as `pending` until the scheduler admits it.
 
@@ -284,6 +295,7 @@ async def create_workload(
     account = charged_account(catalog, caller, body.account)
     pool, profile, allowed = _placement(catalog, body, account)
     size = _size(profile.offer if profile else None, body)
+    check_cpus(size.millicpus)
     check_memory(size.memory)
     problem = fits_some_node(size, pool.nodes)
     if problem:
@@ -298,7 +310,6 @@ async def create_workload(
             indices = parse_array(body.array)
         except ValueError as e:
             raise InvalidRequest(_sentence(str(e))) from None
-    await _check_pending(state, caller, len(indices) if indices else 1)
     if body.after is not None:
         async with state.db.read() as session:
             await visible_workload(session, caller, body.after)
@@ -323,9 +334,16 @@ async def create_workload(
         "updated_at": now,
         **extra,
     }
-    if indices is not None:
-        return await _create_array(state, caller, indices, values, response)
-    workload_id, created = await state.inserts.insert(values)
+    adding = len(indices) if indices else 1
+    async with _pending_reservation(state, caller, adding, await state.pending_cap()) as reserved:
+        if indices is not None:
+            array = await _create_array(state, caller, indices, values, response)
+            if response.status_code == 200:  # a replay: nothing was added
+                reserved.give_back()
+            return array
+        workload_id, created = await state.inserts.insert(values)
+        if not created:
+            reserved.give_back()
     state.workloads_changed()
     if not created:
         response.status_code = 200
