@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -105,7 +106,8 @@ def _checked(r: httpx.Response) -> httpx.Response:
 def _headers(token: str | None, acting_for: str | None) -> dict[str, str]:
     headers = {"Authorization": f"token {token}"} if token else {}
     if acting_for is not None:
-        headers["X-Allotment-User"] = acting_for
+        # Percent-encoded UTF-8: a header carries Latin-1 only, a hub name may hold any letter.
+        headers["X-Allotment-User"] = quote(acting_for, safe="")
     return headers
 
 

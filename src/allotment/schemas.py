@@ -269,8 +269,10 @@ class WorkloadOut(_Out):
 
 class PolicyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(description="The policy file's YAML text.", max_length=10_000_000)
-    filename: str = Field("allotment.yaml", description="Name used in error messages.")
+    text: Text = Field(description="The policy file's YAML text.", max_length=10_000_000)
+    filename: Text = Field(
+        "allotment.yaml", max_length=255, description="Name used in error messages."
+    )
     dry_run: bool = Field(False, description="Say what would change without changing it.")
 
 

@@ -33,12 +33,13 @@ from allotment.backends.local.posix import (
     refusal,
     unix_name,
 )
+from allotment.client import AsyncAllotmentClient
 from allotment.config.models import ExistingAccountsSpec
 from allotment.db.tables import WORKLOADS
 from tests.support.hub import Hub, free_port
 from tests.support.process import allot_serve, clean_env
+from tests.support.service import BASE, Service
 from tests.support.service import ROOT as REPO
-from tests.support.service import Service
 
 ROOT = os.geteuid() == 0
 root_only = pytest.mark.skipif(not ROOT, reason="needs root: POSIX accounts")
@@ -242,3 +243,26 @@ async def test_an_account_made_under_the_old_short_hash_stays_its_users(locals_:
     assert await _resolve(hub_name) == old
     # Another hub user whose legacy name collides gets no use of it: the mark is not theirs.
     assert pwd.getpwnam(old).pw_gecos == "allotment " + escape(hub_name)
+
+
+@pytest.mark.jupyterhub
+async def test_the_spawner_names_any_hub_user_exactly_and_nothing_else(
+    hub_service: Service, hub: Hub
+) -> None:
+    """Review finding: the spawner's client could not send a non-ASCII hub name at all, and the
+    service read header bytes as Latin-1 (``café`` became ``cafÃ©``) and let NUL and control
+    characters into the users table."""
+    r = hub._api("POST", "/users/café")
+    assert r.status_code in (201, 409), r.text
+    spawner = AsyncAllotmentClient(
+        BASE.removesuffix("api/"),
+        hub.spawner_token,
+        acting_for="café",
+        transport=httpx.ASGITransport(app=hub_service.app),
+    )
+    async with spawner:
+        assert (await spawner._call("GET", "me"))["name"] == "café"
+    async with hub_service.client(hub.spawner_token) as c:
+        for bad in ("a%00b", "a%09b", "%20bob", "%ff"):
+            r = await c.get("me", headers={"X-Allotment-User": bad})
+            assert r.status_code == 422, (bad, r.text)

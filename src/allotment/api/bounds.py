@@ -17,7 +17,9 @@ __all__ = [
     "MAX_RUNTIME",
     "MAX_STRING",
     "MIN_MEMORY",
+    "MIN_MILLICPUS",
     "check_command",
+    "check_cpus",
     "check_memory",
     "check_runtime",
 ]
@@ -28,6 +30,9 @@ MAX_STRING = 128 * 1024
 MAX_EXEC = 1024 * 1024
 #: Least memory a workload may ask for: less and not even an interpreter starts.
 MIN_MEMORY = 16 * 1024 * 1024
+#: Least CPU a workload may ask for, in thousandths of a core: the kernel's least CFS quota
+#: is 1 ms per 100 ms period.
+MIN_MILLICPUS = 10
 #: Longest maximum runtime a workload may ask for.
 MAX_RUNTIME = 365 * 24 * 3600
 
@@ -54,6 +59,14 @@ def check_command(body: WorkloadCreate) -> None:
         raise InvalidRequest(
             f"`command` and `env` are {describe_size(total)}; the limit for a command plus its "
             f"environment is {describe_size(MAX_EXEC)}. Pass large inputs in a file."
+        )
+
+
+def check_cpus(millicpus: int) -> None:
+    if millicpus < MIN_MILLICPUS:
+        raise InvalidRequest(
+            f"`cpus` is {millicpus / 1000:g}; a workload needs at least "
+            f"{MIN_MILLICPUS / 1000:g} of a CPU (the kernel's least share)."
         )
 
 

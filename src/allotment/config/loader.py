@@ -67,6 +67,12 @@ def parse_policy(
     except YAMLError as e:  # e.g. a control character, which the reader refuses before parsing
         first = str(e).splitlines()[0]
         raise ConfigError([ConfigProblem(filename, 0, "", f"not valid YAML: {first}")]) from None
+    except RecursionError:
+        raise ConfigError(
+            [ConfigProblem(filename, 0, "", "not valid YAML: nested too deeply")]
+        ) from None
+    except ValueError as e:  # e.g. an integer of thousands of digits
+        raise ConfigError([ConfigProblem(filename, 0, "", f"not valid YAML: {e}")]) from None
     if doc is None:
         raise ConfigError(
             [
@@ -79,7 +85,21 @@ def parse_policy(
         raise ConfigError(
             [ConfigProblem(filename, 1, "", "the top level must be a mapping of sections")]
         )
-    data = _plain(doc)
+    try:
+        data = _plain(doc, [MAX_VALUES])
+    except (RecursionError, _TooBig):
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    filename,
+                    0,
+                    "",
+                    f"the file holds more than {MAX_VALUES:,} values or nests too deeply "
+                    "(YAML aliases that repeat a large part many times?)",
+                    "write the policy out; a policy needs no aliases.",
+                )
+            ]
+        ) from None
     env = os.environ if environ is None else environ
     raw_service = data.get("service", {})
     if isinstance(raw_service, dict):  # else pydantic reports the wrong type below
@@ -103,11 +123,24 @@ def parse_policy(
     return policy
 
 
-def _plain(node: Any) -> Any:
+#: Most values a policy may hold once its aliases are expanded (a few lines of aliases can
+#: stand for billions of values).
+MAX_VALUES = 1_000_000
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _plain(node: Any, budget: list[int]) -> Any:
+    """Plain dicts and lists, spending ``budget[0]`` values (raises _TooBig past it)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooBig
     if isinstance(node, CommentedMap):
-        return {str(k): _plain(v) for k, v in node.items()}
+        return {str(k): _plain(v, budget) for k, v in node.items()}
     if isinstance(node, CommentedSeq):
-        return [_plain(v) for v in node]
+        return [_plain(v, budget) for v in node]
     return node
 
 

@@ -20,7 +20,7 @@ from allotment.domain.permissions import Scope
 from allotment.domain.quantities import format_while
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState
-from allotment.errors import Forbidden, NotFound
+from allotment.errors import Conflict, Forbidden, NotFound
 from allotment.schemas import MeterOut
 
 __all__ = ["router"]
@@ -117,6 +117,11 @@ async def report_activity(
         row = await visible_workload(session, caller, workload_id)
         if row.user != caller.name:
             raise Forbidden(f"Only {row.user}'s session may report its activity.")
+        if row.workload.kind != "session":
+            raise Conflict(
+                f"Workload {workload_id} is a {row.workload.kind}, not a session: only sessions "
+                "report activity (nothing culls the others)."
+            )
         await session.execute(
             update(Workload)
             .where(
