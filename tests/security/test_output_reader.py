@@ -9,6 +9,7 @@ back promptly, read only a regular file, and leave no process and no descriptor 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import shutil
@@ -22,6 +23,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from allotment.backends.local import output
+from allotment.backends.local.cgroups import HELPERS, detect
 from allotment.backends.local.output import read_as
 from allotment.backends.local.posix import PosixAccount, PosixAccounts
 from allotment.db.tables import WORKLOADS
@@ -230,3 +232,36 @@ async def test_a_path_with_any_character_comes_back_percent_encoded(
     assert got.status_code == 200, got.text
     assert got.content == b"hello\n"
     assert unquote(got.headers["x-output-path"]) == str(path)
+
+
+def _uid_of(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except FileNotFoundError:  # gone meanwhile
+        return None
+
+
+@root_only
+async def test_a_helper_runs_in_the_helpers_cgroup(
+    account: PosixAccount, outdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Design: every helper is bounded in time and lives inside a cgroup."""
+    cgroups = detect()
+    if cgroups is None:
+        pytest.skip("no writable cgroup hierarchy")
+    f = outdir / "allot-13.out"
+    f.write_bytes(b"x")
+    _owned(f, account)
+    monkeypatch.setattr(output, "_HELPER", "import time; time.sleep(5)")
+    task = asyncio.ensure_future(read_as(account.uid, account.gid, str(f), 0, 1))
+    try:
+        for _ in range(100):
+            inside = [p for p in cgroups.procs(HELPERS) if _uid_of(p) == account.uid]
+            if inside:
+                break
+            await asyncio.sleep(0.05)
+        assert inside, "the helper, as the user, is in allotment/helpers"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -4,7 +4,8 @@ Both hierarchies exist in the wild: the unified one (v2: one tree, ``cpu.max``, 
 and the legacy one (v1: a tree per controller, ``cpu.cfs_quota_us``, ``memory.limit_in_bytes``).
 ``detect`` picks what the machine has. A workload's group is ``allotment/w<id>`` in every
 hierarchy used; membership of that group is what identifies its processes, so a crash of the
-service at any moment never leaves a process nobody can find.
+service at any moment never leaves a process nobody can find. Helpers the service runs on a
+user's behalf (reading a job's output) share ``allotment/helpers`` (``HELPERS``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Cgroups", "Limits", "MemoryOutcome", "V1", "V2", "detect"]
+__all__ = ["HELPERS", "Cgroups", "Group", "Limits", "MemoryOutcome", "V1", "V2", "detect"]
 
 PREFIX = "allotment"
+#: The group of the service's helper processes: not a workload's, so never ``w<id>``.
+HELPERS = "helpers"
+#: A workload's id, or the name of one of the service's own groups (``HELPERS``).
+Group = int | str
+
+
+def _name(group: Group) -> str:
+    return f"w{group}" if isinstance(group, int) else group
+
+
 #: CFS period; the quota is the share of it a workload may use.
 PERIOD_US = 100_000
 
@@ -68,12 +79,12 @@ class Cgroups(ABC):
         self.root = root
 
     @abstractmethod
-    def create(self, workload: int, limits: Limits) -> list[Path]:
+    def create(self, workload: Group, limits: Limits) -> list[Path]:
         """Make the workload's group(s) with ``limits``; return the ``cgroup.procs`` files a
         process writes its pid to, to join. Safe to repeat."""
 
     @abstractmethod
-    def procs(self, workload: int) -> list[int]:
+    def procs(self, workload: Group) -> list[int]:
         """Processes in the workload's group, [] when it has none or does not exist."""
 
     @abstractmethod
@@ -136,10 +147,10 @@ class V1(Cgroups):
     #: mounted on its own, the workload gets a group there too.
     CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "devices")
 
-    def _dir(self, controller: str, workload: int) -> Path:
-        return self.root / controller / PREFIX / f"w{workload}"
+    def _dir(self, controller: str, workload: Group) -> Path:
+        return self.root / controller / PREFIX / _name(workload)
 
-    def create(self, workload: int, limits: Limits) -> list[Path]:
+    def create(self, workload: Group, limits: Limits) -> list[Path]:
         out = []
         mounts: set[Path] = set()
         for c in self.CONTROLLERS:
@@ -171,7 +182,7 @@ class V1(Cgroups):
                 _write(dev / "devices.deny", f"c {number} rwm")
         return out
 
-    def procs(self, workload: int) -> list[int]:
+    def procs(self, workload: Group) -> list[int]:
         found: set[int] = set()
         for c in self.CONTROLLERS:
             try:
@@ -227,10 +238,10 @@ class V2(Cgroups):
 
     version = 2
 
-    def _dir(self, workload: int) -> Path:
-        return self.root / PREFIX / f"w{workload}"
+    def _dir(self, workload: Group) -> Path:
+        return self.root / PREFIX / _name(workload)
 
-    def create(self, workload: int, limits: Limits) -> list[Path]:
+    def create(self, workload: Group, limits: Limits) -> list[Path]:
         parent = self.root / PREFIX
         parent.mkdir(exist_ok=True)
         wanted = {"cpu", "memory", "pids"}
@@ -253,7 +264,7 @@ class V2(Cgroups):
             _write(d / "pids.max", str(limits.pids))
         return [d / "cgroup.procs"]
 
-    def procs(self, workload: int) -> list[int]:
+    def procs(self, workload: Group) -> list[int]:
         try:
             return sorted(
                 int(x) for x in (self._dir(workload) / "cgroup.procs").read_text().split()

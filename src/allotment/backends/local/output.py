@@ -6,16 +6,19 @@ machine. So they are read by a short helper running as the workload's own POSIX 
 (``setpriv`` by absolute path, a fixed environment, ``/`` as its directory), which opens the
 file without following a symlink and without blocking (a FIFO, a terminal), reads only a
 regular file, and is killed when it takes longer than :data:`READ_SECONDS`. Every helper is
-waited for, so none outlives its request, as a process or as a descriptor.
+waited for, so none outlives its request, as a process or as a descriptor; as root, helpers
+run in a cgroup of their own (``allotment/helpers``: one CPU, 1 GiB, 256 processes together).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import sys
 
+from allotment.backends.local.cgroups import HELPERS, Limits, detect
 from allotment.backends.local.process import ROOT_ENVIRONMENT, program
 from allotment.errors import Conflict
 from allotment.interpreters import python_for_everyone
@@ -28,6 +31,7 @@ READ_SECONDS = 5.0
 #: Exit statuses of the helper besides 0 (read): its stderr says more.
 _CANNOT_OPEN = 2  # stderr: the errno's name
 _NOT_REGULAR = 3  # stderr: what the file is instead
+_NOT_JOINED = 125  # the helpers' cgroup could not be joined
 
 #: Run as the user, with ``-I -S``: no environment, no site, nothing from the user's files
 #: but the one it was asked to read.
@@ -57,6 +61,22 @@ while limit > 0:
 out.flush()
 """
 
+#: Runs as root: join the helpers' cgroup ($1: its ``cgroup.procs`` files, ":"-separated),
+#: then become the helper (the rest).
+_JOIN = '''IFS=:; for f in $1; do echo $$ > "$f" || exit 125; done; unset IFS; shift; exec "$@"'''
+#: What the helpers may use together: they read files and pass them on, nothing more.
+HELPER_LIMITS = Limits(millicpus=1000, memory=1024 * 2**20, pids=256)
+
+
+@functools.cache
+def _helper_groups() -> tuple[str, ...]:
+    """The ``cgroup.procs`` files of the helpers' group (made once), or () without cgroups."""
+    cgroups = detect()
+    if cgroups is None:
+        return ()
+    return tuple(str(p) for p in cgroups.create(HELPERS, HELPER_LIMITS))
+
+
 #: Helpers of cancelled requests, still being reaped (a reference keeps the task alive).
 _reaping: set[asyncio.Task[tuple[bytes, bytes]]] = set()
 
@@ -82,6 +102,9 @@ async def read_as(uid: int, gid: int, path: str, offset: int, limit: int) -> byt
             "--no-new-privs",
         ]
         command = [*drop, "--", python_for_everyone(), *helper]
+        procs = _helper_groups()
+        if procs:  # into the helpers' cgroup before anything of the user's is opened
+            command = ["/bin/sh", "-c", _JOIN, "allot-helper", ":".join(procs), *command]
     else:  # single-user mode: the service's own account, and its own interpreter
         command = [sys.executable, *helper]
     proc = await asyncio.create_subprocess_exec(
@@ -110,6 +133,8 @@ async def read_as(uid: int, gid: int, path: str, offset: int, limit: int) -> byt
         raise
     if proc.returncode == 0:
         return data
+    if proc.returncode == _NOT_JOINED:
+        raise Conflict(f"{path} could not be read: the reader could not join its control group.")
     reason = said.decode(errors="replace").strip()
     if proc.returncode == _NOT_REGULAR:
         raise Conflict(f"{path} is {reason}, not a regular file: only regular files are read.")
