@@ -51,9 +51,6 @@ class PendingCounts:
         #: Reserved by this process and not yet committed (or given back), per user.
         self._in_flight: Counter[int] = Counter()
 
-    def clear(self) -> None:
-        self.known.clear()
-
     @asynccontextmanager
     async def reserve(
         self, user_id: int, adding: int, cap: int, count: Callable[[], Awaitable[int]]

@@ -25,7 +25,8 @@ SECRETS = ("admin-password", "user-password", "spawner-token", "traefik-api")
 #: looked for next to this interpreter and on $PATH.
 HUB_MODULES = ("jupyterhub_traefik_proxy",)
 HUB_PROGRAMS = ("traefik",)
-#: Directories every workload has a private one of (the local backend's mount namespace).
+#: Directories every workload has a private one of (the local backend's ``PRIVATE_DIRS``,
+#: which a thin client may not import).
 PRIVATE = (Path("/tmp"), Path("/dev/shm"))
 
 

@@ -19,6 +19,7 @@ from allotment.api.deps import AppState, Caller, CallerDep, StateDep
 from allotment.api.pending import Reservation
 from allotment.api.views import workload_out
 from allotment.backends.local.output import read_as
+from allotment.backends.local.process import under_private
 from allotment.db import repository as repo
 from allotment.db.catalog import AccountEntry, Catalog, PoolEntry, ProfileEntry
 from allotment.db.tables import WORKLOADS
@@ -138,9 +139,6 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SHELL_OWNED = frozenset(
     {"OPTIND", "PPID", "UID", "EUID", "SHELLOPTS", "BASHOPTS", "BASH_VERSINFO", "BASH_ARGV0"}
 )
-#: Directories of which every workload of a local pool has a private one (the local backend's
-#: mount namespace, as root): a job cannot start in, or write output to, the machine's.
-_PRIVATE = ("/tmp", "/dev/shm")
 
 
 def _job_fields(body: WorkloadCreate, pool: PoolEntry) -> dict[str, Any]:
@@ -166,9 +164,10 @@ def _job_fields(body: WorkloadCreate, pool: PoolEntry) -> dict[str, Any]:
             f"`workdir` must be an absolute path (got {body.workdir!r}), e.g. /home/alice/project."
         )
     if pool.backend == "local" and os.geteuid() == 0:
+        # As root, every workload of a local pool has a private /tmp and /dev/shm: a job can
+        # neither start in nor write output to the machine's.
         for field_name in ("workdir", "stdout", "stderr"):
-            path = getattr(body, field_name) or ""
-            private = next((d for d in _PRIVATE if path == d or path.startswith(d + "/")), None)
+            private = under_private(path := getattr(body, field_name) or "")
             if private is not None:
                 raise InvalidRequest(
                     f"`{field_name}` is {path}, under {private}: every job has a private "

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
+    "PRIVATE_DIRS",
     "ROOT_ENVIRONMENT",
     "SETUP_FAILURES",
     "USER_PART",
@@ -22,6 +23,7 @@ __all__ = [
     "private_mounts",
     "program",
     "start_time",
+    "under_private",
 ]
 
 
@@ -145,6 +147,15 @@ def environment_script(env: Mapping[str, str]) -> bytes:
             raise ValueError(f"{name!r} is not an environment variable name")
         lines.append(f"export {name}={shlex.quote(value)}\n")
     return "".join(lines).encode()
+
+
+#: Directories each workload has a private one of (``private_mounts``).
+PRIVATE_DIRS = ("/tmp", "/dev/shm")
+
+
+def under_private(path: str) -> str | None:
+    """The private directory (``PRIVATE_DIRS``) that ``path`` lies in, or None."""
+    return next((d for d in PRIVATE_DIRS if path == d or path.startswith(d + "/")), None)
 
 
 def private_mounts(tmp: str, memory: int) -> str:

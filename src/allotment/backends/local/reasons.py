@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from allotment.backends.local.process import under_private
+
 __all__ = ["setup_failure"]
 
 #: The launcher's statuses explained here; the others keep their short text.
@@ -38,10 +40,11 @@ def setup_failure(code: int, placement: Mapping[str, Any]) -> str | None:
             f"or append to {named}. Submit from a directory {account} can write to, or name "
             "files it can write with --output and --error."
         )
-    if code == WORKING_DIRECTORY and _under_private(workdir):
+    private = under_private(workdir)
+    if code == WORKING_DIRECTORY and private:
         return (
             f"could not enter its working directory (exit status {code}): {workdir} is under "
-            f"{_under_private(workdir)}, and every workload has a private one of its own. Submit "
+            f"{private}, and every workload has a private one of its own. Submit "
             "from your home or a project directory, or name one with --chdir."
         )
     if code == WORKING_DIRECTORY:
@@ -50,16 +53,4 @@ def setup_failure(code: int, placement: Mapping[str, Any]) -> str | None:
             f"enter {workdir or 'it'}. Submit from a directory {account} can reach, or name one "
             "with --chdir."
         )
-    return None
-
-
-#: Directories each workload has a private one of (``process.WRAPPER``).
-PRIVATE = ("/tmp", "/dev/shm")
-
-
-def _under_private(path: str) -> str | None:
-    """The private directory ``path`` lies in, or None."""
-    for d in PRIVATE:
-        if path == d or path.startswith(d + "/"):
-            return d
     return None
