@@ -44,34 +44,36 @@ class RequestBounds:
             "(service.max_request_body). Send large inputs as files the workload reads.",
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def _refusal(self, scope: Scope) -> Problem | None:
+        """What is wrong with the request before its body is read, or None."""
         address = scope.get("raw_path") or scope["path"].encode()
         if b"\0" in unquote_to_bytes(address) or b"\0" in unquote_to_bytes(scope["query_string"]):
-            problem = Problem(
+            return Problem(
                 title="Invalid request",
                 status=422,
                 detail="The address holds a NUL character (%00); no name or filter can.",
             )
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is None:
+            return None
+        if not length.isdigit():
+            return Problem(
+                title="Bad request",
+                status=400,
+                detail="The Content-Length header is not a number of bytes.",
+            )
+        if int(length) > self.max_body:
+            return self._too_large(describe_size(int(length)))
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        problem = self._refusal(scope)
+        if problem is not None:
             await problem_response(problem)(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:
-            declared = int(length) if length.isdigit() else -1
-            if declared < 0:
-                problem = Problem(
-                    title="Bad request",
-                    status=400,
-                    detail="The Content-Length header is not a number of bytes.",
-                )
-                await problem_response(problem)(scope, receive, send)
-                return
-            if declared > self.max_body:
-                too_large = self._too_large(describe_size(declared))
-                await problem_response(too_large)(scope, receive, send)
-                return
         received = 0
 
         async def bounded() -> Message:

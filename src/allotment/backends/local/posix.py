@@ -32,13 +32,26 @@ from pathlib import Path
 from allotment.backends.local.process import ROOT_ENVIRONMENT, program
 from allotment.config.models import ExistingAccountsSpec
 
-__all__ = ["PosixAccount", "PosixAccounts", "decode", "escape", "legacy_unix_name", "unix_name"]
+__all__ = [
+    "PosixAccount",
+    "PosixAccounts",
+    "decode",
+    "escape",
+    "legacy_unix_name",
+    "mark",
+    "unix_name",
+]
 
 log = logging.getLogger("allotment.local")
 
 PREFIX = "jupyter-"
 MAX_NAME = 32
 MARK = "allotment "
+
+
+def mark(hub_name: str) -> str:
+    """The GECOS field of the account Allotment makes for ``hub_name``."""
+    return MARK + escape(hub_name)
 
 
 def escape(hub_name: str) -> str:
@@ -104,7 +117,7 @@ def refusal(entry: pwd.struct_passwd, hub_name: str, rule: ExistingAccountsSpec)
         return f"its uid {entry.pw_uid} is outside {rule.uid_min}-{rule.uid_max}"
     if os.path.basename(entry.pw_shell) in SERVICE_SHELLS:
         return f"its shell is {entry.pw_shell} (a service's account)"
-    if entry.pw_gecos.startswith(MARK) and entry.pw_gecos != MARK + escape(hub_name):
+    if entry.pw_gecos.startswith(MARK) and entry.pw_gecos != mark(hub_name):
         return "Allotment made it for another hub user"
     if rule.groups:
         mine = {grp.getgrgid(g).gr_name for g in _groups(entry)}
@@ -119,7 +132,7 @@ def _ours(name: str, hub_name: str) -> PosixAccount | None:
         entry = pwd.getpwnam(name)
     except KeyError:
         return None
-    return _account(entry) if entry.pw_gecos == MARK + escape(hub_name) else None
+    return _account(entry) if entry.pw_gecos == mark(hub_name) else None
 
 
 def _groups(entry: pwd.struct_passwd) -> list[int]:
@@ -199,7 +212,7 @@ class PosixAccounts:
                 if legacy is not None:
                     return legacy
                 return await self._create(hub_name, name)
-            if entry.pw_gecos != MARK + escape(hub_name):
+            if entry.pw_gecos != mark(hub_name):
                 raise PermissionError(
                     f"POSIX account {name!r} exists but was not created by Allotment for hub "
                     f"user {hub_name!r}; refusing to run {hub_name!r}'s workloads as it. Rename "
@@ -218,7 +231,7 @@ class PosixAccounts:
             "/bin/bash",
             "--user-group",
             "--comment",
-            MARK + escape(hub_name),
+            mark(hub_name),
             "--",
             name,
             stdin=asyncio.subprocess.DEVNULL,
