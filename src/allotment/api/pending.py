@@ -29,18 +29,18 @@ __all__ = ["PendingCounts", "Reservation"]
 
 @dataclass
 class Reservation:
-    """Workloads reserved under the cap; ``give_back`` when fewer were created."""
+    """Workloads reserved under the cap; ``give_back`` when none were created."""
 
     counts: PendingCounts
     user_id: int
     adding: int
 
-    def give_back(self, n: int | None = None) -> None:
-        n = self.adding if n is None else n
+    def give_back(self) -> None:
+        """Return the reservation to the count (once: a second call returns nothing)."""
         known = self.counts.known.get(self.user_id)
         if known is not None:
-            known[0] -= n
-        self.adding -= n
+            known[0] -= self.adding
+        self.adding = 0
 
 
 class PendingCounts:
