@@ -88,6 +88,8 @@ def _root_processes(local: LocalBackend, wid: int) -> dict[int, dict[str, str]]:
             raw = Path(f"/proc/{pid}/environ").read_bytes()
         except (FileNotFoundError, ProcessLookupError):
             continue
+        if not raw:  # caught in execve or exiting: it has no memory to read the environment from
+            continue
         found[pid] = dict(v.split("=", 1) for v in raw.decode().split("\0") if "=" in v)
     return found
 
