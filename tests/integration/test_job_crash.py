@@ -2,7 +2,7 @@
 workload was neither lost nor run twice, and that nothing of it is left running untracked.
 
 The service kills itself at the named step (``ALLOTMENT_FAILPOINT``, see
-``controller/reconciler.py``), exactly as a power cut would stop it there. Both databases.
+``controller/failpoints.py``), exactly as a power cut would stop it there. Both databases.
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from allotment.domain.resources import Resources
 
-__all__ = ["Backend", "LaunchSpec", "NodeCapacity", "Observation", "Placement"]
+__all__ = ["Backend", "LaunchSpec", "NodeCapacity", "Observation", "Output", "Placement"]
 
 #: What a backend records about a started workload (process id, cgroup, Slurm job id…). Plain
 #: JSON: the controller stores it in the workload's row.
@@ -71,6 +71,17 @@ class NodeCapacity:
     resources: Resources
     #: Device identifiers per GPU model, e.g. {"a100": ["0", "1"]}.
     gpu_devices: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Output:
+    """Part of a workload's output file."""
+
+    #: The file, as its owner would name it (shown to the researcher).
+    path: str
+    #: Bytes from the offset asked for (b"" at its end); None: the file is named in the
+    #: placement but cannot be read (removed, or not readable by the workload's user).
+    data: bytes | None
 
 
 class Backend(ABC):
@@ -138,6 +149,36 @@ class Backend(ABC):
     async def release(self, workload: int, placement: Placement) -> None:
         """Free what is left of an ended workload once its end is recorded (control groups,
         run records). Safe to repeat."""
+        return None
+
+    async def read_output(
+        self,
+        workload: int,
+        placement: Placement,
+        stream: Literal["stdout", "stderr"],
+        offset: int,
+        limit: int,
+    ) -> Output | None:
+        """Read part of a workload's output, on its owner's behalf.
+
+        Parameters
+        ----------
+        workload
+            The workload whose output is read.
+        placement
+            Its last persisted placement (the API process reads it from the database; the
+            backend keeps no state of its own).
+        stream
+            Which of its two output files.
+        offset, limit
+            Where to start, in bytes, and at most how many bytes to return.
+
+        Returns
+        -------
+        Output or None
+            None: the backend keeps no such output for this workload (yet). The default
+            returns None, for backends whose output is read some other way.
+        """
         return None
 
     async def close(self) -> None:

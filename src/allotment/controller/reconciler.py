@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from allotment.backends.base import Backend, LaunchSpec, Observation
 from allotment.clock import Clock
+from allotment.controller.failpoints import failpoint
 from allotment.db.engine import Database
 from allotment.db.tables import WORKLOADS, Account, Pool, User, Workload
 from allotment.domain.resources import Resources
@@ -37,17 +37,6 @@ log = logging.getLogger("allotment.controller")
 
 #: Failed attempts to start before a workload is given up as FAILED.
 MAX_START_FAILURES = 5
-
-#: Crash tests name a step here (``ALLOTMENT_FAILPOINT=starting``): the process kills itself
-#: with SIGKILL the first time it reaches that step, exactly as a power cut would stop it.
-FAILPOINT = os.environ.get("ALLOTMENT_FAILPOINT", "")
-
-
-def failpoint(step: str) -> None:
-    if FAILPOINT == step:
-        log.warning("failpoint %s: killing this process", step)
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 @dataclass(frozen=True)
 class Row:

@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from allotment.clock import Clock
-from allotment.controller.reconciler import failpoint
+from allotment.controller.failpoints import failpoint
 from allotment.controller.view import (
     LiveView,
     PolicyView,
