@@ -19,6 +19,7 @@ from allotment.backends.local.backend import LocalBackend
 from allotment.backends.local.cgroups import detect
 from allotment.backends.local.posix import PosixAccounts
 from allotment.domain.resources import Resources
+from allotment.installation import name_for
 
 ROOT = os.geteuid() == 0
 _ids = itertools.count(os.getpid() * 1000)
@@ -36,6 +37,7 @@ def local_backend(state: Path) -> LocalBackend:
         Resources.of(2, 4 * 2**30, {"a100": 2}),  # GPUs declared, none present: a named fake
         detect(),
         PosixAccounts(),
+        installation=name_for(state),
     )
 
 

@@ -24,6 +24,7 @@ from allotment.backends.local.cgroups import detect
 from allotment.backends.local.posix import PosixAccounts
 from allotment.backends.local.process import ROOT_ENVIRONMENT
 from allotment.domain.resources import Resources
+from allotment.installation import name_for
 from tests.backends.conftest import ROOT, local_backend
 from tests.backends.test_contract import ended, started
 from tests.backends.test_local import job
@@ -352,6 +353,7 @@ async def test_private_tmp_directories_live_where_the_pool_says(
         Resources.of(2, 4 * 2**30),
         detect(),
         PosixAccounts(),
+        installation=name_for(tmp_path),
         tmp_base=base,
     )
     wid = new_id()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
 from allotment.domain.quantities import (
     format_bytes,
@@ -16,6 +16,7 @@ from allotment.domain.quantities import (
     parse_bytes,
     parse_duration,
 )
+from allotment.installation import NAME_PATTERN, check_name
 
 __all__ = [
     "AccountSpec",
@@ -52,6 +53,7 @@ Duration = Annotated[
 ]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 NonNegative = Annotated[float, Field(ge=0)]
+InstallationName = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(check_name)]
 GpuCounts = dict[str, Annotated[int, Field(ge=0)]]
 
 
@@ -67,6 +69,14 @@ class ServiceSettings(_Spec):
         description="Directory for the SQLite database and the admin token. "
         "Default: `$ALLOTMENT_DATA_DIR`, else `~/.local/share/allotment` "
         "(`/var/lib/allotment-service` as root: `/var/lib/allotment` is `allot up`'s).",
+    )
+    installation: InstallationName | None = Field(
+        None,
+        description="This installation's name on the machine: every control group and "
+        "scratch directory it makes carries it, so two installations (or a test run beside a "
+        "real one) never touch each other's workloads. 1 to 40 lower-case letters, digits and "
+        "dashes, starting with a letter. Default: derived from `data_dir` (its last part and "
+        "a hash of its path, e.g. `service-3f9a01c2`); set it before moving `data_dir`.",
     )
     database_url: str | None = Field(
         None,

@@ -39,6 +39,7 @@ from allotment.db.tables import Pool, Workload
 from allotment.domain.quantities import format_duration
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState as S
+from allotment.installation import name_for
 
 __all__ = ["Controller", "ControllerSettings", "local_backend", "nudge_path", "nudge_other"]
 
@@ -90,6 +91,7 @@ def local_backend(policy: Policy, data_dir: Path) -> LocalBackend | None:
         declared,
         detect(),
         accounts,
+        installation=policy.service.installation or name_for(data_dir),
         tmp_base=Path(tmp_dir) if tmp_dir else None,
     )
 

@@ -40,6 +40,7 @@ from allotment.backends.local.process import (
 from allotment.backends.local.reasons import setup_failure
 from allotment.domain.quantities import format_bytes
 from allotment.domain.resources import Resources
+from allotment.installation import check_name
 
 __all__ = ["LocalBackend"]
 
@@ -90,6 +91,10 @@ class LocalBackend(Backend):
         The cgroup driver (``cgroups.detect()``), or None to run without limits (logged).
     accounts
         Maps hub users to POSIX accounts (``PosixAccounts``).
+    installation
+        The installation's name (``allotment.installation``): carried by everything this
+        backend makes outside ``state_dir`` (control groups, private /tmp directories), so two
+        installations on one machine never touch each other's workloads.
     tmp_base
         Where each workload's private /tmp is made (Slurm's ``BasePath``); None: ``tmp`` in
         ``state_dir``. Best on a file system of its own: scratch files that fill it must not
@@ -106,6 +111,7 @@ class LocalBackend(Backend):
         cgroups: Cgroups | None,
         accounts: PosixAccounts,
         *,
+        installation: str,
         inventory: gpu.Inventory | None = None,
         pids_max: int = 4096,
         tmp_base: Path | None = None,
@@ -115,6 +121,7 @@ class LocalBackend(Backend):
         os.chmod(state_dir, 0o700)
         #: Private /tmp directories, ``w<id>.<attempt>`` like run directories.
         self.scratch = tmp_base if tmp_base is not None else state_dir / "tmp"
+        self.installation = check_name(installation)
         self.node = node
         self.declared = declared
         self.cgroups = cgroups
