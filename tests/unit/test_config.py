@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from allotment.config import load_policy, parse_policy
-from allotment.config.rules import account_paths
+from allotment.config.resolve import account_paths
 from allotment.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -83,7 +83,7 @@ def simulate(
         fail("give --trace FILE.swf[.gz], or --from-history with --config PROPOSED.yaml")
     from allotment.cli.admin import load_or_exit
     from allotment.config.models import Policy
-    from allotment.config.rules import account_paths
+    from allotment.config.resolve import account_paths
     from allotment.domain.quantities import parse_duration
     from allotment.sim.metrics import measure
     from allotment.sim.replay import Weights, replay

@@ -10,11 +10,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from allotment.config.models import Policy, PoolSpec, QuotaSpec, SizeSpec
-from allotment.domain.accounts import find_cycle, paths_by_name
+from allotment.config.resolve import (
+    account_paths,
+    parents,
+    profile_gpus,
+    resolve_account,
+    resolve_parent,
+)
+from allotment.domain.accounts import find_cycle
 from allotment.domain.quantities import format_bytes
 from allotment.domain.resources import Resources
 
-__all__ = ["Finding", "account_paths", "check", "profile_gpus", "resolve_account"]
+__all__ = ["Finding", "check"]
 
 Loc = tuple[str | int, ...]
 
@@ -35,45 +42,6 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
         return "none are defined yet"
     shown = ", ".join(sorted(choices)[:8])
     return f"known: {shown}" + (" …" if len(choices) > 8 else "")
-
-
-def resolve_account(policy: Policy, ref: str) -> str | None:
-    """The name of the account ``ref`` names (by name or by path), or None."""
-    if ref in policy.accounts:
-        return ref
-    leaf = ref.rsplit("/", 1)[-1]
-    if leaf in policy.accounts and not find_cycle(_parents(policy)):
-        if account_paths(policy).get(leaf) == ref:
-            return leaf
-    return None
-
-
-def _parents(policy: Policy) -> dict[str, str | None]:
-    return {
-        name: (resolve_parent(policy, spec.parent) if spec.parent else None)
-        for name, spec in policy.accounts.items()
-    }
-
-
-def resolve_parent(policy: Policy, ref: str) -> str | None:
-    # A parent given as a path names its leaf; the path itself is checked once the tree is known.
-    leaf = ref.rsplit("/", 1)[-1]
-    return leaf if leaf in policy.accounts else None
-
-
-def account_paths(policy: Policy) -> dict[str, str]:
-    """Slash path of every account; the tree must be acyclic (``check`` says when it is not)."""
-    return paths_by_name(_parents(policy))
-
-
-def profile_gpus(size: SizeSpec, pool: PoolSpec) -> dict[str, int] | None:
-    """GPUs by model a size asks for on a pool; None when a bare count is ambiguous."""
-    if isinstance(size.gpus, dict):
-        return {k: v for k, v in size.gpus.items() if v}
-    if size.gpus == 0:
-        return {}
-    models = {m for node in pool.nodes for m in node.gpus}
-    return {models.pop(): size.gpus} if len(models) == 1 else None
 
 
 def check(policy: Policy) -> list[Finding]:
@@ -113,7 +81,7 @@ def _check_accounts(policy: Policy) -> list[Finding]:
                         )
                     )
                 seen[user] = role
-    cycle = find_cycle(_parents(policy))
+    cycle = find_cycle(parents(policy))
     if cycle:
         out.append(
             Finding(

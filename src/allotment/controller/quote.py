@@ -19,7 +19,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.config.models import Policy
-from allotment.config.rules import account_paths, resolve_account
+from allotment.config.resolve import account_paths, resolve_account
 from allotment.db.tables import Account, Pool, Workload
 from allotment.domain.accounts import is_within
 from allotment.domain.costs import Rates, overlap_hours, period_start

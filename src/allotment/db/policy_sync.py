@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.config.models import Policy
-from allotment.config.rules import account_paths, profile_gpus, resolve_account
+from allotment.config.resolve import account_paths, profile_gpus, resolve_account
 from allotment.db.tables import Account, Membership, PolicyVersion, Pool, Profile, User, Workload
 
 __all__ = ["apply_policy", "identity_warnings", "policy_document"]

@@ -18,8 +18,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sortedcontainers import SortedKeyList
-
 from allotment.domain.resources import Resources
 from allotment.scheduler.cycle import schedule
 from allotment.scheduler.decisions import Admit, Reject
@@ -35,6 +33,7 @@ from allotment.scheduler.snapshot import (
     Weights,
 )
 from allotment.scheduler.usage import decay_factor, dominant_share
+from allotment.sim.queue import ReplayQueue
 from allotment.sim.swf import TraceJob
 
 __all__ = ["Outcome", "Result", "SimJob", "Weights", "replay", "replay_jobs"]
@@ -153,19 +152,9 @@ def replay_jobs(
     def share(p: Pending | Running) -> float:
         return dominant_share(p.resources, capacity[p.pool])
 
-    def fair_key(p: Pending) -> tuple[float, float, int]:
-        # Priority without the part every job shares (w_age · now / max_age): it orders jobs
-        # the same at any time, so the queue stays sorted between recalculations.
-        fs = factors.get((p.account, p.user), 0.0)
-        age = weights.age * p.submitted / weights.max_age if weights.max_age else 0.0
-        return (-(weights.fairshare * fs + p.priority - age), p.submitted, p.id)
-
-    def fifo_key(p: Pending) -> tuple[float, int]:
-        return (p.submitted, p.id)
-
-    # The queue, kept sorted as jobs arrive and leave: the cycle walks it from the front and
-    # stops once the machine is full, so no cycle pays for the whole queue.
-    queue: SortedKeyList = SortedKeyList(key=fair_key if policy == "fairshare" else fifo_key)
+    # The queue, kept in the live scheduler's order as jobs arrive and leave: the cycle walks
+    # it from the front and stops once the machine is full, so no cycle pays for the whole queue.
+    queue = ReplayQueue(policy, weights)
     i, now, cycles = 0, jobs[0].submit if jobs else 0.0, 0
     busy = 0  # millicpus in use, all pools
     wall = cpu = 0.0
@@ -200,13 +189,13 @@ def replay_jobs(
         if policy == "fairshare" and now - computed_at >= recalc:
             factors = fair_share_factors({k: a.shares for k, a in accounts.items()}, usage, users)
             computed_at = now
-            queue = SortedKeyList(pending.values(), key=fair_key)
+            queue.reorder(factors)
         snap = Snapshot(
             now=now,
             accounts=accounts,
             nodes=nodes,
             running=list(running.values()),
-            pending=queue,
+            pending=queue.walk(now),
             user_limits=user_limits or {},
             default_limits=default_limits or Limits(),
             weights=weights,

@@ -12,14 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from allotment.config.models import Policy
-from allotment.config.rules import account_paths, resolve_account
+from allotment.config.scheduler_view import scheduler_view
 from allotment.domain.resources import Resources
-from allotment.scheduler.snapshot import AccountState, Allocation, Limits, NodeState, Weights
 from allotment.schemas import WorkloadOut
 from allotment.sim.metrics import Metrics, measure
 from allotment.sim.replay import SimJob, replay_jobs
 
-__all__ = ["History", "compare", "history_jobs", "scheduler_view"]
+__all__ = ["History", "compare", "history_jobs"]
 
 DEFAULT_RUNTIME = 3600.0
 
@@ -53,54 +52,6 @@ def history_jobs(workloads: Iterable[WorkloadOut]) -> History:
             )
         )
     return History(jobs, skipped)
-
-
-def _limits(spec: object) -> Limits | None:
-    if spec is None:
-        return None
-    return Limits(
-        getattr(spec, "cpus", None),
-        getattr(spec, "memory", None),
-        getattr(spec, "gpus", None),
-        getattr(spec, "workloads", None),
-    )
-
-
-def scheduler_view(
-    policy: Policy,
-) -> tuple[dict[str, AccountState], list[NodeState], dict[str, Limits], Limits, Weights]:
-    """The parts of a policy the scheduler needs: accounts (by path), nodes, limits, weights."""
-    paths = account_paths(policy)
-    allocations: dict[str, dict[str, Allocation]] = {p: {} for p in paths.values()}
-    for a in policy.allocations:
-        name = resolve_account(policy, a.account)
-        if name is None:
-            continue
-        q, b = a.quota, a.borrowing_limit
-        allocations[paths[name]][a.pool] = Allocation(
-            quota=Resources.of(q.cpus, q.memory, q.gpus),
-            borrowing_limit=Resources.of(b.cpus, b.memory, b.gpus) if b else None,
-        )
-    account_limits = {
-        paths[n]: _limits(spec)
-        for ref, spec in policy.limits.accounts.items()
-        if (n := resolve_account(policy, ref)) is not None
-    }
-    accounts = {
-        path: AccountState(
-            path, float(policy.accounts[name].shares), account_limits.get(path), allocations[path]
-        )
-        for name, path in paths.items()
-    }
-    nodes = [
-        NodeState(pool, n.name, Resources.of(n.cpus, n.memory, n.gpus))
-        for pool, spec in policy.pools.items()
-        for n in spec.nodes
-    ]
-    users = {u: lim for u, spec in policy.limits.users.items() if (lim := _limits(spec))}
-    s = policy.scheduling
-    weights = Weights(s.fairshare_weight, s.age_weight, float(s.max_age))
-    return accounts, nodes, users, _limits(policy.limits.default) or Limits(), weights
 
 
 def replay_under(history: History, policy: Policy) -> Metrics:
