@@ -18,16 +18,23 @@ import logging
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from allotment.backends.base import Backend, LaunchSpec, Observation
 from allotment.clock import Clock
 from allotment.controller.failpoints import failpoint
 from allotment.db.engine import Database
-from allotment.db.tables import WORKLOADS, Account, Pool, User, Workload
+from allotment.db.tables import Account, Pool, User, Workload
+from allotment.db.workloads import (
+    record_placement,
+    to_ended,
+    to_running,
+    to_starting,
+    to_stopping,
+)
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState as S
 
@@ -35,8 +42,11 @@ __all__ = ["Reconciler", "Row", "read_rows"]
 
 log = logging.getLogger("allotment.controller")
 
+P = ParamSpec("P")
+
 #: Failed attempts to start before a workload is given up as FAILED.
 MAX_START_FAILURES = 5
+
 
 @dataclass(frozen=True)
 class Row:
@@ -147,22 +157,10 @@ class Reconciler:
         return await self.db.run_read(read)
 
     async def _write(
-        self, workload: int, expect: tuple[S, ...], *, to_run: bool = False, **values: Any
+        self, move: Callable[Concatenate[Connection, P], bool], *args: P.args, **kw: P.kwargs
     ) -> bool:
-        """Set ``values`` if the workload is still in one of ``expect`` (and, with ``to_run``,
-        still meant to run); True when it was."""
-        values.setdefault("updated_at", self.clock.now())
-        w = WORKLOADS.c
-        guard = [w.id == workload, w.status.in_([int(s) for s in expect])]
-        if to_run:
-            guard.append(w.target == int(S.RUNNING))
-        plain = {k: int(v) if isinstance(v, S) else v for k, v in values.items()}
-        statement = update(WORKLOADS).where(*guard).values(**plain)
-
-        def write(session: Session) -> bool:
-            return bool(getattr(session.execute(statement), "rowcount", 0))
-
-        return await self.db.run_write(write)
+        """Run one guarded write of ``db/workloads.py``; True when it applied."""
+        return await self.db.run_write(lambda session: move(session.connection(), *args, **kw))
 
     async def reconcile(self, workload: int) -> tuple[Backend, Mapping[str, Any]] | None:
         """One pass; returns the backend and placement of a workload it left running."""
@@ -215,18 +213,13 @@ class Reconciler:
                     # STARTING, guarded on ADMITTED (a cancel may have come meanwhile).
                     first = False
                     if not await self._write(
-                        w.id,
-                        (S.ADMITTED,),
-                        to_run=True,
-                        status=S.STARTING,
-                        reason=f"starting on {w.node}",
-                        placement=dict(placement),
+                        to_starting, w.id, placement, f"starting on {w.node}", self.clock.now()
                     ):
                         await backend.release(w.id, placement)
                         return None
                     failpoint("starting")
                 elif not placement.get("running"):
-                    await self._write(w.id, (S.STARTING,), placement=dict(placement))
+                    await self._write(record_placement, w.id, placement, self.clock.now())
                 failpoint("placed")
         except Exception as e:
             n = self.start_failures.get(w.id, 0) + 1
@@ -234,28 +227,16 @@ class Reconciler:
             log.warning("workload %s: start attempt %s failed: %s", w.id, n, e)
             if n < MAX_START_FAILURES:
                 raise
+            reason = f"could not start: {e}"
             await self._write(
-                w.id,
-                (S.ADMITTED, S.STARTING),
-                status=S.FAILED,
-                target=S.STOPPED,
-                reason=f"could not start: {e}",
-                ended_at=self.clock.now(),
+                to_ended, w.id, S.FAILED, (S.ADMITTED, S.STARTING), self.clock.now(), reason=reason
             )
             if placement is not None:
                 await backend.release(w.id, placement)
             self.freed()
             return None
         self.start_failures.pop(w.id, None)
-        last: dict[str, Any] = {} if placement is None else {"placement": dict(placement)}
-        await self._write(
-            w.id,
-            (S.STARTING,),
-            status=S.RUNNING,
-            started_at=self.clock.now(),
-            reason=f"running on {w.node}",
-            **last,
-        )
+        await self._write(to_running, w.id, f"running on {w.node}", self.clock.now(), placement)
         failpoint("running")
         if placement is not None:
             w.status, w.placement = S.RUNNING, dict(placement)
@@ -268,14 +249,12 @@ class Reconciler:
             # Nothing of it can be running yet (the first placement precedes any launch), but
             # a start cut short by a crash may have made its cgroups or run directory.
             if await self._write(
-                w.id, (S.ADMITTED, S.STARTING), status=S.STOPPED, ended_at=self.clock.now()
+                to_ended, w.id, S.STOPPED, (S.ADMITTED, S.STARTING), self.clock.now()
             ):
                 self.freed()
                 await backend.reap(w.id)
             return
-        if w.status != S.STOPPING and not await self._write(
-            w.id, (S.STARTING, S.RUNNING), status=S.STOPPING
-        ):
+        if w.status != S.STOPPING and not await self._write(to_stopping, w.id, self.clock.now()):
             return
         failpoint("stopping")
         assert w.placement is not None
@@ -294,15 +273,17 @@ class Reconciler:
         # unless it had already failed on its own.
         out_of_memory = seen.reason.startswith("out of memory")
         failed = seen.failed and (not told or out_of_memory)
-        values: dict[str, Any] = {
-            "status": S.FAILED if failed else S.STOPPED,
-            "target": S.STOPPED,
-            "exit_code": seen.exit_code,
-            "ended_at": self.clock.now(),
-        }
-        if not told or out_of_memory:
-            values["reason"] = seen.reason
-        if await self._write(w.id, (expect,), **values):
+        status = S.FAILED if failed else S.STOPPED
+        reason = seen.reason if not told or out_of_memory else None
+        if await self._write(
+            to_ended,
+            w.id,
+            status,
+            (expect,),
+            self.clock.now(),
+            reason=reason,
+            exit_code=seen.exit_code,
+        ):
             failpoint("ended")
             self.freed()  # its processes are gone: the scheduler may hand its share out now
             assert w.placement is not None

@@ -16,13 +16,12 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from allotment.clock import Clock
 from allotment.controller.failpoints import failpoint
+from allotment.controller.reconciler import Row
 from allotment.controller.view import (
     LiveView,
     PolicyView,
@@ -32,10 +31,9 @@ from allotment.controller.view import (
     load_policy_view,
     usage,
 )
+from allotment.db import workloads
 from allotment.db.engine import Database
-from allotment.db.tables import WORKLOADS
-from allotment.domain.workloads import WorkloadState as S
-from allotment.scheduler import Admit, Hold, Preempt, Reject, Snapshot, schedule
+from allotment.scheduler import Admit, Decision, Hold, Preempt, Reject, Snapshot, schedule
 from allotment.scheduler.fairshare import fair_share_factors
 
 __all__ = ["CycleResult", "SchedulingLoop"]
@@ -70,8 +68,8 @@ class SchedulingLoop:
         clock: Clock,
         pools: Callable[[PolicyView], Collection[str]],
         *,
-        on_admit: Callable[[int, Any], None] = lambda _w, _r: None,
-        read_admitted: Callable[[Session, list[int]], Mapping[int, Any]] | None = None,
+        on_admit: Callable[[int, Row | None], None] = lambda _w, _r: None,
+        read_admitted: Callable[[Session, list[int]], Mapping[int, Row]] | None = None,
         nudge_file: Path | None = None,
     ) -> None:
         self.db = db
@@ -210,22 +208,22 @@ class SchedulingLoop:
 
     async def _persist(
         self,
-        decisions: list[Any],
+        decisions: list[Decision],
         waiting: dict[int, str],
         doomed: dict[int, str],
         now: datetime,
         estimates: bool,
-    ) -> tuple[CycleResult, Mapping[int, Any]]:
-        admits: list[dict[str, Any]] = []
-        holds: list[dict[str, Any]] = []
-        rejects: list[dict[str, Any]] = []
-        preempts: list[dict[str, Any]] = []
+    ) -> tuple[CycleResult, Mapping[int, Row]]:
+        #: (workload, node, reason) and (workload, reason); holds and rejections as the
+        #: parameters of one executemany each.
+        admits: list[tuple[int, str, str]] = []
+        holds: list[dict[str, object]] = []
+        rejects: list[dict[str, object]] = []
+        preempts: list[tuple[int, str]] = []
         shown = self._shown
         for d in decisions:
             if isinstance(d, Admit):
-                admits.append(
-                    {"wid": d.workload, "node": d.node, "reason": f"admitted to {d.node}"}
-                )
+                admits.append((d.workload, d.node, f"admitted to {d.node}"))
                 shown.pop(d.workload, None)
             elif isinstance(d, Hold):
                 old = shown.get(d.workload)
@@ -253,7 +251,7 @@ class SchedulingLoop:
                 rejects.append({"wid": d.workload, "reason": f"cannot run: {d.reason}"})
                 shown.pop(d.workload, None)
             elif isinstance(d, Preempt):
-                preempts.append({"wid": d.victim, "reason": d.reason})
+                preempts.append((d.victim, d.reason))
         for wid, reason in waiting.items():
             waits: tuple[str, int | None, datetime | None] = (reason, None, None)
             if shown.get(wid) != waits:
@@ -264,63 +262,21 @@ class SchedulingLoop:
             shown.pop(wid, None)
         admitted: list[int] = []
         preempted: list[int] = []
-        rows: Mapping[int, Any] = {}
+        rows: Mapping[int, Row] = {}
         if admits or holds or rejects or preempts:
 
-            def write(session: Session) -> Mapping[int, Any]:
+            def write(session: Session) -> Mapping[int, Row]:
+                # One transaction for the whole cycle; holds and rejections are one
+                # executemany each.
                 conn = session.connection()
-                w = WORKLOADS
-                pending = (w.c.id == bindparam("wid")) & (w.c.status == int(S.PENDING))
-                wants_run = w.c.target == int(S.RUNNING)
-                for a in admits:
-                    r = conn.execute(
-                        update(w)
-                        .where(w.c.id == a["wid"], w.c.status == int(S.PENDING), wants_run)
-                        .values(
-                            status=int(S.ADMITTED),
-                            node=a["node"],
-                            reason=a["reason"],
-                            position=None,
-                            expected_start=None,
-                            updated_at=now,
-                        )
-                    )
-                    if r.rowcount:
-                        admitted.append(a["wid"])
-                if holds:
-                    conn.execute(
-                        update(w)
-                        .where(pending)
-                        .values(
-                            reason=bindparam("reason"),
-                            position=bindparam("position"),
-                            expected_start=bindparam("eta"),
-                        ),
-                        holds,
-                    )
-                if rejects:
-                    conn.execute(
-                        update(w)
-                        .where(pending)
-                        .values(
-                            status=int(S.FAILED),
-                            target=int(S.STOPPED),
-                            reason=bindparam("reason"),
-                            position=None,
-                            expected_start=None,
-                            ended_at=now,
-                            updated_at=now,
-                        ),
-                        rejects,
-                    )
-                for p in preempts:
-                    r = conn.execute(
-                        update(w)
-                        .where(w.c.id == p["wid"], wants_run)
-                        .values(target=int(S.STOPPED), reason=p["reason"], updated_at=now)
-                    )
-                    if r.rowcount:
-                        preempted.append(p["wid"])
+                for wid, node, reason in admits:
+                    if workloads.to_admitted(conn, wid, node, reason, now):
+                        admitted.append(wid)
+                workloads.record_holds(conn, holds)
+                workloads.reject_many(conn, rejects, now)
+                for wid, reason in preempts:
+                    if workloads.request_stop(conn, wid, reason, now):
+                        preempted.append(wid)
                 if admitted and self.read_admitted is not None:
                     return self.read_admitted(session, admitted)
                 return {}

@@ -22,15 +22,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from allotment.config.models import Policy
+from allotment.config.scheduler_view import scheduler_view
 from allotment.db.tables import Account, PolicyVersion, Pool, Profile, User, Workload
 from allotment.domain.resources import Resources
-from allotment.domain.workloads import WorkloadState
+from allotment.domain.workloads import ACTIVE, WorkloadState
 from allotment.scheduler import AccountState, Limits, NodeState, Pending, Running, Weights
 from allotment.scheduler.usage import decay_factor, dominant_share
-from allotment.sim.what_if import scheduler_view
 
 __all__ = [
-    "ACTIVE",
     "LiveView",
     "PolicyView",
     "QueueCache",
@@ -40,13 +39,6 @@ __all__ = [
     "usage",
 ]
 
-#: States in which a workload holds resources.
-ACTIVE = (
-    WorkloadState.ADMITTED,
-    WorkloadState.STARTING,
-    WorkloadState.RUNNING,
-    WorkloadState.STOPPING,
-)
 #: Walltime assumed for backfill when neither the workload nor its profile gives one.
 DEFAULT_WALLTIME = 24 * 3600.0
 

@@ -7,16 +7,21 @@ Dask worker. Users, the scheduler and the culler write its ``target``; the recon
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum, StrEnum
 
 __all__ = [
+    "ACTIVE",
     "MAX_ARRAY",
     "MAX_ARRAY_INDEX",
     "TERMINAL",
+    "TRANSITIONS",
     "WorkloadKind",
     "WorkloadState",
     "can_cancel",
+    "can_move",
     "parse_array",
+    "sources",
 ]
 
 
@@ -53,6 +58,49 @@ class WorkloadState(IntEnum):
 
 #: States a workload never leaves.
 TERMINAL = frozenset({WorkloadState.STOPPED, WorkloadState.FAILED})
+
+#: States in which a workload holds resources.
+ACTIVE = (
+    WorkloadState.ADMITTED,
+    WorkloadState.STARTING,
+    WorkloadState.RUNNING,
+    WorkloadState.STOPPING,
+)
+
+_S = WorkloadState
+
+#: Every change of ``status`` a workload may make: state → the states it may go to. The
+#: guarded writes in ``db/workloads.py`` take their guards from here, so a write the table does
+#: not allow cannot be expressed. Why each edge exists:
+#:
+#: - PENDING → ADMITTED (the scheduler admits it), FAILED (rejected: it can never run, or the
+#:   workload it runs after failed), STOPPED (cancelled before it was admitted).
+#: - ADMITTED → STARTING (the reconciler begins its start), FAILED (every start attempt
+#:   failed), STOPPED (told to stop before anything of it ran).
+#: - STARTING → RUNNING, STOPPING (told to stop once something may run), FAILED, STOPPED (as
+#:   from ADMITTED, while no placement says anything runs).
+#: - RUNNING → STOPPING (told to stop), STOPPED or FAILED (ended on its own), PENDING
+#:   (requeued: the backend lost it through no fault of its own, e.g. a Slurm node failed).
+#: - STOPPING → STOPPED or FAILED (failed only where it failed on its own, e.g. out of memory).
+TRANSITIONS: Mapping[WorkloadState, frozenset[WorkloadState]] = {
+    _S.PENDING: frozenset({_S.ADMITTED, _S.FAILED, _S.STOPPED}),
+    _S.ADMITTED: frozenset({_S.STARTING, _S.FAILED, _S.STOPPED}),
+    _S.STARTING: frozenset({_S.RUNNING, _S.STOPPING, _S.FAILED, _S.STOPPED}),
+    _S.RUNNING: frozenset({_S.STOPPING, _S.STOPPED, _S.FAILED, _S.PENDING}),
+    _S.STOPPING: frozenset({_S.STOPPED, _S.FAILED}),
+    _S.STOPPED: frozenset(),
+    _S.FAILED: frozenset(),
+}
+
+
+def can_move(status: WorkloadState, to: WorkloadState) -> bool:
+    """Whether a workload in ``status`` may go to ``to`` (staying put is not a move)."""
+    return to in TRANSITIONS[status]
+
+
+def sources(to: WorkloadState) -> frozenset[WorkloadState]:
+    """The states from which a workload may go to ``to``: the guard of a write to it."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if to in targets)
 
 
 def can_cancel(status: WorkloadState, target: WorkloadState) -> bool:
