@@ -1,4 +1,8 @@
-"""The contract every backend must keep (``backends/base.py``), run against each of them."""
+"""The contract every backend must keep (``backends/base.py``), run against each of them.
+
+Commands come from ``programs``: the same effect on every backend (a shell on the real ones,
+the fake's own words on the in-memory fake), so each test means the same for all of them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 from allotment.backends.base import Backend, LaunchSpec, Observation, Placement
 from allotment.domain.resources import Resources
+from tests.backends.conftest import Programs
 
 
 def spec(wid: int, command: list[str], workdir: Path, **kw: Any) -> LaunchSpec:
@@ -31,11 +36,11 @@ async def ended(backend: Backend, wid: int, p: Placement, seconds: float = 30) -
 
 
 async def test_start_checkpoints_before_anything_runs(
-    backend: Backend, shared: Path, new_id: Callable[[], int]
+    backend: Backend, programs: Programs, shared: Path, new_id: Callable[[], int]
 ) -> None:
     wid = new_id()
     marker = shared / "ran"
-    gen = backend.start(spec(wid, ["touch", str(marker)], shared))
+    gen = backend.start(spec(wid, programs.touch(marker), shared))
     first = await gen.__anext__()
     await asyncio.sleep(0.3)
     assert not marker.exists(), "the first placement must come before the workload runs"
@@ -49,10 +54,10 @@ async def test_start_checkpoints_before_anything_runs(
 
 
 async def test_exit_status_and_reason_are_reported(
-    backend: Backend, shared: Path, new_id: Callable[[], int]
+    backend: Backend, programs: Programs, shared: Path, new_id: Callable[[], int]
 ) -> None:
     wids = [new_id() for _ in range(3)]
-    commands = [["true"], ["sh", "-c", "exit 7"], ["sh", "-c", "kill -9 $$"]]
+    commands = [programs.succeed(), programs.exit(7), programs.kill_itself()]
     placements = {}
     for wid, command in zip(wids, commands, strict=True):
         placements[wid] = (await started(backend, spec(wid, command, shared)))[-1]
@@ -70,13 +75,11 @@ async def test_exit_status_and_reason_are_reported(
 
 
 async def test_stop_is_polite_then_forceful_and_leaves_nothing(
-    backend: Backend, shared: Path, new_id: Callable[[], int]
+    backend: Backend, programs: Programs, shared: Path, new_id: Callable[[], int]
 ) -> None:
     polite, stubborn = new_id(), new_id()
-    p1 = (await started(backend, spec(polite, ["sleep", "300"], shared)))[-1]
-    # Ignores SIGTERM, and leaves a child behind in a new session.
-    script = "trap '' TERM; setsid sleep 300 & sleep 300; wait"
-    p2 = (await started(backend, spec(stubborn, ["sh", "-c", script], shared)))[-1]
+    p1 = (await started(backend, spec(polite, programs.sleep(300), shared)))[-1]
+    p2 = (await started(backend, spec(stubborn, programs.stubborn(), shared)))[-1]
     await asyncio.sleep(0.3)
     t = asyncio.get_running_loop().time()
     await backend.stop(polite, p1, grace=10)
@@ -93,12 +96,12 @@ async def test_stop_is_polite_then_forceful_and_leaves_nothing(
 
 
 async def test_a_resumed_start_never_runs_a_workload_twice(
-    backend: Backend, shared: Path, new_id: Callable[[], int]
+    backend: Backend, programs: Programs, shared: Path, new_id: Callable[[], int]
 ) -> None:
     # Crash right after the first checkpoint: the resumed start runs it once.
     wid = new_id()
     log = shared / "runs"
-    s = spec(wid, ["sh", "-c", f"echo run >> {log}"], shared)
+    s = spec(wid, programs.append(log, "run"), shared)
     gen = backend.start(s)
     first = await gen.__anext__()
     await gen.aclose()  # the service died here
@@ -113,20 +116,20 @@ async def test_a_resumed_start_never_runs_a_workload_twice(
 
 
 async def test_a_workload_left_behind_is_present_until_reaped(
-    backend: Backend, shared: Path, new_id: Callable[[], int]
+    backend: Backend, programs: Programs, shared: Path, new_id: Callable[[], int]
 ) -> None:
     wid = new_id()
-    await started(backend, spec(wid, ["sleep", "300"], shared))
+    await started(backend, spec(wid, programs.sleep(300), shared))
     assert wid in await backend.present()
     await backend.reap(wid)
     assert wid not in await backend.present()
 
 
 async def test_watch_reports_the_end_at_once(
-    backend: Backend, shared: Path, new_id: Callable[[], int]
+    backend: Backend, programs: Programs, shared: Path, new_id: Callable[[], int]
 ) -> None:
     wid = new_id()
-    p = (await started(backend, spec(wid, ["sleep", "0.5"], shared)))[-1]
+    p = (await started(backend, spec(wid, programs.sleep(0.5), shared)))[-1]
     done = asyncio.Event()
     backend.watch(wid, p, lambda w: done.set() if w == wid else None)
     await asyncio.wait_for(done.wait(), 10)
