@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from dataclasses import dataclass, field, replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,10 +22,14 @@ from allotment.scheduler import (
     Reject,
     Running,
     Snapshot,
+    cycle,
     order_queue,
     schedule,
 )
-from allotment.scheduler.fairshare import fair_share_factors
+from allotment.scheduler.cycle import _Cycle
+from allotment.scheduler.fairshare import fair_share_factors, level_fs
+from allotment.scheduler.projection import project
+from allotment.scheduler.usage import decay_factor, dominant_share, subtract
 
 G = 2**30
 
@@ -432,3 +438,241 @@ def test_backfill_goes_to_a_node_that_does_not_delay_the_head() -> None:
         policy="easy",
     )
     assert [d for d in schedule(s) if isinstance(d, Admit)] == [Admit(3, "n2")]
+
+
+# -- edges of the cycle, one reason each ---------------------------------------------------
+
+
+def test_a_pool_or_an_account_that_does_not_exist_is_rejected() -> None:
+    s = snap([job(1, pool="gpu"), job(2, "nowhere")])
+    assert schedule(s) == [
+        Reject(1, "pool 'gpu' does not exist or has no nodes"),
+        Reject(2, "account 'nowhere' does not exist"),
+    ]
+
+
+def test_each_kind_of_limit_holds_with_its_own_reason() -> None:
+    a100 = {"a100": 1}
+    s = snap(
+        [
+            job(1, user="many"),
+            job(2, user="fat", r=cpus(1, 2)),
+            job(3, user="gpu", r=cpus(1, 1, a100)),
+        ],
+        [
+            run(11, user="many"),
+            run(12, user="fat", r=cpus(1, 2)),
+            run(13, user="gpu", r=cpus(1, 1, a100)),
+        ],
+        nodes=2,
+        size=cpus(8, 64, {"a100": 4}),
+        user_limits={
+            "many": Limits(workloads=1),
+            "fat": Limits(memory=3 * G),
+            "gpu": Limits(gpus=1),
+        },
+        policy="easy",
+    )
+    assert schedule(s) == [
+        Hold(1, "many is using 1 of its 1 workloads", 1, 0),
+        Hold(2, "fat is using 2G of its 3G of memory", 2, 0),
+        Hold(3, "gpu is using 1 of its 1 GPUs", 3, 0),
+    ]
+
+
+def test_a_limit_is_reached_only_beyond_it() -> None:
+    # At the limit is allowed: one more workload, exactly the memory, exactly the GPUs.
+    s = snap(
+        [job(1, user="many"), job(2, user="fat", r=cpus(1, 1)), job(3, r=cpus(1, 1, {"a": 1}))],
+        [run(11, user="many"), run(12, user="fat", r=cpus(1, 2))],
+        size=cpus(8, 64, {"a": 1}),
+        user_limits={
+            "many": Limits(workloads=2),
+            "fat": Limits(memory=3 * G),
+            "u": Limits(gpus=1),
+        },
+        policy="easy",
+    )
+    assert schedule(s) == [Admit(1, "n1"), Admit(2, "n1"), Admit(3, "n1")]
+
+
+def test_the_reservation_goes_to_a_node_the_head_fits() -> None:
+    # n1 is idle but too small for the head; n2 frees up at 100.
+    s = Snapshot(
+        now=0,
+        accounts={"a": AccountState("a")},
+        nodes=[NodeState("p", "n1", cpus(2, 16)), NodeState("p", "n2", cpus(4, 16))],
+        running=[run(1, r=cpus(2), end=100, node="n2")],
+        pending=[job(2, r=cpus(4)), job(3, r=cpus(1), wall=500)],
+        policy="easy",
+    )
+    # Job 3 goes to n1, where it does not delay the head.
+    assert schedule(s) == [
+        Admit(3, "n1"),
+        Hold(2, "waiting for 4 CPUs, 1G to free up (next in line)", 1, 100),
+    ]
+
+
+def test_a_node_whose_gpus_left_the_policy_gives_a_whole_node_request_no_reservation() -> None:
+    # The job on n1 holds a GPU the policy no longer lists for n1. Once it ends the node is
+    # empty, but its free GPUs read {a100: 0}, never equal to a capacity without GPUs, so the
+    # whole-node request finds no reservation (the only way ``reserve`` finds none): it waits
+    # as the head, and nothing behind it is kept from starting.
+    s = snap(
+        [job(2, r=cpus(1), whole_node=True), job(3, r=cpus(1), at=5, wall=500)],
+        [run(1, r=cpus(1, 1, {"a100": 1}), end=100)],
+        policy="easy",
+        estimates=False,
+    )
+    assert schedule(s) == [
+        Admit(3, "n1"),
+        Hold(2, "waiting for 1 CPU, 1G to free up (next in line)", 1, None),
+    ]
+
+
+def test_earliest_is_now_when_the_request_fits_now() -> None:
+    # The cycle asks only after finding no node with room, so through ``schedule`` the first
+    # answer (now) is never given; the method still answers correctly on its own.
+    s = snap([], [run(1, r=cpus(2), end=100)])
+    c = _Cycle(s)
+    n1 = c.by_name[("p", "n1")]
+    assert c.earliest(job(9, r=cpus(2)), n1) == (0, cpus(2, 15))
+    assert c.earliest(job(9, r=cpus(3)), n1) == (100, cpus(4, 16))
+    assert c.earliest(job(9, r=cpus(1), whole_node=True), n1) == (100, cpus(4, 16))
+
+
+def test_replay_skips_a_full_pool_and_goes_on_with_the_others() -> None:
+    s = Snapshot(
+        now=0,
+        accounts={"a": AccountState("a")},
+        nodes=[NodeState("p", "n1", cpus(4, 16)), NodeState("q", "m1", cpus(4, 16))],
+        running=[run(1, r=cpus(2), end=100)],
+        pending=[
+            job(2, r=cpus(4), at=1),
+            job(3, r=cpus(1), at=2),  # would fit, but fifo: p is blocked behind job 2
+            job(4, r=cpus(1), at=3, pool="q"),
+        ],
+        policy="fifo",
+        explain=False,  # replay: only what starts, no Hold
+    )
+    assert schedule(s) == [Admit(4, "m1")]
+
+
+def test_descriptions_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    full = {(i, 0, ()): "x" for i in range(10_001)}
+    monkeypatch.setattr(cycle, "_DESCRIBED", full)
+    assert cycle._describe(cpus(2, 3)) == "2 CPUs, 3G"
+    assert full == {(2000, 3 * G, ()): "2 CPUs, 3G"}  # emptied, then this one kept
+    assert cycle._describe(cpus(2, 3)) == "2 CPUs, 3G"
+    assert len(full) == 1
+
+
+def test_precomputed_fair_share_factors_order_the_queue() -> None:
+    # Usage says b is the heavy one; the factors computed earlier say otherwise, and win.
+    s = snap(
+        [job(1, "a", "u", at=0), job(2, "b", "v", at=5)],
+        usage={("b", "v"): 100.0},
+        fair_share={("a", "u"): 0.1, ("b", "v"): 0.9},
+    )
+    assert [p.id for p in order_queue(s)] == [2, 1]
+    assert [p.id for p in order_queue(replace(s, fair_share=None))] == [1, 2]
+
+
+# -- projection and usage ------------------------------------------------------------------
+
+
+def test_a_workload_that_never_ends_leaves_no_expected_start_behind_it() -> None:
+    @dataclass(eq=False)
+    class Node:
+        spec: NodeState
+        free: Resources
+        releases: list[tuple[float, Resources]] = field(default_factory=list)
+
+    n1 = Node(NodeState("p", "n1", cpus(4, 16)), cpus(4, 16))
+    forever = job(1, r=cpus(4), wall=float("inf"))
+    assert project([forever, job(2), job(3, r=cpus(8))], [n1], 10.0, exact=3) == [
+        10.0,
+        None,  # n1 is taken for good
+        None,  # fits no node at all
+    ]
+
+
+def test_subtract_goes_per_gpu_model_and_below_zero() -> None:
+    a = cpus(4, 8, {"a100": 2})
+    b = cpus(1, 2, {"a100": 3, "h100": 1})
+    assert subtract(a, b) == Resources(3000, 6 * G, {"a100": -1, "h100": -1})
+    assert subtract(a, Resources()) == a
+
+
+def test_the_dominant_share_counts_gpus_by_model() -> None:
+    capacity = cpus(8, 8, {"a100": 4})
+    assert dominant_share(cpus(1, 1, {"a100": 3}), capacity) == 0.75
+    assert dominant_share(cpus(1, 2, {"h100": 5}), capacity) == 0.25  # no h100 here: ignored
+    assert dominant_share(cpus(1, 2), Resources()) == 0.0  # a pool without capacity
+
+
+def test_usage_decays_by_half_lives() -> None:
+    assert decay_factor(3600, 3600) == 0.5
+    assert decay_factor(7200, 3600) == 0.25
+    assert decay_factor(100, 0) == 1.0  # no half-life: no decay
+    assert decay_factor(0, 3600) == 1.0
+    assert decay_factor(-5, 3600) == 1.0  # an end a little in the future does not grow
+
+
+def test_level_fair_share() -> None:
+    assert level_fs(1, 4, 1, 2) == 0.5  # a quarter of the shares, half of the use
+    assert level_fs(1, 4, 0, 2) == math.inf  # no use yet: ahead of every sibling that has
+    assert level_fs(0, 4, 0, 2) == 0.0  # no shares: behind every sibling that has
+    assert level_fs(1, 0, 1, 2) == 0.0
+    # A use too small to register beside its siblings' counts as none.
+    assert 5e-324 / 1e300 == 0.0
+    assert level_fs(1, 4, 5e-324, 1e300) == math.inf
+    assert level_fs(0, 4, 5e-324, 1e300) == 0.0
+
+
+def test_preemption_spares_its_own_guarantee_and_what_is_already_stopping() -> None:
+    accounts = {
+        "a": AccountState("a", allocations={"p": Allocation(quota=cpus(4, 16))}),
+        "b": AccountState("b"),
+    }
+    s = snap(
+        [job(9, "a", "u", cpus(1))],
+        [
+            run(1, "a", "u", cpus(2), priority=0),  # within a's own guarantee
+            run(2, "b", "v", cpus(1), priority=1, stopping=True),  # already told to stop
+            run(3, "b", "v", cpus(1), priority=2),
+        ],
+        accounts=accounts,
+        policy="easy",
+    )
+    assert schedule(s) == [
+        Preempt(3, 9, 300.0, "preempted: account a needs its guaranteed resources back"),
+        Hold(9, "waiting for borrowed resources to be returned (preemption under way)", 1, 100),
+    ]
+
+
+def test_no_preemption_when_the_borrowers_would_not_make_room() -> None:
+    accounts = {
+        "a": AccountState("a", allocations={"p": Allocation(quota=cpus(4, 16))}),
+        "b": AccountState("b", allocations={"p": Allocation(quota=cpus(3, 16))}),
+        "c": AccountState("c"),
+    }
+    # Only c borrows, and its one CPU is not the two that a's job needs; b is within its own.
+    s = snap(
+        [job(9, "a", "u", cpus(2))],
+        [run(1, "b", "v", cpus(3)), run(2, "c", "w", cpus(1))],
+        accounts=accounts,
+        policy="easy",
+    )
+    assert schedule(s) == [Hold(9, "waiting for 2 CPUs, 1G to free up (next in line)", 1, 100)]
+
+
+def test_what_alone_exceeds_a_users_limit_is_rejected() -> None:
+    s = snap(
+        [job(1, r=cpus(3)), job(2, "b", "v")],
+        user_limits={"u": Limits(cpus=2), "v": Limits(workloads=0)},
+    )
+    assert schedule(s) == [
+        Reject(1, "it alone exceeds u's limit (its 2 CPUs)"),
+        Reject(2, "it alone exceeds v's limit (its 0 workloads)"),
+    ]
