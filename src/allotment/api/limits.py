@@ -14,18 +14,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from allotment.api.problems import problem_response
+from allotment.domain.quantities import describe_size
 from allotment.schemas import Problem
 
-__all__ = ["RequestBounds", "describe_size"]
-
-
-def describe_size(n: int) -> str:
-    """``1 MiB``, ``3.2 MiB``, ``128 KiB``, ``17 bytes``: sizes in messages to people."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            value = n / size
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-    return f"{n} byte" + ("" if n == 1 else "s")
+__all__ = ["RequestBounds"]
 
 
 class RequestBounds:

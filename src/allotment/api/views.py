@@ -6,8 +6,9 @@ from typing import Any, cast
 
 from allotment.config.models import ProfileSpec
 from allotment.db.repository import WorkloadRow
-from allotment.db.tables import Account, Pool, Profile
+from allotment.db.tables import Account, Pool, Profile, Workload
 from allotment.domain.quantities import parse_bytes
+from allotment.domain.submission import NewWorkload
 from allotment.domain.workloads import WorkloadState
 from allotment.schemas import (
     AccountOut,
@@ -19,19 +20,32 @@ from allotment.schemas import (
     WorkloadOut,
 )
 
-__all__ = ["account_out", "pool_out", "profile_out", "workload_out"]
+__all__ = ["account_out", "pool_out", "profile_out", "workload_out", "workload_out_of"]
 
 
 def workload_out(row: WorkloadRow) -> WorkloadOut:
     w = row.workload
+    return workload_out_of(w, w.id, row.user, row.account, row.pool, row.profile)
+
+
+def workload_out_of(
+    w: Workload | NewWorkload,
+    workload_id: int,
+    user: str,
+    account: str,
+    pool: str | None,
+    profile: str | None,
+) -> WorkloadOut:
+    """A workload's response body, from its row or from the new workload just recorded: the
+    one place that says which column answers which field."""
     return WorkloadOut.model_construct(
-        id=w.id,
+        id=workload_id,
         kind=cast(Kind, w.kind),
         name=w.name,
-        user=row.user,
-        account=row.account,
-        pool=row.pool,
-        profile=row.profile,
+        user=user,
+        account=account,
+        pool=pool,
+        profile=profile,
         cpus=w.millicpus / 1000,
         memory=w.memory,
         gpus=w.gpus,

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["format_bytes", "format_duration", "format_while", "parse_bytes", "parse_duration"]
+__all__ = [
+    "describe_size",
+    "format_bytes",
+    "format_duration",
+    "format_while",
+    "parse_bytes",
+    "parse_duration",
+]
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B?)?\s*$", re.IGNORECASE)
@@ -78,3 +85,12 @@ def format_duration(seconds: int) -> str:
             out.append(f"{seconds // size}{unit}")
             seconds %= size
     return "".join(out) or "0s"
+
+
+def describe_size(n: int) -> str:
+    """``1 MiB``, ``3.2 MiB``, ``128 KiB``, ``17 bytes``: sizes in messages to people."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} byte" + ("" if n == 1 else "s")

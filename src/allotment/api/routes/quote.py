@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from allotment.api.deps import CallerDep, StateDep
-from allotment.api.routes.workloads import charged_account
 from allotment.controller.quote import QuoteRequest, quote_profiles
 from allotment.controller.view import load_live, load_policy_view
 from allotment.domain.accounts import is_within
+from allotment.domain.submission import charged_account
 from allotment.errors import NotFound
 from allotment.schemas import QuoteOut
 

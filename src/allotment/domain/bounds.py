@@ -8,9 +8,10 @@ stays well inside any machine's ``ARG_MAX``.
 
 from __future__ import annotations
 
-from allotment.api.limits import describe_size
+from collections.abc import Mapping, Sequence
+
+from allotment.domain.quantities import describe_size
 from allotment.errors import InvalidRequest
-from allotment.schemas import WorkloadCreate
 
 __all__ = [
     "MAX_EXEC",
@@ -37,15 +38,15 @@ MIN_MILLICPUS = 10
 MAX_RUNTIME = 365 * 24 * 3600
 
 
-def check_command(body: WorkloadCreate) -> None:
+def check_command(command: Sequence[str] | None, env: Mapping[str, str]) -> None:
     """The command and environment fit what ``execve`` accepts, and there is a program."""
-    if body.command is not None and (not body.command or not body.command[0]):
+    if command is not None and (not command or not command[0]):
         raise InvalidRequest(
             '`command` is empty: give the program and its arguments, e.g. ["python", "train.py"].'
         )
     total = 0
-    strings = [(f"command[{i}]", arg) for i, arg in enumerate(body.command or ())]
-    strings += [(f"env.{name}", f"{name}={value}") for name, value in body.env.items()]
+    strings = [(f"command[{i}]", arg) for i, arg in enumerate(command or ())]
+    strings += [(f"env.{name}", f"{name}={value}") for name, value in env.items()]
     for where, text in strings:
         size = len(text.encode()) + 1  # with its NUL, as the kernel
         if size > MAX_STRING:
