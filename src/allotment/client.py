@@ -7,7 +7,7 @@ JupyterHub token: inside a session ``$JUPYTERHUB_API_TOKEN`` is enough.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +31,14 @@ from allotment.schemas import (
     WorkloadOut,
 )
 
-__all__ = ["DEFAULT_URL", "AllotmentClient", "ApiError", "AsyncAllotmentClient", "discover"]
+__all__ = [
+    "DEFAULT_URL",
+    "AllotmentClient",
+    "ApiError",
+    "AsyncAllotmentClient",
+    "discover",
+    "search_path",
+]
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -52,27 +59,41 @@ class ApiError(Exception):
         return self.problem.status
 
 
-def discover(environ: dict[str, str] | None = None) -> tuple[str, str | None]:
-    """The service URL and a token, from the environment.
+def search_path(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """The data directories ``discover`` looks in for a local service's admin token, as the
+    CLI does: ``$ALLOTMENT_DATA_DIR``, then each of ``$ALLOTMENT_SEARCH_PATH``
+    (``:``-separated; set and empty: none more) or, where that is not set, the standard places
+    of ``allot serve`` and of ``allot up``'s service (for this user, then as root)."""
+    env = os.environ if environ is None else environ
+    data_dir = env.get("ALLOTMENT_DATA_DIR")
+    found = [Path(data_dir)] if data_dir else []
+    if "ALLOTMENT_SEARCH_PATH" in env:
+        return found + [Path(d) for d in env["ALLOTMENT_SEARCH_PATH"].split(":") if d]
+    return found + [
+        Path.home() / ".local/share/allotment",
+        Path("/var/lib/allotment-service"),
+        # The service of `allot up`:
+        Path.home() / ".local/share/allotment-hub/service",
+        Path("/var/lib/allotment/service"),
+    ]
+
+
+def discover(
+    search: Sequence[Path], environ: Mapping[str, str] | None = None
+) -> tuple[str, str | None]:
+    """The service URL and a token, from the environment, else from a local service.
 
     URL: ``$ALLOTMENT_URL``, else the default of ``allot serve``. Token: ``$ALLOTMENT_TOKEN``,
     else ``$JUPYTERHUB_API_TOKEN`` (set inside every JupyterHub session), else the admin token
-    file of a local service, when readable (``$ALLOTMENT_DATA_DIR/admin-token``).
+    file of the first data directory in ``search`` that has a readable one. Where to look is
+    the caller's to say (the CLI passes ``search_path()``; a test passes its own directories,
+    or none), so that nothing finds the token of an installation it was not meant to reach.
     """
-    env = dict(os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
     url = env.get("ALLOTMENT_URL") or DEFAULT_URL
     token = env.get("ALLOTMENT_TOKEN") or env.get("JUPYTERHUB_API_TOKEN")
     if not token:
-        data_dir = env.get("ALLOTMENT_DATA_DIR")
-        candidates = [Path(data_dir)] if data_dir else []
-        candidates += [
-            Path.home() / ".local/share/allotment",
-            Path("/var/lib/allotment-service"),
-            # The service of `allot up`:
-            Path.home() / ".local/share/allotment-hub/service",
-            Path("/var/lib/allotment/service"),
-        ]
-        for d in candidates:
+        for d in search:
             try:
                 token = (d / "admin-token").read_text().strip()
                 break

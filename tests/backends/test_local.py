@@ -7,6 +7,7 @@ checked is the pinning Allotment does, CUDA_VISIBLE_DEVICES and the v1 devices c
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import pwd
 import stat
@@ -17,9 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from allotment.backends.base import LaunchSpec
+from allotment.backends.base import LaunchSpec, Placement
 from allotment.backends.local.backend import LocalBackend
-from allotment.backends.local.cgroups import V1, V2, Limits
+from allotment.backends.local.cgroups import LEGACY, V1, V2, Cgroups, Limits, prefix_of
 from allotment.backends.local.gpus import assign, declared, model_of, parse_query
 from allotment.backends.local.posix import MAX_NAME, decode, escape, unix_name
 from allotment.domain.resources import Resources
@@ -97,6 +98,28 @@ def test_cgroup_v2_writes_limits(tmp_path: Path) -> None:
     assert (mem.oom_killed, mem.peak, mem.limit) == (True, 2 * G, 2 * G)
 
 
+def test_cgroup_v2_nests_an_installations_groups(tmp_path: Path) -> None:
+    """``allotment/<installation>/w<id>``: every group on the way hands the controllers on,
+    and the driver sees only its installation's workloads, not the old ``allotment/w<id>``."""
+    root = tmp_path / "cgroup"
+    mine = root / "allotment" / "inst-1"
+    mine.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu memory pids io\n")
+    for tree in (root, root / "allotment", mine):
+        (tree / "cgroup.subtree_control").write_text("")
+    (root / "allotment" / "w5").mkdir()  # a workload of an earlier version
+    cg = V2(root, prefix_of("inst-1"))
+    assert cg.create(5, Limits(1500, 2 * G, 100)) == [mine / "w5" / "cgroup.procs"]
+    for tree in (root, root / "allotment", mine):
+        assert (tree / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    assert cg.workloads() == {5}
+    assert cg.at(prefix_of(None)).workloads() == {5}  # the old one, seen only by its own prefix
+    (mine / "w5").rmdir()
+    assert cg.workloads() == set()
+    cg.tidy()
+    assert (root / "allotment" / "w5").is_dir()
+
+
 # -- on this machine, as root ----------------------------------------------------------------
 
 
@@ -127,10 +150,11 @@ async def test_limits_are_set_and_running_out_of_memory_says_so(
     placements = [p async for p in gen]
     if isinstance(local.cgroups, V1):
         base = Path("/sys/fs/cgroup")
-        assert (base / f"cpu/allotment/w{wid}/cpu.cfs_quota_us").read_text().strip() == "50000"
-        limit = (base / f"memory/allotment/w{wid}/memory.limit_in_bytes").read_text()
+        group = f"allotment/{local.installation}/w{wid}"
+        assert (base / f"cpu/{group}/cpu.cfs_quota_us").read_text().strip() == "50000"
+        limit = (base / f"memory/{group}/memory.limit_in_bytes").read_text()
         assert int(limit) == 100 * 2**20
-        assert (base / f"pids/allotment/w{wid}/pids.max").read_text().strip() == "4096"
+        assert (base / f"pids/{group}/pids.max").read_text().strip() == "4096"
     seen = await ended(local, wid, placements[-1])
     assert seen.failed
     assert seen.reason == "out of memory: used 100M of 100M"
@@ -261,3 +285,110 @@ async def test_one_user_cannot_read_or_signal_another(
     await local.stop(bob, pb, grace=1)
     for wid, p in ((bob, pb), (alice, pa)):
         await local.release(wid, p)
+
+
+# -- installations on one machine, as root -----------------------------------------------------
+
+
+def _as_before_installations(local: LocalBackend) -> LocalBackend:
+    """The backend naming things as versions before installations were named did: groups
+    ``allotment/w<id>``, private /tmp ``<tmp base>/w<id>.<n>``."""
+    old = copy.copy(local)
+    old.cgroups = local.cgroups.at(LEGACY) if local.cgroups is not None else None
+    old.scratch = local._scratch_base
+    return old
+
+
+async def _started_as_before(local: LocalBackend, s: LaunchSpec) -> Placement:
+    """Started by an earlier version: nor its placement nor its run directory names an
+    installation."""
+    p = (await started(_as_before_installations(local), s))[-1]
+    (Path(p["run"]) / "installation").unlink()
+    return {k: v for k, v in p.items() if k != "installation"}
+
+
+async def _procs(groups: Cgroups | None, wid: int, at_least: int = 2) -> list[int]:
+    """The workload's processes once its command runs (the launcher and the command)."""
+    assert groups is not None
+    for _ in range(100):
+        if len(found := groups.procs(wid)) >= at_least:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"workload {wid} has {groups.procs(wid)} in its group")
+
+
+@root_only
+async def test_two_installations_running_the_same_workload_id_leave_each_other_alone(
+    tmp_path: Path, shared: Path, new_id: Callable[[], int]
+) -> None:
+    a, b = local_backend(tmp_path / "a"), local_backend(tmp_path / "b")
+    assert a.installation != b.installation
+    wid = new_id()
+    try:
+        pa = (await started(a, job(wid, "alice", ["sleep", "60"], shared)))[-1]
+        pb = (await started(b, job(wid, "alice", ["sleep", "60"], shared)))[-1]
+        theirs = await _procs(b.cgroups, wid)
+        assert not set(theirs) & set(await _procs(a.cgroups, wid))
+        await a.stop(wid, pa, grace=1)  # one installation's job 1 ends ...
+        await a.release(wid, pa)
+        assert not a.cgroups or not a.cgroups.exists(wid)
+        pa = (await started(a, job(wid, "alice", ["sleep", "60"], shared)))[-1]
+        await _procs(a.cgroups, wid)
+        await a.reap(wid)  # ... or is reaped at recovery, its record gone
+        assert wid not in await a.present()
+        assert (await b.poll({wid: pb}))[wid].alive  # ... and the other's is untouched
+        assert b.cgroups is not None and b.cgroups.procs(wid) == theirs
+        assert await b.present() == {wid}
+        assert (b.scratch / Path(pb["run"]).name).is_dir()
+    finally:
+        for backend in (a, b):
+            await backend.reap(wid)
+            await backend.close()
+
+
+@root_only
+async def test_workloads_of_an_earlier_version_are_found_after_the_upgrade(
+    tmp_path: Path, shared: Path, new_id: Callable[[], int]
+) -> None:
+    """Started under the old names (``allotment/w<id>``), found by the new version: polled,
+    stopped and released through their old groups, or reaped at recovery; another
+    installation running the same workload id loses nothing."""
+    kept, leftover = new_id(), new_id()
+    before = local_backend(tmp_path / "a")
+    other = local_backend(tmp_path / "b")
+    old_groups = before.cgroups.at(LEGACY) if before.cgroups is not None else None
+    try:
+        p = await _started_as_before(before, job(kept, "alice", ["sleep", "60"], shared))
+        await _started_as_before(before, job(leftover, "alice", ["sleep", "60"], shared))
+        po = {
+            w: (await started(other, job(w, "alice", ["sleep", "60"], shared)))[-1]
+            for w in (kept, leftover)
+        }
+        theirs = {w: await _procs(other.cgroups, w) for w in (kept, leftover)}
+        await _procs(old_groups, kept)
+
+        after = local_backend(tmp_path / "a")  # the upgrade: same data directory, new code
+        assert await after.present() == {kept, leftover}
+        seen = (await after.poll({kept: p}))[kept]
+        assert seen.alive and seen.cpu_seconds is not None  # its old group, found
+        await after.stop(kept, p, grace=1)
+        assert not (await after.poll({kept: p}))[kept].alive
+        assert old_groups is None or old_groups.procs(kept) == []
+        await after.release(kept, p)
+        await after.reap(leftover)  # at recovery: no active record of it
+        assert await after.present() == set()
+        assert old_groups is None or not (old_groups.exists(kept) or old_groups.exists(leftover))
+        assert not list(before._scratch_base.glob("w*"))
+
+        for w in (kept, leftover):
+            assert (await other.poll({w: po[w]}))[w].alive
+            assert other.cgroups is not None and other.cgroups.procs(w) == theirs[w]
+        assert await other.present() == {kept, leftover}
+    finally:
+        for w in (kept, leftover):
+            await other.reap(w)
+            await local_backend(tmp_path / "a").reap(w)
+            if old_groups is not None:
+                old_groups.kill_all(w)
+                old_groups.remove(w)
+        await other.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from allotment.client import DEFAULT_URL, discover, search_path
 from tests.support.hub import free_port
 from tests.support.process import allot_serve, clean_env
 
@@ -19,7 +20,10 @@ ALLOT = [sys.executable, "-m", "allotment"]
 
 
 def allot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = clean_env(COLUMNS="200", HOME=str(ROOT / ".no-home"))
+    # Nowhere to find a local service's admin token but the test's own $ALLOTMENT_DATA_DIR:
+    # not in a home, and not where a real installation on this machine keeps one
+    # (/var/lib/allotment/service after `scripts/start`, readable by root).
+    base = clean_env(COLUMNS="200", HOME=str(ROOT / ".no-home"), ALLOTMENT_SEARCH_PATH="")
     return subprocess.run(
         [*ALLOT, *args],
         env={**base, **(env or {})},
@@ -73,6 +77,30 @@ def test_no_token_is_explained() -> None:
     r = allot("whoami")
     assert r.returncode == 1
     assert "no token" in r.stderr
+
+
+def test_the_admin_token_is_looked_for_where_the_search_path_says(tmp_path: Path) -> None:
+    installed = tmp_path / "installed"  # a local service's data directory, as `allot up` makes
+    installed.mkdir()
+    (installed / "admin-token").write_text("a-token\n")
+    env = {"ALLOTMENT_URL": f"http://127.0.0.1:{free_port()}/"}
+    found = allot("whoami", env={**env, "ALLOTMENT_SEARCH_PATH": f"{tmp_path}/none:{installed}"})
+    assert "Cannot reach Allotment" in found.stderr  # it had a token, and tried it
+    assert "no token" in allot("whoami", env=env).stderr  # empty: looked nowhere
+
+
+def test_discover_looks_only_where_it_is_told(tmp_path: Path) -> None:
+    (tmp_path / "admin-token").write_text("a-token\n")
+    assert discover([], {}) == (DEFAULT_URL, None)
+    assert discover([tmp_path / "none", tmp_path], {}) == (DEFAULT_URL, "a-token")
+    assert discover([tmp_path], {"ALLOTMENT_TOKEN": "t"}) == (DEFAULT_URL, "t")
+    assert search_path({"ALLOTMENT_SEARCH_PATH": ""}) == []
+    assert search_path({"ALLOTMENT_DATA_DIR": "/d", "ALLOTMENT_SEARCH_PATH": "/a:/b"}) == [
+        Path("/d"),
+        Path("/a"),
+        Path("/b"),
+    ]
+    assert Path("/var/lib/allotment/service") in search_path({})  # the CLI's default
 
 
 def test_unreachable_service_is_explained() -> None:

@@ -359,7 +359,8 @@ async def test_private_tmp_directories_live_where_the_pool_says(
     wid = new_id()
     p = (await started(local, job(wid, "alice", ["sh", "-c", "echo x > /tmp/here"], shared)))[-1]
     assert (await ended(local, wid, p)).exit_code == 0
-    assert (base / Path(p["run"]).name / "here").read_text() == "x\n"
+    assert (base / local.installation / Path(p["run"]).name / "here").read_text() == "x\n"
     assert os.stat(base).st_mode & 0o777 == 0o700
     await local.release(wid, p)
-    assert list(base.iterdir()) == []
+    assert list(base.iterdir()) == [base / local.installation]  # the installation's own
+    assert list((base / local.installation).iterdir()) == []

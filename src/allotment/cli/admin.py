@@ -10,7 +10,7 @@ import typer
 from ruamel.yaml import YAML
 
 from allotment.cli.output import client, console, err, fail, print_json, run
-from allotment.client import AllotmentClient, ApiError, discover
+from allotment.client import AllotmentClient, ApiError, discover, search_path
 from allotment.config import load_policy
 from allotment.config.models import Policy
 from allotment.errors import ConfigError
@@ -45,7 +45,7 @@ def check(file: FileArg) -> None:
         f"[green]{file} is valid[/]: {len(policy.accounts)} accounts, {len(policy.pools)} pools, "
         f"{len(policy.profiles)} profiles, {len(policy.allocations)} allocations."
     )
-    url, token = discover()
+    url, token = discover(search_path())
     if token is None:
         return
     try:

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
-from allotment.client import AllotmentClient, ApiError, discover
+from allotment.client import AllotmentClient, ApiError, discover, search_path
 
 __all__ = ["client", "console", "fail", "print_json", "run"]
 
@@ -39,7 +39,7 @@ def print_json(data: BaseModel | Sequence[BaseModel] | dict[str, Any] | list[Any
 
 
 def client(url: str | None, token: str | None) -> AllotmentClient:
-    env_url, env_token = discover()
+    env_url, env_token = discover(search_path())
     token = token or env_token
     if not token:
         fail(

@@ -5,6 +5,17 @@ Everything needed to find a workload again lives in its placement and in its run
 (``<state>/run/w<id>.<attempt>``, mode 0700, owned by the service): the wrapper's pid, the GPUs
 it was given and, once it ended, its exit status. Processes are detached from the service
 (``setsid -f``), so they outlive its restarts and are found again from their placement.
+
+What a workload has outside ``<state>`` carries the installation's name (``installation``):
+its control groups (``allotment/<installation>/w<id>``, see ``cgroups``) and its private /tmp
+(``<tmp base>/<installation>/w<id>.<attempt>``), since a pool's ``tmp_dir`` and the cgroup
+hierarchy are shared by every installation on the machine. The placement records the name
+(``"installation"``), and so does the run directory (file ``installation``), so a workload is
+found under the name it started with; one without (started by a version before installations
+were named) is found under the old names, ``allotment/w<id>`` and ``<tmp base>/w<id>.<n>``.
+``present`` lists and ``reap`` removes only what is this installation's: its run directories,
+its groups and its /tmp directories, never another installation's (nor an old-named group no
+run directory of this installation accounts for: whose it is cannot be told).
 """
 
 from __future__ import annotations
@@ -20,11 +31,19 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from allotment.backends.base import Backend, LaunchSpec, NodeCapacity, Observation, Placement
+from allotment.backends.base import (
+    Backend,
+    LaunchSpec,
+    NodeCapacity,
+    Observation,
+    Output,
+    Placement,
+)
 from allotment.backends.local import gpus as gpu
-from allotment.backends.local.cgroups import Cgroups, Limits
+from allotment.backends.local.cgroups import LEGACY, Cgroups, Limits, prefix_of
+from allotment.backends.local.output import read_as
 from allotment.backends.local.posix import PosixAccount, PosixAccounts
 from allotment.backends.local.process import (
     ROOT_ENVIRONMENT,
@@ -88,7 +107,8 @@ class LocalBackend(Backend):
         What the policy says the node has; GPUs found by ``nvidia-smi`` take precedence over
         the declared GPU counts.
     cgroups
-        The cgroup driver (``cgroups.detect()``), or None to run without limits (logged).
+        The cgroup driver (``cgroups.detect()``), or None to run without limits (logged); the
+        backend works below ``allotment/<installation>`` of its hierarchy.
     accounts
         Maps hub users to POSIX accounts (``PosixAccounts``).
     installation
@@ -96,9 +116,9 @@ class LocalBackend(Backend):
         backend makes outside ``state_dir`` (control groups, private /tmp directories), so two
         installations on one machine never touch each other's workloads.
     tmp_base
-        Where each workload's private /tmp is made (Slurm's ``BasePath``); None: ``tmp`` in
-        ``state_dir``. Best on a file system of its own: scratch files that fill it must not
-        fill the one holding the database.
+        Where each workload's private /tmp is made (Slurm's ``BasePath``), in a directory
+        named after the installation; None: ``tmp`` in ``state_dir``. Best on a file system of
+        its own: scratch files that fill it must not fill the one holding the database.
     """
 
     name = "local"
@@ -119,12 +139,18 @@ class LocalBackend(Backend):
         self.runs = state_dir / "run"
         self.runs.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(state_dir, 0o700)
-        #: Private /tmp directories, ``w<id>.<attempt>`` like run directories.
-        self.scratch = tmp_base if tmp_base is not None else state_dir / "tmp"
         self.installation = check_name(installation)
+        #: Where every installation using it makes its workloads' private /tmp directories.
+        self._scratch_base = tmp_base if tmp_base is not None else state_dir / "tmp"
+        #: Whether ``_scratch_base`` is this installation's alone (its own ``state_dir``'s).
+        self._own_base = tmp_base is None
+        #: This installation's private /tmp directories, ``w<id>.<attempt>`` like run
+        #: directories.
+        self.scratch = self._scratch_base / installation
         self.node = node
         self.declared = declared
-        self.cgroups = cgroups
+        #: The driver for this installation's groups; others' (older names) via ``_groups_of``.
+        self.cgroups = cgroups.at(prefix_of(installation)) if cgroups is not None else None
         self.accounts = accounts
         self.inventory = inventory if inventory is not None else gpu.declared(declared.gpus)
         self.pids_max = pids_max
@@ -135,8 +161,9 @@ class LocalBackend(Backend):
         #: As root, every workload gets a private /tmp and /dev/shm in a mount namespace.
         self._private = (program("unshare"), program("mount")) if accounts.isolated else None
         if self._private is not None:
-            self.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(self.scratch, 0o700)
+            for d in (self._scratch_base, self.scratch):
+                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(d, 0o700)
             if self.scratch.stat().st_dev == state_dir.stat().st_dev:
                 log.info(
                     "workloads' private /tmp is on the file system of the service's state (%s): "
@@ -185,6 +212,7 @@ class LocalBackend(Backend):
             "gid": account.gid,
             "gpus": devices,
             "cgroup": self.cgroups.version if self.cgroups else 0,
+            "installation": self.installation,
             "workdir": workdir,
             # Relative paths are relative to the working directory, as in Slurm.
             "stdout": os.path.join(workdir, spec.stdout or f"allot-{spec.workload}.out"),
@@ -222,6 +250,7 @@ class LocalBackend(Backend):
                 "GPUs are in use here"
             )
         run.mkdir(mode=0o700)
+        (run / "installation").write_text(self.installation)  # for ``reap``: it has no placement
         (run / "started").touch(mode=0o600)  # the user's part says here that its set-up is done
         if self._private is not None:
             # The workload's /tmp: reachable only inside its own mount namespace (the base is
@@ -389,20 +418,21 @@ class LocalBackend(Backend):
     def _observe(self, workload: int, placement: Placement) -> Observation:
         run = Path(placement["run"])
         pid = placement.get("pid") or _read_pid(run)
+        groups = self._groups_of(placement)
         _reap(pid)
         if pid is None:
             # Between the first checkpoint and the launcher's claim: still starting.
             return Observation(alive=(run / "gpus.json").exists() and not (run / "exit").exists())
         if alive(pid, placement.get("started")):
-            cpu = self.cgroups.cpu_seconds(workload) if self.cgroups is not None else None
+            cpu = groups.cpu_seconds(workload) if groups is not None else None
             return Observation(alive=True, cpu_seconds=cpu)
         code = _read_number(run / "exit")
         ran = _command_ran(run)
         failed, reason = _ended(code, ran)
         if code is not None and not ran:
             reason = setup_failure(code, placement) or reason
-        if self.cgroups is not None:
-            mem = self.cgroups.memory(workload)
+        if groups is not None:
+            mem = groups.memory(workload)
             if mem.oom_killed:
                 used = format_bytes(mem.peak or mem.limit or 0)
                 limit = format_bytes(mem.limit or 0)
@@ -410,24 +440,53 @@ class LocalBackend(Backend):
         return Observation(alive=False, exit_code=code, failed=failed, reason=reason)
 
     async def present(self) -> set[int]:
+        """This installation's: its groups, run directories and private /tmp directories."""
         found = self.cgroups.workloads() if self.cgroups else set()
-        for run in [*self.runs.iterdir(), *self.scratch.glob("w*")]:
+        places = [*self.runs.iterdir(), *self.scratch.glob("w*")]
+        if self._own_base:  # old-named /tmp directories, where no other installation has any
+            places += self._scratch_base.glob("w*")
+        for run in places:
             name = run.name[1:].split(".")[0]
             if run.name.startswith("w") and name.isdigit():
                 found.add(int(name))
         return found
 
     async def reap(self, workload: int) -> None:
+        # Each run directory says which installation's names its attempt used (none: the old).
+        named: dict[str | None, Cgroups | None] = {self.installation: self.cgroups}
         for run in self.runs.glob(f"w{workload}.*"):
+            recorded = _installation_of(run, self.installation)
+            groups = named.setdefault(recorded, self._groups_of({"installation": recorded}))
             pid = _read_pid(run)
             if pid is not None and not (run / "exit").exists():
-                self._signal(workload, pid, signal.SIGKILL)
+                self._signal(groups, workload, pid, signal.SIGKILL)
             shutil.rmtree(run, ignore_errors=True)
-        for tmp in self.scratch.glob(f"w{workload}.*"):
+            if recorded != self.installation:
+                remove_tree(self._scratch_of({"installation": recorded}) / run.name)
+        tmps = [*self.scratch.glob(f"w{workload}.*")]
+        if self._own_base:
+            tmps += self._scratch_base.glob(f"w{workload}.*")
+        for tmp in tmps:
             remove_tree(tmp)
-        if self.cgroups is not None:
-            self.cgroups.kill_all(workload)
-            self.cgroups.remove(workload)
+        for groups in named.values():
+            if groups is not None:
+                groups.kill_all(workload)
+                groups.remove(workload)
+
+    def _groups_of(self, placement: Placement) -> Cgroups | None:
+        """The driver for a workload's groups, under the installation's name it started with
+        (none recorded: started before installations were named, ``allotment/w<id>``)."""
+        if self.cgroups is None:
+            return None
+        recorded = placement.get("installation")
+        if recorded == self.installation:
+            return self.cgroups
+        return self.cgroups.at(LEGACY if recorded is None else prefix_of(recorded))
+
+    def _scratch_of(self, placement: Placement) -> Path:
+        """Where a workload's private /tmp directories are, as for ``_groups_of``."""
+        recorded = placement.get("installation")
+        return self._scratch_base if recorded is None else self._scratch_base / recorded
 
     def watch(self, workload: int, placement: Placement, ended: Callable[[int], None]) -> None:
         """A pidfd for the launcher (Linux 5.3+): readable the moment it exits, parent or not."""
@@ -461,65 +520,110 @@ class LocalBackend(Backend):
         run = Path(placement["run"])
         pid = placement.get("pid") or _read_pid(run)
         started = placement.get("started")
+        groups = self._groups_of(placement)
         deadline = time.monotonic() + grace
         # Repeated: a process still being exec'd when the first one came may have missed it.
         while True:
-            self._signal(workload, pid, signal.SIGTERM, started)
+            self._signal(groups, workload, pid, signal.SIGTERM, started)
             for _ in range(5):
-                if not self._any_left(workload, pid, started) or time.monotonic() >= deadline:
+                if not self._any_left(groups, workload, pid, started):
+                    break
+                if time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(0.05)
             else:
                 continue
             break
-        self._kill_all(workload, pid, started)
+        self._kill_all(groups, workload, pid, started)
         # The launcher records the exit status once its child is gone; give it a moment.
         for _ in range(100):
             if pid is None or not alive(pid, started):
                 break
             await asyncio.sleep(0.01)
 
-    def _signal(self, workload: int, pid: int | None, sig: int, started: int | None = None) -> None:
-        """Signal every process of the workload: its cgroups, else the launcher's process
-        group, and that only while the launcher is alive (``started``: its start time, when
-        known), so that a reused pid's group is never signalled."""
-        if self.cgroups is not None:
-            self.cgroups.signal(workload, sig)
+    def _signal(
+        self,
+        groups: Cgroups | None,
+        workload: int,
+        pid: int | None,
+        sig: int,
+        started: int | None = None,
+    ) -> None:
+        """Signal every process of the workload: its cgroups (``groups``' of it), else the
+        launcher's process group, and that only while the launcher is alive (``started``: its
+        start time, when known), so that a reused pid's group is never signalled."""
+        if groups is not None:
+            groups.signal(workload, sig)
         elif pid is not None and (started is None or alive(pid, started)):
             try:
                 os.killpg(pid, sig)  # the launcher leads its own session and group
             except (ProcessLookupError, PermissionError):
                 pass
 
-    def _any_left(self, workload: int, pid: int | None, started: int | None) -> bool:
-        if self.cgroups is not None:
-            return bool(self.cgroups.procs(workload))
+    def _any_left(
+        self, groups: Cgroups | None, workload: int, pid: int | None, started: int | None
+    ) -> bool:
+        if groups is not None:
+            return bool(groups.procs(workload))
         return pid is not None and alive(pid, started)
 
-    def _kill_all(self, workload: int, pid: int | None, started: int | None = None) -> None:
-        if self.cgroups is not None:
+    def _kill_all(
+        self, groups: Cgroups | None, workload: int, pid: int | None, started: int | None = None
+    ) -> None:
+        if groups is not None:
             # Everything of the workload except the launcher, which records the exit status.
-            self.cgroups.kill_all(workload, spare=() if pid is None else (pid,))
+            groups.kill_all(workload, spare=() if pid is None else (pid,))
         else:
-            self._signal(workload, pid, signal.SIGKILL, started)
+            self._signal(groups, workload, pid, signal.SIGKILL, started)
 
     async def release(self, workload: int, placement: Placement) -> None:
         """After the end was recorded: kill anything left behind, drop the cgroups and the run
         directory (whose ``gpus.json`` held the workload's GPUs)."""
         # File-system work off the event loop: it is not on anyone's critical path.
-        await asyncio.to_thread(self._release, workload, Path(placement["run"]))
+        run = Path(placement["run"])
+        groups, scratch = self._groups_of(placement), self._scratch_of(placement)
+        if "installation" in placement:  # this attempt's /tmp, and any earlier one's
+            tmps = [*scratch.glob(f"w{workload}.*")]
+        else:  # old names: another installation's may sit beside it, with the same id
+            tmps = [scratch / run.name]
+        await asyncio.to_thread(self._release, groups, workload, run, tmps)
 
-    def _release(self, workload: int, run: Path) -> None:
-        if self.cgroups is not None:
-            self.cgroups.kill_all(workload)
+    def _release(self, groups: Cgroups | None, workload: int, run: Path, tmps: list[Path]) -> None:
+        if groups is not None:
+            groups.kill_all(workload)
             for _ in range(100):
-                self.cgroups.remove(workload)
-                if not self.cgroups.exists(workload):
+                groups.remove(workload)
+                if not groups.exists(workload):
                     break
                 time.sleep(0.01)
         shutil.rmtree(run, ignore_errors=True)
-        for tmp in self.scratch.glob(f"w{workload}.*"):  # this attempt's, and any earlier one's
+        for tmp in tmps:
             remove_tree(tmp)
+
+    async def read_output(
+        self,
+        workload: int,
+        placement: Placement,
+        stream: Literal["stdout", "stderr"],
+        offset: int,
+        limit: int,
+    ) -> Output | None:
+        """Read as the workload's own POSIX account (``output.read_as``), never as the
+        service: the file lives in directories its user controls."""
+        path = placement.get(stream)
+        if path is None:
+            return None
+        uid, gid = int(placement["uid"]), int(placement["gid"])
+        data = await read_as(uid, gid, path, offset, limit, installation=self.installation)
+        return Output(path, data)
+
+    async def close(self) -> None:
+        """Drop this installation's parent groups where nothing is left in them (remade by the
+        next start, of this process or another); running workloads keep running, and keep
+        theirs. Its /tmp directory stays: the installation's backend in another process (the
+        controller's, where this one is an API worker's) may start a workload in it at once."""
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.tidy)
 
     async def capacity(self) -> list[NodeCapacity]:
         found = await gpu.discover()
@@ -606,3 +710,15 @@ async def _readable(fd: int, timeout: float) -> None:
 
 def _read_pid(run: Path) -> int | None:
     return _read_number(run / "pid")
+
+
+def _installation_of(run: Path, default: str) -> str | None:
+    """The installation's name a run directory's attempt used; None: a launcher started from
+    it before installations were named. ``default`` where nothing says, and nothing of the
+    attempt was started either (the service stopped right after making the directory)."""
+    try:
+        return (run / "installation").read_text() or default
+    except FileNotFoundError:
+        return None if (run / "pid").exists() else default
+    except OSError:
+        return default

@@ -2,10 +2,25 @@
 
 Both hierarchies exist in the wild: the unified one (v2: one tree, ``cpu.max``, ``memory.max``)
 and the legacy one (v1: a tree per controller, ``cpu.cfs_quota_us``, ``memory.limit_in_bytes``).
-``detect`` picks what the machine has. A workload's group is ``allotment/w<id>`` in every
-hierarchy used; membership of that group is what identifies its processes, so a crash of the
-service at any moment never leaves a process nobody can find. Helpers the service runs on a
-user's behalf (reading a job's output) share ``allotment/helpers`` (``HELPERS``).
+``detect`` picks what the machine has.
+
+Names. A workload's group is ``allotment/<installation>/w<id>`` in every hierarchy used
+(``<installation>``: ``allotment.installation``, e.g. ``service-3f9a01c2``); membership of that
+group is what identifies its processes, so a crash of the service at any moment never leaves a
+process nobody can find. Workload ids are an installation's own (each numbers from 1), so the
+installation is part of the name: two installations' job 1 are two groups, and one's stop or
+recovery never kills the other's. A driver works below one parent (``prefix``): an
+installation's backend sees only its own groups. Nested rather than ``allotment-<installation>``
+beside it: one ``allotment`` group at the top of the hierarchy holds everything of every
+installation, for an administrator to find and limit as a whole. Helpers the service runs on a
+user's behalf (reading a job's output) share ``allotment/<installation>/helpers`` (``HELPERS``),
+one group per installation: their limits are each installation's own, and a test run beside a
+real service cannot use up the real one's readers.
+
+Versions before installations were named used ``allotment/w<id>`` and ``allotment/helpers``
+(``LEGACY``); a workload started then is still found through a driver at that prefix (its
+placement records no installation), and an installation may not be called ``w<n>`` or
+``helpers``.
 """
 
 from __future__ import annotations
@@ -19,9 +34,24 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["HELPERS", "Cgroups", "Group", "Limits", "MemoryOutcome", "V1", "V2", "detect"]
+__all__ = [
+    "HELPERS",
+    "LEGACY",
+    "PREFIX",
+    "Cgroups",
+    "Group",
+    "Limits",
+    "MemoryOutcome",
+    "V1",
+    "V2",
+    "detect",
+    "prefix_of",
+]
 
+#: The group at the top of the hierarchy that holds every installation's groups.
 PREFIX = "allotment"
+#: Where versions before named installations made their groups (``allotment/w<id>``).
+LEGACY = PREFIX
 #: The group of the service's helper processes: not a workload's, so never ``w<id>``.
 HELPERS = "helpers"
 #: A workload's id, or the name of one of the service's own groups (``HELPERS``).
@@ -30,6 +60,12 @@ Group = int | str
 
 def _name(group: Group) -> str:
     return f"w{group}" if isinstance(group, int) else group
+
+
+def prefix_of(installation: str | None) -> str:
+    """The parent of an installation's groups; None: that of workloads started before
+    installations were named."""
+    return LEGACY if installation is None else f"{PREFIX}/{installation}"
 
 
 #: CFS period; the quota is the share of it a workload may use.
@@ -71,12 +107,18 @@ def _kill(pids: list[int], sig: int) -> None:
 
 
 class Cgroups(ABC):
-    """One driver per hierarchy version; ``root`` is where the hierarchy is mounted."""
+    """One driver per hierarchy version; ``root`` is where the hierarchy is mounted, ``prefix``
+    the group (relative to it) whose children this driver makes, finds and removes."""
 
     version: int
 
-    def __init__(self, root: Path = Path("/sys/fs/cgroup")) -> None:
+    def __init__(self, root: Path = Path("/sys/fs/cgroup"), prefix: str = LEGACY) -> None:
         self.root = root
+        self.prefix = prefix
+
+    def at(self, prefix: str) -> Cgroups:
+        """A driver of the same hierarchy working below ``prefix`` instead."""
+        return type(self)(self.root, prefix)
 
     @abstractmethod
     def create(self, workload: Group, limits: Limits) -> list[Path]:
@@ -107,6 +149,11 @@ class Cgroups(ABC):
     def exists(self, workload: int) -> bool:
         """Whether anything of the workload's group(s) is left."""
 
+    @abstractmethod
+    def tidy(self) -> None:
+        """Remove ``prefix``'s own group(s) where nothing is left in them (a last step, when
+        the backend closes): an installation that ran nothing more leaves no trace."""
+
     def signal(self, workload: int, sig: int) -> None:
         _kill(self.procs(workload), sig)
 
@@ -131,6 +178,11 @@ class Cgroups(ABC):
                 raise
 
     @staticmethod
+    def _rmdir_if_empty(path: Path) -> None:
+        with contextlib.suppress(OSError):  # still holds groups (EBUSY), or already gone
+            path.rmdir()
+
+    @staticmethod
     def _ids(base: Path) -> set[int]:
         if not base.is_dir():
             return set()
@@ -148,7 +200,7 @@ class V1(Cgroups):
     CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "devices")
 
     def _dir(self, controller: str, workload: Group) -> Path:
-        return self.root / controller / PREFIX / _name(workload)
+        return self.root / controller / self.prefix / _name(workload)
 
     def create(self, workload: Group, limits: Limits) -> list[Path]:
         out = []
@@ -225,11 +277,16 @@ class V1(Cgroups):
     def workloads(self) -> set[int]:
         out: set[int] = set()
         for c in self.CONTROLLERS:
-            out |= self._ids(self.root / c / PREFIX)
+            out |= self._ids(self.root / c / self.prefix)
         return out
 
     def exists(self, workload: int) -> bool:
         return any(self._dir(c, workload).exists() for c in self.CONTROLLERS)
+
+    def tidy(self) -> None:
+        if self.prefix != LEGACY:
+            for c in self.CONTROLLERS:
+                self._rmdir_if_empty(self.root / c / self.prefix)
 
 
 class V2(Cgroups):
@@ -239,19 +296,21 @@ class V2(Cgroups):
     version = 2
 
     def _dir(self, workload: Group) -> Path:
-        return self.root / PREFIX / _name(workload)
+        return self.root / self.prefix / _name(workload)
 
     def create(self, workload: Group, limits: Limits) -> list[Path]:
-        parent = self.root / PREFIX
-        parent.mkdir(exist_ok=True)
+        # Each group from the top down to the workload's parent hands the controllers on.
         wanted = {"cpu", "memory", "pids"}
-        have = set((self.root / "cgroup.controllers").read_text().split())
-        for tree in (self.root, parent):
+        wanted &= set((self.root / "cgroup.controllers").read_text().split())
+        tree = self.root
+        for part in [*self.prefix.split("/"), ""]:
             control = tree / "cgroup.subtree_control"
-            enabled = set(control.read_text().split())
-            missing = (wanted & have) - enabled
+            missing = wanted - set(control.read_text().split())
             if missing:
                 _write(control, " ".join(f"+{c}" for c in sorted(missing)))
+            if part:
+                tree = tree / part
+                tree.mkdir(exist_ok=True)
         d = self._dir(workload)
         d.mkdir(exist_ok=True)
         if (d / "cpu.max").exists():
@@ -305,18 +364,22 @@ class V2(Cgroups):
         self._rmdir(self._dir(workload))
 
     def workloads(self) -> set[int]:
-        return self._ids(self.root / PREFIX)
+        return self._ids(self.root / self.prefix)
 
     def exists(self, workload: int) -> bool:
         return self._dir(workload).exists()
 
+    def tidy(self) -> None:
+        if self.prefix != LEGACY:
+            self._rmdir_if_empty(self.root / self.prefix)
 
-def detect(root: Path = Path("/sys/fs/cgroup")) -> Cgroups | None:
-    """The driver for this machine's hierarchy, or None when no usable, writable one exists
-    (not root, or a container without cgroup delegation)."""
+
+def detect(root: Path = Path("/sys/fs/cgroup"), prefix: str = LEGACY) -> Cgroups | None:
+    """The driver for this machine's hierarchy, working below ``prefix``, or None when no
+    usable, writable one exists (not root, or a container without cgroup delegation)."""
     if (root / "cgroup.controllers").exists():
-        v2: Cgroups = V2(root)
+        v2: Cgroups = V2(root, prefix)
         return v2 if os.access(root, os.W_OK) else None
     if (root / "memory").is_dir() and (root / "cpu").is_dir():
-        return V1(root) if os.access(root / "memory", os.W_OK) else None
+        return V1(root, prefix) if os.access(root / "memory", os.W_OK) else None
     return None

@@ -7,7 +7,8 @@ machine. So they are read by a short helper running as the workload's own POSIX 
 file without following a symlink and without blocking (a FIFO, a terminal), reads only a
 regular file, and is killed when it takes longer than :data:`READ_SECONDS`. Every helper is
 waited for, so none outlives its request, as a process or as a descriptor; as root, helpers
-run in a cgroup of their own (``allotment/helpers``: one CPU, 1 GiB, 256 processes together).
+run in a cgroup of their installation's (``allotment/<installation>/helpers``: one CPU, 1 GiB,
+256 processes together).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import functools
 import os
 import sys
 
-from allotment.backends.local.cgroups import HELPERS, Limits, detect
+from allotment.backends.local.cgroups import HELPERS, Limits, detect, prefix_of
 from allotment.backends.local.process import ROOT_ENVIRONMENT, program
 from allotment.errors import Conflict
 from allotment.interpreters import python_for_everyone
@@ -69,9 +70,10 @@ HELPER_LIMITS = Limits(millicpus=1000, memory=1024 * 2**20, pids=256)
 
 
 @functools.cache
-def _helper_groups() -> tuple[str, ...]:
-    """The ``cgroup.procs`` files of the helpers' group (made once), or () without cgroups."""
-    cgroups = detect()
+def _helper_groups(installation: str | None) -> tuple[str, ...]:
+    """The ``cgroup.procs`` files of the installation's helpers' group (made once per
+    process), or () without cgroups."""
+    cgroups = detect(prefix=prefix_of(installation))
     if cgroups is None:
         return ()
     return tuple(str(p) for p in cgroups.create(HELPERS, HELPER_LIMITS))
@@ -81,9 +83,12 @@ def _helper_groups() -> tuple[str, ...]:
 _reaping: set[asyncio.Task[tuple[bytes, bytes]]] = set()
 
 
-async def read_as(uid: int, gid: int, path: str, offset: int, limit: int) -> bytes | None:
+async def read_as(
+    uid: int, gid: int, path: str, offset: int, limit: int, *, installation: str | None = None
+) -> bytes | None:
     """Up to ``limit`` bytes of ``path`` from ``offset``, read as ``uid``; None when the file
-    does not exist or that account may not read it.
+    does not exist or that account may not read it. ``installation``: whose helpers' group the
+    reader joins (None: ``allotment/helpers``, as before installations were named).
 
     Raises
     ------
@@ -102,7 +107,7 @@ async def read_as(uid: int, gid: int, path: str, offset: int, limit: int) -> byt
             "--no-new-privs",
         ]
         command = [*drop, "--", python_for_everyone(), *helper]
-        procs = _helper_groups()
+        procs = _helper_groups(installation)
         if procs:  # into the helpers' cgroup before anything of the user's is opened
             command = ["/bin/sh", "-c", _JOIN, "allot-helper", ":".join(procs), *command]
     else:  # single-user mode: the service's own account, and its own interpreter
