@@ -20,10 +20,10 @@ from allotment.backends.base import LaunchSpec
 from allotment.backends.local.reasons import setup_failure
 from allotment.cli import up as up_module
 from allotment.cli import user as user_module
+from allotment.cli.hub_setup import HubLayout
 from allotment.cli.main import app
 from allotment.config.models import ServiceSettings
 from allotment.domain.resources import Resources
-from allotment.hub.setup import HubLayout
 from allotment.schemas import Me
 from tests.backends.conftest import ROOT as AS_ROOT
 from tests.backends.conftest import local_backend

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from traitlets.config.loader import PyFileConfigLoader
 
+from allotment.cli.environments import runnable_by_everyone
+from allotment.cli.hub_setup import HubLayout, default_policy, hub_config
 from allotment.config import parse_policy
-from allotment.hub.environments import runnable_by_everyone
 from allotment.hub.form import render_form
-from allotment.hub.setup import HubLayout, default_policy, hub_config
 from allotment.hub.spawner import AllotmentSpawner, waiting_message
 from allotment.schemas import ProfileQuote, QuoteOut, WorkloadOut
 

@@ -1,1 +1,2 @@
-"""Where workloads run: local host, Slurm (arrive with the execution issues)."""
+"""Where workloads run: the backend contract (``base``), the local host (``local``), and a fake for
+tests; Slurm is not written yet."""

@@ -13,9 +13,9 @@ from typing import Annotated
 import typer
 
 from allotment.cli.admin import load_or_exit
+from allotment.cli.environments import ensure_environment
+from allotment.cli.hub_setup import HubLayout, default_policy, hub_config
 from allotment.cli.output import console, fail
-from allotment.hub.environments import ensure_environment
-from allotment.hub.setup import HubLayout, default_policy, hub_config
 from allotment.interpreters import closed_at
 
 __all__ = ["up"]

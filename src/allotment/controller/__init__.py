@@ -1,1 +1,1 @@
-"""The loops that make reality match the database (arrive with the execution issue)."""
+"""The loops that make reality match the database: scheduling, the reconciler, the culler."""

@@ -4,8 +4,8 @@ hour, and the budget and quota left (DESIGN §5).
 The expected start is the scheduler's own projection (``scheduler.projection``) run on what
 the pool holds now with the new workload placed behind everything already waiting: with fair
 share it may well be admitted sooner, never (short of new arrivals with more priority) later.
-Spending is counted from the workloads table, requested resources × wall time at the pool's
-rates, the ledger's rule, until the ledger (a later issue) is what it reads.
+Spending is counted from the workloads table: requested resources × wall time at the pool's
+rates (DESIGN §5's rule for the ledger; there is no ledger table, so the workloads are the record).
 """
 
 from __future__ import annotations

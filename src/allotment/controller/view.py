@@ -4,7 +4,7 @@ workloads, as the scheduler's ``Snapshot``.
 The policy document gives allocations, limits, weights and nodes; shares come from the accounts
 table, since group managers may have changed them through the API since the policy was applied.
 Usage for fair share is what workloads ran (dominant share × seconds), decayed by the policy's
-half-life, counted from the workloads table until the ledger (a later issue) takes over.
+half-life, counted from the workloads table (there is no ledger table: the workloads are the record).
 
 The readers take a synchronous session: the controller runs them in one hand-over
 (``Database.run_read``), API routes on their async session (``AsyncSession.run_sync``).

@@ -1,1 +1,1 @@
-"""Per-user Dask clusters (arrive with the Dask issue)."""
+"""Per-user Dask clusters: none yet. The package holds their place in the layout (DESIGN §7)."""

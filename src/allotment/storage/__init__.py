@@ -1,1 +1,1 @@
-"""Volume providers (arrive with the storage issue)."""
+"""Volume providers: none yet. The package holds their place in the layout (DESIGN §7)."""

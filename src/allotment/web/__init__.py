@@ -1,1 +1,1 @@
-"""Dashboard pages (arrive with the dashboard issue)."""
+"""Dashboard pages: none yet. The package holds their place in the layout (DESIGN §7)."""

@@ -4,8 +4,11 @@ Sessions run as their users' own accounts, so the environment must be readable a
 by every user: the interpreter the hub runs on often is not (``/root/.pyenv``). ``allot up``
 therefore builds a virtual environment from an interpreter everyone can run, with JupyterLab,
 the hub's own version of ``jupyterhub`` (for ``jupyterhub-singleuser``) and Allotment's
-session extension, and makes it world-readable. Named, shared environments are a later issue;
-this one is ``default``.
+session extension, and makes it world-readable. It builds one, ``default``; the spawner maps a
+profile's ``environment`` to a prefix (``AllotmentSpawner.environments``), so a site may add
+others in the hub's configuration.
+
+``allot up`` runs this (as the CLI, before the hub starts); nothing inside JupyterHub does.
 """
 
 from __future__ import annotations
