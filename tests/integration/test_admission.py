@@ -15,7 +15,7 @@ from allotment.backends.local.backend import LocalBackend
 from allotment.config import load_policy
 from allotment.controller.reconciler import Reconciler, read_rows
 from allotment.controller.scheduling import SchedulingLoop
-from allotment.controller.service import local_backend
+from allotment.backends.registry import local_backend
 from allotment.controller.view import PolicyView
 from tests.support.service import ROOT, Service
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from allotment.api.routes import (
     users,
     workloads,
 )
+from allotment.backends.base import Backend
 from allotment.clock import Clock, SystemClock
 from allotment.config.models import Policy
 from allotment.controller.service import Controller, ControllerSettings
@@ -204,7 +205,14 @@ def app_from_environment() -> FastAPI:
     return create_app(settings)
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    backends: Mapping[str, Backend] | None = None,
+) -> FastAPI:
+    """The service. ``backends`` by name (a pool's ``backend:``; tests pass a fake); None:
+    built from the registry for the policy in force (``backends/registry.py``)."""
     base = "/" + settings.base_url.strip("/")
     base = "" if base == "/" else base
     clock = clock or SystemClock()
@@ -218,7 +226,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         inserts.start()
         controller = None
         if settings.controller:
-            controller = Controller(db, clock, ControllerSettings(settings.data_dir))
+            controller = Controller(
+                db, clock, ControllerSettings(settings.data_dir), backends=backends
+            )
             if not await controller.start():
                 controller = None
         app.state.allotment = AppState(
@@ -229,6 +239,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
             cache_seconds=settings.token_cache_seconds,
             controller=controller,
             data_dir=settings.data_dir,
+            backends=backends,
         )
         try:
             yield

@@ -7,6 +7,7 @@ answer for a token, the user's id, memberships and default account are kept for
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -25,9 +26,12 @@ from allotment.api.auth import (
 )
 from allotment.api.cache import TtlCache
 from allotment.api.pending import PendingCounts
+from allotment.backends.base import Backend
+from allotment.backends.registry import backends_for
 from allotment.clock import Clock
-from allotment.config.models import LimitsSpec
-from allotment.controller.service import Controller, nudge_other
+from allotment.config.models import LimitsSpec, Policy
+from allotment.controller.nudge import nudge_other
+from allotment.controller.service import Controller
 from allotment.controller.view import ViewCache
 from allotment.db import repository as repo
 from allotment.db.catalog import Catalog, load_catalog
@@ -60,6 +64,9 @@ class AppState:
     #: The controller, when this process runs it.
     controller: Controller | None = None
     data_dir: Path | None = None
+    #: Backends by name, given to ``create_app``; None: the controller's where this process
+    #: runs it, else built from the registry when first needed (reading a job's output).
+    backends: Mapping[str, Backend] | None = None
     #: Parsed policies by version, for quotes.
     policy_views: ViewCache = field(default_factory=dict)
     admin_tokens: TtlCache[str, str] = field(init=False)
@@ -98,6 +105,28 @@ class AppState:
                 cached = await load_catalog(session)
             self._catalog.put(0, cached)
         return cached
+
+    async def backend(self, name: str) -> Backend | None:
+        """The backend called ``name`` (a pool's ``backend:``), or None where this service
+        runs no such backend.
+
+        A process without the controller builds its own from the policy in force, only to
+        read through it (output): it never closes them, since closing tidies what the
+        controller's process owns (the local backend's control groups).
+        """
+        if self.controller is not None and self.backends is None:
+            return self.controller.backends.get(name)
+        if self.backends is None:
+            async with self.db.read() as session:
+                document = (
+                    await session.execute(
+                        select(PolicyVersion.document).order_by(PolicyVersion.id.desc()).limit(1)
+                    )
+                ).scalar_one_or_none()
+            if document is None or self.data_dir is None:
+                return None
+            self.backends = backends_for(Policy.model_validate(document), self.data_dir)
+        return self.backends.get(name)
 
     def workloads_changed(self, workload: int | None = None) -> None:
         """A submission or a cancel: have the controller act on it soon, here or in the

@@ -1,0 +1,68 @@
+"""Backends from a registry, keyed by a pool's ``backend:`` name.
+
+The controller and the API build the backends a policy needs from here, knowing none of them:
+a new backend (Slurm, Kubernetes) is one more factory, not a change to the controller. A pool
+whose backend has no factory here waits, with a reason, until a service that runs it starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from allotment.backends.base import Backend
+from allotment.backends.local.backend import LocalBackend
+from allotment.backends.local.cgroups import detect
+from allotment.backends.local.posix import PosixAccounts
+from allotment.config.models import Policy
+from allotment.domain.resources import Resources
+from allotment.installation import name_for
+
+__all__ = ["FACTORIES", "Factory", "backends_for", "local_backend"]
+
+#: Builds the backend for a policy's pools of one kind, or None when the policy has none it
+#: can run; ``data_dir`` is the installation's data directory.
+Factory = Callable[[Policy, Path], Backend | None]
+
+
+def local_backend(policy: Policy, data_dir: Path) -> LocalBackend | None:
+    """The backend for the policy's local pools (this machine), or None when it has none."""
+    local = [spec for spec in policy.pools.values() if spec.backend == "local"]
+    nodes = [n for spec in local for n in spec.nodes]
+    if not nodes:
+        return None
+    tmp_dir = next((spec.tmp_dir for spec in local if spec.tmp_dir), None)
+    n = nodes[0]
+    gpus: dict[str, int] = {}
+    for node in nodes:
+        for model, count in node.gpus.items():
+            gpus[model] = gpus.get(model, 0) + count
+    declared = Resources.of(n.cpus, n.memory, gpus)
+    accounts = PosixAccounts(existing=policy.identity.existing_accounts)
+    return LocalBackend(
+        data_dir / "local",
+        n.name,
+        declared,
+        detect(),
+        accounts,
+        # The installation's own name, for its cgroups and run directories (DESIGN 5a).
+        installation=policy.service.installation or name_for(data_dir),
+        tmp_base=Path(tmp_dir) if tmp_dir else None,
+    )
+
+
+#: Every backend this service can run, by the name pools give in ``backend:``.
+FACTORIES: Mapping[str, Factory] = {"local": local_backend}
+
+
+def backends_for(
+    policy: Policy, data_dir: Path, factories: Mapping[str, Factory] = FACTORIES
+) -> dict[str, Backend]:
+    """The backends the policy's pools use that this service can run, by name."""
+    out: dict[str, Backend] = {}
+    for name in sorted({spec.backend for spec in policy.pools.values()}):
+        factory = factories.get(name)
+        backend = factory(policy, data_dir) if factory is not None else None
+        if backend is not None:
+            out[name] = backend
+    return out

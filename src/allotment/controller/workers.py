@@ -1,0 +1,39 @@
+"""The reconciler's workers: each takes a workload off the work queue, reconciles it once,
+and puts it back with a growing delay when that failed (the queue's backoff)."""
+
+from __future__ import annotations
+
+import logging
+
+from allotment.controller.reconciler import Reconciler
+from allotment.controller.workqueue import WorkQueue
+
+__all__ = ["Workers"]
+
+log = logging.getLogger("allotment.controller")
+
+
+class Workers:
+    def __init__(self, queue: WorkQueue[int], reconciler: Reconciler) -> None:
+        self.queue = queue
+        self.reconciler = reconciler
+
+    async def run(self) -> None:
+        """One worker; the controller runs ``ControllerSettings.workers`` of them."""
+        while True:
+            wid = await self.queue.get()
+            try:
+                running = await self.reconciler.reconcile(wid)
+            except Exception as e:
+                delay = self.queue.retry(wid)
+                log.warning("workload %s: %s; again in %.2g s", wid, e, delay)
+            else:
+                self.queue.done(wid)
+                if running is not None:
+                    backend, placement = running
+                    backend.watch(wid, placement, self.exited)
+
+    def exited(self, workload: int) -> None:
+        """The backend saw a workload it started end: record its end now."""
+        self.reconciler.exited(workload)
+        self.queue.add(workload)
