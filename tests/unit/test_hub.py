@@ -16,20 +16,11 @@ from allotment.cli.hub_setup import HubLayout, default_policy, hub_config
 from allotment.config import parse_policy
 from allotment.hub.form import render_form
 from allotment.hub.spawner import AllotmentSpawner, waiting_message
-from allotment.schemas import ProfileQuote, QuoteOut, WorkloadOut
+from allotment.schemas import ProfileQuote, QuoteOut
+from tests.support.builders import workload_out as _workload
 
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 
-
-def _workload(**kw: object) -> WorkloadOut:
-    base: dict[str, object] = dict(
-        id=7, kind="session", name="", user="alice", account="lab", pool="box", profile="small",
-        cpus=1.0, memory=2**30, gpus={}, status="pending", target="running",
-        reason="waiting for 1 CPU, 1G to free up (next in line)", command=["x"],
-        max_runtime=None, created_at=NOW, updated_at=NOW,
-    )  # fmt: skip
-    base.update(kw)
-    return WorkloadOut.model_validate(base)
 
 
 def test_a_queued_session_says_its_place_its_start_and_why() -> None:

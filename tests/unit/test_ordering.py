@@ -15,6 +15,7 @@ from allotment.domain.resources import Resources
 from allotment.scheduler.ordering import age_factor, order_queue, priority
 from allotment.scheduler.snapshot import AccountState, NodeState, Pending, Snapshot, Weights
 from allotment.sim.queue import ReplayQueue
+from tests.support.builders import pending
 
 ACCOUNTS = ("a", "b", "c")
 USERS = ("u1", "u2")
@@ -100,8 +101,8 @@ def test_age_stops_counting_at_max_age() -> None:
     """Two jobs that both waited longer than ``max_age`` are ordered by the rest of their
     priority, not by which waited longer (the replay's copy of the rule used to forget this)."""
     w = Weights(fairshare=0.0, age=1_000.0, max_age=100.0)
-    early = Pending(1, "u1", "a", "p", Resources.of(1), 0.0, 60.0, priority=0.0)
-    late = Pending(2, "u1", "a", "p", Resources.of(1), 50.0, 60.0, priority=1.0)
+    early = pending(1, at=0.0)
+    late = pending(2, at=50.0, priority=1.0)
     assert age_factor(500.0 - early.submitted, w.max_age) == 1.0
     assert priority(late, 0.0, w, 500.0) > priority(early, 0.0, w, 500.0)
     queue = ReplayQueue("fairshare", w)
@@ -113,8 +114,8 @@ def test_age_stops_counting_at_max_age() -> None:
 
 def test_fifo_orders_by_submission() -> None:
     queue = ReplayQueue("easy", Weights())
-    a = Pending(1, "u1", "a", "p", Resources.of(1), 5.0, 60.0, priority=9.0)
-    b = Pending(2, "u1", "a", "p", Resources.of(1), 1.0, 60.0)
+    a = pending(1, at=5.0, priority=9.0)
+    b = pending(2, at=1.0)
     queue.add(a)
     queue.add(b)
     assert [p.id for p in queue.walk(10.0)] == [2, 1]

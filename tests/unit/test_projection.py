@@ -12,6 +12,7 @@ from allotment.domain.resources import Resources
 from allotment.scheduler import NodeState, Pending
 from allotment.scheduler.projection import project
 from allotment.scheduler.usage import subtract
+from tests.support.builders import cpus, pending
 
 G = 2**30
 
@@ -84,7 +85,7 @@ def cases(draw: st.DrawFn) -> tuple[list[Pending], list[_Node], bool]:
     for i in range(draw(st.integers(1, 12))):
         c, m, g = draw(sizes)
         wall = draw(st.sampled_from([10, 50, 100, 200]))
-        held.append(Pending(i, "u", "a", "p", Resources.of(c, m * G, {"a100": g}), 0, wall))
+        held.append(pending(i, r=cpus(c, m, {"a100": g}), wall=wall))
     return held, nodes, draw(st.booleans())
 
 
@@ -100,6 +101,6 @@ def test_beyond_the_exact_ones_the_estimate_is_fluid() -> None:
     cap = Resources.of(8, 32 * G)
     node = _Node(NodeState("p", "n0", cap), Resources())
     node.releases.append((100.0, cap))
-    held = [Pending(i, "u", "a", "p", Resources.of(8, 1 * G), 0, 100) for i in range(3)]
+    held = [pending(i, r=cpus(8)) for i in range(3)]
     # The first is placed exactly after the release; the rest each add a node's worth of work.
     assert project(held, [node], 0.0, exact=1) == [100.0, 200.0, 300.0]

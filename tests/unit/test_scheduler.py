@@ -30,56 +30,10 @@ from allotment.scheduler.cycle import _Cycle
 from allotment.scheduler.fairshare import fair_share_factors, level_fs
 from allotment.scheduler.projection import project
 from allotment.scheduler.usage import decay_factor, dominant_share, subtract
-
-G = 2**30
-
-
-def cpus(n: float, mem: int = 1, gpus: dict[str, int] | None = None) -> Resources:
-    return Resources.of(n, mem * G, gpus)
-
-
-def job(
-    i: int,
-    account: str = "a",
-    user: str = "u",
-    r: Resources | None = None,
-    at: float = 0,
-    wall: float = 100,
-    pool: str = "p",
-    **kw: object,
-) -> Pending:
-    return Pending(i, user, account, pool, r or cpus(1), at, wall, **kw)  # type: ignore[arg-type]
-
-
-def run(
-    i: int,
-    account: str = "a",
-    user: str = "u",
-    r: Resources | None = None,
-    end: float = 100,
-    node: str = "n1",
-    **kw: object,
-) -> Running:
-    return Running(i, user, account, "p", node, r or cpus(1), 0, end, **kw)  # type: ignore[arg-type]
-
-
-def snap(
-    pending: list[Pending],
-    running: list[Running] | None = None,
-    *,
-    nodes: int = 1,
-    size: Resources | None = None,
-    accounts: dict[str, AccountState] | None = None,
-    **kw: object,
-) -> Snapshot:
-    return Snapshot(
-        now=0,
-        accounts=accounts or {"a": AccountState("a"), "b": AccountState("b")},
-        nodes=[NodeState("p", f"n{i + 1}", size or cpus(4, 16)) for i in range(nodes)],
-        running=running or [],
-        pending=pending,
-        **kw,  # type: ignore[arg-type]
-    )
+from tests.support.builders import G, cpus
+from tests.support.builders import pending as job
+from tests.support.builders import running as run
+from tests.support.builders import snapshot as snap
 
 
 def test_easy_backfills_what_ends_before_the_reservation() -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from allotment.db.tables import WORKLOADS
-from allotment.domain.accounts import Membership, Role
-from allotment.domain.permissions import Principal, expand_scopes
+from allotment.domain.accounts import Role
+from allotment.domain.permissions import Principal
 from allotment.domain.profiles import Node, ProfileOffer, Range
 from allotment.domain.resources import Resources
 from allotment.domain.submission import (
@@ -24,9 +23,7 @@ from allotment.domain.submission import (
 )
 from allotment.domain.workloads import WorkloadState
 from allotment.errors import Conflict, Forbidden, InvalidRequest, NotFound
-
-G = 1024**3
-NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+from tests.support.builders import NOW, G, principal
 
 
 @dataclass(frozen=True)
@@ -118,13 +115,8 @@ CATALOG = Catalog(
 )
 
 
-def alice(*memberships: tuple[str, Role], scopes: tuple[str, ...] = ("submit",)) -> Caller:
-    p = Principal(
-        "alice",
-        expand_scopes(f"custom:allotment:{s}" for s in scopes),
-        tuple(Membership("alice", a, r) for a, r in memberships),
-    )
-    return Caller(p)
+def alice(*memberships: tuple[str, Role]) -> Caller:
+    return Caller(principal("alice", *memberships))
 
 
 MEMBER = alice(("physics/lab-a", Role.MEMBER), ("old", Role.MEMBER))
