@@ -52,7 +52,7 @@ def _final(s: JobService, token: str, wid: int) -> dict[str, object]:
 
 
 def _nothing_left(data: Path, wid: int) -> None:
-    wait_for(lambda: not cgroup_left(wid), 10, what="its control groups to go")
+    wait_for(lambda: not cgroup_left(wid, data), 10, what="its control groups to go")
     runs = data / "local" / "run"
     wait_for(lambda: not list(runs.glob(f"w{wid}.*")), 10, what="its run records to go")
 
@@ -134,6 +134,6 @@ def test_a_workload_the_database_forgot_is_reaped(tmp_path: Path, hub: Hub, shar
     (data / "allotment.sqlite").unlink()
     for extra in ("allotment.sqlite-wal", "allotment.sqlite-shm"):
         (data / extra).unlink(missing_ok=True)
-    assert cgroup_left(wid)
+    assert cgroup_left(wid, data)
     with job_service(port, data, None, hub.api_url, policy):
         _nothing_left(data, wid)

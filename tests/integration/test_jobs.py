@@ -129,7 +129,7 @@ def test_the_queue_shows_place_and_expected_start_and_cancel_stops(
     for wid in running:
         w = ended(svc, bob, wid)
         assert (w["status"], w["reason"]) == ("stopped", "cancelled by bob")
-        assert not cgroup_left(wid)
+        assert not cgroup_left(wid, svc.data)
     for wid in waiting:  # the freed CPUs go to the queue
         assert ended(svc, bob, wid)["exit_code"] == 0
 
@@ -228,7 +228,7 @@ def test_a_workload_past_its_maximum_runtime_is_stopped(
         w = ended(s, alice, wid, seconds=30)
     assert w["status"] == "stopped"
     assert w["reason"] == "reached its maximum runtime (2s)"
-    assert not cgroup_left(wid)
+    assert not cgroup_left(wid, tmp_path / "data")
 
 
 def test_no_process_outlives_its_users_jobs(svc: JobService, hub: Hub, shared: Path) -> None:
@@ -236,7 +236,7 @@ def test_no_process_outlives_its_users_jobs(svc: JobService, hub: Hub, shared: P
     alice = hub.token("alice")
     wid = submit(svc, alice, shared, "-p", "small", "--", "sh", "-c", "setsid sleep 300 & exit 0")
     assert ended(svc, alice, wid)["exit_code"] == 0
-    wait_for(lambda: not cgroup_left(wid), 10, what="the control groups to go")
+    wait_for(lambda: not cgroup_left(wid, svc.data), 10, what="the control groups to go")
     uid = pwd.getpwnam("jupyter-alice").pw_uid
     wait_for(
         lambda: not processes_of(uid),

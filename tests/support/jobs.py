@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from allotment.backends.local.process import start_time
+from allotment.installation import name_for
 from tests.support.process import allot_serve, clean_env
 
 POLICY = """\
@@ -127,11 +128,13 @@ def wait_for(
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
-def cgroup_left(workload: int) -> bool:
-    """Whether anything of the workload's control groups is left on this machine."""
-    roots = [Path("/sys/fs/cgroup") / c / "allotment" for c in ("cpu", "cpuacct", "memory", "pids")]
-    roots.append(Path("/sys/fs/cgroup/allotment"))
-    return any((r / f"w{workload}").exists() for r in roots)
+def cgroup_left(workload: int, data_dir: Path) -> bool:
+    """Whether anything of the workload's control groups is left on this machine (those of the
+    installation whose data directory is ``data_dir``)."""
+    group = f"allotment/{name_for(data_dir)}/w{workload}"
+    roots = [Path("/sys/fs/cgroup") / c for c in ("cpu", "cpuacct", "memory", "pids")]
+    roots.append(Path("/sys/fs/cgroup"))
+    return any((r / group).exists() for r in roots)
 
 
 def processes_of(uid: int) -> list[int]:
