@@ -14,7 +14,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -66,8 +66,12 @@ __attribute__((constructor)) static void evil(void) {
 
 
 @pytest.fixture
-async def local(tmp_path: Path) -> LocalBackend:
-    return local_backend(tmp_path / "state")
+async def local(tmp_path: Path) -> AsyncIterator[LocalBackend]:
+    b = local_backend(tmp_path / "state")
+    yield b
+    for wid in await b.present():  # of a test that failed half-way
+        await b.reap(wid)
+    await b.close()
 
 
 @pytest.fixture
@@ -364,3 +368,4 @@ async def test_private_tmp_directories_live_where_the_pool_says(
     await local.release(wid, p)
     assert list(base.iterdir()) == [base / local.installation]  # the installation's own
     assert list((base / local.installation).iterdir()) == []
+    await local.close()

@@ -23,11 +23,12 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from allotment.backends.local import output
-from allotment.backends.local.cgroups import HELPERS, detect
+from allotment.backends.local.cgroups import HELPERS, detect, prefix_of
 from allotment.backends.local.output import read_as
 from allotment.backends.local.posix import PosixAccount, PosixAccounts
 from allotment.db.tables import WORKLOADS
 from allotment.errors import Conflict
+from allotment.installation import name_for
 from tests.backends.conftest import ROOT
 from tests.support.service import Service
 
@@ -245,23 +246,30 @@ def _uid_of(pid: int) -> int | None:
 async def test_a_helper_runs_in_the_helpers_cgroup(
     account: PosixAccount, outdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Design: every helper is bounded in time and lives inside a cgroup."""
-    cgroups = detect()
+    """Design: every helper is bounded in time and lives inside a cgroup, its installation's."""
+    installation = name_for(outdir)
+    cgroups = detect(prefix=prefix_of(installation))
     if cgroups is None:
         pytest.skip("no writable cgroup hierarchy")
     f = outdir / "allot-13.out"
     f.write_bytes(b"x")
     _owned(f, account)
     monkeypatch.setattr(output, "_HELPER", "import time; time.sleep(5)")
-    task = asyncio.ensure_future(read_as(account.uid, account.gid, str(f), 0, 1))
+    reading = read_as(account.uid, account.gid, str(f), 0, 1, installation=installation)
+    task = asyncio.ensure_future(reading)
     try:
         for _ in range(100):
             inside = [p for p in cgroups.procs(HELPERS) if _uid_of(p) == account.uid]
             if inside:
                 break
             await asyncio.sleep(0.05)
-        assert inside, "the helper, as the user, is in allotment/helpers"
+        assert inside, f"the helper, as the user, is in allotment/{installation}/helpers"
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        for _ in range(100):  # the helper is reaped in the background
+            if not cgroups.procs(HELPERS):
+                break
+            await asyncio.sleep(0.05)
+        cgroups.tidy()  # as its backend does when it closes

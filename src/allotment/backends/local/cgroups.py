@@ -151,8 +151,9 @@ class Cgroups(ABC):
 
     @abstractmethod
     def tidy(self) -> None:
-        """Remove ``prefix``'s own group(s) where nothing is left in them (a last step, when
-        the backend closes): an installation that ran nothing more leaves no trace."""
+        """Remove the helpers' group and then ``prefix``'s own group(s) where nothing is left
+        in them (when the backend closes): an installation that runs nothing leaves no
+        trace. Not at ``LEGACY``: the old groups there may be any installation's."""
 
     def signal(self, workload: int, sig: int) -> None:
         _kill(self.procs(workload), sig)
@@ -179,7 +180,7 @@ class Cgroups(ABC):
 
     @staticmethod
     def _rmdir_if_empty(path: Path) -> None:
-        with contextlib.suppress(OSError):  # still holds groups (EBUSY), or already gone
+        with contextlib.suppress(OSError):  # still holds groups or processes (EBUSY), or gone
             path.rmdir()
 
     @staticmethod
@@ -286,6 +287,7 @@ class V1(Cgroups):
     def tidy(self) -> None:
         if self.prefix != LEGACY:
             for c in self.CONTROLLERS:
+                self._rmdir_if_empty(self._dir(c, HELPERS))
                 self._rmdir_if_empty(self.root / c / self.prefix)
 
 
@@ -371,6 +373,7 @@ class V2(Cgroups):
 
     def tidy(self) -> None:
         if self.prefix != LEGACY:
+            self._rmdir_if_empty(self._dir(HELPERS))
             self._rmdir_if_empty(self.root / self.prefix)
 
 

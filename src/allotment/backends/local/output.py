@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import os
 import sys
 
@@ -69,14 +68,20 @@ _JOIN = '''IFS=:; for f in $1; do echo $$ > "$f" || exit 125; done; unset IFS; s
 HELPER_LIMITS = Limits(millicpus=1000, memory=1024 * 2**20, pids=256)
 
 
-@functools.cache
+#: The ``cgroup.procs`` files of each installation's helpers' group, as made by this process.
+_made: dict[str | None, tuple[str, ...]] = {}
+
+
 def _helper_groups(installation: str | None) -> tuple[str, ...]:
-    """The ``cgroup.procs`` files of the installation's helpers' group (made once per
-    process), or () without cgroups."""
-    cgroups = detect(prefix=prefix_of(installation))
-    if cgroups is None:
-        return ()
-    return tuple(str(p) for p in cgroups.create(HELPERS, HELPER_LIMITS))
+    """The ``cgroup.procs`` files of the installation's helpers' group, or () without
+    cgroups. Made again when gone: the installation's backend removes it when it closes
+    (in another process, perhaps) with no helper in it."""
+    procs = _made.get(installation)
+    if procs is None or not all(map(os.path.exists, procs)):
+        cgroups = detect(prefix=prefix_of(installation))
+        made = cgroups.create(HELPERS, HELPER_LIMITS) if cgroups is not None else []
+        procs = _made[installation] = tuple(str(p) for p in made)
+    return procs
 
 
 #: Helpers of cancelled requests, still being reaped (a reference keeps the task alive).
