@@ -717,8 +717,8 @@ def _installation_of(run: Path, default: str) -> str | None:
     it before installations were named. ``default`` where nothing says, and nothing of the
     attempt was started either (the service stopped right after making the directory)."""
     try:
-        return (run / "installation").read_text() or default
+        return check_name((run / "installation").read_text())
     except FileNotFoundError:
         return None if (run / "pid").exists() else default
-    except OSError:
+    except (OSError, ValueError):  # torn: written right after the directory was made
         return default
