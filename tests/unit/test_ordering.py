@@ -119,3 +119,25 @@ def test_fifo_orders_by_submission() -> None:
     queue.add(a)
     queue.add(b)
     assert [p.id for p in queue.walk(10.0)] == [2, 1]
+
+
+finite = st.floats(0, 1e9, allow_nan=False, allow_infinity=False)
+
+
+@given(
+    st.builds(Weights, fairshare=finite, age=finite, max_age=finite),
+    st.floats(0, 1, allow_nan=False),
+    finite,
+    st.floats(-1e6, 1e6, allow_nan=False),
+)
+def test_the_young_key_is_the_priority_at_submission(
+    w: Weights, fs: float, submitted: float, boost: float
+) -> None:
+    """The replay's key for young jobs, written out for speed, is ``priority`` at submission
+    less the age every job shares, to the bit."""
+    p = pending(1, at=submitted, priority=boost)
+    queue = ReplayQueue("fairshare", w)
+    queue.reorder({("a", "u"): fs})
+    shared = w.age * submitted / w.max_age if w.max_age > 0 else 0.0
+    key = queue._young_key()(p)
+    assert key == (-(priority(p, fs, w, submitted) - shared), submitted, 1)

@@ -24,8 +24,10 @@ def age_factor(waited: float, max_age: float) -> float:
 def priority(p: Pending, fair_share: float, weights: Weights, now: float) -> float:
     """Priority of one pending workload at ``now`` (higher runs first), given its
     (account, user)'s fair-share factor."""
-    age = age_factor(now - p.submitted, weights.max_age)
-    return weights.fairshare * fair_share + weights.age * age + p.priority
+    # age_factor, inlined: this runs for every pending workload in every cycle.
+    w = weights
+    age = min(max(now - p.submitted, 0.0) / w.max_age, 1.0) if w.max_age > 0 else 0.0
+    return w.fairshare * fair_share + w.age * age + p.priority
 
 
 def priorities(snap: Snapshot, pending: Sequence[Pending]) -> dict[int, float]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import overload
 
 from sortedcontainers import SortedKeyList
@@ -35,57 +35,79 @@ class ReplayQueue:
     def __init__(self, policy: Policy, weights: Weights) -> None:
         self._fair = policy == "fairshare"
         self._weights = weights
+        self._ages = self._fair and weights.max_age > 0
         self._factors: Mapping[tuple[str, str], float] = {}
-        self._young: SortedKeyList = SortedKeyList(key=self._young_key)
-        self._old: SortedKeyList = SortedKeyList(key=self._old_key)
-        #: Young jobs by submission time: the next to reach ``max_age`` come first.
-        self._by_age: SortedKeyList = SortedKeyList(key=_fifo_key)
+        self._young: SortedKeyList = SortedKeyList(key=self._young_key())
+        self._old: SortedKeyList = SortedKeyList(key=self._old_key())
+        #: Ids of the jobs in the old list.
+        self._old_ids: set[int] = set()
+        #: Ids of every job queued, young or old.
+        self._queued: set[int] = set()
+        #: Young jobs by submission time, the next to reach ``max_age`` first; a job that left
+        #: stays until it reaches the front.
+        self._by_age: list[tuple[float, int, Pending]] = []
 
     def __len__(self) -> int:
-        return len(self._young) + len(self._old)
+        return len(self._queued)
 
-    def _fair_share(self, p: Pending) -> float:
-        return self._factors.get((p.account, p.user), 0.0)
-
-    def _young_key(self, p: Pending) -> _Key:
+    def _young_key(self) -> Callable[[Pending], _Key]:
         if not self._fair:
-            return _fifo_key(p)
-        w = self._weights
-        shared = w.age * p.submitted / w.max_age if w.max_age > 0 else 0.0
-        return (-(priority(p, self._fair_share(p), w, p.submitted) - shared), p.submitted, p.id)
+            return _fifo_key
+        factors = self._factors
+        w_fs, w_age, max_age = self._weights.fairshare, self._weights.age, self._weights.max_age
 
-    def _old_key(self, p: Pending) -> _Key:
-        return self._key_at(p, math.inf)
+        def key(p: Pending) -> _Key:
+            # priority(p, fs, weights, p.submitted), whose age part is 0 at submission, written
+            # out: this runs for every queued job at every recalculation. test_ordering checks
+            # that it is the same number.
+            fs = factors.get((p.account, p.user), 0.0)
+            shared = w_age * p.submitted / max_age if max_age > 0 else 0.0
+            return (-(w_fs * fs + p.priority - shared), p.submitted, p.id)
 
-    def _key_at(self, p: Pending, now: float) -> _Key:
-        return (-priority(p, self._fair_share(p), self._weights, now), p.submitted, p.id)
+        return key
+
+    def _old_key(self) -> Callable[[Pending], _Key]:
+        return self._key_at(math.inf)
+
+    def _key_at(self, now: float) -> Callable[[Pending], _Key]:
+        factors, w = self._factors, self._weights
+
+        def key(p: Pending) -> _Key:
+            fs = factors.get((p.account, p.user), 0.0)
+            return (-priority(p, fs, w, now), p.submitted, p.id)
+
+        return key
 
     def add(self, p: Pending) -> None:
         self._young.add(p)
-        if self._fair and self._weights.max_age > 0:
-            self._by_age.add(p)
+        self._queued.add(p.id)
+        if self._ages:
+            heapq.heappush(self._by_age, (p.submitted, p.id, p))
 
     def remove(self, p: Pending) -> None:
-        if p in self._old:
+        self._queued.remove(p.id)
+        if p.id in self._old_ids:
+            self._old_ids.remove(p.id)
             self._old.remove(p)
         else:
             self._young.remove(p)
-            self._by_age.discard(p)
 
     def reorder(self, factors: Mapping[tuple[str, str], float]) -> None:
         """Sort again under new fair-share factors."""
         self._factors = factors
-        self._young = SortedKeyList(self._young, key=self._young_key)
-        self._old = SortedKeyList(self._old, key=self._old_key)
+        self._young = SortedKeyList(self._young, key=self._young_key())
+        self._old = SortedKeyList(self._old, key=self._old_key())
 
     def walk(self, now: float) -> Sequence[Pending]:
         """The queue at ``now`` in the order the scheduler considers it, read lazily: a cycle
         that stops once the machine is full reads only the front."""
-        max_age = self._weights.max_age
-        while self._by_age and age_factor(now - self._by_age[0].submitted, max_age) >= 1.0:
-            p = self._by_age.pop(0)
-            self._young.remove(p)
-            self._old.add(p)
+        by_age, max_age = self._by_age, self._weights.max_age
+        while by_age and age_factor(now - by_age[0][0], max_age) >= 1.0:
+            _, i, p = heapq.heappop(by_age)
+            if i in self._queued:
+                self._young.remove(p)
+                self._old.add(p)
+                self._old_ids.add(i)
         return _Walk(self, now)
 
     def _iter_at(self, now: float) -> Iterator[Pending]:
@@ -93,7 +115,7 @@ class ReplayQueue:
             return iter(self._young)
         if not self._young:
             return iter(self._old)
-        return heapq.merge(self._young, self._old, key=lambda p: self._key_at(p, now))
+        return heapq.merge(self._young, self._old, key=self._key_at(now))
 
 
 def _fifo_key(p: Pending) -> _Key:
