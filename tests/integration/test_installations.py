@@ -1,7 +1,7 @@
 """Two installations on one machine leave each other alone (DESIGN 5a).
 
-Two real ``allot serve`` with data directories of their own, each numbering its workloads from
-1: one's job ending, one restarted with a database that forgot its jobs (so that its recovery
+Two real ``allot serve`` with data directories of their own (one named in its policy, one by
+its data directory), each numbering its workloads from 1: one's job ending, one restarted with a database that forgot its jobs (so that its recovery
 reaps all it has), one upgraded from a version that named groups ``allotment/w<id>``: the
 other's jobs keep running, with the same processes in the same groups.
 """
@@ -20,7 +20,7 @@ from allotment.backends.local.cgroups import LEGACY, Cgroups, Limits, detect, pr
 from allotment.installation import name_for
 from tests.backends.conftest import ROOT
 from tests.support.hub import Hub, free_port
-from tests.support.jobs import JobService, cgroup_left, job_service, policy_file, wait_for
+from tests.support.jobs import JobService, job_service, policy_file, wait_for
 
 pytestmark = [
     pytest.mark.jupyterhub,
@@ -28,11 +28,22 @@ pytestmark = [
 ]
 
 
-def _groups(data: Path) -> Cgroups:
-    """The driver for the groups of the installation whose data directory is ``data``."""
-    found = detect(prefix=prefix_of(name_for(data)))
+#: The name the first installation's policy gives it (``service.installation``).
+NAMED = f"t{os.getpid()}-one"
+
+
+def _groups(installation: str) -> Cgroups:
+    """The driver for the groups of the installation called ``installation``."""
+    found = detect(prefix=prefix_of(installation))
     assert found is not None, "no writable cgroup hierarchy"
     return found
+
+
+def _named(directory: Path, installation: str) -> Path:
+    """The test policy in ``directory``, naming the installation."""
+    policy = policy_file(directory)
+    policy.write_text(policy.read_text() + f"service:\n  installation: {installation}\n")
+    return policy
 
 
 def _status(s: JobService, token: str, wid: int) -> dict[str, object]:
@@ -76,7 +87,7 @@ def two(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     for d in dirs:
         d.mkdir()
     yield dirs
-    drivers = [_groups(d / "data") for d in dirs]
+    drivers = [_groups(NAMED), *(_groups(name_for(d / "data")) for d in dirs)]
     if (dirs[0] / "forged").exists():  # the old names are this test's only once it made them
         drivers.append(drivers[0].at(LEGACY))
     for groups in drivers:
@@ -89,28 +100,28 @@ def test_one_installations_job_ending_or_restart_leaves_the_others_alone(
     two: tuple[Path, Path], hub: Hub, shared: Path
 ) -> None:
     (one, other), alice = two, hub.token("alice")
-    mine, theirs = _groups(one / "data"), _groups(other / "data")
-    port = free_port()
+    mine, theirs = _groups(NAMED), _groups(name_for(other / "data"))
+    policy, port = _named(one, NAMED), free_port()
     with job_service(free_port(), other / "data", None, hub.api_url, policy_file(other)) as b:
         ids = [_submit(b, alice, "sleep 300", shared) for _ in range(2)]
         assert ids == [1, 2]
-        with job_service(port, one / "data", None, hub.api_url, policy_file(one)) as a:
+        with job_service(port, one / "data", None, hub.api_url, policy) as a:
             assert [_submit(a, alice, "sleep 300", shared) for _ in range(2)] == ids
             _running(a, alice, ids, mine)
             before = _running(b, alice, ids, theirs)
             with a.client(alice) as c:  # one installation's job 1 ends ...
                 assert c.post("workloads/1/cancel").status_code == 200
             assert _final(a, alice, 1)["reason"] == "cancelled by alice"
-            wait_for(lambda: not cgroup_left(1, one / "data"), 10, what="its groups to go")
+            wait_for(lambda: not mine.exists(1), 10, what="its groups to go")
             a.proc.kill()
             a.proc.wait()
         # ... and it restarts having forgotten its jobs (a database restored from a backup):
         # its recovery reaps what it has no active record of, which is its own job 2 only.
         for f in ("allotment.sqlite", "allotment.sqlite-wal", "allotment.sqlite-shm"):
             (one / "data" / f).unlink(missing_ok=True)
-        assert cgroup_left(2, one / "data")
-        with job_service(port, one / "data", None, hub.api_url, policy_file(one)):
-            wait_for(lambda: not cgroup_left(2, one / "data"), 10, what="its own job reaped")
+        assert mine.exists(2)
+        with job_service(port, one / "data", None, hub.api_url, policy):
+            wait_for(lambda: not mine.exists(2), 10, what="its own job reaped")
         for wid in ids:  # the other's jobs: untouched, the same processes in the same groups
             assert _status(b, alice, wid)["status"] == "running"
             assert theirs.procs(wid) == before[wid]
@@ -125,7 +136,7 @@ def _as_before_installations(data: Path, wid: int) -> None:
     """Turn a running workload of the stopped service at ``data`` into what a version before
     installations were named left: its processes in ``allotment/w<id>``, its private /tmp in
     ``local/tmp/w<id>.1``, no installation named in its run directory or its placement."""
-    new = _groups(data)
+    new = _groups(name_for(data))
     old = new.at(LEGACY)
     procs = old.create(wid, Limits(1000, 256 * 2**20))
     for _ in range(100):  # until no fork of the moment was missed
@@ -159,7 +170,7 @@ def test_workloads_started_before_installations_were_named_are_found_after_the_u
     stops the other, and removes their old groups, while another installation's workloads
     of the same ids run on untouched."""
     (one, other), alice = two, hub.token("alice")
-    data, theirs = one / "data", _groups(other / "data")
+    data, theirs = one / "data", _groups(name_for(other / "data"))
     go = shared / "go"
     port = free_port()
     with job_service(free_port(), other / "data", None, hub.api_url, policy_file(other)) as b:
@@ -169,13 +180,13 @@ def test_workloads_started_before_installations_were_named_are_found_after_the_u
             ending = _submit(a, alice, f"while [ ! -e {go} ]; do sleep 0.2; done", shared)
             stopped = _submit(a, alice, "sleep 300", shared)
             assert [ending, stopped] == ids
-            _running(a, alice, ids, _groups(data))
+            _running(a, alice, ids, _groups(name_for(data)))
             a.proc.kill()
             a.proc.wait()
         (one / "forged").touch()
         for wid in ids:
             _as_before_installations(data, wid)
-        old = _groups(data).at(LEGACY)
+        old = _groups(name_for(data)).at(LEGACY)
         with job_service(port, data, None, hub.api_url, policy_file(one)) as a:
             for wid in ids:  # found, not reaped
                 assert _status(a, alice, wid)["status"] == "running"

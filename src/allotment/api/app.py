@@ -107,6 +107,8 @@ class Settings:
     controller: bool = False
     #: Largest request body read, in bytes (``service.max_request_body``).
     max_request_body: int = 2**20
+    #: ``service.installation``; None: derived from ``data_dir`` (``allotment.installation``).
+    installation: str | None = None
 
 
 def settings_from_policy(policy: Policy, *, apply: bool = True) -> Settings:
@@ -120,6 +122,7 @@ def settings_from_policy(policy: Policy, *, apply: bool = True) -> Settings:
         hub_api_url=s.hub_api_url,
         token_cache_seconds=s.token_cache_seconds,
         max_request_body=s.max_request_body,
+        installation=s.installation,
         policy=policy if apply else None,
     )
 
@@ -227,7 +230,10 @@ def create_app(
         controller = None
         if settings.controller:
             controller = Controller(
-                db, clock, ControllerSettings(settings.data_dir), backends=backends
+                db,
+                clock,
+                ControllerSettings(settings.data_dir, installation=settings.installation),
+                backends=backends,
             )
             if not await controller.start():
                 controller = None
@@ -239,6 +245,7 @@ def create_app(
             cache_seconds=settings.token_cache_seconds,
             controller=controller,
             data_dir=settings.data_dir,
+            installation=settings.installation,
             backends=backends,
         )
         try:

@@ -64,6 +64,8 @@ class AppState:
     #: The controller, when this process runs it.
     controller: Controller | None = None
     data_dir: Path | None = None
+    #: ``service.installation``; None: derived from ``data_dir``.
+    installation: str | None = None
     #: Backends by name, given to ``create_app``; None: the controller's where this process
     #: runs it, else built from the registry when first needed (reading a job's output).
     backends: Mapping[str, Backend] | None = None
@@ -125,7 +127,9 @@ class AppState:
                 ).scalar_one_or_none()
             if document is None or self.data_dir is None:
                 return None
-            self.backends = backends_for(Policy.model_validate(document), self.data_dir)
+            self.backends = backends_for(
+                Policy.model_validate(document), self.data_dir, installation=self.installation
+            )
         return self.backends.get(name)
 
     def workloads_changed(self, workload: int | None = None) -> None:

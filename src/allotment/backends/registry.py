@@ -56,9 +56,20 @@ FACTORIES: Mapping[str, Factory] = {"local": local_backend}
 
 
 def backends_for(
-    policy: Policy, data_dir: Path, factories: Mapping[str, Factory] = FACTORIES
+    policy: Policy,
+    data_dir: Path,
+    factories: Mapping[str, Factory] = FACTORIES,
+    *,
+    installation: str | None = None,
 ) -> dict[str, Backend]:
-    """The backends the policy's pools use that this service can run, by name."""
+    """The backends the policy's pools use that this service can run, by name.
+
+    ``installation``: the service's own ``service.installation``, given to the factories in
+    ``policy.service`` (the policy kept in the database has no ``service`` section: it is each
+    service's own); None: each derives the name from ``data_dir``."""
+    if installation is not None:
+        service = policy.service.model_copy(update={"installation": installation})
+        policy = policy.model_copy(update={"service": service})
     out: dict[str, Backend] = {}
     for name in sorted({spec.backend for spec in policy.pools.values()}):
         factory = factories.get(name)

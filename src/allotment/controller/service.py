@@ -48,6 +48,8 @@ class ControllerSettings:
     #: Seconds between full polls of running workloads (exits are also seen at once where the
     #: backend can watch them).
     poll_interval: float = 5.0
+    #: ``service.installation``; None: derived from ``data_dir`` (``allotment.installation``).
+    installation: str | None = None
 
 
 class Controller:
@@ -98,7 +100,13 @@ class Controller:
         if view is not None:
             self.reconciler.stop_grace = float(view.policy.scheduling.stop_grace)
             if not self.backends:
-                self.backends.update(backends_for(view.policy, self.settings.data_dir))
+                self.backends.update(
+                    backends_for(
+                        view.policy,
+                        self.settings.data_dir,
+                        installation=self.settings.installation,
+                    )
+                )
         await self.recover()
         self._tasks = [
             asyncio.create_task(self.scheduling.run(), name="scheduling"),
