@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from allotment.domain.accounts import Membership, Role, ancestors, find_cycle, paths_by_name
+from allotment.domain.accounts import Role, ancestors, find_cycle, paths_by_name
 from allotment.domain.costs import PERIODS, Rates, overlap_hours, period_start
 from allotment.domain.permissions import Principal, Scope, expand_scopes
 from allotment.domain.profiles import Node, ProfileOffer, Range, choose_size, fits_some_node
@@ -20,12 +20,18 @@ from allotment.domain.quantities import (
 )
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import (
+    ACTIVE,
     MAX_ARRAY,
     MAX_ARRAY_INDEX,
+    TERMINAL,
+    TRANSITIONS,
     WorkloadState,
     can_cancel,
+    can_move,
     parse_array,
+    sources,
 )
+from tests.support.builders import principal as who
 
 G = 1024**3
 
@@ -99,16 +105,6 @@ def test_find_cycle_is_right(links: dict[int, int | None]) -> None:
 def test_ancestors() -> None:
     assert ancestors("a/b/c") == ["a", "a/b"]
     assert ancestors("a") == []
-
-
-def who(
-    user: str,
-    *memberships: tuple[str, Role],
-    scopes: tuple[Scope, ...] = (Scope.READ, Scope.SUBMIT, Scope.MANAGE),
-) -> Principal:
-    return Principal(
-        user, expand_scopes(scopes), tuple(Membership(user, a, r) for a, r in memberships)
-    )
 
 
 M, MG, V = Role.MEMBER, Role.MANAGER, Role.VIEWER
@@ -382,3 +378,30 @@ def test_an_array_may_have_max_array_tasks() -> None:
 @given(st.sets(st.integers(0, MAX_ARRAY_INDEX), min_size=1, max_size=50))
 def test_a_list_of_indices_parses_to_itself(indices: set[int]) -> None:
     assert parse_array(",".join(map(str, indices))) == sorted(indices)
+
+
+# -- the transitions table -----------------------------------------------------------------------
+
+
+def test_a_guard_is_exactly_the_states_that_may_move_there() -> None:
+    for to in WorkloadState:
+        assert sources(to) == {s for s in WorkloadState if can_move(s, to)}
+        assert sources(to) == {s for s, targets in TRANSITIONS.items() if to in targets}
+    assert sources(S.ADMITTED) == {S.PENDING}
+    assert sources(S.STOPPING) == {S.STARTING, S.RUNNING}
+    assert sources(S.PENDING) == {S.RUNNING}  # the requeue
+
+
+def test_the_transitions_keep_the_lifecycle() -> None:
+    assert set(TRANSITIONS) == set(WorkloadState)
+    for s in WorkloadState:
+        assert not can_move(s, s)  # staying put is not a move
+        if s in TERMINAL:
+            assert TRANSITIONS[s] == frozenset()  # never left
+        else:
+            assert {S.STOPPED, S.FAILED} <= TRANSITIONS[s]  # anything alive may end at once
+    # Forward only, but for the requeue: a lost job goes back to the queue, not to its start.
+    back = {(s, t) for s in WorkloadState for t in WorkloadState if can_move(s, t) and t < s}
+    assert back == {(S.RUNNING, S.PENDING)}
+    # Holding resources is the stretch from admission to the end of the stop.
+    assert ACTIVE == tuple(s for s in WorkloadState if S.ADMITTED <= s <= S.STOPPING)
