@@ -28,6 +28,7 @@ __all__ = ["ENV_OVERRIDES", "load_policy", "parse_policy"]
 ENV_OVERRIDES = {
     "ALLOTMENT_DATA_DIR": "data_dir",
     "ALLOTMENT_DATABASE_URL": "database_url",
+    "ALLOTMENT_INSTALLATION": "installation",
     "JUPYTERHUB_SERVICE_PREFIX": "base_url",
     "ALLOTMENT_BASE_URL": "base_url",
     "JUPYTERHUB_API_URL": "hub_api_url",

@@ -53,7 +53,9 @@ Duration = Annotated[
 ]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 NonNegative = Annotated[float, Field(ge=0)]
-InstallationName = Annotated[str, Field(pattern=NAME_PATTERN), AfterValidator(check_name)]
+InstallationName = Annotated[
+    str, Field(json_schema_extra={"pattern": NAME_PATTERN}), AfterValidator(check_name)
+]
 GpuCounts = dict[str, Annotated[int, Field(ge=0)]]
 
 
