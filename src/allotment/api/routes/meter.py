@@ -7,17 +7,16 @@ from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import or_, update
 
 from allotment.api.deps import CallerDep, StateDep
 from allotment.api.routes.workloads import WorkloadId, aware, visible_workload
 from allotment.controller.culler import idle_deadline
 from allotment.controller.quote import BudgetBook, rates_of
 from allotment.controller.view import load_policy_view
-from allotment.db.tables import Workload
+from allotment.db.workloads import record_activity
 from allotment.domain.costs import overlap_hours
+from allotment.domain.meter import meter_warnings, runtime_end
 from allotment.domain.permissions import Scope
-from allotment.domain.quantities import format_while
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState
 from allotment.errors import Conflict, Forbidden, NotFound
@@ -26,9 +25,6 @@ from allotment.schemas import MeterOut
 __all__ = ["router"]
 
 router = APIRouter(tags=["meter"])
-
-#: Warn this long before a limit stops a workload.
-WARN_BEFORE = timedelta(minutes=15)
 
 
 @router.get("/workloads/{workload_id}/meter", response_model=MeterOut)
@@ -49,38 +45,19 @@ async def meter(workload_id: WorkloadId, caller: CallerDep, state: StateDep) -> 
     cost = 0.0
     if w.started_at is not None:
         cost = hourly * overlap_hours(w.started_at, w.ended_at, w.started_at, now)
-    warnings = []
-    stops_at = None
-    if w.max_runtime and w.started_at is not None:
-        stops_at = w.started_at + timedelta(seconds=w.max_runtime)
-        if running and stops_at - now <= WARN_BEFORE:
-            warnings.append(
-                f"Its maximum runtime ends in {format_while((stops_at - now).total_seconds())}: it will be stopped "
-                f"at {stops_at:%H:%M} UTC. Save your work."
-            )
+    stops_at = runtime_end(w.started_at, w.max_runtime)
     deadline = None
     if running and w.kind == "session" and w.started_at is not None:
         deadline = idle_deadline(w.started_at, w.last_activity, view.policy.sessions.cull_idle)
-    if deadline is not None and deadline - now <= timedelta(
-        seconds=view.policy.sessions.cull_warning
-    ):
-        warnings.append(
-            f"Unused for a while: it will be stopped at {deadline:%H:%M} UTC unless you use "
-            "it (run something, or just open it)."
-        )
-    if running and budget is not None and budget.hard_stop:
-        if blocked:
-            warnings.append(
-                f"The {budget.period}'s budget of {budget.account} is spent: new work is held."
-            )
-        elif (
-            budget.hours_left is not None
-            and budget.hours_left * 3600 <= WARN_BEFORE.total_seconds()
-        ):
-            warnings.append(
-                f"The budget of {budget.account} runs out in about "
-                f"{format_while(budget.hours_left * 3600)} at this rate; then new work is held."
-            )
+    warnings = meter_warnings(
+        now,
+        running=running,
+        stops_at=stops_at,
+        idle_deadline=deadline,
+        cull_warning=timedelta(seconds=view.policy.sessions.cull_warning),
+        budget=budget,
+        blocked=bool(blocked),
+    )
     return MeterOut(
         workload=w.id,
         status=WorkloadState(w.status).label,
@@ -122,12 +99,5 @@ async def report_activity(
                 f"Workload {workload_id} is a {row.workload.kind}, not a session: only sessions "
                 "report activity (nothing culls the others)."
             )
-        await session.execute(
-            update(Workload)
-            .where(
-                Workload.id == workload_id,
-                or_(Workload.last_activity.is_(None), Workload.last_activity < at),
-            )
-            .values(last_activity=at)
-        )
+        await session.run_sync(lambda s: record_activity(s.connection(), [workload_id], at))
     return Response(status_code=204)
