@@ -118,7 +118,9 @@ def test_fifo_orders_by_submission() -> None:
     b = pending(2, at=1.0)
     queue.add(a)
     queue.add(b)
-    assert [p.id for p in queue.walk(10.0)] == [2, 1]
+    walk = queue.walk(10.0)
+    assert [p.id for p in walk] == [2, 1]
+    assert (walk[0].id, [p.id for p in walk[1:]], len(walk)) == (2, [1], 2)
 
 
 finite = st.floats(0, 1e9, allow_nan=False, allow_infinity=False)

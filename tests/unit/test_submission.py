@@ -232,3 +232,22 @@ def test_private_directories_are_refused() -> None:
 def test_a_pool_the_protocols_accept() -> None:
     pool: PoolRef = GPU
     assert pool.backend == "local"
+
+
+def test_what_execve_and_the_calendar_would_refuse() -> None:
+    big = "x" * (128 * 1024)
+    assert refused(InvalidRequest, profile="small", command=["python", big]) == (
+        "`command[1]` is 128.0 KiB; the limit for one argument or environment variable is "
+        "128 KiB (the kernel's). Pass large inputs in a file."
+    )
+    many = ["y" * 100_000] * 11
+    assert refused(InvalidRequest, profile="small", command=many).startswith(
+        "`command` and `env` are 1.0 MiB; the limit for a command plus its environment is 1 MiB."
+    )
+    assert refused(InvalidRequest, pool="gpu", cpus=1, memory=100, max_runtime=1) == (
+        "`memory` is 100 bytes; a workload needs at least 16 MiB to start."
+    )
+    assert "is 1 byte;" in refused(InvalidRequest, pool="gpu", cpus=1, memory=1)
+    assert refused(InvalidRequest, profile="small", max_runtime="400d") == (
+        "`max_runtime` is 34560000 s; the limit is 31536000 s (365 days)."
+    )
