@@ -5,7 +5,7 @@ this machine has 2 cores, shared by wrk, the service and the database. Each 201 
 the workload was committed (SQLite: WAL with synchronous=FULL; PostgreSQL: fsync on); the run
 then checks that the database holds exactly as many workloads as wrk saw 201s.
 
-Reference: Slurm's published submission rate, 1,000 jobs/s (see the README).
+Reference: Slurm's published submission rate, 1,000 jobs/s (see benchmarks/README.md).
 
     python -m benchmarks.creation [--seconds 10] [--out benchmarks/results/creation.json]
 """

@@ -6,7 +6,7 @@ session, gets JupyterLab and runs a cell in it, as her own POSIX account in a pr
 the meter in JupyterLab's status bar shows
 the cost so far and per hour and the budget left, and moves; bob cannot open alice's session; with alice and bob running, carol's session waits and her
 page shows its place; when alice stops hers, carol's starts. Screenshots of each page go to
-``test-artefacts/`` (README's come from there).
+``test-artefacts/`` (docs/screenshots/ come from there).
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def up(
         f"  first administrator: log in as [bold]{admin}[/] with the password in "
         f"{layout.secrets / 'admin-password'}\n"
         f"  other users: any name, with the shared password in "
-        f"{layout.secrets / 'user-password'} (configure PAM, LDAP or OAuth: README)\n"
+        f"{layout.secrets / 'user-password'} (configure PAM, LDAP or OAuth: docs/hub-login.md)\n"
         f"  policy: {layout.policy}\n"
         f"  API:    ALLOTMENT_URL=http://{shown}:{port}/services/allotment/ allot whoami\n"
         f"  data:   {layout.root}{mode}",
