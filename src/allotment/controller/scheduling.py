@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from allotment.backends.base import NodeCapacity
 from allotment.clock import Clock
+from allotment.controller.capacity import schedulable
 from allotment.controller.failpoints import failpoint
 from allotment.controller.reconciler import Row
 from allotment.controller.view import (
@@ -33,7 +35,16 @@ from allotment.controller.view import (
 )
 from allotment.db import workloads
 from allotment.db.engine import Database
-from allotment.scheduler import Admit, Decision, Hold, Preempt, Reject, Snapshot, schedule
+from allotment.scheduler import (
+    Admit,
+    Decision,
+    Hold,
+    NodeState,
+    Preempt,
+    Reject,
+    Snapshot,
+    schedule,
+)
 from allotment.scheduler.fairshare import fair_share_factors
 
 __all__ = ["CycleResult", "SchedulingLoop"]
@@ -71,6 +82,7 @@ class SchedulingLoop:
         on_admit: Callable[[int, Row | None], None] = lambda _w, _r: None,
         read_admitted: Callable[[Session, list[int]], Mapping[int, Row]] | None = None,
         nudge_file: Path | None = None,
+        capacity: Callable[[], Awaitable[Mapping[str, Sequence[NodeCapacity]]]] | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -83,6 +95,11 @@ class SchedulingLoop:
         self.read_admitted = read_admitted
         #: Touched by API worker processes that do not hold the controller (``nudge_file``).
         self.nudge_file = nudge_file
+        #: What each backend reports it has (``Backend.capacity``), read once per policy
+        #: version; None: the policy's nodes as declared.
+        self.capacity = capacity
+        self._declared: list[NodeState] | None = None
+        self._nodes: list[NodeState] = []
         self._nudged_at = 0.0
         self._wake = asyncio.Event()
         self._factors: dict[tuple[str, str], float] | None = None
@@ -163,7 +180,7 @@ class SchedulingLoop:
         snap = Snapshot(
             now=now.timestamp(),
             accounts=view.accounts,
-            nodes=[n for n in view.nodes if n.pool in driven],
+            nodes=[n for n in await self._schedulable(view) if n.pool in driven],
             running=[r for r in live.running if r.pool in driven],
             pending=pending,
             user_limits=view.user_limits,
@@ -205,6 +222,18 @@ class SchedulingLoop:
         for w in (*result.preempted, *live.to_stop):
             self.on_admit(w, None)
         return result
+
+    async def _schedulable(self, view: PolicyView) -> list[NodeState]:
+        """The policy's nodes as far as their backends have them (``capacity.py``): read at
+        the first cycle and whenever another policy version comes into force."""
+        if self.capacity is None:
+            return view.nodes
+        if view.nodes is not self._declared:
+            self._nodes, notes = schedulable(view.nodes, view.backends, await self.capacity())
+            self._declared = view.nodes
+            for note in notes:
+                log.warning("%s", note)
+        return self._nodes
 
     async def _persist(
         self,

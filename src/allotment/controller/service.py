@@ -23,6 +23,7 @@ from sqlalchemy import select
 from allotment.backends.base import Backend
 from allotment.backends.registry import backends_for
 from allotment.clock import Clock
+from allotment.controller.capacity import read_capacity
 from allotment.controller.lock import ControllerLock, take_lock
 from allotment.controller.nudge import nudge_path
 from allotment.controller.reconciler import Reconciler, Row, read_rows
@@ -74,6 +75,7 @@ class Controller:
             on_admit=self._admitted,
             read_admitted=read_rows,
             nudge_file=nudge_path(settings.data_dir),
+            capacity=lambda: read_capacity(self.backends),
         )
         self.reconciler = Reconciler(db, self.backends, clock, freed=self.scheduling.nudge)
         self.workers = Workers(self.queue, self.reconciler)

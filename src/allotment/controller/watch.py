@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeAlias
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from allotment.backends.base import Backend, Placement
@@ -50,9 +50,9 @@ _RUNNING = (
 
 
 #: One running workload as ``_RUNNING`` reads it.
-_Running = tuple[
-    int, dict[str, Any] | None, datetime | None, int | None, int, str, str, datetime | None
-]
+_Running: TypeAlias = (
+    "Row[int, dict[str, Any] | None, datetime | None, int | None, int, str, str, datetime | None]"
+)
 
 
 class Watch:
@@ -87,7 +87,7 @@ class Watch:
         now = self.clock.now()
 
         def read(session: Session) -> tuple[Sequence[_Running], PolicyView | None]:
-            rows = session.execute(_RUNNING).tuples().all()
+            rows = session.execute(_RUNNING).all()
             return rows, load_policy_view(session, self._views)
 
         running, view = await self.db.run_read(read)

@@ -626,11 +626,14 @@ class LocalBackend(Backend):
             await asyncio.to_thread(self.cgroups.tidy)
 
     async def capacity(self) -> list[NodeCapacity]:
-        found = await gpu.discover()
-        inventory: gpu.Inventory = found or self.inventory
-        counts = {m: len(d) for m, d in inventory.items()}
+        """What it schedules and pins from: the declared node, with the GPUs of its
+        ``inventory`` (the declared ones unless one was given). Not what ``nvidia-smi``
+        finds: workloads are pinned by the inventory's indices, so reporting another count
+        would have the scheduler place work on devices it does not pin (the controller
+        schedules with the smaller of declared and reported)."""
+        counts = {m: len(d) for m, d in self.inventory.items()}
         r = Resources(self.declared.millicpus, self.declared.memory, counts)
-        return [NodeCapacity(self.node, r, inventory)]
+        return [NodeCapacity(self.node, r, self.inventory)]
 
 
 def _reap(pid: int | None) -> None:
