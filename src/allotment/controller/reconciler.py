@@ -18,12 +18,12 @@ import logging
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec
+from typing import Concatenate, ParamSpec
 
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
-from allotment.backends.base import Backend, LaunchSpec, Observation
+from allotment.backends.base import Backend, LaunchSpec, Observation, Placement
 from allotment.clock import Clock
 from allotment.controller.failpoints import failpoint
 from allotment.db.engine import Database
@@ -162,7 +162,7 @@ class Reconciler:
         """Run one guarded write of ``db/workloads.py``; True when it applied."""
         return await self.db.run_write(lambda session: move(session.connection(), *args, **kw))
 
-    async def reconcile(self, workload: int) -> tuple[Backend, Mapping[str, Any]] | None:
+    async def reconcile(self, workload: int) -> tuple[Backend, Placement] | None:
         """One pass; returns the backend and placement of a workload it left running."""
         if workload in self._exited:
             self._exited.discard(workload)
@@ -198,12 +198,12 @@ class Reconciler:
             await self._ended(row, backend, seen, S.RUNNING)
         return None
 
-    async def _start(self, row: Row, backend: Backend) -> Mapping[str, Any] | None:
+    async def _start(self, row: Row, backend: Backend) -> Placement | None:
         """Start it; the running workload's placement, or None when it did not start."""
         w = row.workload
         resume = w.placement if w.status == S.STARTING else None
         spec = launch_spec(row)
-        placement: Mapping[str, Any] | None = resume
+        placement: Placement | None = resume
         first = w.status == S.ADMITTED
         try:
             async for placement in backend.start(spec, resume):

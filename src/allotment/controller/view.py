@@ -33,6 +33,7 @@ __all__ = [
     "LiveView",
     "PolicyView",
     "QueueCache",
+    "SchedulerView",
     "ViewCache",
     "load_live",
     "load_policy_view",
@@ -57,8 +58,11 @@ class PolicyView:
     profiles: dict[str, tuple[float, bool]]
 
 
+#: What the scheduler reads of one policy (``config.scheduler_view.scheduler_view``): accounts
+#: by path, nodes, limits per user, default limits, weights.
+SchedulerView = tuple[dict[str, AccountState], list[NodeState], dict[str, Limits], Limits, Weights]
 #: Parsed policies by version id, for one database (the caller owns the cache).
-ViewCache = dict[int, tuple[Policy, tuple[Any, ...]]]
+ViewCache = dict[int, tuple[Policy, SchedulerView]]
 
 
 def load_policy_view(session: Session, cache: ViewCache | None = None) -> PolicyView | None:
