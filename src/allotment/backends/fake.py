@@ -113,13 +113,19 @@ class FakeBackend(Backend):
         The node name placements carry where the scheduler named none.
     nodes
         What ``capacity()`` reports; empty: nothing (the policy's nodes stand).
+    watches
+        Whether ``watch`` reports ends at once; False: like a backend that cannot tell (Slurm),
+        only ``poll`` sees them.
     """
 
     name = "fake"
 
-    def __init__(self, node: str = "fake", nodes: Iterable[NodeCapacity] = ()) -> None:
+    def __init__(
+        self, node: str = "fake", nodes: Iterable[NodeCapacity] = (), *, watches: bool = True
+    ) -> None:
         self.node = node
         self.nodes = list(nodes)
+        self.watches = watches
         #: The latest launch of each workload, until it is released or reaped.
         self.processes: dict[int, FakeProcess] = {}
         #: Workloads for which a first placement was handed out (the run directories of the
@@ -238,6 +244,8 @@ class FakeBackend(Backend):
         return set(self.attempts) | set(self.processes)
 
     def watch(self, workload: int, placement: Placement, ended: Callable[[int], None]) -> None:
+        if not self.watches:
+            return
         p = self.processes.get(workload)
         if p is None or p.ended:
             ended(workload)
