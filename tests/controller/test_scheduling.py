@@ -172,3 +172,12 @@ async def test_a_cancel_while_admitted_and_no_controller_runs_starts_nothing(fas
     w = await fast.until(wid, "stopped")
     assert w["started_at"] is None
     assert wid not in fast.backend.launches and await fast.backend.present() == set()
+
+
+async def test_a_submission_to_another_worker_process_reaches_the_controller(fast: Fast) -> None:
+    # With `allot serve --workers N`, the process that took a submission may not be the one
+    # running the controller: it touches the nudge file, which the scheduling loop watches.
+    fast.app.state.allotment.controller = None
+    wid = await fast.submit()
+    assert (fast.data_dir / "controller.nudge").exists()
+    await fast.until(wid, "running", seconds=2)
