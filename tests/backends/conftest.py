@@ -71,6 +71,10 @@ class Programs:
     def append(self, path: Path, word: str) -> list[str]:
         return ["sh", "-c", f"echo {word} >> {path}"]
 
+    def say(self, word: str) -> list[str]:
+        """Writes the word and a newline to its standard output."""
+        return ["echo", word]
+
 
 class FakePrograms(Programs):
     """The same effects in the words the fake understands (``backends/fake.py``)."""

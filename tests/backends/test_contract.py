@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from allotment.backends.base import Backend, LaunchSpec, Observation, Placement
+from allotment.backends.base import Backend, LaunchSpec, Observation, Output, Placement
 from allotment.domain.resources import Resources
 from tests.backends.conftest import Programs
 
@@ -135,3 +135,19 @@ async def test_watch_reports_the_end_at_once(
     await asyncio.wait_for(done.wait(), 10)
     assert not (await backend.poll({wid: p}))[wid].alive
     await backend.release(wid, p)
+
+
+async def test_output_is_read_through_the_backend(
+    backend: Backend, programs: Programs, shared: Path, new_id: Callable[[], int]
+) -> None:
+    wid = new_id()
+    p = (await started(backend, spec(wid, programs.say("hello"), shared)))[-1]
+    await ended(backend, wid, p)
+    out = await backend.read_output(wid, p, "stdout", 0, 1 << 20)
+    assert out == Output(p["stdout"], b"hello\n")
+    assert await backend.read_output(wid, p, "stdout", 2, 2) == Output(p["stdout"], b"ll")
+    assert await backend.read_output(wid, p, "stdout", 6, 10) == Output(p["stdout"], b"")
+    assert await backend.read_output(wid, p, "stderr", 0, 100) == Output(p["stderr"], b"")
+    await backend.release(wid, p)
+    # The files outlive the workload's release: its output is read after it ended.
+    assert await backend.read_output(wid, p, "stdout", 0, 100) == Output(p["stdout"], b"hello\n")

@@ -135,6 +135,9 @@ class FakeBackend(Backend):
         self.launches: Counter[int] = Counter()
         #: Every workload reaped, in order (what recovery found that nobody accounted for).
         self.reaped: list[int] = []
+        #: The latest launch of each workload, kept after its release: its output files stay,
+        #: as on a real machine, for ``read_output``.
+        self._launched: dict[int, FakeProcess] = {}
         self._pids = itertools.count(1000)
         self._watchers: dict[int, list[Callable[[int], None]]] = {}
 
@@ -158,7 +161,7 @@ class FakeBackend(Backend):
 
     def write_output(self, workload: int, stream: Stream, data: bytes) -> None:
         """The workload wrote ``data`` to one of its output files."""
-        self.processes[workload].output[stream] += data
+        self._launched[workload].output[stream] += data
 
     # -- start ------------------------------------------------------------------------------
 
@@ -189,7 +192,7 @@ class FakeBackend(Backend):
     def _launch(self, spec: LaunchSpec, attempt: int) -> FakeProcess:
         """Make the fake process and carry out its command's first steps."""
         p = FakeProcess(spec.workload, attempt, next(self._pids), spec)
-        self.processes[spec.workload] = p
+        self.processes[spec.workload] = self._launched[spec.workload] = p
         self.launches[spec.workload] += 1
         verb, *args = list(spec.command) or [""]
         if verb == "true":
@@ -266,9 +269,9 @@ class FakeBackend(Backend):
         path = placement.get(stream)
         if path is None:
             return None
-        p = self.processes.get(workload)
+        p = self._launched.get(workload)
         if p is None or p.attempt != placement.get("attempt"):
-            return Output(str(path), None)
+            return Output(str(path), None)  # nothing was launched from this placement
         return Output(str(path), bytes(p.output[stream][offset : offset + max(limit, 0)]))
 
     # -- stop -------------------------------------------------------------------------------
