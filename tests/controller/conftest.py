@@ -244,7 +244,7 @@ async def fast(
     data_dir = tmp_path / "data"
     clock = FakeClock()
     settings = Settings(database_url=url, data_dir=data_dir, prepared=True, admin_token_file=False)
-    app = create_app(settings, clock=clock)
+    app = create_app(settings, clock=clock, backends={"local": backend})
     async with app.router.lifespan_context(app):
         controller = await start_controller(url, data_dir, clock, backend)
         app.state.allotment.controller = controller

@@ -181,3 +181,19 @@ async def test_a_submission_to_another_worker_process_reaches_the_controller(fas
     wid = await fast.submit()
     assert (fast.data_dir / "controller.nudge").exists()
     await fast.until(wid, "running", seconds=2)
+
+
+async def test_output_is_read_through_the_backend(fast: Fast) -> None:
+    wid = await fast.submit(workdir="/srv/lab")
+    await fast.until(wid, "running")
+    fast.backend.write_output(wid, "stdout", b"epoch 1\n")
+    async with fast.client() as c:
+        r = await c.get(f"workloads/{wid}/output")
+        assert (r.status_code, r.content) == (200, b"epoch 1\n"), r.text
+        assert r.headers["X-Next-Offset"] == "8" and r.headers["X-Workload-Ended"] == "false"
+        assert r.headers["X-Output-Path"] == f"/srv/lab/allot-{wid}.out"
+        fast.backend.write_output(wid, "stdout", b"epoch 2\n")
+        fast.backend.finish(wid, 0)
+        await fast.until(wid, "stopped")
+        r = await c.get(f"workloads/{wid}/output", params={"offset": 8})
+        assert (r.content, r.headers["X-Workload-Ended"]) == (b"epoch 2\n", "true")
