@@ -1,8 +1,9 @@
 """The reconciler: drives one workload's ``status`` towards its ``target`` through its backend.
 
 Every step is written to the database *before* the next action, with a guard on the state it
-expects (``UPDATE … WHERE status = …``), so a crash at any point leaves a row from which the
-same code resumes, and a race with a cancel or a preemption loses cleanly:
+expects (the guarded writes of ``db/workloads.py``: ``UPDATE … WHERE status IN …``), so a
+crash at any point leaves a row from which the same code resumes, and a race with a cancel or
+a preemption loses cleanly:
 
     admitted ──(write STARTING)──> start: each placement written as it comes ──> RUNNING
     told to stop ──(write STOPPING)──> stop ──> observe ──> STOPPED / FAILED ──> release
