@@ -7,6 +7,7 @@ temporary directory. No root, no processes, no services: milliseconds per test.
               ``fast.crash_at()``, ``fast.abandon()`` and ``fast.restart()``.
 ``backend``   the fake the controller drives; a test that wants a misbehaving one overrides
               this fixture (``FailsToStart``, ``NeverStops``, ``Vanishes``, ``SlowPoll``).
+``policy``    the policy in force (``POLICY``); a test module may override it.
 
 The controller's own tasks run (scheduling loop, reconciler workers), nudged by the API as in
 the service; the poll of running workloads is driven by calling ``poll_once`` (its timer is
@@ -211,9 +212,22 @@ async def start_controller(
     return controller
 
 
-@pytest.fixture(scope="session")
-async def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A database prepared once (migrated, policy applied), copied for every test."""
+#: Prepared databases by policy text, made once a session each.
+_templates: dict[str, tuple[Path, str]] = {}
+
+
+@pytest.fixture
+def policy() -> str:
+    """The policy in force; a test module may override it."""
+    return POLICY
+
+
+@pytest.fixture
+async def template(policy: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A database prepared once per policy (migrated, policy applied), copied for each test."""
+    found = _templates.get(policy)
+    if found is not None:
+        return found
     root = tmp_path_factory.mktemp("fast-template")
     path = root / "allotment.sqlite"
     db = Database(f"sqlite+aiosqlite:///{path}")
@@ -221,12 +235,13 @@ async def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
         settings = Settings(
             database_url=f"sqlite+aiosqlite:///{path}",
             data_dir=root,
-            policy=parse_policy(POLICY, environ={}),
+            policy=parse_policy(policy, environ={}),
         )
         await prepare(db, settings, FakeClock())
     finally:
         await db.dispose()
-    return path, (root / "admin-token").read_text().strip()
+    found = _templates[policy] = (path, (root / "admin-token").read_text().strip())
+    return found
 
 
 @pytest.fixture
