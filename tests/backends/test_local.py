@@ -23,7 +23,11 @@ from allotment.backends.local.backend import LocalBackend
 from allotment.backends.local.cgroups import LEGACY, V1, V2, Cgroups, Limits, prefix_of
 from allotment.backends.local.gpus import assign, declared, model_of, parse_query
 from allotment.backends.local.posix import MAX_NAME, decode, escape, unix_name
+from allotment.backends.registry import local_backend as from_policy
+from allotment.config.loader import parse_policy
+from allotment.controller.capacity import schedulable
 from allotment.domain.resources import Resources
+from allotment.scheduler import NodeState
 from tests.backends.conftest import ROOT, local_backend
 from tests.backends.test_contract import ended, started
 
@@ -396,3 +400,38 @@ async def test_workloads_of_an_earlier_version_are_found_after_the_upgrade(
                 old_groups.kill_all(w)
                 old_groups.remove(w)
         await other.close()
+
+
+async def test_every_local_pools_node_is_reported_and_stays_schedulable(tmp_path: Path) -> None:
+    """Two local pools name this machine twice (one node each): both are reported, so the
+    controller, which schedules a node its backend does not report with nothing, keeps both as
+    declared."""
+
+    policy = parse_policy(
+        """
+accounts: {lab: {shares: 1}}
+pools:
+  cpu:
+    backend: local
+    nodes: [{name: big, cpus: 2, memory: 4G}]
+  small:
+    backend: local
+    nodes: [{name: small, cpus: 4, memory: 8G, gpus: {a100: 1}}]
+""",
+        "policy.yaml",
+    )
+    backend = from_policy(policy, tmp_path)
+    assert backend is not None
+    try:
+        reported = await backend.capacity()
+        assert [n.name for n in reported] == ["big", "small"]
+        nodes = [
+            NodeState("cpu", "big", Resources.of(2, 4 * 2**30)),
+            NodeState("small", "small", Resources.of(4, 8 * 2**30, {"a100": 1})),
+        ]
+        assert schedulable(nodes, {"cpu": "local", "small": "local"}, {"local": reported}) == (
+            nodes,
+            [],
+        )
+    finally:
+        await backend.close()

@@ -29,7 +29,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,6 +135,7 @@ class LocalBackend(Backend):
         inventory: gpu.Inventory | None = None,
         pids_max: int = 4096,
         tmp_base: Path | None = None,
+        also: Sequence[tuple[str, Resources]] = (),
     ) -> None:
         self.runs = state_dir / "run"
         self.runs.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -148,6 +149,9 @@ class LocalBackend(Backend):
         #: directories.
         self.scratch = self._scratch_base / installation
         self.node = node
+        #: Other nodes the policy declares on this machine (one per local pool), with their
+        #: declared CPUs and memory: ``capacity`` reports them too, so each stays scheduled.
+        self.also = tuple((name, r) for name, r in also if name != node)
         self.declared = declared
         #: The driver for this installation's groups; others' (older names) via ``_groups_of``.
         self.cgroups = cgroups.at(prefix_of(installation)) if cgroups is not None else None
@@ -633,7 +637,11 @@ class LocalBackend(Backend):
         schedules with the smaller of declared and reported)."""
         counts = {m: len(d) for m, d in self.inventory.items()}
         r = Resources(self.declared.millicpus, self.declared.memory, counts)
-        return [NodeCapacity(self.node, r, self.inventory)]
+        others = [
+            NodeCapacity(name, Resources(o.millicpus, o.memory, counts), self.inventory)
+            for name, o in self.also
+        ]
+        return [NodeCapacity(self.node, r, self.inventory), *others]
 
 
 def _reap(pid: int | None) -> None:
