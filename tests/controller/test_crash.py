@@ -6,11 +6,17 @@ test_crash.py``, which kills a real ``allot serve`` with SIGKILL at a few of the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 
 import pytest
 
 from allotment.backends.fake import TERMINATED
+from allotment.controller import failpoints
 from allotment.controller.failpoints import STEPS
+from allotment.controller.service import Controller, ControllerSettings
+from allotment.db.engine import Database
+from allotment.domain.workloads import WorkloadState
 from tests.controller.conftest import Fast
 
 #: Steps passed while a workload starts: after a restart it runs, launched once.
@@ -91,3 +97,30 @@ async def test_a_crash_with_a_queue_keeps_every_workload(fast: Fast) -> None:
         await fast.until(wid, "running")
     assert fast.backend.running() == [running, starting, waiting]
     assert set(fast.backend.launches.values()) == {1}
+
+
+async def test_a_second_controller_on_the_same_installation_does_not_start(fast: Fast) -> None:
+    # `allot serve --workers N`: every worker process tries; only the lock's holder runs one.
+    other = Controller(Database(fast.url), fast.clock, ControllerSettings(fast.data_dir))
+    try:
+        assert not await other.start()
+    finally:
+        await other.db.dispose()
+
+
+async def test_a_cancel_between_the_first_placement_and_its_write_wins(fast: Fast) -> None:
+    submitted: list[int] = []
+
+    def cancel_now() -> None:  # as a cancel from another process lands right then
+        with contextlib.closing(sqlite3.connect(fast.url.split("///", 1)[1])) as db, db:
+            db.execute(
+                "UPDATE workloads SET target = ? WHERE id = ?",
+                (int(WorkloadState.STOPPED), submitted[0]),
+            )
+
+    failpoints.arm("placing", cancel_now)
+    submitted.append(await fast.submit())
+    w = await fast.until(submitted[0], "stopped")
+    assert w["started_at"] is None
+    assert fast.backend.launches[submitted[0]] == 0
+    assert await fast.backend.present() == set(), "the placement handed out was released"
