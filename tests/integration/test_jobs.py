@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from allotment.installation import name_for
 from tests.backends.conftest import ROOT
 from tests.support.hub import Hub, free_port
 from tests.support.jobs import (
@@ -171,14 +172,15 @@ def test_a_1000_task_array_drains_within_capacity(svc: JobService, hub: Hub, sha
     def sample() -> None:
         """Sum the limits of the groups that hold processes (a group being made has none)."""
         base = Path("/sys/fs/cgroup")
+        mine = f"allotment/{name_for(svc.data)}"  # this installation's groups
         while not stop.is_set():
             cpu = mem = 0
-            for d in (base / "memory/allotment").glob("w*"):
+            for d in (base / "memory" / mine).glob("w*"):
                 try:
                     if not (d / "cgroup.procs").read_text().strip():
                         continue
                     mem += int((d / "memory.limit_in_bytes").read_text())
-                    cpu += int((base / "cpu/allotment" / d.name / "cpu.cfs_quota_us").read_text())
+                    cpu += int((base / "cpu" / mine / d.name / "cpu.cfs_quota_us").read_text())
                 except (OSError, ValueError):
                     continue
             worst["cpu"], worst["mem"] = max(worst["cpu"], cpu), max(worst["mem"], mem)
