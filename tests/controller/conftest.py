@@ -166,6 +166,7 @@ class Fast:
         old = self.controller
         await halt(old)
         release_lock(old)
+        self.backend.drop_watches()
         await old.db.dispose()  # the connections a dead process held are closed
 
     async def restart(self) -> Controller:

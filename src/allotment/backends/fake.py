@@ -159,6 +159,10 @@ class FakeBackend(Backend):
         """The workload used ``seconds`` more CPU time (the culler reads it through ``poll``)."""
         self.processes[workload].cpu_seconds += seconds
 
+    def drop_watches(self) -> None:
+        """Forget every ``watch``: the process that asked died (its pidfds closed with it)."""
+        self._watchers.clear()
+
     def write_output(self, workload: int, stream: Stream, data: bytes) -> None:
         """The workload wrote ``data`` to one of its output files."""
         self._launched[workload].output[stream] += data
