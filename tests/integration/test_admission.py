@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from allotment.backends.local.backend import LocalBackend
+from allotment.backends.registry import local_backend
 from allotment.config import load_policy
 from allotment.controller.reconciler import Reconciler, read_rows
 from allotment.controller.scheduling import SchedulingLoop
-from allotment.backends.registry import local_backend
 from allotment.controller.view import PolicyView
 from tests.support.service import ROOT, Service
 

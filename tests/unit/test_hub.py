@@ -22,7 +22,6 @@ from tests.support.builders import workload_out as _workload
 NOW = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 
 
-
 def test_a_queued_session_says_its_place_its_start_and_why() -> None:
     w = _workload(position=3, expected_start=NOW + timedelta(minutes=12))
     text = waiting_message(w, now=NOW.timestamp())

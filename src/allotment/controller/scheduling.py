@@ -128,8 +128,11 @@ class SchedulingLoop:
                 await asyncio.sleep(1.0)
             deadline = time.monotonic() + interval
             while not self._wake.is_set() and time.monotonic() < deadline:
+                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancel that arrives as
+                # the event is set, and the controller's stop would wait for ever.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=0.1)
+                    async with asyncio.timeout(0.1):
+                        await self._wake.wait()
                 except TimeoutError:
                     self._check_nudge_file()
             self._wake.clear()
