@@ -402,36 +402,37 @@ async def test_workloads_of_an_earlier_version_are_found_after_the_upgrade(
         await other.close()
 
 
-async def test_every_local_pools_node_is_reported_and_stays_schedulable(tmp_path: Path) -> None:
-    """Two local pools name this machine twice (one node each): both are reported, so the
-    controller, which schedules a node its backend does not report with nothing, keeps both as
-    declared."""
-
+async def test_this_machine_is_what_the_policy_declares(tmp_path: Path) -> None:
+    """The local backend reports no capacity of its own, so every local pool's node is scheduled
+    as declared: two pools naming this machine differently or alike, and sizes changed by a
+    policy applied while it runs (the backend is built once, at the controller's start)."""
     policy = parse_policy(
         """
 accounts: {lab: {shares: 1}}
 pools:
   cpu:
     backend: local
-    nodes: [{name: big, cpus: 2, memory: 4G}]
+    nodes: [{name: big, cpus: 8, memory: 16G}]
   small:
     backend: local
-    nodes: [{name: small, cpus: 4, memory: 8G, gpus: {a100: 1}}]
+    nodes: [{name: small, cpus: 2, memory: 4G, gpus: {a100: 1}}]
+  alike:
+    backend: local
+    nodes: [{name: big, cpus: 1, memory: 1G}]
 """,
         "policy.yaml",
     )
     backend = from_policy(policy, tmp_path)
     assert backend is not None
     try:
-        reported = await backend.capacity()
-        assert [n.name for n in reported] == ["big", "small"]
+        reported = {"local": await backend.capacity()}
         nodes = [
-            NodeState("cpu", "big", Resources.of(2, 4 * 2**30)),
-            NodeState("small", "small", Resources.of(4, 8 * 2**30, {"a100": 1})),
+            NodeState("cpu", "big", Resources.of(8, 16 * 2**30)),
+            NodeState("small", "small", Resources.of(2, 4 * 2**30, {"a100": 1})),
+            NodeState("alike", "big", Resources.of(1, 2**30)),
+            NodeState("cpu", "big", Resources.of(64, 512 * 2**30)),  # a later policy's size
         ]
-        assert schedulable(nodes, {"cpu": "local", "small": "local"}, {"local": reported}) == (
-            nodes,
-            [],
-        )
+        backends = {"cpu": "local", "small": "local", "alike": "local"}
+        assert schedulable(nodes, backends, reported) == (nodes, [])
     finally:
         await backend.close()

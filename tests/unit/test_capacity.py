@@ -35,7 +35,7 @@ def test_each_resource_is_the_smaller_of_declared_and_reported() -> None:
     nodes, notes = schedulable(NODES, BACKENDS, reported)
     assert nodes == [
         NODES[0],
-        NodeState("gpu", "g1", Resources.of(48, 384 * G, {"a100": 3})),
+        NodeState("gpu", "g1", Resources.of(48, 384 * G, {"a100": 3}), NODES[1].capacity),
         NODES[2],
     ]
     assert notes == [
@@ -47,10 +47,12 @@ def test_each_resource_is_the_smaller_of_declared_and_reported() -> None:
 def test_a_node_its_backend_does_not_report_gets_nothing() -> None:
     reported = {"slurm": [NodeCapacity("g1", NODES[1].capacity)]}  # g2 drained
     nodes, notes = schedulable(NODES, BACKENDS, reported)
-    assert nodes[2] == NodeState("gpu", "g2", Resources())
+    assert nodes[2] == NodeState("gpu", "g2", Resources(), NODES[2].capacity)
     assert notes == [
         "node g2 of pool gpu: the slurm backend does not report it; nothing is scheduled on it"
     ]
+    # What decides whether a workload can ever run is the node as declared: it waits.
+    assert nodes[2].size == NODES[2].capacity and NODES[2].size == NODES[2].capacity
 
 
 def test_a_backend_that_fails_to_report_reports_nothing() -> None:

@@ -87,6 +87,24 @@ def test_what_can_never_run_is_rejected_with_what_would_fit() -> None:
     ]
 
 
+def test_a_node_its_backend_lacks_makes_work_wait_not_fail() -> None:
+    """A Slurm node drained (nothing of it to hand out now) or half there: what fits the node
+    as declared waits, with a place; only what could never fit it is refused."""
+    drained = NodeState("p", "n1", Resources(), declared=cpus(4, 16))
+    s = replace(snap([job(1, r=cpus(2)), job(2, r=cpus(8))]), nodes=[drained])
+    decisions = schedule(s)
+    assert not any(isinstance(d, Admit) for d in decisions)
+    assert [d.workload for d in decisions if isinstance(d, Hold)] == [1]
+    assert [d for d in decisions if isinstance(d, Reject)] == [
+        Reject(2, "it asks for 8 CPUs, 1G; the largest node of 'p' (n1) has 4 CPUs, 16G")
+    ]
+    half = NodeState("p", "n1", cpus(2, 16), declared=cpus(4, 16))
+    s = replace(snap([job(1, r=cpus(2)), job(3, r=cpus(4))]), nodes=[half])
+    decisions = schedule(s)
+    assert [d for d in decisions if isinstance(d, Admit)] == [Admit(1, "n1")]
+    assert [d.workload for d in decisions if isinstance(d, Hold)] == [3]
+
+
 def test_limits_user_beats_account_and_the_lowest_account_wins() -> None:
     accounts = {
         "x": AccountState("x", limits=Limits(cpus=3)),

@@ -48,7 +48,6 @@ def local_backend(policy: Policy, data_dir: Path) -> LocalBackend | None:
         # The installation's own name, for its cgroups and run directories (DESIGN 5a).
         installation=policy.service.installation or name_for(data_dir),
         tmp_base=Path(tmp_dir) if tmp_dir else None,
-        also=[(node.name, Resources.of(node.cpus, node.memory)) for node in nodes[1:]],
     )
 
 

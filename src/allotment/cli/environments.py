@@ -29,11 +29,13 @@ __all__ = ["SESSION_PACKAGES", "ensure_environment", "runnable_by_everyone"]
 #: The meter (hub/labextension) was built against JupyterLab 4.6.
 SESSION_PACKAGES = ["jupyterlab>=4.6,<5"]
 EXTENSION = "allotment_session"
+#: What runs inside the session ships with the hub's code: its server extension and the meter.
+SESSION_FILES = Path(__file__).resolve().parent.parent / "hub"
 
 
 def _wanted() -> dict[str, object]:
     """What the environment is built from; a change rebuilds it."""
-    ours = Path(__file__).parent
+    ours = SESSION_FILES
     digest = hashlib.sha256(ours.joinpath("session_extension.py").read_bytes())
     for f in sorted(ours.glob("labextension/**/*")):
         if f.is_file():
@@ -73,11 +75,9 @@ def ensure_environment(prefix: Path, *, quiet: bool = True) -> Path:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    shutil.copyfile(
-        Path(__file__).with_name("session_extension.py"), Path(site) / f"{EXTENSION}.py"
-    )
+    shutil.copyfile(SESSION_FILES / "session_extension.py", Path(site) / f"{EXTENSION}.py")
     # The meter in JupyterLab's status bar, built once with node (meter/) and shipped prebuilt.
-    meter = Path(__file__).with_name("labextension")
+    meter = SESSION_FILES / "labextension"
     if (meter / "package.json").exists():
         shutil.copytree(
             meter, prefix / "share" / "jupyter" / "labextensions" / "@allotment" / "meter"

@@ -61,7 +61,11 @@ def schedulable(
                     f"(declared: {node.capacity.describe()})"
                 )
             )
-        out.append(NodeState(node.pool, node.name, capacity))
+        out.append(
+            node
+            if capacity == node.capacity
+            else NodeState(node.pool, node.name, capacity, declared=node.capacity)
+        )
     return out, notes
 
 

@@ -61,6 +61,9 @@ Usage = dict[tuple[str, str], float] | None
 #: Held workloads per pool whose place in the queue is rewritten on every cycle.
 EXACT_POSITIONS = 20
 
+#: How often backends are asked again what they have, between policy versions.
+CAPACITY_SECONDS = 30.0
+
 
 @dataclass(frozen=True)
 class CycleResult:
@@ -95,10 +98,13 @@ class SchedulingLoop:
         self.read_admitted = read_admitted
         #: Touched by API worker processes that do not hold the controller (``nudge_file``).
         self.nudge_file = nudge_file
-        #: What each backend reports it has (``Backend.capacity``), read once per policy
-        #: version; None: the policy's nodes as declared.
+        #: What each backend reports it has (``Backend.capacity``), asked per policy version
+        #: and every ``CAPACITY_SECONDS``; None: the policy's nodes as declared.
         self.capacity = capacity
         self._declared: list[NodeState] | None = None
+        self._capacity_at = float("-inf")
+        #: What differed from the policy when last asked (each logged once, when it appears).
+        self._notes: set[str] = set()
         self._nodes: list[NodeState] = []
         self._nudged_at = 0.0
         self._wake = asyncio.Event()
@@ -227,15 +233,19 @@ class SchedulingLoop:
         return result
 
     async def _schedulable(self, view: PolicyView) -> list[NodeState]:
-        """The policy's nodes as far as their backends have them (``capacity.py``): read at
-        the first cycle and whenever another policy version comes into force."""
+        """The policy's nodes as far as their backends have them (``capacity.py``): asked at
+        the first cycle, whenever another policy version comes into force, and every
+        ``CAPACITY_SECONDS`` (a Slurm node drained, or back)."""
         if self.capacity is None:
             return view.nodes
-        if view.nodes is not self._declared:
+        mono = time.monotonic()
+        if view.nodes is not self._declared or mono - self._capacity_at >= CAPACITY_SECONDS:
             self._nodes, notes = schedulable(view.nodes, view.backends, await self.capacity())
-            self._declared = view.nodes
+            self._declared, self._capacity_at = view.nodes, mono
             for note in notes:
-                log.warning("%s", note)
+                if note not in self._notes:
+                    log.warning("%s", note)
+            self._notes = set(notes)
         return self._nodes
 
     async def _persist(

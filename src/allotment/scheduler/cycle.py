@@ -209,12 +209,12 @@ class _Cycle:
             return f"pool '{p.pool}' does not exist or has no nodes"
         where = (p.pool, size)
         if where not in self.fits_somewhere and not any(
-            p.resources.fits_in(n.spec.capacity) for n in nodes
+            p.resources.fits_in(n.spec.size) for n in nodes
         ):
-            big = max(nodes, key=lambda n: (n.spec.capacity.gpu_count, n.spec.capacity.millicpus))
+            big = max(nodes, key=lambda n: (n.spec.size.gpu_count, n.spec.size.millicpus))
             return (
                 f"it asks for {_describe(p.resources)}; the largest node of '{p.pool}' "
-                f"({big.spec.name}) has {_describe(big.spec.capacity)}"
+                f"({big.spec.name}) has {_describe(big.spec.size)}"
             )
         self.fits_somewhere.add(where)
         if p.account not in self.snap.accounts:

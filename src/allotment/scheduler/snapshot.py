@@ -64,7 +64,18 @@ class AccountState:
 class NodeState:
     pool: str
     name: str
+    #: What may be handed out now.
     capacity: Resources
+    #: What the policy declares, where its backend has less now (a Slurm node drained or
+    #: down): a workload that fits the declared node waits for it rather than being refused.
+    #: None: the same as ``capacity``.
+    declared: Resources | None = None
+
+    @property
+    def size(self) -> Resources:
+        """What the node has when all of it is there: what decides whether a workload can
+        ever run on it."""
+        return self.capacity if self.declared is None else self.declared
 
 
 @dataclass(frozen=True, slots=True)

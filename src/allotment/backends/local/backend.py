@@ -29,7 +29,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,8 +104,8 @@ class LocalBackend(Backend):
     node
         This machine's name as the policy's pool declares it.
     declared
-        What the policy says the node has; GPUs found by ``nvidia-smi`` take precedence over
-        the declared GPU counts.
+        What the policy says the node has; GPUs are pinned from its counts, numbered in model
+        order, unless ``inventory`` names the devices.
     cgroups
         The cgroup driver (``cgroups.detect()``), or None to run without limits (logged); the
         backend works below ``allotment/<installation>`` of its hierarchy.
@@ -135,7 +135,6 @@ class LocalBackend(Backend):
         inventory: gpu.Inventory | None = None,
         pids_max: int = 4096,
         tmp_base: Path | None = None,
-        also: Sequence[tuple[str, Resources]] = (),
     ) -> None:
         self.runs = state_dir / "run"
         self.runs.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -149,9 +148,6 @@ class LocalBackend(Backend):
         #: directories.
         self.scratch = self._scratch_base / installation
         self.node = node
-        #: Other nodes the policy declares on this machine (one per local pool), with their
-        #: declared CPUs and memory: ``capacity`` reports them too, so each stays scheduled.
-        self.also = tuple((name, r) for name, r in also if name != node)
         self.declared = declared
         #: The driver for this installation's groups; others' (older names) via ``_groups_of``.
         self.cgroups = cgroups.at(prefix_of(installation)) if cgroups is not None else None
@@ -630,18 +626,11 @@ class LocalBackend(Backend):
             await asyncio.to_thread(self.cgroups.tidy)
 
     async def capacity(self) -> list[NodeCapacity]:
-        """What it schedules and pins from: the declared node, with the GPUs of its
-        ``inventory`` (the declared ones unless one was given). Not what ``nvidia-smi``
-        finds: workloads are pinned by the inventory's indices, so reporting another count
-        would have the scheduler place work on devices it does not pin (the controller
-        schedules with the smaller of declared and reported)."""
-        counts = {m: len(d) for m, d in self.inventory.items()}
-        r = Resources(self.declared.millicpus, self.declared.memory, counts)
-        others = [
-            NodeCapacity(name, Resources(o.millicpus, o.memory, counts), self.inventory)
-            for name, o in self.also
-        ]
-        return [NodeCapacity(self.node, r, self.inventory), *others]
+        """Nothing: this machine runs what the policy declares for it (the administrator's word,
+        in force as soon as a policy is applied). What it pins GPUs from is that declaration
+        too (``inventory``), so reporting another count (``nvidia-smi``'s) would have the
+        scheduler place work on devices it does not pin."""
+        return []
 
 
 def _reap(pid: int | None) -> None:
