@@ -32,7 +32,7 @@ _SLUG_LENGTH = 20
 
 def check_name(name: str) -> str:
     """``name`` when it may name an installation; else ValueError saying why."""
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):  # not match: its $ lets a final newline through
         raise ValueError(
             f"installation name {name!r}: use 1 to 40 lower-case letters, digits and dashes, "
             "starting with a letter"

@@ -34,7 +34,9 @@ def test_every_directory_gets_a_valid_name(tmp_path: Path, last: str) -> None:
     assert re.fullmatch(NAME_PATTERN, name)
 
 
-@pytest.mark.parametrize("name", ["w1", "w42", "helpers", "", "A", "1x", "a_b", "a/b", "x" * 41])
+@pytest.mark.parametrize(
+    "name", ["w1", "w42", "helpers", "", "A", "1x", "a_b", "a/b", "x" * 41, "lab\n", "lab\nw1"]
+)
 def test_names_that_cannot_name_an_installation(name: str) -> None:
     with pytest.raises(ValueError, match="installation name"):
         check_name(name)

@@ -67,6 +67,8 @@ class Controller:
         #: By name (a pool's ``backend:``); empty: built from the registry at start, for the
         #: policy in force.
         self.backends: dict[str, Backend] = dict(backends or {})
+        #: None: built from the registry for the policy in force when it starts.
+        self._build_backends = backends is None
         self.queue: WorkQueue[int] = WorkQueue()
         self.scheduling = SchedulingLoop(
             db,
@@ -101,7 +103,7 @@ class Controller:
         view = await self.db.run_read(load_policy_view)
         if view is not None:
             self.reconciler.stop_grace = float(view.policy.scheduling.stop_grace)
-            if not self.backends:
+            if self._build_backends:
                 self.backends.update(
                     backends_for(
                         view.policy,
