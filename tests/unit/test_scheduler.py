@@ -488,8 +488,8 @@ def test_the_reservation_goes_to_a_node_the_head_fits() -> None:
 def test_a_node_whose_gpus_left_the_policy_gives_a_whole_node_request_no_reservation() -> None:
     # The job on n1 holds a GPU the policy no longer lists for n1. Once it ends the node is
     # empty, but its free GPUs read {a100: 0}, never equal to a capacity without GPUs, so the
-    # whole-node request finds no reservation (the only way ``reserve`` finds none): it waits
-    # as the head, and nothing behind it is kept from starting.
+    # whole-node request finds no reservation (as for a node drained below its declared size):
+    # it waits as the head, and nothing behind it is kept from starting.
     s = snap(
         [job(2, r=cpus(1), whole_node=True), job(3, r=cpus(1), at=5, wall=500)],
         [run(1, r=cpus(1, 1, {"a100": 1}), end=100)],
