@@ -34,7 +34,7 @@ from allotment.api.app import Settings, create_app, prepare
 from allotment.backends.fake import FakeBackend
 from allotment.clock import FakeClock
 from allotment.config import parse_policy
-from allotment.controller import failpoints
+from allotment.controller import failpoints, lock
 from allotment.controller.service import Controller, ControllerSettings
 from allotment.db.engine import Database
 from allotment.db.tables import Workload
@@ -67,6 +67,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.parent == HERE and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(30))
+
+
+@pytest.fixture(autouse=True)
+def claims(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Installations claim their names here, not on the machine (``/run/allotment``)."""
+    where = tmp_path_factory.mktemp("claims")
+    monkeypatch.setattr(lock, "CLAIMS", where)
+    return where
 
 
 class Crash(BaseException):

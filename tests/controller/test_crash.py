@@ -8,16 +8,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import uuid
+from pathlib import Path
 
 import pytest
 
 from allotment.backends.fake import TERMINATED
 from allotment.controller import failpoints
 from allotment.controller.failpoints import STEPS
+from allotment.controller.lock import NameInUse
 from allotment.controller.service import Controller, ControllerSettings
 from allotment.db.engine import Database
 from allotment.domain.workloads import WorkloadState
-from tests.controller.conftest import Fast
+from tests.controller.conftest import Fast, release_lock
 
 #: Steps passed while a workload starts: after a restart it runs, launched once.
 STARTING = ("admitted", "placing", "launched", "starting", "placed", "running")
@@ -106,6 +109,29 @@ async def test_a_second_controller_on_the_same_installation_does_not_start(fast:
         assert not await other.start()
     finally:
         await other.db.dispose()
+
+
+async def test_two_installations_under_one_name_are_refused(fast: Fast, tmp_path: Path) -> None:
+    """Each reaps what it finds under its name: the second to start is refused, saying whose
+    the name is; under a name of its own it starts. The name is free again once its holder
+    is gone (the kernel drops the lock with the process)."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    first = Controller(
+        Database(fast.url), fast.clock, ControllerSettings(tmp_path / "a", installation=name), {}
+    )
+    second = Controller(
+        Database(fast.url), fast.clock, ControllerSettings(tmp_path / "b", installation=name), {}
+    )
+    try:
+        assert first.acquire()
+        with pytest.raises(NameInUse, match=f"by the service whose data directory is {tmp_path}/a"):
+            second.acquire()
+    finally:
+        release_lock(first)
+    assert second.acquire()  # free again
+    release_lock(second)
+    for c in (first, second):
+        await c.db.dispose()
 
 
 async def test_a_cancel_between_the_first_placement_and_its_write_wins(fast: Fast) -> None:

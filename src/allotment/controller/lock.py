@@ -1,18 +1,36 @@
-"""The installation's controller lock: exactly one controller runs per installation.
+"""The installation's locks: exactly one controller runs per installation, and one
+installation per name on a machine.
 
 With ``allot serve --workers N`` every worker process tries the lock on
-``<data_dir>/controller.lock``; only its holder runs the controller. The kernel drops the lock
-with the process, however it ends, so a killed controller never blocks the next one.
+``<data_dir>/controller.lock``; only its holder runs the controller. Its holder then claims the
+installation's name machine-wide (``CLAIMS/<name>.lock``): every cgroup and private /tmp the
+installation makes carries that name, and its recovery reaps what it finds under it, so two
+installations given one name (``service.installation``) would reap each other's workloads. The
+second is refused, saying whose the name is. The kernel drops both locks with the process,
+however it ends, so a killed controller never blocks the next one.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 from typing import IO
 
-__all__ = ["ControllerLock", "lock_path", "take_lock"]
+__all__ = ["CLAIMS", "ControllerLock", "NameInUse", "lock_path", "take_lock"]
+
+#: Where installations claim their names: machine-wide as root (whose workloads' groups and
+#: private /tmp are machine-wide); per user otherwise.
+CLAIMS = (
+    Path("/run/allotment/installations")
+    if os.geteuid() == 0
+    else Path(tempfile.gettempdir()) / f"allotment-{os.geteuid()}" / "installations"
+)
+
+
+class NameInUse(RuntimeError):
+    """Another installation on this machine runs under the same name."""
 
 
 def lock_path(data_dir: Path) -> Path:
@@ -20,24 +38,55 @@ def lock_path(data_dir: Path) -> Path:
 
 
 class ControllerLock:
-    """The held lock; ``close`` gives it up (as the kernel does when the process dies)."""
+    """The held locks; ``close`` gives them up (as the kernel does when the process dies)."""
 
-    def __init__(self, file: IO[str]) -> None:
-        self._file = file
+    def __init__(self, *files: IO[str]) -> None:
+        self._files = files
 
     def close(self) -> None:
-        self._file.close()
+        for f in self._files:
+            f.close()
 
 
-def take_lock(data_dir: Path) -> ControllerLock | None:
-    """Take the installation's controller lock; None when another process holds it."""
-    path = lock_path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    f = open(path, "a")  # noqa: SIM115 - held open for the controller's life
+def _flock(path: Path) -> IO[str] | None:
+    # Held open for the controller's life; made 0600 (a claim names a data directory).
+    f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
         return None
+    return f
+
+
+def take_lock(data_dir: Path, name: str, claims: Path | None = None) -> ControllerLock | None:
+    """Take the installation's controller lock and claim its ``name`` (in ``claims``, default
+    ``CLAIMS``); None when another process of this installation holds the lock. Raises
+    NameInUse when another installation holds the name."""
+    path = lock_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mine = _flock(path)
+    if mine is None:
+        return None
     os.chmod(path, 0o600)
-    return ControllerLock(f)
+    claims = claims or CLAIMS
+    claims.mkdir(parents=True, exist_ok=True, mode=0o700)
+    claim = _flock(claims / f"{name}.lock")
+    here = str(data_dir.resolve())
+    if claim is None:
+        mine.close()
+        try:
+            whose = (claims / f"{name}.lock").read_text().strip() or "another service"
+        except OSError:
+            whose = "another service"
+        raise NameInUse(
+            f"installation name {name!r} is in use on this machine by the service whose data "
+            f"directory is {whose}; an installation reaps what it finds under its name, so "
+            f"give the one at {here} another name (service.installation in its policy, or "
+            "$ALLOTMENT_INSTALLATION)"
+        )
+    claim.seek(0)
+    claim.truncate()
+    claim.write(here + "\n")
+    claim.flush()
+    return ControllerLock(mine, claim)

@@ -35,6 +35,7 @@ from allotment.controller.workqueue import WorkQueue
 from allotment.db.engine import Database
 from allotment.db.tables import Pool, Workload
 from allotment.domain.workloads import ACTIVE
+from allotment.installation import name_for
 
 __all__ = ["Controller", "ControllerSettings"]
 
@@ -91,8 +92,11 @@ class Controller:
     # -- life -------------------------------------------------------------------------------
 
     def acquire(self) -> bool:
-        """Take the installation's controller lock; False when another process holds it."""
-        self._lock = take_lock(self.settings.data_dir)
+        """Take the installation's controller lock and claim its name; False when another
+        process of this installation holds the lock (NameInUse: another installation holds
+        the name)."""
+        data_dir = self.settings.data_dir
+        self._lock = take_lock(data_dir, self.settings.installation or name_for(data_dir))
         return self._lock is not None
 
     async def start(self) -> bool:
