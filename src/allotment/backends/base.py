@@ -181,6 +181,13 @@ class Backend(ABC):
         """
         return None
 
+    @staticmethod
+    def private_path(path: str) -> str | None:
+        """The directory each workload has privately (gone when it ends) that ``path`` lies
+        under, or None. Checked at submission, before any backend is built, so that a job is
+        not told to write where nothing can be found afterwards. Default: None."""
+        return None
+
     async def close(self) -> None:
         """Release what the backend holds (connections); running workloads keep running."""
         return None

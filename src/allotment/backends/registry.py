@@ -18,7 +18,7 @@ from allotment.config.models import Policy
 from allotment.domain.resources import Resources
 from allotment.installation import name_for
 
-__all__ = ["FACTORIES", "Factory", "backends_for", "local_backend"]
+__all__ = ["CLASSES", "FACTORIES", "Factory", "backends_for", "local_backend", "private_path"]
 
 #: Builds the backend for a policy's pools of one kind, or None when the policy has none it
 #: can run; ``data_dir`` is the installation's data directory.
@@ -53,6 +53,15 @@ def local_backend(policy: Policy, data_dir: Path) -> LocalBackend | None:
 
 #: Every backend this service can run, by the name pools give in ``backend:``.
 FACTORIES: Mapping[str, Factory] = {"local": local_backend}
+#: Their classes, for what is known before one is built (``private_path``).
+CLASSES: Mapping[str, type[Backend]] = {"local": LocalBackend}
+
+
+def private_path(backend: str, path: str) -> str | None:
+    """Where ``path`` is private to each workload of a pool on ``backend`` (``Backend.
+    private_path``); None for a backend this service does not run."""
+    cls = CLASSES.get(backend)
+    return None if cls is None else cls.private_path(path)
 
 
 def backends_for(

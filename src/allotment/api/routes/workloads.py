@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -16,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from allotment.api.deps import AppState, Caller, CallerDep, StateDep
 from allotment.api.pending import Reservation
 from allotment.api.views import workload_out, workload_out_of
-from allotment.backends.local.process import under_private
+from allotment.backends.registry import private_path
 from allotment.db import repository as repo
 from allotment.db import workloads as transitions
 from allotment.db.tables import WORKLOADS, Pool
@@ -44,9 +43,9 @@ def aware(at: datetime, name: str) -> datetime:
 
 
 def _private_dir(pool: PoolRef, path: str) -> str | None:
-    """As root, every workload of a local pool has a private /tmp and /dev/shm: a job can
-    neither start in nor write output to the machine's."""
-    return under_private(path) if pool.backend == "local" and os.geteuid() == 0 else None
+    """A directory each workload of the pool has privately (the local backend's /tmp and
+    /dev/shm, as root): a job can neither start in nor write output to the machine's."""
+    return private_path(pool.backend, path)
 
 
 def _pending_reservation(

@@ -55,6 +55,7 @@ from allotment.backends.local.process import (
     private_mounts,
     program,
     start_time,
+    under_private,
 )
 from allotment.backends.local.reasons import setup_failure
 from allotment.domain.quantities import format_bytes
@@ -624,6 +625,11 @@ class LocalBackend(Backend):
         controller's, where this one is an API worker's) may start a workload in it at once."""
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.tidy)
+
+    @staticmethod
+    def private_path(path: str) -> str | None:
+        """As root, every workload has a private /tmp and /dev/shm (``process.PRIVATE_DIRS``)."""
+        return under_private(path) if os.geteuid() == 0 else None
 
     async def capacity(self) -> list[NodeCapacity]:
         """Nothing: this machine runs what the policy declares for it (the administrator's word,
