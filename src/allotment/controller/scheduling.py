@@ -259,8 +259,8 @@ class SchedulingLoop:
         #: (workload, node, reason) and (workload, reason); holds and rejections as the
         #: parameters of one executemany each.
         admits: list[tuple[int, str, str]] = []
-        holds: list[dict[str, object]] = []
-        rejects: list[dict[str, object]] = []
+        holds: list[workloads.Hold] = []
+        rejects: list[workloads.Rejection] = []
         preempts: list[tuple[int, str]] = []
         shown = self._shown
         for d in decisions:

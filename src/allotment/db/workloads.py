@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import ColumnElement, Connection, Update, bindparam, case, insert, or_, update
 
@@ -25,6 +25,7 @@ from allotment.domain.workloads import TERMINAL, WorkloadState, can_move, source
 
 __all__ = [
     "Hold",
+    "Rejection",
     "insert_pending",
     "record_activity",
     "record_holds",
@@ -42,8 +43,22 @@ __all__ = [
 S = WorkloadState
 W = WORKLOADS.c
 
-#: A held workload's place in the queue: ``{"wid", "reason", "position", "eta"}``.
-Hold = Mapping[str, Any]
+
+class Hold(TypedDict):
+    """Why a pending workload waits, its place and its expected start: one row of
+    ``record_holds``' executemany."""
+
+    wid: int
+    reason: str
+    position: int | None
+    eta: datetime | None
+
+
+class Rejection(TypedDict):
+    """A pending workload that can never run, and why: one row of ``reject_many``."""
+
+    wid: int
+    reason: str
 
 
 def _in(states: Iterable[WorkloadState]) -> ColumnElement[bool]:
@@ -174,7 +189,7 @@ def to_ended(
     )
 
 
-def reject_many(conn: Connection, rejects: Sequence[Mapping[str, Any]], now: datetime) -> None:
+def reject_many(conn: Connection, rejects: Sequence[Rejection], now: datetime) -> None:
     """PENDING → FAILED for each ``{"wid", "reason"}``: it can never run. One executemany."""
     if not rejects:
         return
@@ -250,7 +265,7 @@ def requeue(conn: Connection, workload: int, reason: str, now: datetime) -> bool
     )
 
 
-def insert_pending(conn: Connection, values: Mapping[str, Any], indices: Sequence[int]) -> int:
+def insert_pending(conn: Connection, values: Mapping[str, object], indices: Sequence[int]) -> int:
     """A job array: one PENDING workload per index, the first one's id naming the array (and
     keeping the idempotency key); returns that id. Single workloads are inserted in batches by
     ``db/group_commit.py``."""
