@@ -11,10 +11,11 @@ from allotment.backends.fake import FakeBackend
 from allotment.backends.local.backend import LocalBackend
 from allotment.clock import FakeClock
 from allotment.config import load_policy
+from allotment.db.policy_sync import apply_policy
 from tests.support.service import ROOT, Service
 
 
-async def test_without_the_controller_the_policys_backends_are_built_once(
+async def test_without_the_controller_the_policys_backends_are_built_once_per_version(
     service: Service,
 ) -> None:
     state = service.app.state.allotment
@@ -24,6 +25,13 @@ async def test_without_the_controller_the_policys_backends_are_built_once(
     assert await state.backend("local") is local
     # department.yaml's gpu pool is Slurm's, which this service does not run.
     assert await state.backend("slurm") is None
+    # A policy applied since (a pool's backend may have come or gone): built again for it.
+    async with state.db.write() as session:
+        policy = load_policy(ROOT / "examples/one-box.yaml", environ={})
+        await apply_policy(session, policy, actor="test", now=state.clock.now())
+    again = await state.backend("local")
+    assert isinstance(again, LocalBackend) and again is not local
+    assert await state.backend("local") is again
 
 
 async def test_backends_given_to_create_app_are_the_ones_used(tmp_path: Path) -> None:

@@ -69,6 +69,8 @@ class AppState:
     #: Backends by name, given to ``create_app``; None: the controller's where this process
     #: runs it, else built from the registry when first needed (reading a job's output).
     backends: Mapping[str, Backend] | None = None
+    #: Built here (no controller, none given): the policy version they were built for.
+    _built: tuple[int, Mapping[str, Backend]] | None = field(default=None, init=False)
     #: Parsed policies by version, for quotes.
     policy_views: ViewCache = field(default_factory=dict)
     admin_tokens: TtlCache[str, str] = field(init=False)
@@ -116,21 +118,28 @@ class AppState:
         read through it (output): it never closes them, since closing tidies what the
         controller's process owns (the local backend's control groups).
         """
-        if self.controller is not None and self.backends is None:
+        if self.backends is not None:
+            return self.backends.get(name)
+        if self.controller is not None:
             return self.controller.backends.get(name)
-        if self.backends is None:
-            async with self.db.read() as session:
-                document = (
-                    await session.execute(
-                        select(PolicyVersion.document).order_by(PolicyVersion.id.desc()).limit(1)
-                    )
-                ).scalar_one_or_none()
-            if document is None or self.data_dir is None:
-                return None
-            self.backends = backends_for(
-                Policy.model_validate(document), self.data_dir, installation=self.installation
+        async with self.db.read() as session:
+            newest = (
+                await session.execute(
+                    select(PolicyVersion.id, PolicyVersion.document)
+                    .order_by(PolicyVersion.id.desc())
+                    .limit(1)
+                )
+            ).first()
+        if newest is None or self.data_dir is None:
+            return None
+        if self._built is None or self._built[0] != newest.id:  # a policy applied since
+            built = backends_for(
+                Policy.model_validate(newest.document),
+                self.data_dir,
+                installation=self.installation,
             )
-        return self.backends.get(name)
+            self._built = (newest.id, built)
+        return self._built[1].get(name)
 
     def workloads_changed(self, workload: int | None = None) -> None:
         """A submission or a cancel: have the controller act on it soon, here or in the
