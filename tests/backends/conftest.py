@@ -92,6 +92,16 @@ class FakePrograms(Programs):
         return ["append", str(path), word]
 
 
+@pytest.fixture
+async def local(tmp_path: Path) -> AsyncIterator[LocalBackend]:
+    """A local backend of its own; what a test that failed half-way left is reaped."""
+    b = local_backend(tmp_path / "state")
+    yield b
+    for wid in await b.present():
+        await b.reap(wid)
+    await b.close()
+
+
 @pytest.fixture(params=["local", "fake"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     b: Backend = local_backend(tmp_path / "state") if request.param == "local" else FakeBackend()

@@ -11,7 +11,7 @@ import copy
 import os
 import pwd
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,15 +33,6 @@ from tests.backends.test_contract import ended, started
 
 G = 2**30
 root_only = pytest.mark.skipif(not ROOT, reason="needs root: POSIX accounts and cgroups")
-
-
-@pytest.fixture
-async def local(tmp_path: Path) -> AsyncIterator[LocalBackend]:
-    b = local_backend(tmp_path / "state")
-    yield b
-    for wid in await b.present():  # of a test that failed half-way
-        await b.reap(wid)
-    await b.close()
 
 
 def job(wid: int, user: str, command: list[str], workdir: Path, **kw: object) -> LaunchSpec:

@@ -79,6 +79,21 @@ def _final(s: JobService, token: str, wid: int) -> dict[str, object]:
     )
 
 
+def _untouched_then_cancelled(
+    s: JobService, token: str, wids: list[int], groups: Cgroups, before: dict[int, list[int]]
+) -> None:
+    """The other installation's workloads still run, the same processes in the same groups;
+    cancelled, they end as cancelled."""
+    for wid in wids:
+        assert _status(s, token, wid)["status"] == "running"
+        assert groups.procs(wid) == before[wid]
+    with s.client(token) as c:
+        for wid in wids:
+            assert c.post(f"workloads/{wid}/cancel").status_code == 200
+    for wid in wids:
+        assert _final(s, token, wid)["reason"] == "cancelled by alice"
+
+
 @pytest.fixture
 def two(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """Two installations' directories (each with its policy file and ``data``); whatever a
@@ -122,14 +137,7 @@ def test_one_installations_job_ending_or_restart_leaves_the_others_alone(
         assert mine.exists(2)
         with job_service(port, one / "data", None, hub.api_url, policy):
             wait_for(lambda: not mine.exists(2), 10, what="its own job reaped")
-        for wid in ids:  # the other's jobs: untouched, the same processes in the same groups
-            assert _status(b, alice, wid)["status"] == "running"
-            assert theirs.procs(wid) == before[wid]
-        with b.client(alice) as c:
-            for wid in ids:
-                assert c.post(f"workloads/{wid}/cancel").status_code == 200
-        for wid in ids:
-            assert _final(b, alice, wid)["reason"] == "cancelled by alice"
+        _untouched_then_cancelled(b, alice, ids, theirs, before)
 
 
 def _as_before_installations(data: Path, wid: int) -> None:
@@ -201,11 +209,4 @@ def test_workloads_started_before_installations_were_named_are_found_after_the_u
                 wait_for(lambda w=wid: not old.exists(w), 10, what="the old groups to go")
             assert not list((data / "local" / "run").iterdir())
             assert not list((data / "local" / "tmp").glob("w*"))
-        for wid in ids:  # the other installation's jobs 1 and 2: untouched
-            assert _status(b, alice, wid)["status"] == "running"
-            assert theirs.procs(wid) == before[wid]
-        with b.client(alice) as c:
-            for wid in ids:
-                assert c.post(f"workloads/{wid}/cancel").status_code == 200
-        for wid in ids:
-            assert _final(b, alice, wid)["reason"] == "cancelled by alice"
+        _untouched_then_cancelled(b, alice, ids, theirs, before)

@@ -14,7 +14,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,11 +25,15 @@ from allotment.backends.local.posix import PosixAccounts
 from allotment.backends.local.process import ROOT_ENVIRONMENT
 from allotment.domain.resources import Resources
 from allotment.installation import name_for
-from tests.backends.conftest import ROOT, local_backend
+from tests.backends import conftest as backends
+from tests.backends.conftest import ROOT
 from tests.backends.test_contract import ended, started
 from tests.backends.test_local import job
 from tests.support.hub import Hub, free_port
 from tests.support.jobs import job_service, policy_file
+
+#: The backend tests' fixture: a local backend of its own, reaped after the test.
+local = backends.local
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="needs root: POSIX accounts and cgroups")
 
@@ -63,15 +67,6 @@ __attribute__((constructor)) static void evil(void) {
     if (f) { fprintf(f, "%%d\n", (int)geteuid()); fclose(f); }
 }
 """
-
-
-@pytest.fixture
-async def local(tmp_path: Path) -> AsyncIterator[LocalBackend]:
-    b = local_backend(tmp_path / "state")
-    yield b
-    for wid in await b.present():  # of a test that failed half-way
-        await b.reap(wid)
-    await b.close()
 
 
 @pytest.fixture
