@@ -485,11 +485,31 @@ def test_the_reservation_goes_to_a_node_the_head_fits() -> None:
     ]
 
 
-def test_a_node_whose_gpus_left_the_policy_gives_a_whole_node_request_no_reservation() -> None:
+def test_backfill_never_delays_a_whole_node_head() -> None:
+    """Review finding: the head wants n1 whole once job 1 ends (t=100). Job 3 would run there
+    until 505, so backfilled it would keep the node from being whole at 100; job 4 ends by 50
+    and may. A whole-node reservation leaves nothing beside it."""
+    s = snap(
+        [
+            job(2, r=cpus(1), whole_node=True),
+            job(3, r=cpus(1), at=5, wall=500),
+            job(4, r=cpus(1), at=1, wall=50),
+        ],
+        [run(1, r=cpus(1), end=100)],
+        policy="easy",
+        estimates=False,
+    )
+    assert schedule(s) == [
+        Admit(4, "n1"),
+        Hold(2, "waiting for 1 CPU, 1G to free up (next in line)", 1, None),
+        Hold(3, "waiting for 1 CPU, 1G to free up", 2, None),
+    ]
+
+
+def test_a_node_whose_gpus_left_the_policy_is_whole_again_when_its_work_ends() -> None:
     # The job on n1 holds a GPU the policy no longer lists for n1. Once it ends the node is
-    # empty, but its free GPUs read {a100: 0}, never equal to a capacity without GPUs, so the
-    # whole-node request finds no reservation (as for a node drained below its declared size):
-    # it waits as the head, and nothing behind it is kept from starting.
+    # empty, though its free GPUs read {a100: 0}: the whole-node request is reserved n1 at 100,
+    # and job 3, which would still run then, does not start there.
     s = snap(
         [job(2, r=cpus(1), whole_node=True), job(3, r=cpus(1), at=5, wall=500)],
         [run(1, r=cpus(1, 1, {"a100": 1}), end=100)],
@@ -497,8 +517,8 @@ def test_a_node_whose_gpus_left_the_policy_gives_a_whole_node_request_no_reserva
         estimates=False,
     )
     assert schedule(s) == [
-        Admit(3, "n1"),
         Hold(2, "waiting for 1 CPU, 1G to free up (next in line)", 1, None),
+        Hold(3, "waiting for 1 CPU, 1G to free up", 2, None),
     ]
 
 

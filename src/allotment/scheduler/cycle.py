@@ -287,7 +287,8 @@ class _Cycle:
         free = node.free
         for end, res in sorted(node.releases, key=lambda x: x[0]):
             free = free + res
-            if p.resources.fits_in(free) and (not p.whole_node or free == node.spec.capacity):
+            # Whole: all of it free (not ``==``: a GPU model the node no longer lists reads 0).
+            if p.resources.fits_in(free) and (not p.whole_node or node.spec.capacity.fits_in(free)):
                 return max(end, self.snap.now), free
         return None
 
@@ -300,7 +301,9 @@ class _Cycle:
         if best is None:
             return None
         start, node, free = best
-        return _Reservation(p.id, node, start, subtract(free, p.resources))
+        # A whole node leaves nothing beside it: no backfill may still run there at ``start``.
+        extra = Resources() if p.whole_node else subtract(free, p.resources)
+        return _Reservation(p.id, node, start, extra)
 
     def backfill_ok(self, p: Pending, node: _Node, res: _Reservation) -> bool:
         if node.spec.name != res.node:
