@@ -20,7 +20,7 @@ from allotment.backends.local.cgroups import LEGACY, Cgroups, Limits, detect, pr
 from allotment.installation import name_for
 from tests.backends.conftest import ROOT
 from tests.support.hub import Hub, free_port
-from tests.support.jobs import JobService, job_service, policy_file, wait_for
+from tests.support.jobs import JobService, ended, job_service, policy_file, wait_for, workload
 
 pytestmark = [
     pytest.mark.jupyterhub,
@@ -46,13 +46,6 @@ def _named(directory: Path, installation: str) -> Path:
     return policy
 
 
-def _status(s: JobService, token: str, wid: int) -> dict[str, object]:
-    with s.client(token) as c:
-        r = c.get(f"workloads/{wid}")
-        assert r.status_code == 200, r.text
-        return dict(r.json())
-
-
 def _submit(s: JobService, token: str, command: str, shared: Path) -> int:
     body = {"profile": "small", "command": ["sh", "-c", command], "workdir": str(shared)}
     with s.client(token) as c:
@@ -64,19 +57,9 @@ def _submit(s: JobService, token: str, command: str, shared: Path) -> int:
 def _running(s: JobService, token: str, wids: list[int], groups: Cgroups) -> dict[int, list[int]]:
     """Wait until each workload runs its command; then the processes in its group."""
     for wid in wids:
-        wait_for(lambda w=wid: _status(s, token, w)["status"] == "running", what="running")
+        wait_for(lambda w=wid: workload(s, token, w)["status"] == "running", what="running")
         wait_for(lambda w=wid: len(groups.procs(w)) >= 2, 10, what="its command")
     return {wid: groups.procs(wid) for wid in wids}
-
-
-def _final(s: JobService, token: str, wid: int) -> dict[str, object]:
-    return dict(
-        wait_for(
-            lambda: (w := _status(s, token, wid))["status"] in ("stopped", "failed") and w,
-            60,
-            what=f"workload {wid} to end",
-        )
-    )
 
 
 def _untouched_then_cancelled(
@@ -85,13 +68,13 @@ def _untouched_then_cancelled(
     """The other installation's workloads still run, the same processes in the same groups;
     cancelled, they end as cancelled."""
     for wid in wids:
-        assert _status(s, token, wid)["status"] == "running"
+        assert workload(s, token, wid)["status"] == "running"
         assert groups.procs(wid) == before[wid]
     with s.client(token) as c:
         for wid in wids:
             assert c.post(f"workloads/{wid}/cancel").status_code == 200
     for wid in wids:
-        assert _final(s, token, wid)["reason"] == "cancelled by alice"
+        assert ended(s, token, wid)["reason"] == "cancelled by alice"
 
 
 @pytest.fixture
@@ -126,7 +109,7 @@ def test_one_installations_job_ending_or_restart_leaves_the_others_alone(
             before = _running(b, alice, ids, theirs)
             with a.client(alice) as c:  # one installation's job 1 ends ...
                 assert c.post("workloads/1/cancel").status_code == 200
-            assert _final(a, alice, 1)["reason"] == "cancelled by alice"
+            assert ended(a, alice, 1)["reason"] == "cancelled by alice"
             wait_for(lambda: not mine.exists(1), 10, what="its groups to go")
             a.proc.kill()
             a.proc.wait()
@@ -197,14 +180,14 @@ def test_workloads_started_before_installations_were_named_are_found_after_the_u
         old = _groups(name_for(data)).at(LEGACY)
         with job_service(port, data, None, hub.api_url, policy_file(one)) as a:
             for wid in ids:  # found, not reaped
-                assert _status(a, alice, wid)["status"] == "running"
+                assert workload(a, alice, wid)["status"] == "running"
                 assert old.procs(wid)
             go.touch()  # one ends by itself: seen by polling it
-            w = _final(a, alice, ending)
+            w = ended(a, alice, ending)
             assert (w["status"], w["exit_code"]) == ("stopped", 0), w
             with a.client(alice) as c:  # the other is stopped
                 assert c.post(f"workloads/{stopped}/cancel").status_code == 200
-            assert _final(a, alice, stopped)["reason"] == "cancelled by alice"
+            assert ended(a, alice, stopped)["reason"] == "cancelled by alice"
             for wid in ids:
                 wait_for(lambda w=wid: not old.exists(w), 10, what="the old groups to go")
             assert not list((data / "local" / "run").iterdir())

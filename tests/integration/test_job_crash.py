@@ -15,7 +15,14 @@ import pytest
 
 from tests.backends.conftest import ROOT
 from tests.support.hub import Hub, free_port
-from tests.support.jobs import JobService, cgroup_left, job_service, policy_file, wait_for
+from tests.support.jobs import (
+    cgroup_left,
+    ended,
+    job_service,
+    policy_file,
+    wait_for,
+    workload,
+)
 
 pytestmark = [
     pytest.mark.jupyterhub,
@@ -34,21 +41,6 @@ def _died(proc: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         raise AssertionError("the failpoint was never reached") from None
     assert proc.returncode == -9
-
-
-def _status(s: JobService, token: str, wid: int) -> dict[str, object]:
-    with s.client(token) as c:
-        return dict(c.get(f"workloads/{wid}").json())
-
-
-def _final(s: JobService, token: str, wid: int) -> dict[str, object]:
-    return dict(
-        wait_for(
-            lambda: (w := _status(s, token, wid))["status"] in ("stopped", "failed") and w,
-            60,
-            what=f"workload {wid} to end",
-        )
-    )
 
 
 def _nothing_left(data: Path, wid: int) -> None:
@@ -86,7 +78,7 @@ def test_killed_on_the_way_to_running(
             s.proc.kill()
         _died(s.proc)
     with job_service(port, data, database_url, hub.api_url, policy) as s:
-        w = _final(s, alice, wid)
+        w = ended(s, alice, wid)
     assert (w["status"], w["exit_code"]) == ("stopped", 0), w["reason"]
     assert runs.read_text() == "run\n", "the workload ran once, not zero or two times"
     _nothing_left(data, wid)
@@ -107,11 +99,11 @@ def test_killed_while_stopping(
     with job_service(port, data, database_url, hub.api_url, policy, failpoint=step) as s:
         with s.client(alice) as c:
             wid = int(c.post("workloads", json=body).json()["id"])
-            wait_for(lambda: _status(s, alice, wid)["status"] == "running", what="running")
+            wait_for(lambda: workload(s, alice, wid)["status"] == "running", what="running")
             assert c.post(f"workloads/{wid}/cancel").status_code == 200
         _died(s.proc)
     with job_service(port, data, database_url, hub.api_url, policy) as s:
-        w = _final(s, alice, wid)
+        w = ended(s, alice, wid)
     assert (w["status"], w["reason"]) == ("stopped", "cancelled by alice"), w
     _nothing_left(data, wid)
     marker.unlink(missing_ok=True)
@@ -128,7 +120,7 @@ def test_a_workload_the_database_forgot_is_reaped(tmp_path: Path, hub: Hub, shar
     with job_service(port, data, None, hub.api_url, policy) as s:
         with s.client(alice) as c:
             wid = int(c.post("workloads", json=body).json()["id"])
-        wait_for(lambda: _status(s, alice, wid)["status"] == "running", what="running")
+        wait_for(lambda: workload(s, alice, wid)["status"] == "running", what="running")
         s.proc.kill()
         s.proc.wait()
     (data / "allotment.sqlite").unlink()

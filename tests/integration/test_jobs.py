@@ -17,10 +17,12 @@ from tests.support.hub import Hub, free_port
 from tests.support.jobs import (
     JobService,
     cgroup_left,
+    ended,
     job_service,
     policy_file,
     processes_of,
     wait_for,
+    workload,
 )
 
 pytestmark = [
@@ -33,23 +35,6 @@ pytestmark = [
 def svc(tmp_path: Path, hub: Hub, shared: Path) -> Iterator[JobService]:
     with job_service(free_port(), tmp_path / "data", None, hub.api_url, policy_file(tmp_path)) as s:
         yield s
-
-
-def workload(s: JobService, token: str, wid: int) -> dict[str, object]:
-    with s.client(token) as c:
-        r = c.get(f"workloads/{wid}")
-        assert r.status_code == 200, r.text
-        return dict(r.json())
-
-
-def ended(s: JobService, token: str, wid: int, seconds: float = 60) -> dict[str, object]:
-    return dict(
-        wait_for(
-            lambda: (w := workload(s, token, wid))["status"] in ("stopped", "failed") and w,
-            seconds,
-            what=f"workload {wid} to end",
-        )
-    )
 
 
 def submit(s: JobService, token: str, cwd: Path, *args: str) -> int:

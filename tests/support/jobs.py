@@ -128,6 +128,25 @@ def wait_for(
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
+def workload(s: JobService, token: str, wid: int) -> dict[str, object]:
+    """The workload as ``GET workloads/{wid}`` shows it to ``token``'s user."""
+    with s.client(token) as c:
+        r = c.get(f"workloads/{wid}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+def ended(s: JobService, token: str, wid: int, seconds: float = 60) -> dict[str, object]:
+    """The workload once it has stopped or failed."""
+    return dict(
+        wait_for(
+            lambda: (w := workload(s, token, wid))["status"] in ("stopped", "failed") and w,
+            seconds,
+            what=f"workload {wid} to end",
+        )
+    )
+
+
 def cgroup_left(workload: int, data_dir: Path) -> bool:
     """Whether anything of the workload's control groups is left on this machine (those of the
     installation whose data directory is ``data_dir``)."""
