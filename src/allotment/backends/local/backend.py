@@ -583,13 +583,12 @@ class LocalBackend(Backend):
         # File-system work off the event loop: it is not on anyone's critical path.
         run = Path(placement["run"])
         groups, scratch = self._groups_of(placement), self._scratch_of(placement)
-        if "installation" in placement:  # this attempt's /tmp, and any earlier one's
-            tmps = [*scratch.glob(f"w{workload}.*")]
-        else:  # old names: another installation's may sit beside it, with the same id
-            tmps = [scratch / run.name]
-        await asyncio.to_thread(self._release, groups, workload, run, tmps)
+        named = "installation" in placement
+        await asyncio.to_thread(self._release, groups, workload, run, scratch, named)
 
-    def _release(self, groups: Cgroups | None, workload: int, run: Path, tmps: list[Path]) -> None:
+    def _release(
+        self, groups: Cgroups | None, workload: int, run: Path, scratch: Path, named: bool
+    ) -> None:
         if groups is not None:
             groups.kill_all(workload)
             for _ in range(100):
@@ -598,7 +597,9 @@ class LocalBackend(Backend):
                     break
                 time.sleep(0.01)
         shutil.rmtree(run, ignore_errors=True)
-        for tmp in tmps:
+        # Under its installation's name: this attempt's /tmp, and any earlier one's. Under the
+        # old names only this attempt's: another installation's may sit beside it, same id.
+        for tmp in scratch.glob(f"w{workload}.*") if named else [scratch / run.name]:
             remove_tree(tmp)
 
     async def read_output(

@@ -1,4 +1,6 @@
-"""GPUs of this machine: discovered with ``nvidia-smi``, or declared in the policy.
+"""GPUs of this machine, as the policy declares them; ``discover`` reads what ``nvidia-smi``
+reports, which nothing pins from yet (the declaration is the inventory; ``LocalBackend.capacity``
+says why).
 
 An inventory maps each GPU model to its device indices (``{"a100": ["0", "1"]}``). A workload
 is pinned to the devices it is given through ``CUDA_VISIBLE_DEVICES`` and, on cgroup v1, the
