@@ -19,7 +19,7 @@ import hashlib
 import re
 from pathlib import Path
 
-__all__ = ["NAME_PATTERN", "check_name", "name_for"]
+__all__ = ["NAME_PATTERN", "check_name", "installation_of", "name_for"]
 
 #: Lower-case letters, digits and dashes, starting with a letter: safe as a control group's and
 #: a directory's name, and readable in ``/proc/<pid>/cgroup``.
@@ -53,3 +53,9 @@ def name_for(data_dir: Path) -> str:
         slug = f"i-{slug}".strip("-")
     digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
     return f"{slug}-{digest}"
+
+
+def installation_of(configured: str | None, data_dir: Path) -> str:
+    """The installation's name: its ``service.installation`` where set, else ``name_for`` its
+    data directory. Every part that names something after the installation asks here."""
+    return configured or name_for(data_dir)

@@ -413,7 +413,7 @@ pools:
 """,
         "policy.yaml",
     )
-    backend = from_policy(policy, tmp_path)
+    backend = from_policy(policy, tmp_path, "lab-machine")
     assert backend is not None
     try:
         reported = {"local": await backend.capacity()}

@@ -17,6 +17,7 @@ from allotment.config import load_policy
 from allotment.controller.reconciler import Reconciler, read_rows
 from allotment.controller.scheduling import SchedulingLoop
 from allotment.controller.view import PolicyView
+from allotment.installation import name_for
 from tests.support.service import ROOT, Service
 
 
@@ -27,7 +28,8 @@ def _local_pools(view: PolicyView) -> list[str]:
 @pytest.fixture
 async def backend(service: Service) -> AsyncIterator[LocalBackend]:
     policy = load_policy(ROOT / "examples/department.yaml", environ={})
-    found = local_backend(policy, service.data_dir / "controller")
+    data_dir = service.data_dir / "controller"
+    found = local_backend(policy, data_dir, name_for(data_dir))
     assert found is not None
     yield found
     await found.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from allotment.config.models import ServiceSettings
-from allotment.installation import NAME_PATTERN, check_name, name_for
+from allotment.installation import NAME_PATTERN, check_name, installation_of, name_for
 
 
 def test_derived_from_the_data_directory(tmp_path: Path) -> None:
@@ -47,3 +47,8 @@ def test_names_that_cannot_name_an_installation(name: str) -> None:
 def test_the_policy_may_name_it() -> None:
     assert ServiceSettings(installation="physics-hub").installation == "physics-hub"
     assert ServiceSettings().installation is None
+
+
+def test_the_configured_name_wins_over_the_derived_one(tmp_path: Path) -> None:
+    assert installation_of("physics-hub", tmp_path) == "physics-hub"
+    assert installation_of(None, tmp_path) == name_for(tmp_path)

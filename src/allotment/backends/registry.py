@@ -16,16 +16,16 @@ from allotment.backends.local.cgroups import detect
 from allotment.backends.local.posix import PosixAccounts
 from allotment.config.models import Policy
 from allotment.domain.resources import Resources
-from allotment.installation import name_for
+from allotment.installation import installation_of
 
 __all__ = ["CLASSES", "FACTORIES", "Factory", "backends_for", "local_backend", "private_path"]
 
 #: Builds the backend for a policy's pools of one kind, or None when the policy has none it
-#: can run; ``data_dir`` is the installation's data directory.
-Factory = Callable[[Policy, Path], Backend | None]
+#: can run, given the installation's data directory and name.
+Factory = Callable[[Policy, Path, str], Backend | None]
 
 
-def local_backend(policy: Policy, data_dir: Path) -> LocalBackend | None:
+def local_backend(policy: Policy, data_dir: Path, installation: str) -> LocalBackend | None:
     """The backend for the policy's local pools (this machine), or None when it has none."""
     local = [spec for spec in policy.pools.values() if spec.backend == "local"]
     nodes = [n for spec in local for n in spec.nodes]
@@ -46,7 +46,7 @@ def local_backend(policy: Policy, data_dir: Path) -> LocalBackend | None:
         detect(),
         accounts,
         # The installation's own name, for its cgroups and run directories (DESIGN 5a).
-        installation=policy.service.installation or name_for(data_dir),
+        installation=installation,
         tmp_base=Path(tmp_dir) if tmp_dir else None,
     )
 
@@ -73,16 +73,14 @@ def backends_for(
 ) -> dict[str, Backend]:
     """The backends the policy's pools use that this service can run, by name.
 
-    ``installation``: the service's own ``service.installation``, given to the factories in
-    ``policy.service`` (the policy kept in the database has no ``service`` section: it is each
-    service's own); None: each derives the name from ``data_dir``."""
-    if installation is not None:
-        service = policy.service.model_copy(update={"installation": installation})
-        policy = policy.model_copy(update={"service": service})
+    ``installation``: the service's own ``service.installation`` (the policy kept in the
+    database has no ``service`` section: it is each service's own); None: the policy's, else
+    derived from ``data_dir`` (``installation_of``)."""
+    named = installation_of(installation or policy.service.installation, data_dir)
     out: dict[str, Backend] = {}
     for name in sorted({spec.backend for spec in policy.pools.values()}):
         factory = factories.get(name)
-        backend = factory(policy, data_dir) if factory is not None else None
+        backend = factory(policy, data_dir, named) if factory is not None else None
         if backend is not None:
             out[name] = backend
     return out

@@ -35,7 +35,7 @@ from allotment.controller.workqueue import WorkQueue
 from allotment.db.engine import Database
 from allotment.db.tables import Pool, Workload
 from allotment.domain.workloads import ACTIVE
-from allotment.installation import name_for
+from allotment.installation import installation_of
 
 __all__ = ["Controller", "ControllerSettings"]
 
@@ -96,7 +96,7 @@ class Controller:
         process of this installation holds the lock (NameInUse: another installation holds
         the name)."""
         data_dir = self.settings.data_dir
-        self._lock = take_lock(data_dir, self.settings.installation or name_for(data_dir))
+        self._lock = take_lock(data_dir, installation_of(self.settings.installation, data_dir))
         return self._lock is not None
 
     async def start(self) -> bool:
