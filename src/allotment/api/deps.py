@@ -122,23 +122,27 @@ class AppState:
             return self.backends.get(name)
         if self.controller is not None:
             return self.controller.backends.get(name)
+        if self.data_dir is None:
+            return None
         async with self.db.read() as session:
             newest = (
                 await session.execute(
-                    select(PolicyVersion.id, PolicyVersion.document)
-                    .order_by(PolicyVersion.id.desc())
-                    .limit(1)
+                    select(PolicyVersion.id).order_by(PolicyVersion.id.desc()).limit(1)
                 )
-            ).first()
-        if newest is None or self.data_dir is None:
-            return None
-        if self._built is None or self._built[0] != newest.id:  # a policy applied since
-            built = backends_for(
-                Policy.model_validate(newest.document),
-                self.data_dir,
-                installation=self.installation,
-            )
-            self._built = (newest.id, built)
+            ).scalar_one_or_none()
+            if newest is None:
+                return None
+            if self._built is None or self._built[0] != newest:  # a policy applied since
+                document = (
+                    await session.execute(
+                        select(PolicyVersion.document).where(PolicyVersion.id == newest)
+                    )
+                ).scalar_one()
+                policy = Policy.model_validate(document)
+                self._built = (
+                    newest,
+                    backends_for(policy, self.data_dir, installation=self.installation),
+                )
         return self._built[1].get(name)
 
     def workloads_changed(self, workload: int | None = None) -> None:
