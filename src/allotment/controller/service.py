@@ -65,10 +65,9 @@ class Controller:
         self.db = db
         self.clock = clock
         self.settings = settings
-        #: By name (a pool's ``backend:``); empty: built from the registry at start, for the
-        #: policy in force.
+        #: By name (a pool's ``backend:``); given none (None), built from the registry at
+        #: start, for the policy in force.
         self.backends: dict[str, Backend] = dict(backends or {})
-        #: None: built from the registry for the policy in force when it starts.
         self._build_backends = backends is None
         self.queue: WorkQueue[int] = WorkQueue()
         self.scheduling = SchedulingLoop(
