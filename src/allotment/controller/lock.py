@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
 from pathlib import Path
 from typing import IO
+
+from allotment.installation import check_name
 
 __all__ = ["CLAIMS", "ControllerLock", "NameInUse", "lock_path", "take_lock"]
 
 #: Where installations claim their names: machine-wide as root (whose workloads' groups and
-#: private /tmp are machine-wide); per user otherwise.
+#: private /tmp are machine-wide); per user otherwise, in a directory of the user's own (not
+#: under /tmp, where another user could plant a link where a claim will be made).
 CLAIMS = (
     Path("/run/allotment/installations")
     if os.geteuid() == 0
-    else Path(tempfile.gettempdir()) / f"allotment-{os.geteuid()}" / "installations"
+    else Path.home() / ".local" / "state" / "allotment" / "installations"
 )
 
 
@@ -49,8 +51,10 @@ class ControllerLock:
 
 
 def _flock(path: Path) -> IO[str] | None:
-    # Held open for the controller's life; made 0600 (a claim names a data directory).
-    f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "a+")
+    # Held open for the controller's life; made 0600 (a claim names a data directory). Never
+    # through a link: a claim is truncated and written.
+    flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+    f = os.fdopen(os.open(path, flags, 0o600), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -63,6 +67,7 @@ def take_lock(data_dir: Path, name: str, claims: Path | None = None) -> Controll
     """Take the installation's controller lock and claim its ``name`` (in ``claims``, default
     ``CLAIMS``); None when another process of this installation holds the lock. Raises
     NameInUse when another installation holds the name."""
+    check_name(name)  # it names a file in ``claims``
     path = lock_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     mine = _flock(path)
@@ -71,7 +76,14 @@ def take_lock(data_dir: Path, name: str, claims: Path | None = None) -> Controll
     os.chmod(path, 0o600)
     claims = claims or CLAIMS
     claims.mkdir(parents=True, exist_ok=True, mode=0o700)
-    claim = _flock(claims / f"{name}.lock")
+    try:
+        claim = _flock(claims / f"{name}.lock")
+    except OSError as e:  # a link (O_NOFOLLOW), or no way to make it
+        mine.close()
+        raise NameInUse(
+            f"cannot claim installation name {name!r}: {claims / f'{name}.lock'}: {e.strerror}; "
+            "it must be a plain file (remove what is there)"
+        ) from None
     here = str(data_dir.resolve())
     if claim is None:
         mine.close()
