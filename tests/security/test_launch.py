@@ -364,3 +364,35 @@ async def test_private_tmp_directories_live_where_the_pool_says(
     assert list(base.iterdir()) == [base / local.installation]  # the installation's own
     assert list((base / local.installation).iterdir()) == []
     await local.close()
+
+
+@pytest.mark.parametrize("planted", ["link", "theirs"])
+def test_a_directory_planted_where_private_tmp_goes_is_refused(
+    tmp_path: Path, planted: str
+) -> None:
+    """A pool's ``tmp_dir`` may be a file system users write to: a user who makes the
+    installation's directory there first (or a link to their own) would hold every workload's
+    private /tmp. The backend refuses to start on it, and changes nothing of it."""
+    base = tmp_path / "scratch"
+    base.mkdir()
+    name = name_for(tmp_path)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    if planted == "link":
+        (base / name).symlink_to(theirs)
+    else:
+        (base / name).mkdir()
+        os.chown(base / name, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(RuntimeError, match="not a directory of the service's own"):
+        LocalBackend(
+            tmp_path / "state",
+            "localhost",
+            Resources.of(2, 4 * 2**30),
+            detect(),
+            PosixAccounts(),
+            installation=name,
+            tmp_base=base,
+        )
+    assert os.stat(theirs).st_mode & 0o777 == 0o755 and os.stat(theirs).st_uid == nobody.pw_uid

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -164,6 +165,7 @@ class LocalBackend(Backend):
         if self._private is not None:
             for d in (self._scratch_base, self.scratch):
                 d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                _own_directory(d)
                 os.chmod(d, 0o700)
             if self.scratch.stat().st_dev == state_dir.stat().st_dev:
                 log.info(
@@ -713,6 +715,19 @@ async def _readable(fd: int, timeout: float) -> None:
     finally:
         loop.remove_reader(fd)
         os.close(fd)
+
+
+def _own_directory(path: Path) -> None:
+    """``path`` is a directory of this process's user, not a link: where root makes every
+    workload's private /tmp, nobody else may have made it first (a pool's ``tmp_dir`` may be a
+    file system users write to)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise RuntimeError(
+            f"{path} is not a directory of the service's own (a link, or made by uid "
+            f"{st.st_uid}): workloads' private /tmp directories cannot go there; remove it and "
+            "start again"
+        )
 
 
 def _read_pid(run: Path) -> int | None:
