@@ -427,3 +427,42 @@ pools:
         assert schedulable(nodes, backends, reported) == (nodes, [])
     finally:
         await backend.close()
+
+
+# -- reasons that say what happened ------------------------------------------------------------
+
+
+@root_only
+async def test_a_stop_that_needed_sigkill_says_so(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    polite, deaf = new_id(), new_id()
+    p1 = (await started(local, job(polite, "alice", ["sleep", "1000"], shared)))[-1]
+    command = ["sh", "-c", "trap '' TERM; sleep 1000"]
+    p2 = (await started(local, job(deaf, "alice", command, shared)))[-1]
+    await asyncio.sleep(0.3)
+    await local.stop(polite, p1, grace=5)
+    await local.stop(deaf, p2, grace=1)
+    seen = await local.poll({polite: p1, deaf: p2})
+    assert seen[polite].how_stopped == ""
+    assert seen[deaf].how_stopped == (
+        "it did not stop on SIGTERM and was killed after the 1 s grace period"
+    )
+    for wid, p in ((polite, p1), (deaf, p2)):
+        await local.release(wid, p)
+
+
+@root_only
+async def test_leftover_processes_are_killed_at_the_end_and_counted(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    wid = new_id()
+    daemons = "for i in 1 2 3; do setsid nohup sleep 1000 >/dev/null 2>&1 & done; exit 0"
+    p = (await started(local, job(wid, "alice", ["sh", "-c", daemons], shared)))[-1]
+    seen = await ended(local, wid, p)
+    assert (seen.exit_code, seen.failed) == (0, False)
+    assert seen.reason == "completed (exit status 0); 3 leftover processes were killed at its end"
+    assert local.cgroups is not None and local.cgroups.procs(wid) == []
+    again = (await local.poll({wid: p}))[wid]  # a second look (after a restart) says the same
+    assert again.reason == seen.reason
+    await local.release(wid, p)

@@ -16,7 +16,15 @@ from typing import Any, Literal
 
 from allotment.domain.resources import Resources
 
-__all__ = ["Backend", "LaunchSpec", "NodeCapacity", "Observation", "Output", "Placement"]
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "LaunchSpec",
+    "NodeCapacity",
+    "Observation",
+    "Output",
+    "Placement",
+]
 
 #: What a backend records about a started workload (process id, cgroup, Slurm job id…). Plain
 #: JSON: the controller stores it in the workload's row.
@@ -61,6 +69,17 @@ class Observation:
     reason: str = ""
     #: CPU time used so far, in seconds, where the backend can tell (for the culler).
     cpu_seconds: float | None = None
+    #: How a stop it was asked for went, where that is worth telling beside who asked: "it
+    #: did not stop on SIGTERM and was killed after the 30 s grace period". Empty: it stopped
+    #: when asked, or nobody asked (then ``reason`` tells it all).
+    how_stopped: str = ""
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot start a workload now, for a reason that passes without anyone
+    changing the workload (the file system holding its records is full). The controller tries
+    again later, with backoff, and does not count it against the workload: a full disk is not
+    the job's failure. The message says what is wrong, for the log."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,13 @@ from typing import Concatenate, ParamSpec
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
-from allotment.backends.base import Backend, LaunchSpec, Observation, Placement
+from allotment.backends.base import (
+    Backend,
+    BackendUnavailable,
+    LaunchSpec,
+    Observation,
+    Placement,
+)
 from allotment.clock import Clock
 from allotment.controller.failpoints import failpoint
 from allotment.db.engine import Database
@@ -222,6 +228,8 @@ class Reconciler:
                 elif not placement.get("running"):
                     await self._write(record_placement, w.id, placement, self.clock.now())
                 failpoint("placed")
+        except BackendUnavailable:
+            raise  # tried again with backoff, never counted: not the workload's failure
         except Exception as e:
             n = self.start_failures.get(w.id, 0) + 1
             self.start_failures[w.id] = n
@@ -276,6 +284,8 @@ class Reconciler:
         failed = seen.failed and (not told or out_of_memory)
         status = S.FAILED if failed else S.STOPPED
         reason = seen.reason if not told or out_of_memory else None
+        if reason is None and seen.how_stopped:  # who asked, then how it had to be stopped
+            reason = f"{w.reason}; {seen.how_stopped}" if w.reason else seen.how_stopped
         if await self._write(
             to_ended,
             w.id,

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from allotment.backends.base import (
     Backend,
+    BackendUnavailable,
     LaunchSpec,
     NodeCapacity,
     Observation,
@@ -43,6 +44,7 @@ from allotment.backends.base import (
     Placement,
 )
 from allotment.backends.local import gpus as gpu
+from allotment.backends.local import space
 from allotment.backends.local.cgroups import LEGACY, Cgroups, Limits, prefix_of
 from allotment.backends.local.output import read_as
 from allotment.backends.local.posix import PosixAccount, PosixAccounts
@@ -80,9 +82,14 @@ DEFAULT_SIGNALS = tuple(
 
 def _ended(code: int | None, command_ran: bool = False) -> tuple[bool, str]:
     """(failed, reason) for an exit status; ``command_ran``: the status is the command's own,
-    even where it equals one of the launcher's set-up failures."""
+    even where it equals one of the launcher's set-up failures. None: the launcher, which
+    records it, ended without doing so; what is known of why is said, and nothing more (its
+    place is reserved at the start, so a full disk is not the cause: see ``_unrecorded``)."""
     if code is None:
-        return True, "ended without an exit status (killed together with its wrapper)"
+        return True, (
+            "outcome unknown: it ended without an exit status recorded (its launcher, which "
+            "records it, was killed)"
+        )
     if code == 0:
         return False, "completed (exit status 0)"
     if code in SETUP_FAILURES and not command_ran:
@@ -204,7 +211,7 @@ class LocalBackend(Backend):
             await self._claim(run)
             shutil.rmtree(run, ignore_errors=True)
         async with self._gpu_lock:
-            devices = self._claim_gpus(spec, run)
+            devices = self._prepare(spec, run)
         workdir = spec.workdir or str(account.home)
         placement: dict[str, Any] = {
             "node": spec.node or self.node,
@@ -244,25 +251,46 @@ class LocalBackend(Backend):
                 delay = min(delay * 1.2, 0.02)
         yield {**placement, "pid": pid, "started": started, "running": True}
 
-    def _claim_gpus(self, spec: LaunchSpec, run: Path) -> list[str]:
-        """Assign the workload's GPUs and record them in its new run directory."""
+    def _prepare(self, spec: LaunchSpec, run: Path) -> list[str]:
+        """Make the new run directory with everything the launcher needs, the workload's GPUs
+        assigned and recorded in it. Every write in the data directory an attempt needs
+        happens here, before anything of the user's runs, or has its room reserved here (the
+        exit status): a full disk delays a start (``BackendUnavailable``) and never falsifies
+        an end. The launcher's own ``pid`` is the exception: a disk filling in the few
+        milliseconds between this and its claim still fails that start."""
         devices = gpu.assign(self.inventory, spec.resources.gpus, self._gpus_in_use())
         if devices is None:
             raise RuntimeError(
                 f"workload {spec.workload} asks for {spec.resources.describe()} but those "
                 "GPUs are in use here"
             )
-        run.mkdir(mode=0o700)
-        (run / "installation").write_text(self.installation)  # for ``reap``: it has no placement
-        (run / "started").touch(mode=0o600)  # the user's part says here that its set-up is done
-        if self._private is not None:
-            # The workload's /tmp: reachable only inside its own mount namespace (the base is
-            # the service's, 0700), removed when the workload is released.
-            tmp = self.scratch / run.name
-            remove_tree(tmp)  # of an attempt that never started
-            tmp.mkdir()
-            os.chmod(tmp, 0o1777)
-        (run / "gpus.json").write_text(json.dumps(devices))
+        tmp = self.scratch / run.name
+        try:
+            run.mkdir(mode=0o700)
+            (run / "installation").write_text(self.installation)  # for ``reap``
+            # The user's part says in ``started`` that its set-up is done, the launcher in
+            # ``exit`` how the command ended: appends into blocks taken now.
+            space.reserve(run / "started")
+            space.reserve(run / "exit")
+            if self._private is not None:
+                # The workload's /tmp: reachable only inside its own mount namespace (the base
+                # is the service's, 0700), removed when the workload is released.
+                remove_tree(tmp)  # of an attempt that never started
+                tmp.mkdir()
+                os.chmod(tmp, 0o1777)
+                memory = max(spec.resources.memory, 2**20)
+                (run / "fstab").write_text(private_mounts(str(tmp), memory))
+            (run / "gpus.json").write_text(json.dumps(devices))
+        except OSError as e:
+            if not space.no_space(e):
+                raise
+            shutil.rmtree(run, ignore_errors=True)  # nothing was launched from it
+            remove_tree(tmp)
+            raise BackendUnavailable(
+                space.full_disk(
+                    self.runs.parent, f"workload {spec.workload} waits to start ({e.strerror})"
+                )
+            ) from e
         return devices
 
     def _groups(self, spec: LaunchSpec, devices: list[str]) -> list[Path]:
@@ -328,9 +356,7 @@ class LocalBackend(Backend):
             unshare, mount = self._private
             # slave: mounts the machine makes later (autofs, NFS homes) still reach it.
             launcher = [unshare, "--mount", "--ipc", "--propagation", "slave", "--", *launcher]
-            mounts = str(run / "fstab")
-            memory = max(spec.resources.memory, 2**20)
-            (run / "fstab").write_text(private_mounts(str(self.scratch / run.name), memory))
+            mounts = str(run / "fstab")  # written by ``_prepare``
         env = os.memfd_create("allot-env", os.MFD_CLOEXEC)
         try:
             script = environment_script(self._environment(spec, account, devices))
@@ -405,7 +431,7 @@ class LocalBackend(Backend):
     def _gpus_in_use(self) -> set[str]:
         used: set[str] = set()
         for run in self.runs.iterdir():
-            if (run / "exit").exists():
+            if _exit_status(run) is not None:
                 continue
             try:
                 used.update(json.loads((run / "gpus.json").read_text()))
@@ -425,14 +451,16 @@ class LocalBackend(Backend):
         _reap(pid)
         if pid is None:
             # Between the first checkpoint and the launcher's claim: still starting.
-            return Observation(alive=(run / "gpus.json").exists() and not (run / "exit").exists())
+            return Observation(alive=(run / "gpus.json").exists() and _exit_status(run) is None)
         if alive(pid, placement.get("started")):
             cpu = groups.cpu_seconds(workload) if groups is not None else None
             return Observation(alive=True, cpu_seconds=cpu)
-        code = _read_number(run / "exit")
+        code = _exit_status(run)
         ran = _command_ran(run)
         failed, reason = _ended(code, ran)
-        if code is not None and not ran:
+        if code is None:
+            reason = _unrecorded(run, self.runs.parent) or reason
+        elif not ran:
             reason = setup_failure(code, placement) or reason
         if groups is not None:
             mem = groups.memory(workload)
@@ -440,7 +468,17 @@ class LocalBackend(Backend):
                 used = format_bytes(mem.peak or mem.limit or 0)
                 limit = format_bytes(mem.limit or 0)
                 failed, reason = True, f"out of memory: used {used} of {limit}"
-        return Observation(alive=False, exit_code=code, failed=failed, reason=reason)
+            killed = _leftovers(groups, workload, run)
+            if killed:
+                were = "process was" if killed == 1 else "processes were"
+                reason += f"; {killed} leftover {were} killed at its end"
+        return Observation(
+            alive=False,
+            exit_code=code,
+            failed=failed,
+            reason=reason,
+            how_stopped=_how_stopped(run),
+        )
 
     async def present(self) -> set[int]:
         """This installation's: its groups, run directories and private /tmp directories."""
@@ -461,7 +499,7 @@ class LocalBackend(Backend):
             recorded = _installation_of(run, self.installation)
             groups = named.setdefault(recorded, self._groups_of({"installation": recorded}))
             pid = _read_pid(run)
-            if pid is not None and not (run / "exit").exists():
+            if pid is not None and _exit_status(run) is None:
                 self._signal(groups, workload, pid, signal.SIGKILL)
             shutil.rmtree(run, ignore_errors=True)
             if recorded != self.installation:
@@ -537,6 +575,10 @@ class LocalBackend(Backend):
             else:
                 continue
             break
+        if time.monotonic() >= deadline and self._stubborn(groups, workload, pid, started):
+            # Said in its reason (``_how_stopped``); a full disk only loses this remark.
+            with contextlib.suppress(OSError):
+                (run / "forced").write_text(f"{grace:g}")
         self._kill_all(groups, workload, pid, started)
         # The launcher records the exit status once its child is gone; give it a moment.
         for _ in range(100):
@@ -568,6 +610,16 @@ class LocalBackend(Backend):
     ) -> bool:
         if groups is not None:
             return bool(groups.procs(workload))
+        return pid is not None and alive(pid, started)
+
+    def _stubborn(
+        self, groups: Cgroups | None, workload: int, pid: int | None, started: int | None
+    ) -> bool:
+        """Whether anything of the workload outlived SIGTERM and its grace period: besides
+        the launcher, which only waits for its command (it catches the signal) to record how
+        it ended."""
+        if groups is not None:
+            return any(p != pid for p in groups.procs(workload))
         return pid is not None and alive(pid, started)
 
     def _kill_all(
@@ -732,6 +784,51 @@ def _own_directory(path: Path) -> None:
 
 def _read_pid(run: Path) -> int | None:
     return _read_number(run / "pid")
+
+
+def _exit_status(run: Path) -> int | None:
+    """The status the launcher recorded; None while it has not (the file exists, empty, from
+    the start: its room is reserved)."""
+    return _read_number(run / "exit")
+
+
+def _unrecorded(run: Path, data: Path) -> str | None:
+    """Why an attempt whose launcher is gone has no exit status, where the data directory's
+    file system says: full now (its reserved room missing, as for a run started before room
+    was reserved). None where nothing says why."""
+    if not space.full(run):
+        return None
+    return (
+        f"outcome unknown: the data directory's file system ({data}) was full at "
+        f"{time.strftime('%H:%M', time.gmtime())} UTC, and its exit status could not be "
+        "recorded"
+    )
+
+
+def _leftovers(groups: Cgroups, workload: int, run: Path) -> int:
+    """Kill what the workload left running in its groups once its launcher ended (daemons,
+    children it did not wait for); how many processes that was, over every look (recorded in
+    ``leftovers``, so that a second look, after a restart, still says it)."""
+    before = _read_number(run / "leftovers") or 0
+    found: set[int] = set()
+    for _ in range(100):
+        pids = groups.procs(workload)
+        if not pids:
+            break
+        found.update(pids)
+        groups.kill_all(workload)
+    if found:
+        with contextlib.suppress(OSError):  # on a full disk only the count is lost
+            (run / "leftovers").write_text(str(before + len(found)))
+    return before + len(found)
+
+
+def _how_stopped(run: Path) -> str:
+    """What a stop had to do beyond asking (``stop``'s ``forced``), for the reason."""
+    grace = (run / "forced").read_text() if (run / "forced").exists() else ""
+    if not grace:
+        return ""
+    return f"it did not stop on SIGTERM and was killed after the {grace} s grace period"
 
 
 def _installation_of(run: Path, default: str) -> str | None:

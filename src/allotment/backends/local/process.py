@@ -82,7 +82,9 @@ def alive(pid: int, started: int | None) -> bool:
 #:    every signal at its default.
 #: 6. Record its exit status; the service cannot read an exit status from a process it is not
 #:    the parent of (after a restart), so it reads this file, and only once the launcher is
-#:    gone (a few bytes in one write: no reader sees it half written).
+#:    gone (a few bytes in one write: no reader sees it half written). The service made the
+#:    file empty with a block reserved past its end (``space.reserve``), so the append needs
+#:    no room from a file system that may be full by now; ``started`` likewise.
 WRAPPER = r"""
 trap : INT HUP TERM
 run=$1 procs=$2 drop=$3 mount=$4 mounts=$5
@@ -92,16 +94,16 @@ set -C
 { echo $$ > pid; } 2>/dev/null || exit 0
 set +C
 IFS=:
-for f in $procs; do echo $$ > "$f" || { echo 255 > exit; exit 1; }; done
+for f in $procs; do echo $$ > "$f" || { echo 255 >> exit; exit 1; }; done
 unset IFS
 if [ -n "$mount" ]; then
   { "$mount" --all --fstab "$mounts" && echo 1 > /proc/sys/kernel/shm_rmid_forced; } ||
-    { echo 251 > exit; exit 1; }
+    { echo 251 >> exit; exit 1; }
 fi
 : > joined
 echo >&3 2>/dev/null; exec 3>&- 4<&-
 $drop "$@" 6>>started
-echo $? > exit
+echo $? >> exit
 """
 
 #: The user's part, as the user: into the working directory, then output appended to files

@@ -1,0 +1,99 @@
+"""The local backend with its state on a full file system: real ext4 on a loop device.
+
+A workload's exit status is the launcher's to write, into the run directory under the data
+directory; a full disk there must not turn a job that exited 0 into a failure, and where an
+outcome truly cannot be known, the reason says so (and when), not a false story.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from allotment.backends.base import BackendUnavailable
+from allotment.backends.local.backend import LocalBackend
+from tests.backends.conftest import ROOT, local_backend
+from tests.backends.test_contract import ended, started
+from tests.backends.test_local import job
+from tests.support.loopfs import fill, free, small_filesystem
+
+pytestmark = pytest.mark.skipif(not ROOT, reason="needs root: a loop-mounted file system")
+
+
+@pytest.fixture
+def disk() -> Iterator[Path]:
+    with small_filesystem(16, mode=0o700) as mountpoint:
+        yield mountpoint
+
+
+@pytest.fixture
+async def on_disk(disk: Path) -> AsyncIterator[LocalBackend]:
+    b = local_backend(disk / "state")
+    yield b
+    free(disk)
+    for wid in await b.present():
+        await b.reap(wid)
+    await b.close()
+
+
+async def test_jobs_that_exit_0_on_a_full_disk_are_recorded_so(
+    on_disk: LocalBackend, disk: Path, shared: Path, new_id: Callable[[], int]
+) -> None:
+    go = shared / "go"
+    wait_then = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    commands = [["sh", "-c", f"{wait_then}; exit {0 if i < 10 else 3}"] for i in range(11)]
+    placements = {}
+    for command in commands:
+        wid = new_id()
+        placements[wid] = (await started(on_disk, job(wid, "alice", command, shared)))[-1]
+    fill(disk)
+    go.touch()
+    seen = {wid: await ended(on_disk, wid, p) for wid, p in placements.items()}
+    outcomes = [(s.exit_code, s.failed, s.reason) for s in seen.values()]
+    assert outcomes == [(0, False, "completed (exit status 0)")] * 10 + [
+        (3, True, "exited with status 3")
+    ]
+    for wid, p in placements.items():
+        await on_disk.release(wid, p)
+
+
+async def test_a_start_on_a_full_disk_waits_and_says_why(
+    on_disk: LocalBackend, disk: Path, shared: Path, new_id: Callable[[], int]
+) -> None:
+    fill(disk)
+    wid = new_id()
+    with pytest.raises(BackendUnavailable) as raised:
+        await started(on_disk, job(wid, "alice", ["true"], shared))
+    assert str(disk) in str(raised.value) and "full" in str(raised.value)
+    free(disk)
+    p = (await started(on_disk, job(wid, "alice", ["true"], shared)))[-1]
+    seen = await ended(on_disk, wid, p)
+    assert (seen.exit_code, seen.failed) == (0, False)
+    await on_disk.release(wid, p)
+
+
+async def test_an_exit_status_that_could_not_be_written_is_told_as_unknown(
+    on_disk: LocalBackend, disk: Path, shared: Path, new_id: Callable[[], int]
+) -> None:
+    """Its reserved place gone (as for a run started before space was reserved), the disk full
+    when it ends: the outcome is unknown, and the reason says why and when."""
+    go = shared / "go"
+    wid = new_id()
+    command = ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done"]
+    p = (await started(on_disk, job(wid, "alice", command, shared)))[-1]
+    (Path(p["run"]) / "exit").unlink()
+    fill(disk)
+    go.touch()
+    seen = await ended(on_disk, wid, p)
+    assert (seen.exit_code, seen.failed) == (None, True)
+    assert re.fullmatch(
+        rf"outcome unknown: the data directory.s file system \({re.escape(str(disk / 'state'))}\) was "
+        r"full at \d\d:\d\d UTC, and its exit status could not be recorded",
+        seen.reason,
+    ), seen.reason
+    await on_disk.release(wid, p)
+    await asyncio.sleep(0)
