@@ -1,18 +1,35 @@
-"""Errors as RFC 9457 problem details, written for researchers."""
+"""Errors as RFC 9457 problem details, written for researchers.
+
+Errors the application expects (``PublicError``, invalid requests, unknown addresses) are
+answered by exception handlers. Everything else is answered by ``Unexpected``, a middleware
+inside Starlette's own error middleware, which would answer and then re-raise, so that
+uvicorn closes the connection and the client's next request on it fails with a reset. Here
+the error is answered and the connection stays usable: 503 with ``Retry-After`` while the
+database is unavailable (``db/outage.py``; logged once when it starts and once when it
+ends), 500 with a logged traceback for anything else.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from allotment.db.heartbeat import probe
+from allotment.db.outage import Outage, OutageLog, classify
 from allotment.errors import PublicError
 from allotment.schemas import FieldProblem, Problem
 
-__all__ = ["install_problem_handlers", "problem_response"]
+if TYPE_CHECKING:
+    from allotment.api.deps import AppState
+
+__all__ = ["Unexpected", "install_problem_handlers", "outage_response", "problem_response"]
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
@@ -65,17 +82,92 @@ def install_problem_handlers(app: FastAPI) -> None:
             Problem(title=_title(exc.status_code), status=exc.status_code, detail=detail)
         )
 
-    @app.exception_handler(Exception)
-    async def _crash(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return problem_response(
-            Problem(
-                title="Internal error",
-                status=500,
-                detail="Allotment hit an unexpected error; it has been logged. "
-                "Tell your administrator the time it happened.",
-            )
+    app.add_middleware(Unexpected)
+
+
+def outage_response(outage: Outage) -> JSONResponse:
+    """503 with ``Retry-After``: the database is unavailable, and trying again will work."""
+    return problem_response(
+        Problem(
+            title="Service Unavailable",
+            status=503,
+            detail=f"Allotment cannot answer now: {outage.detail}. "
+            f"Try again in {outage.retry_after} s; nothing you submitted before is lost.",
+        ),
+        {"Retry-After": str(outage.retry_after)},
+    )
+
+
+def _internal_error() -> JSONResponse:
+    return problem_response(
+        Problem(
+            title="Internal error",
+            status=500,
+            detail="Allotment hit an unexpected error; it has been logged. "
+            "Tell your administrator the time it happened.",
         )
+    )
+
+
+class Unexpected:
+    """Answers every error no handler took, leaving the connection open (see the module's
+    docstring); an error after the answer began is passed on (the connection must close)."""
+
+    #: Seconds between tries of the database while an outage lasts, to log its end.
+    PROBE_EVERY = 1.0
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.outage = OutageLog("API", "requests answered 503", log)
+        self._prober: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise
+            outage = classify(exc)
+            if outage is None:
+                log.error("unhandled error in %s %s", scope["method"], scope["path"], exc_info=exc)
+                response = _internal_error()
+            else:
+                if self.outage.failed(outage):
+                    self._watch(scope)
+                response = outage_response(outage)
+            await response(scope, receive, send)
+
+    def _watch(self, scope: Scope) -> None:
+        """Try the database until it answers, to log the end of the outage once."""
+        if self._prober is not None and not self._prober.done():
+            return
+        state = getattr(scope["app"].state, "allotment", None)
+        if state is None:
+            return
+        self._prober = asyncio.get_running_loop().create_task(self._probe(state))
+
+    async def _probe(self, state: AppState) -> None:
+        db, clock = state.db, state.clock
+        while self.outage.current is not None:
+            await asyncio.sleep(self.PROBE_EVERY)
+            try:
+                await probe(db, clock.now())
+            except Exception as e:
+                if classify(e) is None:
+                    log.warning("checking whether the database is back failed: %s", e)
+                continue
+            self.outage.recovered()
 
 
 def _title(status: int) -> str:

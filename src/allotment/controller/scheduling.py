@@ -35,6 +35,7 @@ from allotment.controller.view import (
 )
 from allotment.db import workloads
 from allotment.db.engine import Database
+from allotment.db.outage import OutageLog, classify
 from allotment.scheduler import (
     Admit,
     Decision,
@@ -108,6 +109,10 @@ class SchedulingLoop:
         self._nodes: list[NodeState] = []
         self._nudged_at = 0.0
         self._wake = asyncio.Event()
+        #: When the last cycle completed (the controller's heartbeat), None before the first.
+        self.cycled_at: datetime | None = None
+        #: The database's outages, logged once each.
+        self.outage = OutageLog("scheduling loop", "cycles failed", log)
         self._factors: dict[tuple[str, str], float] | None = None
         self._factors_at = float("-inf")
         self._estimates_at = float("-inf")
@@ -129,9 +134,15 @@ class SchedulingLoop:
             try:
                 await self.cycle()
                 interval = self.interval
-            except Exception:
-                log.exception("scheduling cycle failed; trying again")
-                await asyncio.sleep(1.0)
+                self.cycled_at = self.clock.now()
+                self.outage.recovered()
+            except Exception as e:
+                if (outage := classify(e)) is None:
+                    log.exception("scheduling cycle failed; trying again")
+                    await asyncio.sleep(1.0)
+                else:  # logged once; tried again within seconds, so work resumes soon after
+                    self.outage.failed(outage)
+                    interval = self.outage.backoff()
             deadline = time.monotonic() + interval
             while not self._wake.is_set() and time.monotonic() < deadline:
                 # Not asyncio.wait_for: on Python 3.11 it can swallow a cancel that arrives as

@@ -24,6 +24,7 @@ from allotment.backends.base import Backend
 from allotment.backends.registry import backends_for
 from allotment.clock import Clock
 from allotment.controller.capacity import read_capacity
+from allotment.controller.heartbeat import keep_beating
 from allotment.controller.lock import ControllerLock, take_lock
 from allotment.controller.nudge import nudge_path
 from allotment.controller.reconciler import Reconciler, Row, read_rows
@@ -118,6 +119,7 @@ class Controller:
         self._tasks = [
             asyncio.create_task(self.scheduling.run(), name="scheduling"),
             asyncio.create_task(self.watch.run(), name="watch"),
+            asyncio.create_task(keep_beating(self.db, self.scheduling), name="heartbeat"),
             *(
                 asyncio.create_task(self.workers.run(), name=f"reconcile-{i}")
                 for i in range(self.settings.workers)

@@ -25,6 +25,7 @@ from allotment.controller.culler import CpuWatch, idle_sessions, overdue
 from allotment.controller.view import PolicyView, ViewCache, load_policy_view
 from allotment.db import workloads
 from allotment.db.engine import Database
+from allotment.db.outage import OutageLog, classify
 from allotment.db.tables import Pool, Workload
 from allotment.domain.workloads import WorkloadKind
 from allotment.domain.workloads import WorkloadState as S
@@ -73,14 +74,20 @@ class Watch:
         self.interval = interval
         self._views: ViewCache = {}
         self._cpu = CpuWatch()
+        #: The database's outages, logged once each.
+        self.outage = OutageLog("watch over running workloads", "polls failed", log)
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             try:
                 await self.poll_once()
-            except Exception:
-                log.exception("polling running workloads failed; trying again")
+                self.outage.recovered()
+            except Exception as e:
+                if (outage := classify(e)) is None:
+                    log.exception("polling running workloads failed; trying again")
+                else:
+                    self.outage.failed(outage)
 
     async def poll_once(self) -> None:
         """One poll of every running workload: ended ones, idle sessions, maximum runtimes."""

@@ -7,6 +7,7 @@ import logging
 
 from allotment.controller.reconciler import Reconciler
 from allotment.controller.workqueue import WorkQueue
+from allotment.db.outage import OutageLog, classify
 
 __all__ = ["Workers"]
 
@@ -17,6 +18,8 @@ class Workers:
     def __init__(self, queue: WorkQueue[int], reconciler: Reconciler) -> None:
         self.queue = queue
         self.reconciler = reconciler
+        #: The database's outages, logged once each (all workers share it).
+        self.outage = OutageLog("reconciler", "attempts failed", log)
 
     async def run(self) -> None:
         """One worker; the controller runs ``ControllerSettings.workers`` of them."""
@@ -25,9 +28,17 @@ class Workers:
             try:
                 running = await self.reconciler.reconcile(wid)
             except Exception as e:
-                delay = self.queue.retry(wid)
-                log.warning("workload %s: %s; again in %.2g s", wid, e, delay)
+                if (outage := classify(e)) is None:
+                    delay = self.queue.retry(wid)
+                    log.warning("workload %s: %s; again in %.2g s", wid, e, delay)
+                else:
+                    # Not the workload's failure: its backoff stays short, so it carries on
+                    # within seconds of the database coming back; the outage is logged once.
+                    self.outage.failed(outage)
+                    self.queue.done(wid)
+                    self.queue.add_after(wid, self.outage.backoff())
             else:
+                self.outage.recovered()
                 self.queue.done(wid)
                 if running is not None:
                     backend, placement = running

@@ -30,6 +30,7 @@ __all__ = [
     "Account",
     "AdminToken",
     "Base",
+    "Heartbeat",
     "Membership",
     "PolicyVersion",
     "Pool",
@@ -222,3 +223,16 @@ class AdminToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+
+
+class Heartbeat(Base):
+    """When a part of the service last showed it works, for ``…/api/health/ready``: the
+    controller's last completed scheduling cycle (readable by API processes that do not run
+    it), and the readiness check's own write."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime]
+    #: Seconds after ``at`` past which the part is taken to be stuck or gone.
+    stale_after: Mapped[float]

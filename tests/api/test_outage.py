@@ -1,0 +1,168 @@
+"""While the database is unavailable the API answers 503 with Retry-After and says what is
+wrong, logs the outage once, answers health honestly, and serves again without a restart
+once the database is back. Real PostgreSQL servers stopped and started, a real full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from allotment.db.engine import Database
+from allotment.db.heartbeat import CONTROLLER, beat
+from tests.support.hub import free_port
+from tests.support.loopfs import fill, free, small_filesystem
+from tests.support.service import Service, running_service
+
+REPO = Path(__file__).resolve().parents[2]
+JOB = {"profile": "small", "command": ["true"], "account": "lab-a"}
+
+
+class Postgres:
+    """A private PostgreSQL server this test stops and starts (never the shared one)."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="allotment-outage-pg."))
+        self.port = free_port()
+        self.url = ""
+
+    def start(self) -> None:
+        pg = [str(REPO / "scripts/pg"), "start", str(self.directory), str(self.port)]
+        done = subprocess.run(pg, capture_output=True, text=True)
+        if done.returncode == 3:
+            pytest.skip(done.stderr.strip())
+        assert done.returncode == 0, done.stderr
+        self.url = done.stdout.strip()
+
+    def stop(self) -> None:
+        subprocess.run([str(REPO / "scripts/pg"), "stop", str(self.directory)], check=True)
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        subprocess.run(["rm", "-rf", str(server.directory)], check=False)
+
+
+def assert_unavailable(r: httpx.Response, says: str) -> None:
+    assert r.status_code == 503, (r.status_code, r.text)
+    assert int(r.headers["Retry-After"]) > 0
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert says in r.json()["detail"], r.json()
+
+
+async def until(what: str, check: object, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_an_unexpected_error_answers_500_and_is_not_raised_to_the_server(
+    service: Service,
+) -> None:
+    """Raised on to the server, the error would make uvicorn close the keep-alive connection
+    (``ASGITransport`` raises what the app raises)."""
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    service.app.add_api_route("/services/allotment/api/broken", broken)
+    async with service.client() as c:
+        r = await c.get("broken")
+    assert r.status_code == 500
+    assert "unexpected error" in r.json()["detail"]
+
+
+async def test_a_stopped_postgres_answers_503_then_serves_again(
+    postgres: Postgres, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_service(postgres.url, tmp_path / "data") as svc, svc.admin() as c:
+        assert (await c.post("workloads", json=JOB)).status_code == 201
+        postgres.stop()
+        with caplog.at_level(logging.INFO, "allotment"):
+            for _ in range(5):
+                assert_unavailable(await c.get("workloads"), "the database is unavailable")
+            assert_unavailable(await c.post("workloads", json=JOB), "database is unavailable")
+            health = await c.get("health")
+            assert health.status_code == 503
+            checks = {k["name"]: k for k in health.json()["checks"]}
+            assert not checks["database-read"]["ok"]
+            assert "unavailable" in checks["database-read"]["reason"]
+            assert (await c.get("health/live")).status_code == 200
+            postgres.start()
+
+            async def back() -> bool:
+                return (await c.post("workloads", json=JOB)).status_code == 201
+
+            await until("a submission to be accepted again", back)
+
+            async def logged_back() -> bool:
+                return any("the database is back" in r.getMessage() for r in caplog.records)
+
+            await until("the end of the outage to be logged", logged_back, 10)
+        assert (await c.get("health")).status_code == 200
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("allotment.api")]
+    started = [m for m in said if "API: the database is unavailable" in m]
+    assert len(started) == 1, said
+    assert not any(r.exc_info for r in caplog.records if r.name.startswith("allotment.api"))
+
+
+async def test_a_full_sqlite_disk_answers_503_then_serves_again(tmp_path: Path) -> None:
+    with small_filesystem(32) as fs:
+        url = f"sqlite+aiosqlite:///{fs / 'db' / 'allotment.sqlite'}"
+        async with running_service(url, fs / "data") as svc, svc.admin() as c:
+            fill(fs)
+            answers = []
+            for _ in range(200):
+                r = await c.post("workloads", json={**JOB, "array": "0-199"})
+                answers.append(r.status_code)
+                if r.status_code == 503:
+                    assert_unavailable(r, "the disk holding the database is full")
+                    break
+            assert set(answers) <= {201, 503}, answers
+            assert answers[-1] == 503, answers
+            free(fs)
+
+            async def back() -> bool:
+                return (await c.post("workloads", json=JOB)).status_code == 201
+
+            await until("a submission to be accepted again", back)
+
+
+async def test_readiness_needs_a_controller_that_keeps_up(service: Service) -> None:
+    """This service runs no controller, so readiness reads the heartbeat another process
+    leaves; plain health needs only the database."""
+    async with service.client() as c:
+        assert (await c.get("health")).status_code == 200
+        r = await c.get("health/ready")
+        assert r.status_code == 503
+        controller = {k["name"]: k for k in r.json()["checks"]}["controller"]
+        assert not controller["ok"] and "no controller has reported" in controller["reason"]
+
+        db = Database(service.app.state.allotment.db.url)
+        try:
+            await beat(db, CONTROLLER, service.clock.now(), 60.0)
+            r = await c.get("health/ready")
+            assert r.status_code == 200, r.json()
+            service.clock.advance(61)
+            r = await c.get("health/ready")
+            assert r.status_code == 503
+            controller = {k["name"]: k for k in r.json()["checks"]}["controller"]
+            assert "stuck or gone" in controller["reason"]
+        finally:
+            await db.dispose()
