@@ -152,7 +152,7 @@ class Workload(Base):
         Index("ix_workloads_status_id", "status", "id"),
         Index("ix_workloads_created_at", "created_at"),
         # Ids name run directories, groups and output files: never reused, even after a
-        # restore (migration 0005; PostgreSQL's sequence never goes back anyway).
+        # restore (migration 0006; PostgreSQL's sequence never goes back anyway).
         {"sqlite_autoincrement": True},
     )
 

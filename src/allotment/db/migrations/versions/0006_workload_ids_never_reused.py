@@ -7,8 +7,8 @@ the id of one submitted after the backup was taken. With AUTOINCREMENT, ``sqlite
 holds the largest id ever given, and a restore raises it past every id anything still knows
 (``allotment.db.backup``). PostgreSQL's sequence already never goes back: nothing to do there.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-02
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
