@@ -6,8 +6,11 @@ JupyterHub token: inside a session ``$JUPYTERHUB_API_TOKEN`` is enough.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +39,7 @@ __all__ = [
     "AllotmentClient",
     "ApiError",
     "AsyncAllotmentClient",
+    "Retry",
     "discover",
     "search_path",
 ]
@@ -113,15 +117,156 @@ def _unreachable(base: httpx.URL, e: Exception) -> ApiError:
     )
 
 
+def _problem(r: httpx.Response) -> Problem:
+    try:
+        return Problem.model_validate(r.json())
+    except (ValueError, ValidationError):
+        return Problem(title=r.reason_phrase, status=r.status_code, detail=r.text[:500])
+
+
 def _checked(r: httpx.Response) -> httpx.Response:
     """``r``, or its problem raised as ``ApiError``."""
     if r.status_code >= 400:
-        try:
-            problem = Problem.model_validate(r.json())
-        except (ValueError, ValidationError):
-            problem = Problem(title=r.reason_phrase, status=r.status_code, detail=r.text[:500])
-        raise ApiError(problem)
+        raise ApiError(_problem(r))
     return r
+
+
+# -- retrying while the service is unavailable ----------------------------------------------
+
+#: Answers that say "not now": the service's database is unavailable (503), or a proxy in
+#: front of it (JupyterHub's) found it down or slow (502, 504).
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+#: Methods that do the same however often they are sent.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a call is retried while the service is unavailable.
+
+    Retried: an answer of 502, 503 or 504 and a lost connection, for calls that are safe to
+    send again: ``GET``, ``HEAD``, ``PUT``, ``DELETE``, a call that carries an
+    ``Idempotency-Key`` (creating a workload), and cancelling (cancelling twice is cancelling
+    once); a connection refused, for every call (nothing was sent). Never retried: any other
+    answer, and a ``POST`` without a key whose connection was lost after it was sent.
+    """
+
+    #: How long a call is tried in all, in seconds; 0: once only.
+    seconds: float = 30.0
+    #: The first wait; each next one doubles, up to ``most`` (``Retry-After`` wins when given).
+    first: float = 0.5
+    most: float = 5.0
+
+
+#: Told, once per outage, why the client waits and for how long at most: (reason, seconds).
+OnRetry = Callable[[str, float], None]
+
+
+def _reason(r: httpx.Response) -> str:
+    """The first sentence of a "not now" answer: what is wrong."""
+    if r.status_code == 503:
+        detail = _problem(r).detail
+        first = detail.split(". ", 1)[0].rstrip(".")
+        if first:
+            return first[:1].lower() + first[1:]
+    return f"HTTP {r.status_code} {r.reason_phrase}"
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    try:
+        return max(float(r.headers["Retry-After"]), 0.0)
+    except (KeyError, ValueError):
+        return None
+
+
+class _Attempts:
+    """The tries of one call: whether and how long to wait before the next, and the error
+    that says what happened when the time is up."""
+
+    def __init__(self, policy: Retry, tell: Callable[[str], None]) -> None:
+        self.policy = policy
+        self.tell = tell
+        self.started = time.monotonic()
+        self.tries = 1
+
+    def wait(self, reason: str, retry_after: float | None = None) -> float | None:
+        """Seconds to wait before trying again, or None: give up."""
+        left = self.started + self.policy.seconds - time.monotonic()
+        if left <= 0:
+            return None
+        backoff = min(self.policy.first * 2 ** (self.tries - 1), self.policy.most)
+        # The last try comes at the deadline, however long the service asked for.
+        wait = min(retry_after if retry_after is not None else backoff, left)
+        if self.tries == 1:
+            self.tell(reason)
+        self.tries += 1
+        return wait
+
+    def gave_up(self, error: ApiError, reason: str) -> ApiError:
+        if self.tries == 1:
+            return error
+        took = time.monotonic() - self.started
+        p = error.problem
+        if p.status:
+            detail = f"The Allotment service answered {p.status}: {reason}"
+        else:
+            detail = p.detail.rstrip(".")
+        return ApiError(
+            p.model_copy(
+                update={"detail": f"{detail}; tried {self.tries} times over {took:.0f} s."}
+            )
+        )
+
+
+def _safe(method: str, kwargs: Mapping[str, Any], idempotent: bool) -> bool:
+    headers = kwargs.get("headers") or {}
+    return idempotent or method.upper() in IDEMPOTENT or "Idempotency-Key" in headers
+
+
+class _Retrying:
+    """What both clients share: the policy, and telling the caller once per outage."""
+
+    def __init__(self, retry: Retry | None, on_retry: OnRetry | None) -> None:
+        self.retry = retry or Retry()
+        self.on_retry = on_retry
+        self._told = False
+
+    def _attempts(self) -> _Attempts:
+        return _Attempts(self.retry, self._tell)
+
+    def _tell(self, reason: str) -> None:
+        if not self._told and self.on_retry is not None:
+            self.on_retry(reason, self.retry.seconds)
+        self._told = True
+
+    def _answered(self) -> None:
+        self._told = False
+
+    def _next(
+        self,
+        attempts: _Attempts,
+        base: httpx.URL,
+        safe: bool,
+        answer: httpx.Response | httpx.HTTPError,
+    ) -> float | httpx.Response:
+        """Seconds to wait before the next try, or the response to return; raises
+        ``ApiError`` when the call failed for good."""
+        if isinstance(answer, httpx.HTTPError):
+            reason = f"cannot reach it: {answer}"
+            if safe or isinstance(answer, httpx.ConnectError):
+                wait = attempts.wait(reason)
+                if wait is not None:
+                    return wait
+            raise attempts.gave_up(_unreachable(base, answer), reason)
+        if answer.status_code in RETRY_STATUSES and safe:
+            reason = _reason(answer)
+            wait = attempts.wait(reason, _retry_after(answer))
+            if wait is not None:
+                return wait
+            raise attempts.gave_up(ApiError(_problem(answer)), reason)
+        self._answered()
+        return _checked(answer)
 
 
 def _headers(token: str | None, acting_for: str | None) -> dict[str, str]:
@@ -143,6 +288,10 @@ class AllotmentClient:
         A JupyterHub API token (or an Allotment admin token).
     transport
         An httpx transport; tests pass ``httpx.ASGITransport`` or ``httpx.MockTransport``.
+    retry
+        How long calls are retried while the service is unavailable (``Retry``: 30 s).
+    on_retry
+        Told once per outage why calls wait, and for how long at most (the CLI prints it).
     """
 
     def __init__(
@@ -152,7 +301,10 @@ class AllotmentClient:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
+        retry: Retry | None = None,
+        on_retry: OnRetry | None = None,
     ) -> None:
+        self._retrying = _Retrying(retry, on_retry)
         self._http = httpx.Client(
             base_url=url.rstrip("/") + "/api/",
             headers=_headers(token, None),
@@ -173,13 +325,23 @@ class AllotmentClient:
         r = self._request(method, path, **kwargs)
         return r.json() if r.content else None
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """The response to a call; a problem (or no answer) raised as ``ApiError``."""
-        try:
-            r = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as e:
-            raise _unreachable(self._http.base_url, e) from None
-        return _checked(r)
+    def _request(
+        self, method: str, path: str, *, idempotent: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """The response to a call; a problem (or no answer) raised as ``ApiError``, after
+        retrying for a while where that is safe (``Retry``)."""
+        safe = _safe(method, kwargs, idempotent)
+        attempts = self._retrying._attempts()
+        while True:
+            answer: httpx.Response | httpx.HTTPError
+            try:
+                answer = self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as e:
+                answer = e
+            step = self._retrying._next(attempts, self._http.base_url, safe, answer)
+            if isinstance(step, httpx.Response):
+                return step
+            time.sleep(step)
 
     def _get(self, adapter: TypeAdapter[T], path: str, **kwargs: Any) -> T:
         return adapter.validate_python(self._call("GET", path, **kwargs))
@@ -227,7 +389,9 @@ class AllotmentClient:
         return WorkloadOut.model_validate(self._call("GET", f"workloads/{workload_id}"))
 
     def cancel(self, workload_id: int) -> WorkloadOut:
-        return WorkloadOut.model_validate(self._call("POST", f"workloads/{workload_id}/cancel"))
+        return WorkloadOut.model_validate(
+            self._call("POST", f"workloads/{workload_id}/cancel", idempotent=True)
+        )
 
     def output(
         self, workload_id: int, *, stream: str = "stdout", offset: int = 0
@@ -304,7 +468,10 @@ class AsyncAllotmentClient:
         acting_for: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
+        retry: Retry | None = None,
+        on_retry: OnRetry | None = None,
     ) -> None:
+        self._retrying = _Retrying(retry, on_retry)
         self._http = httpx.AsyncClient(
             base_url=url.rstrip("/") + "/api/",
             headers=_headers(token, acting_for),
@@ -321,12 +488,21 @@ class AsyncAllotmentClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            r = await self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as e:
-            raise _unreachable(self._http.base_url, e) from None
-        return _checked(r).json()
+    async def _call(
+        self, method: str, path: str, *, idempotent: bool = False, **kwargs: Any
+    ) -> Any:
+        safe = _safe(method, kwargs, idempotent)
+        attempts = self._retrying._attempts()
+        while True:
+            answer: httpx.Response | httpx.HTTPError
+            try:
+                answer = await self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as e:
+                answer = e
+            step = self._retrying._next(attempts, self._http.base_url, safe, answer)
+            if isinstance(step, httpx.Response):
+                return step.json()
+            await asyncio.sleep(step)
 
     async def quote(
         self, *, account: str | None = None, profiles: list[str] | None = None
@@ -371,5 +547,5 @@ class AsyncAllotmentClient:
 
     async def cancel(self, workload_id: int) -> WorkloadOut:
         return WorkloadOut.model_validate(
-            await self._call("POST", f"workloads/{workload_id}/cancel")
+            await self._call("POST", f"workloads/{workload_id}/cancel", idempotent=True)
         )

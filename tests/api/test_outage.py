@@ -96,7 +96,7 @@ async def test_a_stopped_postgres_answers_503_then_serves_again(
         postgres.stop()
         with caplog.at_level(logging.INFO, "allotment"):
             for _ in range(5):
-                assert_unavailable(await c.get("workloads"), "the database is unavailable")
+                assert_unavailable(await c.get("workloads"), "The database is unavailable")
             assert_unavailable(await c.post("workloads", json=JOB), "database is unavailable")
             health = await c.get("health")
             assert health.status_code == 503
@@ -132,7 +132,7 @@ async def test_a_full_sqlite_disk_answers_503_then_serves_again(tmp_path: Path) 
                 r = await c.post("workloads", json={**JOB, "array": "0-199"})
                 answers.append(r.status_code)
                 if r.status_code == 503:
-                    assert_unavailable(r, "the disk holding the database is full")
+                    assert_unavailable(r, "The disk holding the database is full")
                     break
             assert set(answers) <= {201, 503}, answers
             assert answers[-1] == 503, answers

@@ -91,8 +91,9 @@ def outage_response(outage: Outage) -> JSONResponse:
         Problem(
             title="Service Unavailable",
             status=503,
-            detail=f"Allotment cannot answer now: {outage.detail}. "
-            f"Try again in {outage.retry_after} s; nothing you submitted before is lost.",
+            # The first sentence says what is wrong (clients repeat it while they retry).
+            detail=f"{outage.detail[:1].upper()}{outage.detail[1:]}. Try again in "
+            f"{outage.retry_after} s; nothing Allotment acknowledged before is lost.",
         ),
         {"Retry-After": str(outage.retry_after)},
     )

@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -132,7 +133,10 @@ def submit(
         after=after,
     )
     with client(url, token) as c:
-        w = run(lambda: c.create_workload(request))
+        # A key of its own: retried while the service is unavailable, the submission is
+        # still made once.
+        key = f"submit-{uuid.uuid4().hex}"
+        w = run(lambda: c.create_workload(request, idempotency_key=key))
         if json and not wait:
             return print_json(w)
         what = f"array {w.id}" if array else f"job {w.id}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -12,7 +13,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
-from allotment.client import AllotmentClient, ApiError, discover, search_path
+from allotment.client import AllotmentClient, ApiError, Retry, discover, search_path
 
 __all__ = ["client", "console", "fail", "print_json", "run"]
 
@@ -46,7 +47,25 @@ def client(url: str | None, token: str | None) -> AllotmentClient:
             "no token: set $ALLOTMENT_TOKEN (or run inside a JupyterHub session, which sets "
             "$JUPYTERHUB_API_TOKEN), or pass --token."
         )
-    return AllotmentClient(url or env_url, token)
+    return AllotmentClient(url or env_url, token, retry=_retry(), on_retry=_retrying)
+
+
+def _retry() -> Retry:
+    """How long a call is retried while the service is unavailable:
+    ``$ALLOTMENT_RETRY_SECONDS`` (0: not at all), else 30 s."""
+    seconds = os.environ.get("ALLOTMENT_RETRY_SECONDS")
+    try:
+        return Retry(seconds=max(float(seconds), 0.0)) if seconds else Retry()
+    except ValueError:
+        fail(f"$ALLOTMENT_RETRY_SECONDS must be a number of seconds, not {seconds!r}")
+
+
+def _retrying(reason: str, seconds: float) -> None:
+    err.print(
+        f"Allotment is unavailable ({escape(reason)}); retrying for up to {seconds:g} s…",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def run(call: Callable[[], T]) -> T:

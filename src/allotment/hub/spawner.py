@@ -100,6 +100,8 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
     )
 
     workload_id = Integer(0, help="The session's workload (0: none).")
+    #: Shown on the spawn page while the client waits for an unavailable service.
+    _waiting_for_service: str | None = None
 
     @default("ip")
     def _ip_default(self) -> str:
@@ -125,7 +127,23 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
 
     def _client(self) -> AsyncAllotmentClient:
         return AsyncAllotmentClient(
-            self.allotment_url, self.allotment_token, acting_for=self.user.name
+            self.allotment_url,
+            self.allotment_token,
+            acting_for=self.user.name,
+            on_retry=self._unavailable,
+        )
+
+    def _unavailable(self, reason: str, seconds: float) -> None:
+        """The client waits for the service (its calls are retried): say so in the log and
+        on the spawn page."""
+        self.log.warning(
+            "%s: Allotment is unavailable (%s); retrying for up to %g s",
+            self._log_name,
+            reason,
+            seconds,
+        )
+        self._waiting_for_service = (
+            f"Allotment is unavailable ({reason}); trying again for up to {seconds:g} s…"
         )
 
     # -- the launch form --------------------------------------------------------------------
@@ -218,6 +236,7 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
             # One spawn has one API token: a retried request finds the session it made.
             key = "session-" + hashlib.sha256(self.api_token.encode()).hexdigest()[:40]
             w = await api.create_workload(request, idempotency_key=key)
+            self._waiting_for_service = None
             self.workload_id = w.id
             self._latest = w
             self.log.info("%s: session is workload %s (%s)", self._log_name, w.id, w.status)
@@ -230,6 +249,7 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
                 delay = min(delay * 1.5, self.poll_seconds)
                 w = await api.workload(w.id)
                 self._latest = w
+                self._waiting_for_service = None
             await self._wait_until_answering(api, log)
         return (self.ip, self.port)
 
@@ -311,7 +331,11 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
         shown = ""
         while True:
             w: WorkloadOut | None = getattr(self, "_latest", None)
-            if w is not None:
+            waiting: str | None = getattr(self, "_waiting_for_service", None)
+            if waiting is not None and waiting != shown:
+                shown = waiting
+                yield {"progress": 5, "message": waiting}
+            elif w is not None and waiting is None:
                 if w.status == "pending":
                     message, value = waiting_message(w), 10
                 elif w.status in ("admitted", "starting"):
