@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import typer
 
 from allotment import __version__
-from allotment.cli import jobs, user
+from allotment.cli import backup, jobs, user
 from allotment.cli.admin import config_app, load_or_exit
 from allotment.cli.output import console, fail
 from allotment.cli.simulate import simulate
@@ -30,6 +30,7 @@ app = typer.Typer(
 app.add_typer(config_app, name="config")
 user.register(app)
 jobs.register(app)
+backup.register(app)
 app.command()(simulate)
 app.command()(up)
 
