@@ -85,3 +85,27 @@ def allot_serve(
                 proc.kill()
                 proc.wait()
         log.close()
+
+
+def service_processes(data_dir: Path) -> list[int]:
+    """Live processes of the service whose data directory is ``data_dir`` (its API and its
+    controller, whatever their command lines), not counting its workloads: those run in the
+    installation's control groups and may outlive the service, as they should."""
+    marker = f"ALLOTMENT_DATA_DIR={data_dir}".encode()
+    workloads = b"/allotment/"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            if marker not in environ:
+                continue
+            if workloads in Path(f"/proc/{entry}/cgroup").read_bytes():
+                continue
+            state = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue  # ended meanwhile
+        if state != b"Z":
+            found.append(int(entry))
+    return found
