@@ -111,6 +111,8 @@ def _private_file(path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
     except FileExistsError:
         raise BackupError(f"{path} exists already; choose another file or remove it") from None
+    except OSError as e:
+        raise BackupError(f"cannot create {path}: {e.strerror}") from None
     os.chmod(path, 0o600)
 
 
