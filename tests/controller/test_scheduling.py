@@ -3,6 +3,8 @@ queue that moves when a workload ends, exit statuses recorded, cancels at every 
 
 from __future__ import annotations
 
+import stat
+
 from allotment.backends.base import LaunchSpec
 from allotment.backends.fake import TERMINATED
 from allotment.domain.resources import Resources
@@ -176,10 +178,11 @@ async def test_a_cancel_while_admitted_and_no_controller_runs_starts_nothing(fas
 
 async def test_a_submission_to_another_worker_process_reaches_the_controller(fast: Fast) -> None:
     # With `allot serve --workers N`, the process that took a submission may not be the one
-    # running the controller: it touches the nudge file, which the scheduling loop watches.
+    # running the controller (and `allot serve` runs the controller in a process of its own):
+    # it writes to the nudge pipe, on which the controller's event loop listens.
     fast.app.state.allotment.controller = None
     wid = await fast.submit()
-    assert (fast.data_dir / "controller.nudge").exists()
+    assert stat.S_ISFIFO((fast.data_dir / "controller.nudge").stat().st_mode)
     await fast.until(wid, "running", seconds=2)
 
 

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import os
-from pathlib import Path
-from typing import Annotated
-from urllib.parse import urlsplit
-
 import typer
 
 from allotment import __version__
 from allotment.cli import backup, jobs, user
-from allotment.cli.admin import config_app, load_or_exit
-from allotment.cli.output import console, fail
+from allotment.cli.admin import config_app
+from allotment.cli.serve import serve
 from allotment.cli.simulate import simulate
 from allotment.cli.up import up
 
@@ -33,99 +26,13 @@ jobs.register(app)
 backup.register(app)
 app.command()(simulate)
 app.command()(up)
+app.command()(serve)
 
 
 @app.command()
 def version() -> None:
     """Print Allotment's version."""
     typer.echo(__version__)
-
-
-@app.command()
-def serve(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", envvar="ALLOTMENT_CONFIG", help="Policy file to apply at start."
-        ),
-    ] = None,
-    host: Annotated[
-        str | None,
-        typer.Option(
-            help="Address to listen on. Default: from $JUPYTERHUB_SERVICE_URL, else 127.0.0.1."
-        ),
-    ] = None,
-    port: Annotated[
-        int | None,
-        typer.Option(help="Port to listen on. Default: from $JUPYTERHUB_SERVICE_URL, else 8750."),
-    ] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes (PostgreSQL only).")] = 1,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-    controller: Annotated[
-        bool,
-        typer.Option(help="Run workloads from this service (off: API only, nothing runs)."),
-    ] = True,
-) -> None:
-    """Run the Allotment service alone (for development, or for JupyterHub to manage)."""
-    import uvicorn
-
-    from allotment.config.models import Policy
-
-    policy = load_or_exit(config) if config else Policy()
-    # The service is imported lazily: thin-client commands must not load the server stack.
-    from importlib import import_module
-
-    app_module = import_module("allotment.api.app")
-    settings = dataclasses.replace(
-        app_module.settings_from_policy(policy, apply=config is not None), controller=controller
-    )
-    if moved := app_module.earlier_data_dir(settings.data_dir):
-        fail(moved)
-    if workers > 1 and settings.database_url.startswith("sqlite"):
-        console.print("[yellow]SQLite takes one writer; running 1 worker.[/]")
-        workers = 1
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-    base = settings.base_url.rstrip("/")
-    # Under JupyterHub (a managed service) the hub says where it expects us.
-    hub_url = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", ""))
-    host = host or hub_url.hostname or "127.0.0.1"
-    port = port or hub_url.port or 8750
-    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    console.print(
-        f"Allotment {__version__} on [bold]http://{shown_host}:{port}{base}/[/]\n"
-        f"  API docs:    http://{shown_host}:{port}{base}/api/docs\n"
-        f"  database:    {settings.database_url.split('@')[-1]}\n"
-        f"  admin token: {settings.data_dir / 'admin-token'} (readable by you only)\n"
-        f"  try:         ALLOTMENT_URL=http://{shown_host}:{port}{base}/ allot whoami",
-        highlight=False,
-        soft_wrap=True,  # paths whole, even in a log that is not a terminal
-    )
-    os.environ.setdefault("ALLOTMENT_DATA_DIR", str(settings.data_dir))
-    common = {
-        "host": host,
-        "port": port,
-        "log_level": log_level,
-        "access_log": False,
-        "proxy_headers": True,
-    }
-    if workers == 1:
-        uvicorn.run(app_module.create_app(settings), **common)  # type: ignore[arg-type]
-        return
-    # Several processes: prepare once here, so that workers never race to apply the policy.
-    import asyncio
-
-    asyncio.run(app_module.prepare_once(settings))
-    if config is not None:
-        os.environ["ALLOTMENT_CONFIG"] = str(config.resolve())
-    os.environ["ALLOTMENT_CONTROLLER"] = "1" if controller else "0"
-    uvicorn.run(
-        "allotment.api.app:app_from_environment",
-        factory=True,
-        workers=workers,
-        **common,  # type: ignore[arg-type]
-    )
 
 
 def main() -> None:

@@ -38,6 +38,10 @@ FAILPOINT = os.environ.get("ALLOTMENT_FAILPOINT", "")
 
 _armed: dict[str, Callable[[], None]] = {}
 
+#: Called before this process kills itself at a failpoint: the controller's own process
+#: (``process.py``) kills `allot serve` first, so that the whole service goes, as in a power cut.
+on_kill: Callable[[], None] | None = None
+
 
 def arm(step: str, action: Callable[[], None]) -> None:
     """Run ``action`` instead of SIGKILL when ``step`` is reached (until ``disarm``)."""
@@ -58,4 +62,6 @@ def failpoint(step: str) -> None:
         action()
     elif FAILPOINT == step:
         log.warning("failpoint %s: killing this process", step)
+        if on_kill is not None:
+            on_kill()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -10,12 +10,12 @@ during a cycle wins over an admission made from the older snapshot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from sqlalchemy.orm import Session
 
@@ -65,6 +65,15 @@ EXACT_POSITIONS = 20
 #: How often backends are asked again what they have, between policy versions.
 CAPACITY_SECONDS = 30.0
 
+#: After a cycle that took t seconds, the next waits until t × PACE has passed, however often
+#: it is nudged: the loop spends at most half its time scheduling (with a short queue a cycle
+#: takes milliseconds, and so does the rest), and the API, the reconciler and the database
+#: keep the rest, the way Slurm's ``sched_min_interval`` bounds its main scheduler.
+PACE = 1.0
+
+#: The longest rest after a cycle, in seconds, whatever it cost.
+MAX_REST = 1.0
+
 
 @dataclass(frozen=True)
 class CycleResult:
@@ -85,7 +94,6 @@ class SchedulingLoop:
         *,
         on_admit: Callable[[int, Row | None], None] = lambda _w, _r: None,
         read_admitted: Callable[[Session, list[int]], Mapping[int, Row]] | None = None,
-        nudge_file: Path | None = None,
         capacity: Callable[[], Awaitable[Mapping[str, Sequence[NodeCapacity]]]] | None = None,
     ) -> None:
         self.db = db
@@ -97,8 +105,6 @@ class SchedulingLoop:
         self.on_admit = on_admit
         #: Reads the workloads admitted in the transaction that admits them.
         self.read_admitted = read_admitted
-        #: Touched by API worker processes that do not hold the controller (``nudge_file``).
-        self.nudge_file = nudge_file
         #: What each backend reports it has (``Backend.capacity``), asked per policy version
         #: and every ``CAPACITY_SECONDS``; None: the policy's nodes as declared.
         self.capacity = capacity
@@ -107,12 +113,13 @@ class SchedulingLoop:
         #: What differed from the policy when last asked (each logged once, when it appears).
         self._notes: set[str] = set()
         self._nodes: list[NodeState] = []
-        self._nudged_at = 0.0
         self._wake = asyncio.Event()
         #: When the last cycle completed (the controller's heartbeat), None before the first.
         self.cycled_at: datetime | None = None
         #: The database's outages, logged once each.
         self.outage = OutageLog("scheduling loop", "cycles failed", log)
+        #: How long the last cycle took, in seconds (``PACE``).
+        self.took = 0.0
         self._factors: dict[tuple[str, str], float] | None = None
         self._factors_at = float("-inf")
         self._estimates_at = float("-inf")
@@ -143,30 +150,29 @@ class SchedulingLoop:
                 else:  # logged once; tried again within seconds, so work resumes soon after
                     self.outage.failed(outage)
                     interval = self.outage.backoff()
-            deadline = time.monotonic() + interval
-            while not self._wake.is_set() and time.monotonic() < deadline:
-                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancel that arrives as
-                # the event is set, and the controller's stop would wait for ever.
-                try:
-                    async with asyncio.timeout(0.1):
-                        await self._wake.wait()
-                except TimeoutError:
-                    self._check_nudge_file()
+            ended = time.monotonic()
+            # Not asyncio.wait_for: on Python 3.11 it can swallow a cancel that arrives as the
+            # event is set, and the controller's stop would wait for ever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+            # Nudged again at once (a stream of submissions, a drain's every end): rest a
+            # while in proportion to what a cycle costs, and let the nudges that arrive
+            # meanwhile share the next cycle.
+            rest = ended + min(self.took * PACE, MAX_REST) - time.monotonic()
+            if rest > 0:
+                await asyncio.sleep(rest)
             self._wake.clear()
-
-    def _check_nudge_file(self) -> None:
-        if self.nudge_file is None:
-            return
-        try:
-            mtime = self.nudge_file.stat().st_mtime
-        except FileNotFoundError:
-            return
-        if mtime != self._nudged_at:
-            self._nudged_at = mtime
-            self._wake.set()
 
     async def cycle(self) -> CycleResult | None:
         """One cycle; what it did, or None while no policy is in force."""
+        started = time.monotonic()
+        try:
+            return await self._cycle()
+        finally:
+            self.took = time.monotonic() - started
+
+    async def _cycle(self) -> CycleResult | None:
         now = self.clock.now()
         mono = time.monotonic()
         view_stale = self._view is None or mono - self._view_at >= VIEW_SECONDS

@@ -26,7 +26,7 @@ from allotment.clock import Clock
 from allotment.controller.capacity import read_capacity
 from allotment.controller.heartbeat import keep_beating
 from allotment.controller.lock import ControllerLock, take_lock
-from allotment.controller.nudge import nudge_path
+from allotment.controller.nudge import NudgeListener
 from allotment.controller.reconciler import Reconciler, Row, read_rows
 from allotment.controller.scheduling import SchedulingLoop
 from allotment.controller.view import PolicyView, load_policy_view
@@ -77,7 +77,6 @@ class Controller:
             self._driven,
             on_admit=self._admitted,
             read_admitted=read_rows,
-            nudge_file=nudge_path(settings.data_dir),
             capacity=lambda: read_capacity(self.backends),
         )
         self.reconciler = Reconciler(db, self.backends, clock, freed=self.scheduling.nudge)
@@ -85,6 +84,8 @@ class Controller:
         self.watch = Watch(db, clock, self.backends, self.queue.add, settings.poll_interval)
         self._tasks: list[asyncio.Task[None]] = []
         self._lock: ControllerLock | None = None
+        #: Submissions taken by API processes without the controller reach it through this.
+        self._nudges = NudgeListener(settings.data_dir, self.scheduling.nudge)
 
     def _driven(self, view: PolicyView) -> Collection[str]:
         return [pool for pool, backend in view.backends.items() if backend in self.backends]
@@ -116,6 +117,7 @@ class Controller:
                     )
                 )
         await self.recover()
+        self._nudges.open()
         self._tasks = [
             asyncio.create_task(self.scheduling.run(), name="scheduling"),
             asyncio.create_task(self.watch.run(), name="watch"),
@@ -130,6 +132,7 @@ class Controller:
 
     async def stop(self) -> None:
         """Stop the loops; running workloads keep running and are found again next start."""
+        self._nudges.close()
         await self.queue.close()
         for t in self._tasks:
             t.cancel()
