@@ -15,11 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from allotment.api.app import Settings, create_app
+from allotment.backends.fake import FakeBackend
+from allotment.config import load_policy
 from allotment.db.engine import Database
 from allotment.db.heartbeat import CONTROLLER, beat
 from tests.support.hub import free_port
 from tests.support.loopfs import fill, free, small_filesystem
-from tests.support.service import Service, running_service
+from tests.support.service import BASE, Service, running_service
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = {"profile": "small", "command": ["true"], "account": "lab-a"}
@@ -166,3 +169,59 @@ async def test_readiness_needs_a_controller_that_keeps_up(service: Service) -> N
             assert "stuck or gone" in controller["reason"]
         finally:
             await db.dispose()
+
+
+async def test_the_controller_waits_out_a_stopped_postgres_and_carries_on(
+    postgres: Postgres, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its loops log the outage once each, with no traceback, and admit and start work again
+    without a restart once the database is back."""
+    app = create_app(
+        Settings(
+            database_url=postgres.url,
+            data_dir=tmp_path / "data",
+            hub_api_url="http://127.0.0.1:9/hub/api",
+            policy=load_policy(REPO / "examples/department.yaml", environ={}),
+            controller=True,
+        ),
+        backends={"local": FakeBackend()},
+    )
+    async with app.router.lifespan_context(app):
+        token = (tmp_path / "data" / "admin-token").read_text().strip()
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url=BASE,
+            headers={"Authorization": f"token {token}"},
+        ) as c:
+
+            async def ran(wid: int) -> bool:
+                r = await c.get(f"workloads/{wid}")
+                return r.status_code == 200 and r.json()["started_at"] is not None
+
+            first = (await c.post("workloads", json=JOB)).json()["id"]
+            await until("the first job to start", lambda: ran(first), 10)
+            with caplog.at_level(logging.INFO, "allotment"):
+                postgres.stop()
+                for _ in range(3):
+                    app.state.allotment.controller.nudge()
+                    await asyncio.sleep(1)
+                postgres.start()
+
+                async def accepted() -> bool:
+                    return (await c.post("workloads", json=JOB)).status_code == 201
+
+                await until("a submission to be accepted again", accepted)
+                second = (await c.get("workloads?limit=1")).json()["items"][0]["id"]
+                await until("a job submitted after the outage to start", lambda: ran(second))
+
+                async def logged_back() -> bool:
+                    return any(
+                        "scheduling loop: the database is back" in r.getMessage()
+                        for r in caplog.records
+                    )
+
+                await until("the scheduling loop to log the end of the outage", logged_back, 15)
+    said = [r for r in caplog.records if r.name == "allotment.controller"]
+    started = [r for r in said if "scheduling loop: the database is unavailable" in r.getMessage()]
+    assert len(started) == 1, [r.getMessage() for r in said]
+    assert not [r.getMessage() for r in said if r.exc_info], "a traceback was logged"
