@@ -162,6 +162,14 @@ async def test_every_table_round_trips_and_what_came_after_is_reconciled(
     submitted = await db.run_write(later)
     await db.dispose()
 
+    # Something that is not a backup is refused before anything is set aside.
+    (tmp_path / "bogus").write_text("not a backup\n" * 100)
+    refused = allot("restore", str(tmp_path / "bogus"), env=env)
+    assert refused.returncode == 1, refused.stdout
+    assert "not a SQLite database" in refused.stderr or "not a pg_dump archive" in refused.stderr
+    assert await db.run_read(lambda s: s.execute(select(WORKLOADS.c.id)).all())
+    await db.dispose()  # its connections would go on reading the file set aside
+
     done = allot("restore", str(tmp_path / "copy"), env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "kept as" in done.stdout

@@ -71,7 +71,7 @@ def backup(
     try:
         if path is not None:
             copy.backup_sqlite(path, dest)
-            summary = _summary(f"sqlite:///{dest.resolve()}")
+            summary = copy.summarise_sqlite(dest)
         else:
             copy.pg_dump(settings.database_url, dest)
             summary = _summary(settings.database_url)

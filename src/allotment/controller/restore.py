@@ -40,6 +40,7 @@ from allotment.db import workloads as transitions
 from allotment.db.backup import (
     BackupError,
     Summary,
+    check_dump,
     pg_restore,
     pg_set_aside,
     raise_workload_ids,
@@ -233,6 +234,7 @@ async def restore(
             aside = str(moved) if moved is not None else None
             earlier_url = f"sqlite+aiosqlite:///{moved}" if moved is not None else None
         else:
+            check_dump(backup)
             earlier_url = await pg_set_aside(database_url, stamp)
             aside = earlier_url.rsplit("/", 1)[-1].split("?")[0]
             try:

@@ -36,6 +36,8 @@ __all__ = [
     "Summary",
     "aside_name",
     "backup_sqlite",
+    "check_dump",
+    "check_sqlite",
     "pg_dump",
     "pg_program",
     "pg_restore",
@@ -43,6 +45,7 @@ __all__ = [
     "restore_sqlite",
     "sqlite_file",
     "summarise",
+    "summarise_sqlite",
 ]
 
 
@@ -208,8 +211,25 @@ def restore_sqlite(backup: Path, database: Path, stamp: str) -> Path | None:
             old = database.with_name(database.name + suffix)
             if old.exists():
                 os.replace(old, aside.with_name(aside.name + suffix))
+    # The service's file, not the restoring user's: owned as the one replaced (or the
+    # directory) is, so a service running as its own account can open it.
+    owner = (aside if aside is not None else database.parent).stat()
+    with contextlib.suppress(PermissionError):  # not root: it is the restoring user's anyway
+        os.chown(incoming, owner.st_uid, owner.st_gid)
     os.replace(incoming, database)
     return aside
+
+
+def summarise_sqlite(path: Path) -> Summary:
+    """What the SQLite file ``path`` (a backup) holds, read without changing a byte of it."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        with engine.connect() as conn:
+            return summarise(conn)
+    finally:
+        engine.dispose()
 
 
 def raise_workload_ids(conn: Connection, floor: int) -> int:
@@ -366,6 +386,28 @@ async def pg_set_aside(url: str, stamp: str) -> str:
     finally:
         await admin.dispose()
     return u.set(database=aside).render_as_string(hide_password=False)
+
+
+def check_dump(dump: Path) -> None:
+    """Raise BackupError unless ``dump`` is a ``pg_dump -Fc`` archive (checked before anything
+    is set aside)."""
+    if not dump.is_file():
+        raise BackupError(f"no backup at {dump}")
+    found = pg_program("pg_restore")
+    if found is None:
+        raise BackupError(
+            "pg_restore is not installed (Debian: apt-get install postgresql-client); "
+            "see docs/backup.md for doing it by hand"
+        )
+    listed = subprocess.run(
+        [found, "--list", str(dump)], capture_output=True, text=True, timeout=600
+    )
+    if listed.returncode != 0 or "TABLE DATA public workloads" not in listed.stdout:
+        raise BackupError(
+            f"{dump} is not a pg_dump archive of an Allotment database "
+            f"({listed.stderr.strip()[-300:] or 'it has no workloads table'}); "
+            "`allot backup` makes one"
+        )
 
 
 def pg_restore(dump: Path, url: str) -> None:
