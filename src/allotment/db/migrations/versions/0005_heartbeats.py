@@ -21,7 +21,7 @@ def upgrade() -> None:
         "heartbeats",
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("stale_after", sa.Float(), nullable=False),
+        sa.Column("stale_after", sa.Double(), nullable=False),
     )
 
 
