@@ -19,7 +19,7 @@ from allotment.api.app import Settings, create_app
 from allotment.backends.fake import FakeBackend
 from allotment.config import load_policy
 from allotment.db.engine import Database
-from allotment.db.heartbeat import CONTROLLER, beat
+from allotment.db.heartbeat import CONTROLLER, beat, last_beat
 from tests.support.hub import free_port
 from tests.support.loopfs import fill, free, small_filesystem
 from tests.support.service import BASE, Service, running_service
@@ -200,6 +200,15 @@ async def test_the_controller_waits_out_a_stopped_postgres_and_carries_on(
 
             first = (await c.post("workloads", json=JOB)).json()["id"]
             await until("the first job to start", lambda: ran(first), 10)
+            ready = await c.get("health/ready")
+            assert ready.status_code == 200, ready.json()
+            controller = {k["name"]: k for k in ready.json()["checks"]}["controller"]
+            assert "in this process" in controller["reason"]
+
+            async def beating() -> bool:  # for API processes without the controller
+                return await last_beat(app.state.allotment.db, CONTROLLER) is not None
+
+            await until("the controller's heartbeat in the database", beating, 10)
             with caplog.at_level(logging.INFO, "allotment"):
                 postgres.stop()
                 for _ in range(3):
