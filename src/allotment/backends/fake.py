@@ -17,9 +17,11 @@ test ends it (``finish``) or the controller stops it:
 ``touch PATH``          creates the file PATH, then exits with status 0
 ``append PATH WORD…``   appends its words and a newline to the file PATH, then exits
 ``stubborn``            ignores the polite stop: only the forced one, after the grace, ends it
+                        (and its observation says so, as the local backend's does)
 
 Misbehaving variants, as JupyterHub's ``BadSpawner`` and dask-gateway's
-``ClusterFailsDuringStart``: ``FailsToStart``, ``NeverStops``, ``Vanishes``, ``SlowPoll``.
+``ClusterFailsDuringStart``: ``FailsToStart``, ``NeverStops``, ``Vanishes``, ``SlowPoll``,
+``NoRoom``.
 Not for production: nothing of the user's ever runs.
 """
 
@@ -37,6 +39,7 @@ from typing import Any, Literal
 
 from allotment.backends.base import (
     Backend,
+    BackendUnavailable,
     LaunchSpec,
     NodeCapacity,
     Observation,
@@ -49,6 +52,7 @@ __all__ = [
     "FakeBackend",
     "FakeProcess",
     "NeverStops",
+    "NoRoom",
     "SlowPoll",
     "Vanishes",
 ]
@@ -94,6 +98,8 @@ class FakeProcess:
     cpu_seconds: float = 0.0
     #: Ignores the polite stop (``stubborn``).
     stubborn: bool = False
+    #: How its stop went, when it had to be forced (``Observation.how_stopped``).
+    how_stopped: str = ""
     #: Its output so far, per stream.
     output: dict[str, bytearray] = field(
         default_factory=lambda: {"stdout": bytearray(), "stderr": bytearray()}
@@ -245,7 +251,13 @@ class FakeBackend(Backend):
         if p.alive:
             return Observation(alive=True, cpu_seconds=p.cpu_seconds)
         failed, reason = _ended(p.exit_code)
-        return Observation(alive=False, exit_code=p.exit_code, failed=failed, reason=reason)
+        return Observation(
+            alive=False,
+            exit_code=p.exit_code,
+            failed=failed,
+            reason=reason,
+            how_stopped=p.how_stopped,
+        )
 
     async def present(self) -> set[int]:
         return set(self.attempts) | set(self.processes)
@@ -286,6 +298,9 @@ class FakeBackend(Backend):
             return
         if p.stubborn:
             await asyncio.sleep(grace)
+            p.how_stopped = (
+                f"it did not stop on SIGTERM and was killed after the {grace:g} s grace period"
+            )
             self._end(p, KILLED)
         else:
             self._end(p, TERMINATED)
@@ -352,3 +367,24 @@ class SlowPoll(FakeBackend):
         finally:
             self.waiting -= 1
         return await super().poll(placements)
+
+
+class NoRoom(FakeBackend):
+    """Starts nothing until the test says there is room (``room = True``): the file system
+    holding its records is full, so each start raises ``BackendUnavailable`` before its first
+    placement, as the local backend's does."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.room = False
+        #: Starts refused for want of room.
+        self.refusals = 0
+
+    async def start(
+        self, spec: LaunchSpec, resume: Placement | None = None
+    ) -> AsyncIterator[Placement]:
+        if not self.room:
+            self.refusals += 1
+            raise BackendUnavailable("the fake's disk is full")
+        async for placement in super().start(spec, resume):
+            yield placement
