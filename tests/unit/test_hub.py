@@ -157,3 +157,21 @@ async def test_a_spawn_logs_no_unhandled_user_options(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.DEBUG):
         await s._run_apply_user_options({"profile": "small", "account": "lab"})
     assert not [r for r in caplog.records if "user_options" in r.getMessage()]
+
+
+async def test_the_spawn_page_says_when_allotment_is_unavailable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client retries while the service is unavailable: the spawner logs it and its
+    progress shows it, instead of a page that seems stuck."""
+    s = AllotmentSpawner()
+    with caplog.at_level(logging.WARNING):
+        s._unavailable("the database is unavailable: connection refused", 30.0)
+    assert any("Allotment is unavailable" in r.getMessage() for r in caplog.records)
+    progress = s.progress()
+    event = await anext(progress)
+    await progress.aclose()
+    assert event["message"] == (
+        "Allotment is unavailable (the database is unavailable: connection refused); "
+        "trying again for up to 30 s…"
+    )
