@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -43,12 +44,21 @@ from allotment.controller.lock import NameInUse
 from allotment.controller.service import Controller, ControllerSettings
 from allotment.db.engine import Database
 
-__all__ = ["ControllerProcess", "ControllerStartFailed", "ProcessSettings", "main"]
+__all__ = [
+    "ControllerProcess",
+    "ControllerStartFailed",
+    "ProcessSettings",
+    "main",
+    "run_controller",
+]
 
 log = logging.getLogger("allotment.controller")
 
 #: Seconds between attempts to take the lock while another process holds it.
 STANDBY_SECONDS = 2.0
+
+#: The child's command line.
+COMMAND = (sys.executable, "-m", "allotment.controller")
 
 #: Environment variable naming the pipe on which the child reports how it started.
 STATUS_FD = "ALLOTMENT_CONTROLLER_STATUS_FD"
@@ -96,11 +106,11 @@ def _report(status: IO[str] | None, line: str) -> None:
             status.flush()
 
 
-async def _run(settings: ProcessSettings, status: IO[str] | None) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def run_controller(
+    settings: ProcessSettings, status: IO[str] | None, stop: asyncio.Event
+) -> int:
+    """Run the controller until ``stop`` is set; its exit status. While another process of
+    the installation holds the lock, wait and try again (a standby)."""
     db = Database(settings.database_url)
     controller = Controller(
         db,
@@ -132,10 +142,19 @@ async def _run(settings: ProcessSettings, status: IO[str] | None) -> int:
     finally:
         await controller.stop()
         await db.dispose()
+
+
+async def _run(settings: ProcessSettings, status: IO[str] | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await run_controller(settings, status, stop)
+    finally:
+        # Another signal while this process exits must not find a closed loop's pipe.
         for sig in (signal.SIGTERM, signal.SIGINT):
-            # Another signal while this process exits must not find a closed loop's pipe.
             loop.remove_signal_handler(sig)
-            signal.signal(sig, signal.SIG_IGN)
 
 
 def main() -> None:
@@ -167,10 +186,18 @@ class ControllerProcess:
     """Starts the child, waits until it says how it started, starts it again if it ends on
     its own, and stops it when the service stops."""
 
-    def __init__(self, settings: ProcessSettings) -> None:
+    def __init__(
+        self, settings: ProcessSettings, command: Sequence[str] = COMMAND, backoff: float = 1.0
+    ) -> None:
         self.settings = settings
+        #: The child's command line (tests give a stand-in of a few lines).
+        self.command = list(command)
+        #: Seconds before the first restart of a failed child; doubled each time, to 30 s.
+        self.backoff = backoff
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
+        #: Held while a child is started or the service stops: none is started after.
+        self._spawning = threading.Lock()
         self._watcher: threading.Thread | None = None
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], int]:
@@ -181,7 +208,7 @@ class ControllerProcess:
             "ALLOTMENT_CONTROLLER_PARENT": str(os.getpid()),
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "allotment.controller"],
+            self.command,
             stdin=subprocess.PIPE,
             env=env,
             pass_fds=(write,),
@@ -211,7 +238,7 @@ class ControllerProcess:
         return line
 
     def _watch(self) -> None:
-        backoff = 1.0
+        backoff = self.backoff
         while not self._stopping.is_set():
             assert self.proc is not None
             started = time.monotonic()
@@ -224,7 +251,7 @@ class ControllerProcess:
                 log.info("the controller process stopped")
                 return
             if time.monotonic() - started > 60:
-                backoff = 1.0
+                backoff = self.backoff
             log.error(
                 "the controller process ended (status %s); starting it again in %.0f s",
                 code,
@@ -233,13 +260,17 @@ class ControllerProcess:
             if self._stopping.wait(backoff):
                 return
             backoff = min(backoff * 2, 30.0)
-            proc, read = self._spawn()
-            os.close(read)
-            self.proc = proc
+            with self._spawning:
+                if self._stopping.is_set():
+                    return
+                proc, read = self._spawn()
+                os.close(read)
+                self.proc = proc
 
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM, then SIGKILL after ``grace``; running workloads keep running."""
-        self._stopping.set()
+        with self._spawning:
+            self._stopping.set()
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
