@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from allotment.db.engine import Database
+from allotment.db.outage import classify
 from allotment.db.tables import WORKLOADS
 
 __all__ = ["GroupCommit"]
@@ -77,7 +78,14 @@ class GroupCommit:
                 batch.append(self._queue.get_nowait())
             try:
                 results = await self._commit(batch)
-            except Exception:
+            except Exception as e:
+                if classify(e) is not None:
+                    # The database is unavailable: each alone would fail the same way. Every
+                    # request answers 503 (logged once, by the API), to be retried with its key.
+                    for item in batch:
+                        if not item.done.done():
+                            item.done.set_exception(e)
+                    continue
                 log.warning("a batch of %d workloads failed; retrying one by one", len(batch))
                 for item in batch:
                     try:
