@@ -11,6 +11,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,35 @@ async def test_an_exit_status_that_could_not_be_written_is_told_as_unknown(
     ), seen.reason
     await on_disk.release(wid, p)
     await asyncio.sleep(0)
+
+
+async def test_a_disk_that_fills_as_the_launcher_starts_delays_the_start(
+    on_disk: LocalBackend,
+    disk: Path,
+    shared: Path,
+    new_id: Callable[[], int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Full after the run directory was made, before the launcher claimed it (it records its
+    pid first of all): nothing ran, and the start says why at once, not after a timeout."""
+    spawn = on_disk._spawn
+
+    def fill_then_spawn(*args: Any) -> int:
+        fill(disk)
+        return spawn(*args)
+
+    monkeypatch.setattr(on_disk, "_spawn", fill_then_spawn)
+    wid, runs = new_id(), shared / "runs"
+    s = job(wid, "alice", ["sh", "-c", f"echo ran >> {runs}"], shared)
+    gen = on_disk.start(s)
+    first = await gen.__anext__()
+    with pytest.raises(BackendUnavailable, match="could not record its pid"):
+        await gen.__anext__()
+    monkeypatch.undo()
+    free(disk)
+    p = [p async for p in on_disk.start(s, resume=first)][-1]
+    assert p["attempt"] == first["attempt"] + 1
+    seen = await ended(on_disk, wid, p)
+    assert (seen.exit_code, seen.failed) == (0, False)
+    assert runs.read_text() == "ran\n", "it ran once"
+    await on_disk.release(wid, p)

@@ -232,13 +232,15 @@ class LocalBackend(Backend):
         procs = self._groups(spec, devices)
         ready, told = os.pipe2(os.O_CLOEXEC)
         try:
-            self._spawn(spec, account, run, procs, devices, placement, (told, ready))
+            launched = self._spawn(spec, account, run, procs, devices, placement, (told, ready))
         except BaseException:
             os.close(ready)
             raise
         finally:
             os.close(told)
         await _readable(ready, timeout=30.0)  # the launcher joined its groups, or it ended
+        if _read_pid(run) is None and _exited(launched):
+            self._unclaimed(run)
         pid = await self._wait_for_pid(run)
         started = start_time(pid)
         if self.cgroups is not None:
@@ -287,9 +289,7 @@ class LocalBackend(Backend):
             shutil.rmtree(run, ignore_errors=True)  # nothing was launched from it
             remove_tree(tmp)
             raise BackendUnavailable(
-                space.full_disk(
-                    self.runs.parent, f"workload {spec.workload} waits to start ({e.strerror})"
-                )
+                space.full_disk(self.runs.parent, f"no workload can start ({e.strerror})")
             ) from e
         return devices
 
@@ -340,9 +340,10 @@ class LocalBackend(Backend):
         devices: list[str],
         placement: Mapping[str, Any],
         pipe: tuple[int, int],
-    ) -> None:
+    ) -> int:
         """Start the launcher; ``pipe`` (write end, read end) becomes its fds 3 and 4, the
-        workload's environment its fd 5. The launcher itself gets ``ROOT_ENVIRONMENT`` only."""
+        workload's environment its fd 5. The launcher itself gets ``ROOT_ENVIRONMENT`` only.
+        Returns its pid (``unshare`` execs it: the same process)."""
         workdir, out, err = placement["workdir"], placement["stdout"], placement["stderr"]
         drop = ""
         if self.accounts.isolated:
@@ -374,7 +375,7 @@ class LocalBackend(Backend):
                 (os.POSIX_SPAWN_DUP2, pipe[1], 4),
                 (os.POSIX_SPAWN_DUP2, env, 5),
             ]
-            os.posix_spawn(
+            return os.posix_spawn(
                 launcher[0],
                 [
                     *launcher,
@@ -400,6 +401,22 @@ class LocalBackend(Backend):
             )
         finally:
             os.close(env)
+
+    def _unclaimed(self, run: Path) -> None:
+        """The launcher this start spawned ended without claiming its run (it records its pid
+        first of all, before anything of the user's): the disk filled since ``_prepare``, or
+        the run directory went. Nothing ran, so the run goes, and the start fails at once
+        (the next one makes a new attempt) instead of waiting for a pid that never comes."""
+        shutil.rmtree(run, ignore_errors=True)
+        remove_tree(self.scratch / run.name)
+        if space.full(run.parent):
+            raise BackendUnavailable(
+                space.full_disk(
+                    self.runs.parent,
+                    "no workload can start (its launcher could not record its pid)",
+                )
+            )
+        raise RuntimeError(f"the launcher of {run} ended before it could record its pid")
 
     async def _wait_for_pid(self, run: Path, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout
@@ -692,6 +709,14 @@ class LocalBackend(Backend):
         too (``inventory``), so reporting another count (``nvidia-smi``'s) would have the
         scheduler place work on devices it does not pin."""
         return []
+
+
+def _exited(child: int) -> bool:
+    """Whether a launcher this process spawned has ended (collecting its exit if so)."""
+    try:
+        return os.waitpid(child, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return True
 
 
 def _reap(pid: int | None) -> None:

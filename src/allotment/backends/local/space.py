@@ -83,6 +83,6 @@ def full_disk(directory: Path, what: str) -> str:
     room: what could not be done, where, since when, and what to do."""
     return (
         f"the data directory's file system ({directory}) is full (at "
-        f"{time.strftime('%H:%M', time.gmtime())} UTC): {what}. Free space there; this is "
-        "tried again until there is room"
+        f"{time.strftime('%H:%M', time.gmtime())} UTC): {what} until there is room; free "
+        "space there"
     )
