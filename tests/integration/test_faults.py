@@ -324,9 +324,9 @@ def test_postgres_stopped_during_submissions_and_a_drain(
             finally:
                 postgres.start()
             recovered(s, token, submitter)
-            # The second: a drain of 150 short jobs, about 20 running at a time.
+            # The second: a drain of 150 one-second jobs, about 20 running at a time.
             with s.client(token) as a:
-                r = a.post("workloads", json={**job(marks, "sleep 0.2"), "array": "0-149"})
+                r = a.post("workloads", json={**job(marks, "sleep 1"), "array": "0-149"})
                 assert r.status_code == 201, r.text
             wait_for(
                 lambda: any(w["status"] == "running" for w in all_workloads(s, token)),
@@ -385,7 +385,8 @@ def test_the_service_killed_again_and_again_during_an_array(
     policy: Path, token: str, hub: Hub, marks: Path, tmp_path: Path
 ) -> None:
     data, port = tmp_path / "data", free_port()
-    body = {**job(marks, "sleep 1"), "array": "0-99"}
+    tasks = 240  # 12 waves of 20, 3 s each: the array outlasts the six kills
+    body = {**job(marks, "sleep 3"), "array": f"0-{tasks - 1}"}
     signals = [signal.SIGKILL, signal.SIGTERM] * 3
     for n, sig in enumerate(signals):
         with job_service(port, data, None, hub.api_url, policy) as s:
@@ -394,7 +395,9 @@ def test_the_service_killed_again_and_again_during_an_array(
                 r = c.post("workloads", json=body, headers={"Idempotency-Key": "the-array"})
                 assert r.status_code == (201 if n == 0 else 200), r.text
             wait_for(lambda: (marks / "runs").exists(), 60, what="the array to start")
-            time.sleep(4)
+            time.sleep(3)
+            in_progress = any(w["status"] not in ENDED for w in all_workloads(s, token))
+            assert in_progress, f"the array ended before kill {n + 1}: lengthen it"
             assert s.proc.pid in service_processes(data)  # the check below sees the service
             s.proc.send_signal(sig)
             s.proc.wait(30)
@@ -402,7 +405,7 @@ def test_the_service_killed_again_and_again_during_an_array(
         wait_for(lambda: not service_processes(data), 30, what="the killed service to be gone")
     with job_service(port, data, None, hub.api_url, policy) as s:
         workloads = all_ended(s, token)
-        assert len(workloads) == 100, "an element of the array was lost"
+        assert len(workloads) == tasks, "an element of the array was lost"
         outcomes_true(workloads, marks)
         nothing_orphaned(data)
     wait_for(lambda: not service_processes(data), 30, what="the service's processes to end")
