@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 from tests.support.hub import Hub, free_port
 from tests.support.jobs import JobService, job_service, policy_file

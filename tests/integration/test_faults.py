@@ -246,7 +246,7 @@ def all_workloads(s: JobService, token: str) -> list[dict[str, object]]:
     cursor = None
     with s.client(token) as c:
         while True:
-            params: dict[str, object] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+            params: dict[str, int | str] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
             r = c.get("workloads", params=params)
             assert r.status_code == 200, r.text
             page = r.json()
