@@ -32,7 +32,7 @@ import stat
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from allotment.backends.base import (
     Backend,
@@ -239,9 +239,7 @@ class LocalBackend(Backend):
         finally:
             os.close(told)
         await _readable(ready, timeout=30.0)  # the launcher joined its groups, or it ended
-        if _read_pid(run) is None and _exited(launched):
-            self._unclaimed(run)
-        pid = await self._wait_for_pid(run)
+        pid = await self._wait_for_pid(run, launched=launched)
         started = start_time(pid)
         if self.cgroups is not None:
             # From the moment the launcher is in its groups, every process of the workload is:
@@ -402,7 +400,7 @@ class LocalBackend(Backend):
         finally:
             os.close(env)
 
-    def _unclaimed(self, run: Path) -> None:
+    def _unclaimed(self, run: Path) -> NoReturn:
         """The launcher this start spawned ended without claiming its run (it records its pid
         first of all, before anything of the user's): the disk filled since ``_prepare``, or
         the run directory went. Nothing ran, so the run goes, and the start fails at once
@@ -418,13 +416,22 @@ class LocalBackend(Backend):
             )
         raise RuntimeError(f"the launcher of {run} ended before it could record its pid")
 
-    async def _wait_for_pid(self, run: Path, timeout: float = 30.0) -> int:
+    async def _wait_for_pid(
+        self, run: Path, timeout: float = 30.0, *, launched: int | None = None
+    ) -> int:
+        """The pid the launcher recorded in ``run``; ``launched``: the launcher, where this
+        process spawned it (its end without a pid is then seen at once: ``_unclaimed``)."""
         deadline = time.monotonic() + timeout
         delay = 0.001
         while True:
             pid = _read_pid(run)
             if pid is not None:
                 return pid
+            if launched is not None and _exited(launched):
+                # Read again: it may have recorded its pid just before it ended.
+                if (pid := _read_pid(run)) is not None:
+                    return pid
+                self._unclaimed(run)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the launcher in {run} did not start within {timeout:g} s")
             await asyncio.sleep(delay)
