@@ -256,8 +256,9 @@ class LocalBackend(Backend):
         assigned and recorded in it. Every write in the data directory an attempt needs
         happens here, before anything of the user's runs, or has its room reserved here (the
         exit status): a full disk delays a start (``BackendUnavailable``) and never falsifies
-        an end. The launcher's own ``pid`` is the exception: a disk filling in the few
-        milliseconds between this and its claim still fails that start."""
+        an end. The launcher's own ``pid`` is the exception: a disk that fills in the few
+        milliseconds between this and its claim is seen when it ends without one
+        (``_unclaimed``), and delays that start too."""
         devices = gpu.assign(self.inventory, spec.resources.gpus, self._gpus_in_use())
         if devices is None:
             raise RuntimeError(
