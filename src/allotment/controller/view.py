@@ -138,9 +138,11 @@ _COLUMNS = (
 
 @dataclass
 class QueueCache:
-    """The pending queue as last read, kept between cycles: re-read only when workloads joined
-    or left it other than by this controller's own decisions (its count or newest id moved).
-    Re-reading a queue of thousands on every completion cost more than the cycle itself."""
+    """The pending queue as last read, kept between cycles. Workloads that joined it since are
+    read alone and added; it is read whole again only when workloads left it other than by this
+    controller's own decisions (a cancel), and every ``max_age``. Re-reading a queue of
+    thousands on every completion, or on every cycle of a stream of submissions, cost more than
+    the cycle itself."""
 
     #: (newest pending id, number pending) when read, adjusted for our own decisions.
     signature: tuple[int | None, int] | None = None
@@ -148,6 +150,8 @@ class QueueCache:
     read_at: float = float("-inf")
     #: Re-read at least this often, whatever the signature says.
     max_age: float = 10.0
+    #: How many times it was read whole.
+    reads: int = 0
 
     def forget(self, ids: set[int]) -> None:
         """Workloads this controller took out of the queue (admitted, rejected)."""
@@ -183,14 +187,24 @@ def load_live(
         ).one()
     )
     mono = time.monotonic()
+    if signature != cache.signature:
+        _joined(session, view, cache, signature)
     if signature != cache.signature or mono - cache.read_at > cache.max_age:
-        rows = session.execute(_query(view).where(Workload.status == int(WorkloadState.PENDING)))
+        # Up to the signature's newest only: on PostgreSQL each statement sees what committed
+        # before it, and a workload read here beyond it would be read again as a joiner.
+        rows = session.execute(
+            _query(view).where(
+                Workload.status == int(WorkloadState.PENDING),
+                Workload.id <= (signature[0] or 0),
+            )
+        )
         cache.pending = [
             (_pending(row, view), row.after_id)
             for row in rows
             if row.target == WorkloadState.RUNNING
         ]
         cache.signature, cache.read_at = (signature[0], signature[1]), mono
+        cache.reads += 1
     rows = session.execute(_query(view).where(Workload.status.in_([int(s) for s in ACTIVE])))
     for row in rows:
         stopping = row.target >= WorkloadState.STOPPING
@@ -239,6 +253,33 @@ def load_live(
         else:
             live.waiting[p.id] = f"waiting for workload {dep} to end successfully"
     return live
+
+
+def _joined(
+    session: Session, view: PolicyView, cache: QueueCache, signature: tuple[Any, ...]
+) -> bool:
+    """Add to the cached queue the workloads that joined it since it was read, when that is
+    all that changed (a stream of submissions: the queue is not read whole on every cycle);
+    False when something else did (a cancel, an id committed out of order), for a full read."""
+    if cache.signature is None or cache.signature[0] is None or signature[0] is None:
+        return False
+    newest, count = cache.signature
+    if signature[0] <= newest:
+        return False
+    rows = session.execute(
+        _query(view).where(
+            Workload.status == int(WorkloadState.PENDING),
+            Workload.id > newest,
+            Workload.id <= signature[0],  # as for the whole queue: what the signature counted
+        )
+    ).all()
+    if count + len(rows) != signature[1]:
+        return False
+    cache.pending.extend(
+        (_pending(row, view), row.after_id) for row in rows if row.target == WorkloadState.RUNNING
+    )
+    cache.signature = (signature[0], signature[1])
+    return True
 
 
 def _resources(row: Any) -> Resources:
