@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from typing import Any
 
 import pytest
 from sqlalchemy import exc as sa
 
+from allotment.controller.reconciler import MAX_START_FAILURES
 from allotment.controller.watch import Watch
 from allotment.controller.workers import Workers
 from allotment.controller.workqueue import WorkQueue
 from allotment.db.heartbeat import CONTROLLER, last_beat
+from allotment.db.workloads import to_starting
 from tests.controller.conftest import Fast
 
 FULL = sa.OperationalError("COMMIT", {}, sqlite3.OperationalError("database or disk is full"))
@@ -98,3 +101,28 @@ async def test_the_controller_leaves_its_heartbeat_for_other_processes(fast: Fas
     assert fast.controller.scheduling.cycled_at is not None
     assert at <= fast.controller.scheduling.cycled_at
     assert stale_after >= 60
+
+
+async def test_an_outage_under_a_start_is_never_counted_against_the_workload(
+    fast: Fast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database fails the write of STARTING more times than a start may fail: the
+    # workload waits and starts once it answers, never FAILED "could not start".
+    reconciler = fast.controller.reconciler
+    fast.controller.workers.outage.max_backoff = 0.001
+    write = reconciler._write
+    refused = 0
+
+    async def flaky(move: Any, *args: Any, **kw: Any) -> bool:
+        nonlocal refused
+        if move is to_starting and refused <= MAX_START_FAILURES:
+            refused += 1
+            raise FULL
+        return await write(move, *args, **kw)
+
+    monkeypatch.setattr(reconciler, "_write", flaky)
+    wid = await fast.submit("true")
+    w = await fast.until(wid, "stopped", "failed")
+    assert refused == MAX_START_FAILURES + 1
+    assert (w["status"], w["reason"]) == ("stopped", "completed (exit status 0)")
+    assert reconciler.start_failures == {}

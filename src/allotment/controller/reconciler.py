@@ -34,6 +34,7 @@ from allotment.backends.base import (
 from allotment.clock import Clock
 from allotment.controller.failpoints import failpoint
 from allotment.db.engine import Database
+from allotment.db.outage import classify
 from allotment.db.tables import Account, Pool, User, Workload
 from allotment.db.workloads import (
     record_placement,
@@ -231,6 +232,10 @@ class Reconciler:
         except BackendUnavailable:
             raise  # tried again with backoff, never counted: not the workload's failure
         except Exception as e:
+            if classify(e) is not None:
+                # The database went away under a write of this start (its STARTING, a
+                # placement): not the workload's failure either. Resumed from what was written.
+                raise
             n = self.start_failures.get(w.id, 0) + 1
             self.start_failures[w.id] = n
             log.warning("workload %s: start attempt %s failed: %s", w.id, n, e)
