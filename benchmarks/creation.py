@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.support.hub import Hub, free_port
 from tests.support.process import allot_serve, clean_env
 
-from benchmarks.harness import ROOT, machine, postgres
+from benchmarks.harness import commit, machine, postgres
 
 POLICY = """\
 accounts:
@@ -76,12 +76,6 @@ wrk.headers["Authorization"] = "token " .. os.getenv("ALLOTMENT_TOKEN")
 """
 
 LIVE = ["pending", "admitted", "starting", "running", "stopping"]
-
-
-def commit() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
 
 
 def _count(api: str, token: str, **params: Any) -> int:

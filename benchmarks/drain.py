@@ -28,7 +28,7 @@ from typing import Any
 from tests.support.hub import Hub, free_port
 from tests.support.jobs import JobService, job_service, policy_file
 
-from benchmarks.harness import machine
+from benchmarks.harness import commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -224,6 +224,7 @@ def run(jobs: int, latency_runs: int, repeats: int) -> dict[str, Any]:
     return {
         "benchmark": "batch jobs on one machine: latency and drain rate, Allotment vs Slurm",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
         "machine": machine(),
         "setup": "2 CPUs handed out, 1-CPU jobs running `true` (two at a time on each system); "
         "Slurm 22.05 from Debian, cgroup v1, Epilog=/bin/true, no accounting database",

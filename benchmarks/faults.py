@@ -43,22 +43,11 @@ from tests.support.hub import Hub, free_port
 from tests.support.jobs import JobService, job_service, policy_file
 from tests.support.loopfs import BALLAST, fill, free, small_filesystem
 
-from benchmarks.harness import machine
+from benchmarks.harness import commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMITTED = {"admitted", "starting", "running", "stopping", "stopped"}
 POLL = 0.02
-
-
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return done.stdout.strip() + ("+uncommitted changes" if dirty else "")
 
 
 class Postgres:
@@ -270,7 +259,7 @@ def run(repeats: int, hold: float) -> dict[str, Any]:
     return {
         "benchmark": "recovery: from the fault clearing to the first admitted workload",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": commit(),
         "machine": machine(),
         "setup": "one `allot serve` (controller on, local backend), never restarted; "
         "PostgreSQL durable, stopped with pg_ctl -m fast; SQLite on a 64 MiB ext4 loop "

@@ -17,6 +17,20 @@ from tests.support.process import allot_serve, clean_env
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def commit() -> str:
+    """The commit measured (with "+uncommitted changes" when the checkout differs from it):
+    every result says what it measured, so a number can be re-run when the code under it
+    changes."""
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return done.stdout.strip() + ("+uncommitted changes" if dirty else "")
+
+
 def machine() -> dict[str, object]:
     mem = 0
     try:

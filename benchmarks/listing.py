@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from allotment.db.engine import Database, sqlite_url
 from allotment.db.tables import Account, User, Workload
-from benchmarks.harness import machine, postgres, served
+from benchmarks.harness import commit, machine, postgres, served
 
 N = 100_000
 ACCOUNTS = ["physics/lab-b", "physics/lab-a", "physics/lab-a/proj-x", "physics/lab-a/proj-y"]
@@ -150,6 +150,7 @@ def run(requests: int) -> dict[str, object]:
     return {
         "benchmark": "listing workloads (100,000 rows, filtered by account)",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
         "machine": machine(),
         "requests_per_query": requests,
         "target": {"p99_ms": 50},

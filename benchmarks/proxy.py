@@ -38,7 +38,7 @@ import httpx
 from tests.support.hub import free_port
 from websockets.asyncio.client import connect
 
-from benchmarks.harness import machine
+from benchmarks.harness import commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,6 +208,7 @@ def run() -> dict[str, Any]:
     (work / "backend.py").write_text(BACKEND)
     backend = free_port()
     result: dict[str, Any] = {
+        "commit": commit(),
         "machine": machine(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -35,7 +35,7 @@ from allotment.scheduler import (
     schedule,
 )
 from allotment.scheduler.fairshare import fair_share_factors
-from benchmarks.harness import machine
+from benchmarks.harness import commit, machine
 
 G = 2**30
 
@@ -146,6 +146,7 @@ def run(max_pending: int) -> dict[str, object]:
     return {
         "benchmark": "one scheduling cycle (CPU time, one core)",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
         "machine": machine(),
         "pool": "64 nodes × (64 CPUs, 512 GiB, 4× a100)",
         "targets": {"10k pending": "≤ 0.1 s", "100k pending": "≤ 1 s"},

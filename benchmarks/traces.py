@@ -20,7 +20,7 @@ from pathlib import Path
 from allotment.sim.metrics import measure
 from allotment.sim.replay import replay
 from allotment.sim.swf import read_swf
-from benchmarks.harness import ROOT, machine
+from benchmarks.harness import ROOT, commit, machine
 
 DATA = ROOT.parent / "shared" / "data"
 TRACES = [
@@ -55,6 +55,7 @@ def run() -> dict[str, object]:
     return {
         "benchmark": "trace replay through the scheduler",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
         "machine": machine(),
         "target": {"replay_wall_s": 30},
         "results": results,
