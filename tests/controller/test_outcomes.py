@@ -4,6 +4,8 @@ them."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from allotment.backends.fake import FakeBackend, NoRoom
@@ -36,3 +38,22 @@ class TestNoRoom:
         backend.room = True
         w = await fast.until(wid, "stopped", seconds=30)
         assert (w["exit_code"], w["reason"]) == (0, "completed (exit status 0)")
+
+    async def test_it_is_logged_once_as_the_backend_s_never_as_the_database_s(
+        self, fast: Fast, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # The local backend's full data directory says ENOSPC in its cause, which read as
+        # "the disk holding the database is full"; one without a cause was logged per try.
+        assert isinstance(fast.backend, NoRoom)
+        backend = fast.backend
+        with caplog.at_level(logging.INFO, "allotment.controller"):
+            wid = await fast.submit("true")
+            await fast.eventually(wid, lambda w: backend.refusals > MAX_START_FAILURES)
+            backend.room = True
+            await fast.until(wid, "stopped", seconds=30)
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(said) == 2, said
+        assert said[0].startswith("reconciler: the fake's disk is full (since ")
+        assert said[1].startswith("reconciler: workloads can start again after ")
+        assert f"{backend.refusals} starts put off meanwhile" in said[1]
+        assert not any("database" in line for line in said)

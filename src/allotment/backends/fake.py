@@ -28,6 +28,7 @@ Not for production: nothing of the user's ever runs.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import signal
@@ -385,6 +386,9 @@ class NoRoom(FakeBackend):
     ) -> AsyncIterator[Placement]:
         if not self.room:
             self.refusals += 1
-            raise BackendUnavailable("the fake's disk is full")
+            # Caused by ENOSPC, as the local backend's is: not the database's disk.
+            raise BackendUnavailable("the fake's disk is full") from OSError(
+                errno.ENOSPC, os.strerror(errno.ENOSPC)
+            )
         async for placement in super().start(spec, resume):
             yield placement

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import logging
 
+from allotment.backends.base import BackendUnavailable
 from allotment.controller.reconciler import Reconciler
 from allotment.controller.workqueue import WorkQueue
-from allotment.db.outage import OutageLog, classify
+from allotment.db.outage import Outage, OutageLog, classify
 
 __all__ = ["Workers"]
 
 log = logging.getLogger("allotment.controller")
+
+#: Longest wait between starts tried while a backend cannot start any (its disk is full):
+#: short, since freeing space is all it takes and nobody tells the controller when.
+BACKEND_MAX_BACKOFF = 2.0
 
 
 class Workers:
@@ -20,6 +25,16 @@ class Workers:
         self.reconciler = reconciler
         #: The database's outages, logged once each (all workers share it).
         self.outage = OutageLog("reconciler", "attempts failed", log)
+        #: A backend that cannot start anything for now (``BackendUnavailable``: the local
+        #: backend's data directory full), logged once, in its own words: it is not the
+        #: database, which may well be on another machine.
+        self.unstartable = OutageLog(
+            "reconciler",
+            "starts put off",
+            log,
+            max_backoff=BACKEND_MAX_BACKOFF,
+            back="workloads can start again",
+        )
 
     async def run(self) -> None:
         """One worker; the controller runs ``ControllerSettings.workers`` of them."""
@@ -27,6 +42,12 @@ class Workers:
             wid = await self.queue.get()
             try:
                 running = await self.reconciler.reconcile(wid)
+            except BackendUnavailable as e:
+                # Checked first: its cause (a full file system, ENOSPC) would read as the
+                # database's disk. Never counted against the workload.
+                self.unstartable.failed(Outage("unavailable", str(e)))
+                self.queue.done(wid)
+                self.queue.add_after(wid, self.unstartable.backoff(self.queue.base_delay))
             except Exception as e:
                 if (outage := classify(e)) is None:
                     delay = self.queue.retry(wid)
@@ -41,6 +62,8 @@ class Workers:
                 self.outage.recovered()
                 self.queue.done(wid)
                 if running is not None:
+                    # A start went through (or a running workload was found): room again.
+                    self.unstartable.recovered()
                     backend, placement = running
                     backend.watch(wid, placement, self.exited)
 

@@ -153,6 +153,9 @@ class OutageLog:
     max_backoff
         Longest wait ``backoff`` gives, in seconds: the database is retried at least this
         often, so work carries on within seconds of it coming back.
+    back
+        What the closing line says came back (an outage of something other than the
+        database: "starts go ahead again").
     """
 
     def __init__(
@@ -162,11 +165,13 @@ class OutageLog:
         logger: logging.Logger,
         *,
         max_backoff: float = 5.0,
+        back: str = "the database is back",
     ) -> None:
         self.what = what
         self.counted = counted
         self.log = logger
         self.max_backoff = max_backoff
+        self.back = back
         #: The outage in progress, or None.
         self.current: Outage | None = None
         self.count = 0
@@ -198,8 +203,9 @@ class OutageLog:
         if self.current is None:
             return
         self.log.warning(
-            "%s: the database is back after %.1f s; %s %s meanwhile",
+            "%s: %s after %.1f s; %s %s meanwhile",
             self.what,
+            self.back,
             time.monotonic() - self._since,
             f"{self.count:,}",
             self.counted,
@@ -207,8 +213,8 @@ class OutageLog:
         self.current = None
         self.count = 0
 
-    def backoff(self) -> float:
-        """How long to wait before the next try: doubling from 0.25 s, at most
+    def backoff(self, base: float = 0.25) -> float:
+        """How long to wait before the next try: doubling from ``base`` seconds, at most
         ``max_backoff``."""
         n = max(self.count - 1, 0)
-        return float(min(0.25 * 2 ** min(n, 16), self.max_backoff))
+        return float(min(base * 2 ** min(n, 16), self.max_backoff))
