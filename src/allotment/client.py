@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,9 +55,12 @@ DEFAULT_URL = "http://127.0.0.1:8750/services/allotment/"
 class ApiError(Exception):
     """The service answered with a problem; ``str()`` is its message for the researcher."""
 
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, *, retried: bool = False) -> None:
         super().__init__(problem.detail)
         self.problem = problem
+        #: The answer came to a call sent more than once: an earlier try may have done what
+        #: was asked before its answer was lost (a cancel then meets "already stopping").
+        self.retried = retried
 
     @property
     def status(self) -> int:
@@ -159,6 +163,9 @@ class Retry:
     most: float = 5.0
 
 
+#: How far a wait between tries is spread (a fraction of it), see ``_Attempts.wait``.
+JITTER = 0.2
+
 #: Told, once per outage, why the client waits and for how long at most: (reason, seconds).
 OnRetry = Callable[[str, float], None]
 
@@ -191,13 +198,21 @@ class _Attempts:
         self.tries = 1
 
     def wait(self, reason: str, retry_after: float | None = None) -> float | None:
-        """Seconds to wait before trying again, or None: give up."""
+        """Seconds to wait before trying again, or None: give up.
+
+        Jittered (``JITTER``), so that the clients one outage stopped together do not all
+        come back in the same instant and meet the recovering service at once: ±20 % around
+        the backoff, and up to 20 % past a ``Retry-After`` (the service's least wait)."""
         left = self.started + self.policy.seconds - time.monotonic()
         if left <= 0:
             return None
-        backoff = min(self.policy.first * 2 ** (self.tries - 1), self.policy.most)
+        if retry_after is not None:
+            wanted = retry_after * random.uniform(1.0, 1.0 + JITTER)
+        else:
+            backoff = min(self.policy.first * 2 ** (self.tries - 1), self.policy.most)
+            wanted = backoff * random.uniform(1.0 - JITTER, 1.0 + JITTER)
         # The last try comes at the deadline, however long the service asked for.
-        wait = min(retry_after if retry_after is not None else backoff, left)
+        wait = min(wanted, left)
         if self.tries == 1:
             self.tell(reason)
         self.tries += 1
@@ -247,11 +262,13 @@ class _Retrying:
         self,
         attempts: _Attempts,
         base: httpx.URL,
+        method: str,
         safe: bool,
         answer: httpx.Response | httpx.HTTPError,
     ) -> float | httpx.Response:
         """Seconds to wait before the next try, or the response to return; raises
-        ``ApiError`` when the call failed for good."""
+        ``ApiError`` when the call failed for good. A retried ``DELETE`` that finds nothing
+        (404) succeeded: an earlier try whose answer was lost did it."""
         if isinstance(answer, httpx.HTTPError):
             reason = f"cannot reach it: {answer}"
             if safe or isinstance(answer, httpx.ConnectError):
@@ -266,7 +283,26 @@ class _Retrying:
                 return wait
             raise attempts.gave_up(ApiError(_problem(answer)), reason)
         self._answered()
-        return _checked(answer)
+        if attempts.tries > 1 and method.upper() == "DELETE" and answer.status_code == 404:
+            # An earlier try deleted it and its answer was lost: what was asked is done.
+            return httpx.Response(204, request=answer.request)
+        if answer.status_code >= 400:
+            raise ApiError(_problem(answer), retried=attempts.tries > 1)
+        return answer
+
+
+def _may_have_cancelled(e: ApiError) -> bool:
+    """A cancel answered 409 ("already stopping") after an earlier try whose answer was lost:
+    that try may be what stopped it."""
+    return e.status == 409 and e.retried
+
+
+def _cancelled_already(w: WorkloadOut, conflict: ApiError) -> WorkloadOut:
+    """``w`` when it was cancelled (by the earlier try, or by someone else: either way what
+    was asked is done); else the conflict (it ended on its own, or was stopped otherwise)."""
+    if w.reason.startswith("cancelled by"):
+        return w
+    raise conflict
 
 
 def _headers(token: str | None, acting_for: str | None) -> dict[str, str]:
@@ -338,7 +374,7 @@ class AllotmentClient:
                 answer = self._http.request(method, path, **kwargs)
             except httpx.HTTPError as e:
                 answer = e
-            step = self._retrying._next(attempts, self._http.base_url, safe, answer)
+            step = self._retrying._next(attempts, self._http.base_url, method, safe, answer)
             if isinstance(step, httpx.Response):
                 return step
             time.sleep(step)
@@ -389,9 +425,16 @@ class AllotmentClient:
         return WorkloadOut.model_validate(self._call("GET", f"workloads/{workload_id}"))
 
     def cancel(self, workload_id: int) -> WorkloadOut:
-        return WorkloadOut.model_validate(
-            self._call("POST", f"workloads/{workload_id}/cancel", idempotent=True)
-        )
+        """Cancel it; a retried cancel that meets "already stopping" is read back
+        (``_cancelled_already``)."""
+        try:
+            return WorkloadOut.model_validate(
+                self._call("POST", f"workloads/{workload_id}/cancel", idempotent=True)
+            )
+        except ApiError as e:
+            if not _may_have_cancelled(e):
+                raise
+            return _cancelled_already(self.workload(workload_id), e)
 
     def output(
         self, workload_id: int, *, stream: str = "stdout", offset: int = 0
@@ -499,7 +542,7 @@ class AsyncAllotmentClient:
                 answer = await self._http.request(method, path, **kwargs)
             except httpx.HTTPError as e:
                 answer = e
-            step = self._retrying._next(attempts, self._http.base_url, safe, answer)
+            step = self._retrying._next(attempts, self._http.base_url, method, safe, answer)
             if isinstance(step, httpx.Response):
                 return step.json()
             await asyncio.sleep(step)
@@ -546,6 +589,13 @@ class AsyncAllotmentClient:
         return WorkloadOut.model_validate(await self._call("GET", f"workloads/{workload_id}"))
 
     async def cancel(self, workload_id: int) -> WorkloadOut:
-        return WorkloadOut.model_validate(
-            await self._call("POST", f"workloads/{workload_id}/cancel", idempotent=True)
-        )
+        """Cancel it; a retried cancel that meets "already stopping" is read back
+        (``_cancelled_already``)."""
+        try:
+            return WorkloadOut.model_validate(
+                await self._call("POST", f"workloads/{workload_id}/cancel", idempotent=True)
+            )
+        except ApiError as e:
+            if not _may_have_cancelled(e):
+                raise
+            return _cancelled_already(await self.workload(workload_id), e)
