@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
+import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -200,3 +203,62 @@ async def test_sigterm_stops_it_cleanly(tmp_path: Path) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
     assert await task == 0
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_restart_that_cannot_spawn_is_tried_again(
+    tmp_path: Path, settings: ProcessSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Out of descriptors (EMFILE) as the child is started again: the watcher logs it and
+    # tries again; it used to end there, and the controller was never started again.
+    s = ControllerProcess(settings, stand_in(tmp_path, "started"), backoff=0.05)
+    with supervised(s):
+        s.start()
+        assert s.proc is not None
+        first = s.proc.pid
+        spawn, refused = s._spawn, 0
+
+        def emfile() -> tuple[subprocess.Popen[bytes], int]:
+            nonlocal refused
+            if refused < 2:
+                refused += 1
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+            return spawn()
+
+        monkeypatch.setattr(s, "_spawn", emfile)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: s.proc is not None and s.proc.pid != first)
+        assert refused == 2
+
+
+async def test_a_database_down_at_its_start_is_waited_out_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A restart or a takeover while the database is down: it starts once the database answers
+    # (here: once its file can be opened), where it used to end with a traceback.
+    made = await _migrated(tmp_path)
+    path = tmp_path / "later.sqlite"
+    path.mkdir()  # a directory where the database should be: it cannot be opened
+    url = f"sqlite+aiosqlite:///{path}"
+    settings = ProcessSettings(database_url=url, data_dir=str(tmp_path / "data"))
+    out, stop = io.StringIO(), asyncio.Event()
+    with caplog.at_level(logging.INFO, "allotment.controller"):
+        task = asyncio.create_task(run_controller(settings, out, stop))
+        for _ in range(200):
+            if any(r.getMessage().startswith("controller's start: ") for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+        assert out.getvalue() == "" and not task.done()
+        path.rmdir()
+        Path(made.split("///", 1)[1]).rename(path)
+        for _ in range(500):
+            if out.getvalue():
+                break
+            await asyncio.sleep(0.01)
+        assert out.getvalue() == "started\n"
+        stop.set()
+        assert await task == 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("controller's")]
+    assert len(said) == 2, said
+    assert "the database is unavailable" in said[0]
+    assert "the database is back after" in said[1]
+    assert not [r for r in caplog.records if r.exc_info]

@@ -43,6 +43,7 @@ from allotment.controller import failpoints
 from allotment.controller.lock import NameInUse
 from allotment.controller.service import Controller, ControllerSettings
 from allotment.db.engine import Database
+from allotment.db.outage import OutageLog, classify
 
 __all__ = [
     "ControllerProcess",
@@ -112,11 +113,18 @@ async def run_controller(
     """Run the controller until ``stop`` is set; its exit status. While another process of
     the installation holds the lock, wait and try again (a standby)."""
     db = Database(settings.database_url)
-    controller = Controller(
-        db,
-        SystemClock(),
-        ControllerSettings(Path(settings.data_dir), installation=settings.installation),
-    )
+
+    def new() -> Controller:
+        return Controller(
+            db,
+            SystemClock(),
+            ControllerSettings(Path(settings.data_dir), installation=settings.installation),
+        )
+
+    controller = new()
+    #: The database unavailable as the controller starts (a restart or a takeover during an
+    #: outage): its start is tried again within seconds, logged once, never a traceback.
+    outage = OutageLog("controller's start", "attempts failed", log)
     try:
         standby = False
         while not stop.is_set():
@@ -126,6 +134,18 @@ async def run_controller(
                 _report(status, f"failed: {e}")
                 log.error("%s", e)
                 return 3
+            except Exception as e:
+                if (found := classify(e)) is None:
+                    raise
+                outage.failed(found)
+                # Its lock goes with it; a fresh one recovers from the start when it answers.
+                await controller.stop()
+                controller = new()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(outage.backoff()):
+                        await stop.wait()
+                continue
+            outage.recovered()
             if started:
                 _report(status, "started")
                 if standby:
@@ -207,16 +227,30 @@ class ControllerProcess:
             STATUS_FD: str(write),
             "ALLOTMENT_CONTROLLER_PARENT": str(os.getpid()),
         }
-        proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.PIPE,
-            env=env,
-            pass_fds=(write,),
-        )
-        os.close(write)
-        assert proc.stdin is not None
-        proc.stdin.write(self.settings.dumps().encode())
-        proc.stdin.close()
+        try:
+            proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.PIPE,
+                env=env,
+                pass_fds=(write,),
+            )
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(self.settings.dumps().encode())
+            proc.stdin.close()
+        except BaseException:  # it died before it read its settings: none of it stays
+            os.close(read)
+            proc.kill()
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            proc.wait()
+            raise
         return proc, read
 
     def start(self) -> str:
@@ -257,15 +291,26 @@ class ControllerProcess:
                 code,
                 backoff,
             )
-            if self._stopping.wait(backoff):
-                return
-            backoff = min(backoff * 2, 30.0)
-            with self._spawning:
-                if self._stopping.is_set():
+            while True:
+                if self._stopping.wait(backoff):
                     return
-                proc, read = self._spawn()
-                os.close(read)
-                self.proc = proc
+                backoff = min(backoff * 2, 30.0)
+                with self._spawning:
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        proc, read = self._spawn()
+                    except Exception as e:  # EMFILE, EAGAIN, its stdin closed: try again
+                        log.error(
+                            "the controller process could not be started again (%s); trying "
+                            "again in %.0f s",
+                            e,
+                            backoff,
+                        )
+                        continue
+                    os.close(read)
+                    self.proc = proc
+                    break
 
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM, then SIGKILL after ``grace``; running workloads keep running."""
