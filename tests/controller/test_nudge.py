@@ -5,8 +5,11 @@ when the listener went away, or when an earlier version left a plain file in its
 from __future__ import annotations
 
 import asyncio
+import logging
 import stat
 from pathlib import Path
+
+import pytest
 
 from allotment.controller import nudge
 from allotment.controller.nudge import NudgeListener, nudge_other, nudge_path
@@ -75,3 +78,33 @@ async def test_a_full_pipe_and_a_listener_gone_are_no_errors(tmp_path: Path) -> 
     finally:
         again.close()
         nudge._writers.clear()
+
+
+async def test_an_empty_directory_in_its_place_is_replaced_by_the_pipe(tmp_path: Path) -> None:
+    nudge_path(tmp_path).mkdir()
+    woken = asyncio.Event()
+    listener = NudgeListener(tmp_path, woken.set)
+    listener.open()
+    try:
+        assert stat.S_ISFIFO(nudge_path(tmp_path).stat().st_mode)
+        nudge_other(tmp_path)
+        assert await _woken(woken)
+    finally:
+        listener.close()
+        nudge._writers.clear()
+
+
+async def test_what_cannot_be_removed_is_said_and_the_controller_starts_without_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A directory with something in it: unlink() raised, and the controller could not start.
+    (nudge_path(tmp_path) / "kept").mkdir(parents=True)
+    listener = NudgeListener(tmp_path, lambda: None)
+    with caplog.at_level(logging.WARNING, "allotment.controller"):
+        listener.open()
+    listener.close()
+    nudge_other(tmp_path)  # an API process's nudge finds no pipe: dropped, no error
+    assert nudge._writers == {}
+    assert (nudge_path(tmp_path) / "kept").is_dir()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "in the way of the controller's nudge pipe" in said[0]

@@ -69,7 +69,22 @@ class NudgeListener:
         except FileNotFoundError:
             mode = None
         if mode is not None and not stat.S_ISFIFO(mode):
-            self.path.unlink()  # an earlier version's nudge file (or anything else)
+            # An earlier version's nudge file, or anything else: not worth a controller that
+            # cannot start. Without the pipe it schedules every ``scheduling.interval``.
+            try:
+                if stat.S_ISDIR(mode):
+                    self.path.rmdir()
+                else:
+                    self.path.unlink()
+            except OSError as e:
+                log.warning(
+                    "%s is in the way of the controller's nudge pipe and cannot be removed "
+                    "(%s): submissions are scheduled at the next cycle, not at once, until it "
+                    "is removed and the service restarted",
+                    self.path,
+                    e.strerror,
+                )
+                return
             mode = None
         if mode is None:
             with contextlib.suppress(FileExistsError):
