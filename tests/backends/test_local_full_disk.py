@@ -8,6 +8,7 @@ outcome truly cannot be known, the reason says so (and when), not a false story.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -16,11 +17,12 @@ from typing import Any
 import pytest
 
 from allotment.backends.base import BackendUnavailable
+from allotment.backends.local import space
 from allotment.backends.local.backend import LocalBackend
 from tests.backends.conftest import ROOT, local_backend
 from tests.backends.test_contract import ended, started
 from tests.backends.test_local import job
-from tests.support.loopfs import fill, free, small_filesystem
+from tests.support.loopfs import BALLAST, fill, free, small_filesystem
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="needs root: a loop-mounted file system")
 
@@ -137,3 +139,17 @@ async def test_a_disk_that_fills_as_the_launcher_starts_delays_the_start(
     assert (seen.exit_code, seen.failed) == (0, False)
     assert runs.read_text() == "ran\n", "it ran once"
     await on_disk.release(wid, p)
+
+
+def test_a_service_not_run_as_root_is_full_where_only_root_could_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ext4 keeps blocks back for root: a service of its own user (and its launchers) meets
+    # ENOSPC while they still show free, and ``full`` said "not full" (f_bfree).
+    with small_filesystem(32, reserved=10) as fs:  # 3.2 MB for root alone
+        _fill(fs)
+        ballast = fs / BALLAST
+        os.truncate(ballast, ballast.stat().st_size - 2 * 2**20)  # 2 MB free, root's only
+        assert not space.full(fs), "root may still write there"
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+        assert space.full(fs)

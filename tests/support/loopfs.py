@@ -26,9 +26,12 @@ BALLAST = ".ballast"
 
 
 @contextlib.contextmanager
-def small_filesystem(megabytes: int = 32, *, mode: int = 0o755) -> Iterator[Path]:
-    """A fresh ext4 filesystem of ``megabytes`` mounted at a new directory; skips the test
-    where loop mounts are not possible (not root, no loop devices)."""
+def small_filesystem(
+    megabytes: int = 32, *, mode: int = 0o755, reserved: int = 0
+) -> Iterator[Path]:
+    """A fresh ext4 filesystem of ``megabytes`` mounted at a new directory, ``reserved`` per
+    cent of it kept for root (``mkfs -m``); skips the test where loop mounts are not possible
+    (not root, no loop devices)."""
     if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
         pytest.skip("a loop-mounted filesystem needs root and mkfs.ext4 (e2fsprogs)")
     work = Path(tempfile.mkdtemp(prefix="allotment-loopfs."))
@@ -37,7 +40,7 @@ def small_filesystem(megabytes: int = 32, *, mode: int = 0o755) -> Iterator[Path
     with image.open("wb") as f:
         f.truncate(megabytes * 2**20)
     subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=0", str(image)],
+        ["mkfs.ext4", "-q", "-F", "-m", str(reserved), "-E", "lazy_itable_init=0", str(image)],
         check=True,
         capture_output=True,
     )

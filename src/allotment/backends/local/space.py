@@ -69,13 +69,16 @@ def no_space(e: BaseException) -> bool:
 
 
 def full(path: Path) -> bool:
-    """Whether the file system holding ``path`` has less than ``FULL_BELOW`` free (counting
-    what only root may use: the launcher writes as root)."""
+    """Whether the file system holding ``path`` has less than ``FULL_BELOW`` free for this
+    process's user: counting what only root may use (ext4 keeps 5 % back) where the service,
+    and so its launchers, run as root, and not counting it otherwise, where ENOSPC comes while
+    that reserve still shows free."""
     try:
         st = os.statvfs(path)
     except OSError:
         return False
-    return st.f_bfree * st.f_frsize < FULL_BELOW
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return free * st.f_frsize < FULL_BELOW
 
 
 def full_disk(directory: Path, what: str) -> str:
