@@ -13,13 +13,14 @@ import pwd
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from allotment.backends.base import LaunchSpec, Placement
-from allotment.backends.local.backend import LocalBackend
+from allotment.backends.local.backend import LocalBackend, _leftovers
 from allotment.backends.local.cgroups import LEGACY, V1, V2, Cgroups, Limits, prefix_of
 from allotment.backends.local.gpus import assign, declared, model_of, parse_query
 from allotment.backends.local.posix import MAX_NAME, decode, escape, unix_name
@@ -450,6 +451,38 @@ async def test_a_stop_that_needed_sigkill_says_so(
     )
     for wid, p in ((polite, p1), (deaf, p2)):
         await local.release(wid, p)
+
+
+@root_only
+async def test_a_stop_with_no_grace_period_tells_of_none(
+    local: LocalBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    # Given no time to stop, a process still there right after SIGTERM did not "ignore" it.
+    wid = new_id()
+    command = ["sh", "-c", "trap '' TERM; sleep 1000"]
+    p = (await started(local, job(wid, "alice", command, shared)))[-1]
+    await asyncio.sleep(0.3)
+    await local.stop(wid, p, grace=0)
+    seen = (await local.poll({wid: p}))[wid]
+    assert (seen.alive, seen.how_stopped) == (False, "")
+    await local.release(wid, p)
+
+
+class InUninterruptibleSleep:
+    """Cgroups in which one process outlives every SIGKILL (a process in D state, waiting
+    on a hung NFS server): a named fake, since no test can make one on demand."""
+
+    def procs(self, workload: int) -> list[int]:
+        return [4242]
+
+    def kill_all(self, workload: int, spare: tuple[int, ...] = ()) -> None:
+        pass
+
+
+def test_a_leftover_that_outlives_sigkill_is_counted_once(tmp_path: Path) -> None:
+    stuck: Any = InUninterruptibleSleep()
+    assert _leftovers(stuck, 7, tmp_path) == 1
+    assert _leftovers(stuck, 7, tmp_path) == 1, "the same process, seen again"
 
 
 @root_only

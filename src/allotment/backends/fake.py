@@ -299,9 +299,10 @@ class FakeBackend(Backend):
             return
         if p.stubborn:
             await asyncio.sleep(grace)
-            p.how_stopped = (
-                f"it did not stop on SIGTERM and was killed after the {grace:g} s grace period"
-            )
+            if grace > 0:  # with none, nothing was given time to stop (as the local backend)
+                p.how_stopped = (
+                    f"it did not stop on SIGTERM and was killed after the {grace:g} s grace period"
+                )
             self._end(p, KILLED)
         else:
             self._end(p, TERMINATED)

@@ -84,7 +84,9 @@ def _ended(code: int | None, command_ran: bool = False) -> tuple[bool, str]:
     """(failed, reason) for an exit status; ``command_ran``: the status is the command's own,
     even where it equals one of the launcher's set-up failures. None: the launcher, which
     records it, ended without doing so; what is known of why is said, and nothing more (its
-    place is reserved at the start, so a full disk is not the cause: see ``_unrecorded``)."""
+    place is reserved at the start, so a full disk is not the cause for a run that started
+    with it; it can be for one started before space was reserved, or where the file system
+    could not allocate ahead: ``_unrecorded`` says so where it is full)."""
     if code is None:
         return True, (
             "outcome unknown: it ended without an exit status recorded (its launcher, which "
@@ -600,7 +602,12 @@ class LocalBackend(Backend):
             else:
                 continue
             break
-        if time.monotonic() >= deadline and self._stubborn(groups, workload, pid, started):
+        # With no grace period nothing was given time to stop: nothing to tell of it.
+        if (
+            grace > 0
+            and time.monotonic() >= deadline
+            and self._stubborn(groups, workload, pid, started)
+        ):
             # Said in its reason (``_how_stopped``); a full disk only loses this remark.
             with contextlib.suppress(OSError):
                 (run / "forced").write_text(f"{grace:g}")
@@ -840,20 +847,25 @@ def _unrecorded(run: Path, data: Path) -> str | None:
 
 def _leftovers(groups: Cgroups, workload: int, run: Path) -> int:
     """Kill what the workload left running in its groups once its launcher ended (daemons,
-    children it did not wait for); how many processes that was, over every look (recorded in
-    ``leftovers``, so that a second look, after a restart, still says it)."""
-    before = _read_number(run / "leftovers") or 0
-    found: set[int] = set()
+    children it did not wait for); how many processes that was, over every look. Their pids
+    are recorded (``leftovers``), so that a second look, after a restart, still says it, and
+    a process that outlives SIGKILL (in uninterruptible sleep) is counted once, not again at
+    each look."""
+    try:
+        before = {int(p) for p in (run / "leftovers").read_text().split() if p.isdigit()}
+    except OSError:
+        before = set()
+    found = set(before)
     for _ in range(100):
         pids = groups.procs(workload)
         if not pids:
             break
         found.update(pids)
         groups.kill_all(workload)
-    if found:
+    if found != before:
         with contextlib.suppress(OSError):  # on a full disk only the count is lost
-            (run / "leftovers").write_text(str(before + len(found)))
-    return before + len(found)
+            (run / "leftovers").write_text("".join(f"{p}\n" for p in sorted(found)))
+    return len(found)
 
 
 def _how_stopped(run: Path) -> str:
