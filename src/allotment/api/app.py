@@ -19,7 +19,7 @@ from allotment.api.auth import TokenVerifier, new_admin_token, token_sha256
 from allotment.api.deps import AppState
 from allotment.api.limits import RequestBounds
 from allotment.api.openapi import document_problems
-from allotment.api.problems import install_problem_handlers
+from allotment.api.problems import install_problem_handlers, stop_outage_probe
 from allotment.api.routes import (
     accounts,
     catalog,
@@ -254,6 +254,7 @@ def create_app(
             if controller is not None:
                 await controller.stop()
             await inserts.stop()
+            await stop_outage_probe(app)
             await db.dispose()
 
     app = FastAPI(

@@ -29,7 +29,13 @@ from allotment.schemas import FieldProblem, Problem
 if TYPE_CHECKING:
     from allotment.api.deps import AppState
 
-__all__ = ["Unexpected", "install_problem_handlers", "outage_response", "problem_response"]
+__all__ = [
+    "Unexpected",
+    "install_problem_handlers",
+    "outage_response",
+    "problem_response",
+    "stop_outage_probe",
+]
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
@@ -153,10 +159,13 @@ class Unexpected:
         """Try the database until it answers, to log the end of the outage once."""
         if self._prober is not None and not self._prober.done():
             return
-        state = getattr(scope["app"].state, "allotment", None)
+        app = scope["app"]
+        state = getattr(app.state, "allotment", None)
         if state is None:
             return
         self._prober = asyncio.get_running_loop().create_task(self._probe(state))
+        # Where the lifespan finds it, to end it before the database is disposed of.
+        app.state.outage_probe = self._prober
 
     async def _probe(self, state: AppState) -> None:
         db, clock = state.db, state.clock
@@ -169,6 +178,16 @@ class Unexpected:
                     log.warning("checking whether the database is back failed: %s", e)
                 continue
             self.outage.recovered()
+
+
+async def stop_outage_probe(app: FastAPI) -> None:
+    """End the outage's probe (``Unexpected._watch``), if one runs: at shutdown, before the
+    database it tries is disposed of (it would try a closed one, or open it again)."""
+    task: asyncio.Task[None] | None = getattr(app.state, "outage_probe", None)
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.wait([task])
 
 
 def _title(status: int) -> str:

@@ -34,6 +34,7 @@ from allotment.controller.watch import Watch
 from allotment.controller.workers import Workers
 from allotment.controller.workqueue import WorkQueue
 from allotment.db.engine import Database
+from allotment.db.heartbeat import CONTROLLER, started
 from allotment.db.tables import Pool, Workload
 from allotment.domain.workloads import ACTIVE
 from allotment.installation import installation_of
@@ -105,6 +106,8 @@ class Controller:
         if not self.acquire():
             log.info("another process runs the controller")
             return False
+        # Readiness must not take a predecessor's last beat for this one's (db/heartbeat.py).
+        await started(self.db, CONTROLLER, self.clock.now())
         view = await self.db.run_read(load_policy_view)
         if view is not None:
             self.reconciler.stop_grace = float(view.policy.scheduling.stop_grace)

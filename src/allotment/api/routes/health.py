@@ -3,18 +3,26 @@
 - ``health/live``: the process answers (200 always; touches no database). A liveness probe:
   restart the process when it fails.
 - ``health/ready``: everything works now: the database can be read, and written (a real
-  commit: a full disk under SQLite fails it), and the controller completes its cycles on time
-  (in this process, or in another one through its heartbeat row). 503 otherwise.
+  commit: a full disk under SQLite fails it), the controller completes its cycles on time
+  (in this process, or in another one through its heartbeat row; one that has started and
+  still recovers is not ready yet), and its reconciler keeps up: no workload admitted has
+  waited to start longer than ``BEHIND_SECONDS``. 503 otherwise.
 - ``health``: the API can serve now: the database can be read and written (200 or 503).
   JupyterHub's service check and load balancers in front of API processes use it; a controller
   that is behind does not make the API refuse requests (submissions wait, nothing is lost).
 
 Every answer lists each check with ``ok`` and, where it failed, why.
+
+The database checks write (a commit), and the health addresses need no token: a flood of
+probes would otherwise fight submissions for SQLite's one writer. So their result is shared:
+one check in flight at a time, its answer reused for ``FRESH_SECONDS``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+import weakref
 from collections.abc import Awaitable
 from datetime import datetime
 
@@ -25,7 +33,16 @@ from pydantic import BaseModel
 from allotment import __version__
 from allotment.api.deps import AppState, StateDep
 from allotment.controller.heartbeat import stale_after
-from allotment.db.heartbeat import CONTROLLER, PROBE, beat, check_read, last_beat
+from allotment.db.engine import Database
+from allotment.db.heartbeat import (
+    CONTROLLER,
+    PROBE,
+    STARTED,
+    backlog,
+    beat,
+    check_read,
+    last_beat,
+)
 from allotment.db.outage import classify
 
 __all__ = ["Check", "Health", "router"]
@@ -34,6 +51,16 @@ router = APIRouter(tags=["health"])
 
 #: How long each database check may take before it counts as failed, in seconds.
 CHECK_SECONDS = 5.0
+#: How long the database checks' result is reused, in seconds.
+FRESH_SECONDS = 1.0
+#: A workload admitted and not started after this many seconds means the reconciler is
+#: behind. A start takes well under a second; a launcher that does not report is given up
+#: on after 30 s and the start is tried again, so two minutes is past any healthy start,
+#: and short enough that an operator hears of a reconciler that is stuck or starved (a full
+#: data directory, a backend that hangs) before researchers do.
+BEHIND_SECONDS = 120.0
+#: A controller that started this long ago without completing a cycle is stuck or gone.
+STARTING_SECONDS = 60.0
 
 
 class Check(BaseModel):
@@ -68,6 +95,18 @@ def _age(at: datetime, now: datetime) -> float:
     return max((now - at).total_seconds(), 0.0)
 
 
+def _starting(at: datetime, now: datetime, where: str) -> Check:
+    age = _age(at, now)
+    if age > STARTING_SECONDS:
+        reason = (
+            f"it started {age:.0f} s ago ({where}) and has completed no scheduling cycle "
+            "since; it is stuck or gone"
+        )
+    else:
+        reason = f"it started {age:.0f} s ago ({where}) and is still recovering"
+    return Check(name="controller", ok=False, reason=reason)
+
+
 async def _controller(state: AppState) -> Check:
     now = state.clock.now()
     if state.controller is not None:
@@ -89,6 +128,8 @@ async def _controller(state: AppState) -> Check:
                 reason="no controller has reported on this database; workloads wait until one runs",
             )
         (at, stale), where = seen, "in another process"
+        if stale == STARTED:
+            return _starting(at, now, where)
     age = _age(at, now)
     if age > stale:
         return Check(
@@ -100,13 +141,62 @@ async def _controller(state: AppState) -> Check:
     return Check(name="controller", ok=True, reason=f"last cycle {age:.0f} s ago ({where})")
 
 
+async def _backlog(state: AppState) -> Check:
+    try:
+        async with asyncio.timeout(CHECK_SECONDS):
+            seen = await backlog(state.db)
+    except Exception:
+        return Check(name="controller-backlog", ok=False, reason="it cannot be read")
+    if seen.oldest is None:
+        return Check(name="controller-backlog", ok=True, reason="no workload waits to start")
+    age = _age(seen.oldest, state.clock.now())
+    said = f"{seen.waiting} admitted, waiting to start; the oldest for {age:.0f} s"
+    if age > BEHIND_SECONDS:
+        return Check(
+            name="controller-backlog",
+            ok=False,
+            reason=f"{said}: more than {BEHIND_SECONDS:.0f} s means the controller is behind",
+        )
+    return Check(name="controller-backlog", ok=True, reason=said)
+
+
+class _Shared:
+    """The database checks of one database: one in flight, its result kept ``FRESH_SECONDS``
+    (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.at = float("-inf")
+        self.result: tuple[Check, Check] | None = None
+        self.running: asyncio.Future[tuple[Check, Check]] | None = None
+
+    async def checks(self, state: AppState) -> tuple[Check, Check]:
+        if self.result is not None and time.monotonic() - self.at < FRESH_SECONDS:
+            return self.result
+        if self.running is None or self.running.done():
+            self.running = asyncio.ensure_future(self._run(state))
+        # Shielded: a caller that gives up does not cancel the others' check.
+        return await asyncio.shield(self.running)
+
+    async def _run(self, state: AppState) -> tuple[Check, Check]:
+        began = time.monotonic()
+        read = await _database("database-read", check_read(state.db))
+        if read.ok:
+            write = await _database("database-write", beat(state.db, PROBE, state.clock.now(), 0.0))
+        else:
+            write = Check(name="database-write", ok=False, reason="not tried: reading failed")
+        self.at, self.result = began, (read, write)
+        return read, write
+
+
+_shared: weakref.WeakKeyDictionary[Database, _Shared] = weakref.WeakKeyDictionary()
+
+
 async def _checks(state: StateDep) -> list[Check]:
-    read = await _database("database-read", check_read(state.db))
-    if read.ok:
-        write = await _database("database-write", beat(state.db, PROBE, state.clock.now(), 0.0))
-    else:
-        write = Check(name="database-write", ok=False, reason="not tried: reading failed")
-    return [read, write, await _controller(state)]
+    shared = _shared.get(state.db)
+    if shared is None:
+        shared = _shared[state.db] = _Shared()
+    read, write = await shared.checks(state)
+    return [read, write, await _controller(state), await _backlog(state)]
 
 
 def _answer(checks: list[Check], needed: set[str]) -> JSONResponse:
@@ -129,9 +219,9 @@ async def health(state: StateDep) -> JSONResponse:
 
 @router.get("/health/ready", response_model=Health, responses=_RESPONSES)
 async def ready(state: StateDep) -> JSONResponse:
-    """Everything works now: the database can be read and written, and the controller keeps
-    up."""
-    return _answer(await _checks(state), _DATABASE | {"controller"})
+    """Everything works now: the database can be read and written, and the controller runs
+    and keeps up (its last cycle on time, no admitted workload waiting to start too long)."""
+    return _answer(await _checks(state), _DATABASE | {"controller", "controller-backlog"})
 
 
 @router.get("/health/live", response_model=Health)
