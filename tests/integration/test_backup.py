@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
+from allotment.controller.lock import take_service
 from allotment.db.backup import pg_program, summarise
 from allotment.db.engine import Database
 from allotment.db.tables import WORKLOADS, Account, Base, Heartbeat, User
@@ -34,7 +35,7 @@ from tests.backends.conftest import ROOT
 from tests.support.hub import Hub, free_port
 from tests.support.jobs import JobService, ended, job_service, policy_file, wait_for, workload
 from tests.support.process import ROOT as REPO
-from tests.support.process import clean_env
+from tests.support.process import allot_serve, clean_env
 from tests.support.service import running_service
 
 S = WorkloadState
@@ -295,3 +296,39 @@ def test_after_a_restore_nothing_runs_twice_and_no_id_is_given_again(
         with s.client(alice) as c:
             assert c.post(f"workloads/{sleeper}/cancel").status_code == 200
         assert ended(s, alice, sleeper)["reason"] == "cancelled by alice"
+
+
+def test_a_restore_is_refused_while_any_service_runs_and_none_starts_during_one(
+    tmp_path: Path,
+) -> None:
+    """An `allot serve --no-controller` (API only) holds no controller lock, yet a restore
+    beside it would lose what it acknowledges into the database set aside; and a service
+    started during a restore would migrate the database being replaced."""
+    data, port = tmp_path / "data", free_port()
+    env = clean_env(ALLOTMENT_DATA_DIR=str(data))
+    copy = tmp_path / "copy.sqlite"
+    with allot_serve(port, env, "--no-controller"):
+        done = allot("backup", "-o", str(copy), env=env)
+        assert done.returncode == 0, done.stderr
+        refused = allot("restore", str(copy), env=env)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "a service of this installation is running" in refused.stderr
+        assert "service.lock" in refused.stderr and "stop it" in refused.stderr
+    assert not list(data.glob("allotment.sqlite.before-restore-*"))  # nothing was touched
+    restoring = take_service(data)  # as `allot restore` holds it while it works
+    assert restoring is not None
+    try:
+        started = subprocess.run(
+            [sys.executable, "-m", "allotment", "serve", "--port", str(port)],
+            env={**env, "COLUMNS": "200"},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        restoring.close()
+    assert started.returncode == 1, started.stdout + started.stderr
+    assert "a restore of this installation's database is under way" in started.stderr
+    restored = allot("restore", str(copy), env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr

@@ -88,6 +88,13 @@ def serve(
         soft_wrap=True,  # paths whole, even in a log that is not a terminal
     )
     os.environ.setdefault("ALLOTMENT_DATA_DIR", str(settings.data_dir))
+    # Held until this process ends, from before the database is migrated: `allot restore`
+    # refuses while any service of the installation runs, and none starts during a restore.
+    locks = import_module("allotment.controller.lock")
+    try:
+        service_lock = locks.hold_service(settings.data_dir)
+    except locks.Restoring as e:
+        fail(str(e))
     # Prepared once here, before any other process starts: they never race to apply it.
     asyncio.run(app_module.prepare_once(settings))
     settings = dataclasses.replace(settings, prepared=True)
@@ -135,3 +142,4 @@ def serve(
     finally:
         if running is not None:
             running.stop()
+        service_lock.close()

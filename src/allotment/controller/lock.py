@@ -8,6 +8,14 @@ installation makes carries that name, and its recovery reaps what it finds under
 installations given one name (``service.installation``) would reap each other's workloads. The
 second is refused, saying whose the name is. The kernel drops both locks with the process,
 however it ends, so a killed controller never blocks the next one.
+
+A restore must not run beside any process of the service, not only its controller: an API
+process would keep writing into the database being set aside (acknowledged submissions lost
+from the restored one), and a service starting would migrate the database being replaced. So
+``allot serve`` holds ``<data_dir>/service.lock`` shared for its whole life, from before it
+migrates (``hold_service``; with or without the controller), and ``allot restore`` takes it
+exclusive (``take_service``): refused while any service runs, and no service starts while a
+restore runs.
 """
 
 from __future__ import annotations
@@ -19,7 +27,17 @@ from typing import IO
 
 from allotment.installation import check_name
 
-__all__ = ["CLAIMS", "ControllerLock", "NameInUse", "lock_path", "take_lock"]
+__all__ = [
+    "CLAIMS",
+    "ControllerLock",
+    "NameInUse",
+    "Restoring",
+    "hold_service",
+    "lock_path",
+    "service_lock_path",
+    "take_lock",
+    "take_service",
+]
 
 #: Where installations claim their names: machine-wide as root (whose workloads' groups and
 #: private /tmp are machine-wide); per user otherwise, in a directory of the user's own (not
@@ -50,13 +68,13 @@ class ControllerLock:
             f.close()
 
 
-def _flock(path: Path) -> IO[str] | None:
+def _flock(path: Path, mode: int = fcntl.LOCK_EX) -> IO[str] | None:
     # Held open for the controller's life; made 0600 (a claim names a data directory). Never
     # through a link: a claim is truncated and written.
     flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
     f = os.fdopen(os.open(path, flags, 0o600), "a+")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
         return None
@@ -102,3 +120,34 @@ def take_lock(data_dir: Path, name: str, claims: Path | None = None) -> Controll
     claim.write(here + "\n")
     claim.flush()
     return ControllerLock(mine, claim)
+
+
+class Restoring(RuntimeError):
+    """A restore of this installation's database is under way: no service may start."""
+
+
+def service_lock_path(data_dir: Path) -> Path:
+    return data_dir / "service.lock"
+
+
+def hold_service(data_dir: Path) -> ControllerLock:
+    """The service lock, shared, for a running service's whole life (module docstring);
+    raises Restoring while ``allot restore`` holds it."""
+    path = service_lock_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    held = _flock(path, fcntl.LOCK_SH)
+    if held is None:
+        raise Restoring(
+            f"a restore of this installation's database is under way (it holds {path}); "
+            "start the service again once `allot restore` has finished"
+        )
+    return ControllerLock(held)
+
+
+def take_service(data_dir: Path) -> ControllerLock | None:
+    """The service lock, exclusive, for a restore; None while any service of the
+    installation runs (``allot serve``, with or without its controller)."""
+    path = service_lock_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    held = _flock(path)
+    return None if held is None else ControllerLock(held)

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from allotment.backends.base import Backend
 from allotment.backends.registry import backends_for
 from allotment.clock import Clock
-from allotment.controller.lock import lock_path, take_lock
+from allotment.controller.lock import lock_path, service_lock_path, take_lock, take_service
 from allotment.controller.view import load_policy_view
 from allotment.db import workloads as transitions
 from allotment.db.backup import (
@@ -213,13 +213,22 @@ async def restore(
 ) -> Restored:
     """Put ``backup`` in place of the installation's database and reconcile (module docstring).
 
-    Holds the installation's controller lock throughout: refused (RestoreRefused) while a
-    service of the installation runs its controller, and none can start meanwhile.
+    Holds the installation's service and controller locks throughout (``controller/lock.py``):
+    refused (RestoreRefused) while any service of the installation runs, with or without its
+    controller, and none can start meanwhile.
     ``backends``: None builds the policy's from the registry, as the controller does."""
-    lock = take_lock(data_dir, installation_of(installation, data_dir))
-    if lock is None:
+    service = take_service(data_dir)
+    lock = None
+    try:
+        if service is not None:
+            lock = take_lock(data_dir, installation_of(installation, data_dir))
+    finally:
+        if service is not None and lock is None:  # refused, or NameInUse raised
+            service.close()
+    if service is None or lock is None:
+        held = service_lock_path(data_dir) if service is None else lock_path(data_dir)
         raise RestoreRefused(
-            f"a service of this installation is running (it holds {lock_path(data_dir)}); "
+            f"a service of this installation is running (it holds {held}); "
             "stop it (every `allot serve` of this data directory, or `systemctl stop` the unit "
             "that runs it) and run `allot restore` again"
         )
@@ -264,3 +273,4 @@ async def restore(
             if d is not None:
                 await d.dispose()
         lock.close()
+        service.close()
