@@ -79,9 +79,9 @@ def test_what_no_database_recorded_is_not_run_again_and_says_why() -> None:
     assert kind == "unknown" and values["reason"].startswith("ended after the backup")
 
 
-def test_the_password_goes_to_a_private_file_never_the_environment() -> None:
+def test_the_password_goes_to_a_private_file_never_the_environment(tmp_path: Path) -> None:
     url = "postgresql+asyncpg://allot:s3cr:t\\x@db.example:5433/allotment"
-    with _libpq_environment(url) as env:
+    with _libpq_environment(url, tmp_path) as env:
         assert "s3cr" not in " ".join(env.values())
         assert (env["PGHOST"], env["PGPORT"], env["PGUSER"]) == ("db.example", "5433", "allot")
         assert env["PGDATABASE"] == "allotment"
@@ -89,7 +89,7 @@ def test_the_password_goes_to_a_private_file_never_the_environment() -> None:
         assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
         assert passfile.read_text() == "db.example:5433:allotment:allot:s3cr\\:t\\\\x\n"
     assert not passfile.exists()
-    with _libpq_environment("postgresql://allot@db/allotment") as env:
+    with _libpq_environment("postgresql://allot@db/allotment", tmp_path) as env:
         assert "PGPASSFILE" not in env
 
 

@@ -73,7 +73,7 @@ def backup(
             copy.backup_sqlite(path, dest)
             summary = copy.summarise_sqlite(dest)
         else:
-            copy.pg_dump(settings.database_url, dest)
+            copy.pg_dump(settings.database_url, dest, settings.data_dir)
             summary = _summary(settings.database_url)
     except copy.BackupError as e:
         fail(str(e))

@@ -247,7 +247,7 @@ async def restore(
             earlier_url = await pg_set_aside(database_url, stamp)
             aside = earlier_url.rsplit("/", 1)[-1].split("?")[0]
             try:
-                pg_restore(backup, database_url)
+                pg_restore(backup, database_url, data_dir)
             except BackupError as e:
                 raise BackupError(
                     f"{e}; the database as it was before is kept as {aside!r}: to go back, "

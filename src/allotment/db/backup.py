@@ -41,6 +41,7 @@ __all__ = [
     "pg_dump",
     "pg_program",
     "pg_restore",
+    "libpq_variables",
     "raise_workload_ids",
     "restore_sqlite",
     "sqlite_file",
@@ -281,26 +282,55 @@ def pg_program(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
-def _passfile_line(u: URL) -> str:
+#: The URL's query parameters that say where and how to connect, and the libpq variable of
+#: each (asyncpg's and libpq's spellings): a server reached through ``?host=`` (a socket
+#: directory) or with ``?sslmode=verify-full`` is reached the same way by ``pg_dump``.
+#: Parameters of the driver alone (``prepared_statement_cache_size``…) are not libpq's.
+LIBPQ_PARAMETERS = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "dbname": "PGDATABASE",
+    "sslmode": "PGSSLMODE",
+    "ssl": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL",
+    "sslcompression": "PGSSLCOMPRESSION",
+    "gssencmode": "PGGSSENCMODE",
+    "krbsrvname": "PGKRBSRVNAME",
+    "requirepeer": "PGREQUIREPEER",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "application_name": "PGAPPNAME",
+    "options": "PGOPTIONS",
+    "service": "PGSERVICE",
+}
+#: asyncpg's ``ssl=`` as a boolean, in libpq's words.
+_SSL_WORDS = {"true": "require", "1": "require", "false": "disable", "0": "disable"}
+
+
+def _passfile_line(u: URL, host: str | None = None) -> str:
+    """One passfile line for ``u``; ``host``: where libpq connects, when the query says
+    (several hosts, or a socket directory: ``*`` matches any)."""
+
     def esc(v: str) -> str:
         return v.replace("\\", "\\\\").replace(":", "\\:")
 
+    where = (u.host or "*") if host is None else ("*" if "," in host else host)
     return (
-        ":".join(
-            esc(str(v))
-            for v in (u.host or "*", u.port or "*", u.database or "*", u.username or "*")
-        )
+        ":".join(esc(str(v)) for v in (where, u.port or "*", u.database or "*", u.username or "*"))
         + f":{esc(u.password or '')}\n"
     )
 
 
-@contextlib.contextmanager
-def _libpq_environment(url: str) -> Iterator[dict[str, str]]:
-    """The environment for a libpq program to reach ``url``'s database: host, port, user and
-    database as PG* variables; the password in a passfile of mode 0600, removed after, so it
-    is never on a command line (``ps``) nor in this process's environment."""
+def libpq_variables(url: str) -> dict[str, str]:
+    """The PG* variables that make a libpq program reach ``url``'s database as the service
+    does: host, port, user and database, and the query's ``LIBPQ_PARAMETERS`` (they win over
+    the URL's host and port, as they do for the driver). Never the password."""
     u = make_url(url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env: dict[str, str] = {}
     for var, value in (
         ("PGHOST", u.host),
         ("PGPORT", u.port),
@@ -309,27 +339,51 @@ def _libpq_environment(url: str) -> Iterator[dict[str, str]]:
     ):
         if value is not None:
             env[var] = str(value)
+    for key, values in u.query.items():
+        var = LIBPQ_PARAMETERS.get(key)
+        if var is None:
+            continue
+        joined = ",".join([values] if isinstance(values, str) else values)
+        if key == "ssl":
+            joined = _SSL_WORDS.get(joined.lower(), joined)
+        env[var] = joined
+    return env
+
+
+@contextlib.contextmanager
+def _libpq_environment(url: str, private: Path) -> Iterator[dict[str, str]]:
+    """The environment for a libpq program to reach ``url``'s database (``libpq_variables``);
+    the password in a passfile of mode 0600 in a directory of mode 0700 made in ``private``
+    (the data directory, which only the service's account can enter: a process killed before
+    it removes the file leaves it there, not in /tmp), removed after, so it is never on a
+    command line (``ps``) nor in this process's environment."""
+    u = make_url(url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(libpq_variables(url))
     if u.password is None:
         yield env
         return
-    fd, name = tempfile.mkstemp(prefix="allot-pgpass-")  # 0600
+    private.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory = Path(tempfile.mkdtemp(prefix=".pgpass-", dir=private))  # 0700
+    name = directory / "passfile"
     try:
+        fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(_passfile_line(u))
-        env["PGPASSFILE"] = name
+            f.write(_passfile_line(u, env.get("PGHOST")))
+        env["PGPASSFILE"] = str(name)
         yield env
     finally:
-        os.unlink(name)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-def _run(program: str, args: list[str], url: str, what: str) -> None:
+def _run(program: str, args: list[str], url: str, what: str, private: Path) -> None:
     found = pg_program(program)
     if found is None:
         raise BackupError(
             f"{program} is not installed (Debian: apt-get install postgresql-client); "
             "see docs/backup.md for doing it by hand"
         )
-    with _libpq_environment(url) as env:
+    with _libpq_environment(url, private) as env:
         done = subprocess.run(
             [found, *args], env=env, capture_output=True, text=True, timeout=24 * 3600
         )
@@ -337,12 +391,18 @@ def _run(program: str, args: list[str], url: str, what: str) -> None:
         raise BackupError(f"{what} failed: {done.stderr.strip()[-2000:]}")
 
 
-def pg_dump(url: str, dest: Path) -> None:
+def pg_dump(url: str, dest: Path, private: Path) -> None:
     """``pg_dump -Fc`` of ``url``'s database to ``dest`` (new, 0600): one consistent snapshot,
-    taken while the service runs."""
+    taken while the service runs. ``private``: where the passfile is made (``_run``)."""
     _private_file(dest)
     try:
-        _run("pg_dump", ["--format=custom", "--no-password", f"--file={dest}"], url, "pg_dump")
+        _run(
+            "pg_dump",
+            ["--format=custom", "--no-password", f"--file={dest}"],
+            url,
+            "pg_dump",
+            private,
+        )
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
@@ -410,9 +470,9 @@ def check_dump(dump: Path) -> None:
         )
 
 
-def pg_restore(dump: Path, url: str) -> None:
+def pg_restore(dump: Path, url: str, private: Path) -> None:
     """``pg_restore`` of a ``pg_dump -Fc`` file into ``url``'s database, which must be empty;
-    in one transaction: all of it or nothing."""
+    in one transaction: all of it or nothing. ``private``: where the passfile is made."""
     if not dump.is_file():
         raise BackupError(f"no backup at {dump}")
     _run(
@@ -427,4 +487,5 @@ def pg_restore(dump: Path, url: str) -> None:
         ],
         url,
         "pg_restore",
+        private,
     )
