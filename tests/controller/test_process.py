@@ -262,3 +262,18 @@ async def test_a_database_down_at_its_start_is_waited_out_and_logged_once(
     assert "the database is unavailable" in said[0]
     assert "the database is back after" in said[1]
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_child_that_cannot_be_started_or_given_its_settings_leaves_nothing_open(
+    tmp_path: Path, settings: ProcessSettings
+) -> None:
+    # What the watcher meets and tries again after: each failed try must not leak a pipe.
+    open_fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(FileNotFoundError):
+        ControllerProcess(settings, [str(tmp_path / "no-such-program")])._spawn()
+    # A child that closes its stdin before reading settings too large for the pipe's buffer.
+    big = ProcessSettings(database_url="x", data_dir="d" * 2**20)
+    deaf = [sys.executable, "-c", "import os, time; os.close(0); time.sleep(30)"]
+    with pytest.raises(BrokenPipeError):
+        ControllerProcess(big, deaf)._spawn()
+    assert len(os.listdir("/proc/self/fd")) == open_fds
