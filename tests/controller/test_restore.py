@@ -134,3 +134,28 @@ async def _until(fast: Fast, wid: int, status: int) -> None:
             return
         await asyncio.sleep(0.002)
     raise AssertionError(f"workload {wid} never reached {status}")
+
+
+async def test_workloads_submitted_after_the_backup_are_listed(fast: Fast, tmp_path: Path) -> None:
+    """Not in the backup: one still running is stopped by the controller's recovery, one that
+    waited never runs; the restore says which, so that their owners can be told."""
+    (w1, w2, w3, _, w5, w6), copy = await _backed_up(fast, tmp_path)
+    for wid in (w1, w2):
+        fast.backend.finish(wid)
+    await fast.until(w5, "running")
+    await fast.until(w6, "running")
+    fast.backend.finish(w3)
+    await fast.until(w3, "stopped")
+    running = await fast.submit()
+    await fast.until(running, "running")
+    waiting = await fast.submit()  # the node is full: it waits
+    await fast.abandon()
+
+    done = await restore(
+        copy, fast.url, fast.data_dir, fast.clock, backends={"local": fast.backend}
+    )
+    assert done.reconciled.gone == {
+        running: "submitted after the backup was taken; running: it will be stopped",
+        waiting: "submitted after the backup was taken; pending: it will not run (its owner "
+        "may submit it again)",
+    }

@@ -131,6 +131,13 @@ def restore(
     console.print(f"  it holds: {done.summary.describe()}", highlight=False, soft_wrap=True)
     for wid, reason in {**done.reconciled.updated, **done.reconciled.unknown}.items():
         console.print(f"  workload {wid}: {reason}", highlight=False, soft_wrap=True)
+    if done.reconciled.gone:
+        console.print(
+            f"  {len(done.reconciled.gone)} workloads submitted after the backup are not in it:",
+            highlight=False,
+        )
+    for wid, what in done.reconciled.gone.items():
+        console.print(f"  workload {wid}: {what}", highlight=False, soft_wrap=True)
     console.print(f"  new workloads are numbered from {done.reconciled.newest_id + 1}")
 
 

@@ -14,6 +14,10 @@ and the backends meet (only the controller combines them), before any controller
 - one that a backend holds something of but no database recorded (the one replaced is gone)
   is not started again: it ends FAILED, saying its outcome is unknown and why, and the
   controller's recovery reaps what is left of it;
+- a workload submitted after the backup is not in it: one that still runs (the database set
+  aside says so, or a backend holds something of it) is stopped by the controller's recovery,
+  and one that waited will not run; both are listed (``Reconciled.gone``), so that the
+  administrator can tell their owners;
 - the next workload id is raised past every id the database set aside or a backend knew, so
   that the id of a workload submitted after the backup is never given to another (it names a
   run directory, control groups and output files).
@@ -94,6 +98,9 @@ class Reconciled:
     unknown: Mapping[int, str] = field(default_factory=dict)
     #: The largest workload id now taken; the next is larger.
     newest_id: int = 0
+    #: Workloads submitted after the backup and unfinished when it was restored (not in it):
+    #: id → what becomes of them.
+    gone: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,50 @@ def _earlier(ids: Sequence[int]) -> Any:
     return read
 
 
+GONE_RUNNING = "submitted after the backup was taken; {status}: it will be stopped"
+GONE_WAITING = (
+    "submitted after the backup was taken; {status}: it will not run (its owner may submit "
+    "it again)"
+)
+
+
+def _open(session: Session) -> dict[int, int]:
+    """Unfinished workloads: id → status."""
+    rows = session.execute(
+        select(W.id, W.status).where(W.status.not_in([int(s) for s in TERMINAL]))
+    )
+    return {int(r.id): int(r.status) for r in rows}
+
+
+def _existing(ids: Sequence[int]) -> Any:
+    def read(session: Session) -> set[int]:
+        found: set[int] = set()
+        for i in range(0, len(ids), 500):
+            found |= set(session.scalars(select(W.id).where(W.id.in_(ids[i : i + 500]))))
+        return found
+
+    return read
+
+
+async def _gone(restored: Database, earlier: Database | None, present: set[int]) -> dict[int, str]:
+    """Unfinished workloads (in the database set aside, or on a backend) that the backup does
+    not hold: what becomes of each."""
+    open_before = await earlier.run_read(_open) if earlier is not None else {}
+    candidates = sorted(set(open_before) | present)
+    kept = await restored.run_read(_existing(candidates))
+    gone: dict[int, str] = {}
+    for wid in candidates:
+        if wid in kept:
+            continue
+        status = open_before.get(wid)
+        label = S(status).label if status is not None else "running"
+        if wid in present or (status is not None and status >= S.STARTING):
+            gone[wid] = GONE_RUNNING.format(status=label)
+        else:
+            gone[wid] = GONE_WAITING.format(status=label)
+    return gone
+
+
 async def reconcile(
     restored: Database,
     earlier: Database | None,
@@ -190,11 +241,13 @@ async def reconcile(
                 transitions.to_ended(conn, wid, S.FAILED, [S(status)], now, reason=values["reason"])
         return raise_workload_ids(conn, floor)
 
+    gone = await _gone(restored, earlier, present)
     taken = await restored.run_write(write)
     return Reconciled(
         updated={w: v["reason"] for w, _, k, v in plan if k == "updated"},
         unknown={w: v["reason"] for w, _, k, v in plan if k == "unknown"},
         newest_id=taken,
+        gone=gone,
     )
 
 
@@ -263,7 +316,11 @@ async def restore(
             backends = built
         reconciled = await reconcile(db, earlier, backends, clock)
         summary = await db.run_read(lambda s: summarise(s.connection()))
-        for wid, reason in {**reconciled.updated, **reconciled.unknown}.items():
+        for wid, reason in {
+            **reconciled.updated,
+            **reconciled.unknown,
+            **reconciled.gone,
+        }.items():
             log.info("workload %s: %s", wid, reason)
         return Restored(aside, summary, reconciled)
     finally:
