@@ -46,7 +46,7 @@ def heartbeat_writes() -> Iterator[list[str]]:
         event.remove(Engine, "before_cursor_execute", count)
 
 
-async def test_probes_within_a_second_share_one_database_check(service: Service) -> None:
+async def test_probes_within_a_second_share_one_database_write(service: Service) -> None:
     async with service.client() as c:
         await asyncio.sleep(FRESH_SECONDS)
         with heartbeat_writes() as writes:

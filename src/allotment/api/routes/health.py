@@ -13,9 +13,9 @@
 
 Every answer lists each check with ``ok`` and, where it failed, why.
 
-The database checks write (a commit), and the health addresses need no token: a flood of
-probes would otherwise fight submissions for SQLite's one writer. So their result is shared:
-one check in flight at a time, its answer reused for ``FRESH_SECONDS``.
+The write check commits, and the health addresses need no token: a flood of probes would
+otherwise fight submissions for SQLite's one writer. So its result is shared: one write in
+flight at a time, its answer reused for ``FRESH_SECONDS``. The read is made by every probe.
 """
 
 from __future__ import annotations
@@ -160,16 +160,17 @@ async def _backlog(state: AppState) -> Check:
     return Check(name="controller-backlog", ok=True, reason=said)
 
 
-class _Shared:
-    """The database checks of one database: one in flight, its result kept ``FRESH_SECONDS``
-    (see the module's docstring)."""
+class _SharedWrite:
+    """The write check of one database: one in flight, its result kept ``FRESH_SECONDS`` (see
+    the module's docstring). Reads are not shared: they never wait for SQLite's writer, and
+    each probe then sees at once a database that stopped answering."""
 
     def __init__(self) -> None:
         self.at = float("-inf")
-        self.result: tuple[Check, Check] | None = None
-        self.running: asyncio.Future[tuple[Check, Check]] | None = None
+        self.result: Check | None = None
+        self.running: asyncio.Future[Check] | None = None
 
-    async def checks(self, state: AppState) -> tuple[Check, Check]:
+    async def check(self, state: AppState) -> Check:
         if self.result is not None and time.monotonic() - self.at < FRESH_SECONDS:
             return self.result
         if self.running is None or self.running.done():
@@ -177,25 +178,25 @@ class _Shared:
         # Shielded: a caller that gives up does not cancel the others' check.
         return await asyncio.shield(self.running)
 
-    async def _run(self, state: AppState) -> tuple[Check, Check]:
+    async def _run(self, state: AppState) -> Check:
         began = time.monotonic()
-        read = await _database("database-read", check_read(state.db))
-        if read.ok:
-            write = await _database("database-write", beat(state.db, PROBE, state.clock.now(), 0.0))
-        else:
-            write = Check(name="database-write", ok=False, reason="not tried: reading failed")
-        self.at, self.result = began, (read, write)
-        return read, write
+        write = await _database("database-write", beat(state.db, PROBE, state.clock.now(), 0.0))
+        self.at, self.result = began, write
+        return write
 
 
-_shared: weakref.WeakKeyDictionary[Database, _Shared] = weakref.WeakKeyDictionary()
+_writes: weakref.WeakKeyDictionary[Database, _SharedWrite] = weakref.WeakKeyDictionary()
 
 
 async def _checks(state: StateDep) -> list[Check]:
-    shared = _shared.get(state.db)
-    if shared is None:
-        shared = _shared[state.db] = _Shared()
-    read, write = await shared.checks(state)
+    read = await _database("database-read", check_read(state.db))
+    if read.ok:
+        shared = _writes.get(state.db)
+        if shared is None:
+            shared = _writes[state.db] = _SharedWrite()
+        write = await shared.check(state)
+    else:
+        write = Check(name="database-write", ok=False, reason="not tried: reading failed")
     return [read, write, await _controller(state), await _backlog(state)]
 
 
