@@ -340,13 +340,13 @@ def libpq_variables(url: str) -> dict[str, str]:
         if value is not None:
             env[var] = str(value)
     for key, values in u.query.items():
-        var = LIBPQ_PARAMETERS.get(key)
-        if var is None:
+        found = LIBPQ_PARAMETERS.get(key)
+        if found is None:
             continue
         joined = ",".join([values] if isinstance(values, str) else values)
         if key == "ssl":
             joined = _SSL_WORDS.get(joined.lower(), joined)
-        env[var] = joined
+        env[found] = joined
     return env
 
 
