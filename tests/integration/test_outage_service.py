@@ -58,6 +58,7 @@ def test_errors_leave_the_keep_alive_connection_usable(
 def test_allot_submit_waits_out_a_stopped_database_and_says_so(
     postgres: Postgres,  # noqa: F811
     tmp_path: Path,
+    shared: Path,
 ) -> None:
     port = free_port()
     env = clean_env(ALLOTMENT_DATA_DIR=str(tmp_path / "data"), ALLOTMENT_DATABASE_URL=postgres.url)
@@ -78,7 +79,9 @@ def test_allot_submit_waits_out_a_stopped_database_and_says_so(
                 "--",
                 "true",
             ],
-            cwd=ROOT,
+            # The job's directory is where allot runs: not the checkout, which may be under
+            # /tmp (a clean clone in CI), where no job may work.
+            cwd=shared,
             env=clean_env(ALLOTMENT_URL=api, ALLOTMENT_TOKEN=token),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
