@@ -196,9 +196,30 @@ def _service(server: str | None, hub: Hub, work: Path) -> Iterator[str]:
             env["ALLOTMENT_DATABASE_URL"] = url
         try:
             with allot_serve(port, env, "--log-level", "warning", policy=str(policy)):
-                yield f"http://127.0.0.1:{port}/services/allotment/api/"
+                api = f"http://127.0.0.1:{port}/services/allotment/api/"
+                try:
+                    yield api
+                finally:
+                    _stop_running(api, (data / "admin-token").read_text().strip())
         finally:
             shutil.rmtree(data, ignore_errors=True)
+
+
+def _stop_running(api: str, admin: str) -> None:
+    """Cancel what runs and wait for it to end: workloads outlive their service (by design),
+    and a benchmark leaves nothing running on the machine."""
+    started = ["admitted", "starting", "running", "stopping"]
+    with httpx.Client(headers={"Authorization": f"token {admin}"}, timeout=60) as c:
+        for w in c.get(api + "workloads", params={"status": started, "limit": 1000}).json()[
+            "items"
+        ]:
+            c.post(api + f"workloads/{w['id']}/cancel")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            page = c.get(api + "workloads", params={"status": started, "limit": 1}).json()
+            if not page["items"]:
+                return
+            time.sleep(0.2)
 
 
 def _creation(api: str, token: str, clients: int, seconds: int, script: Path) -> dict[str, Any]:
