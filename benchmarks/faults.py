@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import shutil
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -42,58 +42,40 @@ import httpx
 from tests.support.hub import Hub, free_port
 from tests.support.jobs import JobService, job_service, policy_file
 from tests.support.loopfs import BALLAST, fill, free, small_filesystem
+from tests.support.postgres import Postgres, private_postgres
 
 from benchmarks.harness import commit, machine
 
-ROOT = Path(__file__).resolve().parents[1]
 ADMITTED = {"admitted", "starting", "running", "stopping", "stopped"}
 POLL = 0.02
 
 
-class Postgres:
-    """A durable PostgreSQL (fsync on) this benchmark stops and starts."""
+def restart(pg: Postgres) -> float:
+    """Start the server again; the instant it first answered a query (polled every 10 ms from
+    the moment of starting, as `pg_ctl start -w` itself polls too slowly to time)."""
+    back: list[float] = []
 
-    def __init__(self, directory: Path) -> None:
-        self.directory, self.port = directory, free_port()
-        self.url = self.start()
+    async def poll() -> None:
+        while True:
+            try:
+                conn = await asyncpg.connect(
+                    host="127.0.0.1", port=pg.port, user="postgres", timeout=1
+                )
+            except (OSError, asyncpg.PostgresError):
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                await conn.fetchval("SELECT 1")
+                back.append(time.monotonic())
+                return
+            finally:
+                await conn.close()
 
-    def start(self) -> str:
-        return subprocess.run(
-            [str(ROOT / "scripts/pg"), "start", str(self.directory), str(self.port), "durable"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-
-    def stop(self) -> None:
-        subprocess.run([str(ROOT / "scripts/pg"), "stop", str(self.directory)], check=True)
-
-    def restart(self) -> float:
-        """Start the server again; the instant it first answered a query (polled every 10 ms
-        from the moment of starting, as `pg_ctl start -w` itself polls too slowly to time)."""
-        back: list[float] = []
-
-        async def poll() -> None:
-            while True:
-                try:
-                    conn = await asyncpg.connect(
-                        host="127.0.0.1", port=self.port, user="postgres", timeout=1
-                    )
-                except (OSError, asyncpg.PostgresError):
-                    await asyncio.sleep(0.01)
-                    continue
-                try:
-                    await conn.fetchval("SELECT 1")
-                    back.append(time.monotonic())
-                    return
-                finally:
-                    await conn.close()
-
-        poller = threading.Thread(target=asyncio.run, args=(poll(),))
-        poller.start()
-        self.start()
-        poller.join()
-        return back[0]
+    poller = threading.Thread(target=asyncio.run, args=(poll(),))
+    poller.start()
+    pg.start()
+    poller.join()
+    return back[0]
 
 
 def _job(cwd: str) -> dict[str, object]:
@@ -224,18 +206,15 @@ def run(repeats: int, hold: float) -> dict[str, Any]:
         hub.start()
         try:
             token = hub.token("alice")
-            pg = Postgres(Path(tempfile.mkdtemp(prefix="allotment-bench-pg.")))
-            try:
+            with private_postgres("allotment-bench-pg.", durable=True) as pg:
                 with _served(work, work / "data-pg", pg.url, hub) as s:
                     _warm(s, token, cwd)
                     runs = []
                     for n in range(repeats):
-                        runs.append(_one_fault(s, token, cwd, f"pg-{n}", pg.stop, pg.restart, hold))
+                        again = functools.partial(restart, pg)
+                        runs.append(_one_fault(s, token, cwd, f"pg-{n}", pg.stop, again, hold))
                         print("postgresql", runs[-1], flush=True)
                 results["postgresql"] = {"median": _medians(runs), "runs": runs}
-            finally:
-                pg.stop()
-                shutil.rmtree(pg.directory, ignore_errors=True)
             with small_filesystem(64) as mnt:
                 with _served(work, mnt / "data", None, hub) as s:
                     _warm(s, token, cwd)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,43 +18,18 @@ from allotment.backends.fake import FakeBackend
 from allotment.config import load_policy
 from allotment.db.engine import Database
 from allotment.db.heartbeat import CONTROLLER, beat, last_beat
-from tests.support.hub import free_port
 from tests.support.loopfs import fill, free, small_filesystem
+from tests.support.postgres import Postgres, private_postgres
 from tests.support.service import BASE, Service, running_service
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = {"profile": "small", "command": ["true"], "account": "lab-a"}
 
 
-class Postgres:
-    """A private PostgreSQL server this test stops and starts (never the shared one)."""
-
-    def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="allotment-outage-pg."))
-        self.port = free_port()
-        self.url = ""
-
-    def start(self) -> None:
-        pg = [str(REPO / "scripts/pg"), "start", str(self.directory), str(self.port)]
-        done = subprocess.run(pg, capture_output=True, text=True)
-        if done.returncode == 3:
-            pytest.skip(done.stderr.strip())
-        assert done.returncode == 0, done.stderr
-        self.url = done.stdout.strip()
-
-    def stop(self) -> None:
-        subprocess.run([str(REPO / "scripts/pg"), "stop", str(self.directory)], check=True)
-
-
 @pytest.fixture
 def postgres() -> Iterator[Postgres]:
-    server = Postgres()
-    server.start()
-    try:
+    with private_postgres("allotment-outage-pg.") as server:
         yield server
-    finally:
-        server.stop()
-        subprocess.run(["rm", "-rf", str(server.directory)], check=False)
 
 
 def assert_unavailable(r: httpx.Response, says: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import pwd
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -34,6 +33,7 @@ from tests.backends.conftest import ROOT
 from tests.support.hub import Hub, free_port
 from tests.support.jobs import JobService, job_service, processes_of, wait_for
 from tests.support.loopfs import fill, free, small_filesystem
+from tests.support.postgres import Postgres, private_postgres
 from tests.support.process import service_processes
 
 pytestmark = [
@@ -41,7 +41,6 @@ pytestmark = [
     pytest.mark.skipif(not ROOT, reason="runs workloads as other POSIX accounts: needs root"),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
 #: The only hub user whose jobs these tests run: no other test runs processes as frank, so
 #: "none of frank's processes is left" means none of these jobs' processes is left.
 USER = "frank"
@@ -89,36 +88,10 @@ def marks() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-@dataclass
-class Postgres:
-    """A private PostgreSQL server the test may stop and start (never the session-wide one)."""
-
-    directory: Path
-    port: int
-    url: str = ""
-
-    def start(self) -> None:
-        pg = [str(REPO / "scripts/pg"), "start", str(self.directory), str(self.port)]
-        done = subprocess.run(pg, capture_output=True, text=True)
-        if done.returncode == 3:
-            pytest.skip(done.stderr.strip())
-        assert done.returncode == 0, done.stderr
-        self.url = done.stdout.strip()
-
-    def stop(self) -> None:
-        subprocess.run([str(REPO / "scripts/pg"), "stop", str(self.directory)], check=True)
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Postgres]:
-    # Its own directory under /tmp (pytest's are private to root; the server runs as postgres).
-    server = Postgres(Path(tempfile.mkdtemp(prefix="allotment-faults-pg.")), free_port())
-    try:
-        server.start()
+    with private_postgres("allotment-faults-pg.") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.directory, ignore_errors=True)
 
 
 def job(marks: Path, *script: str) -> dict[str, object]:
