@@ -107,6 +107,13 @@ def _report(status: IO[str] | None, line: str) -> None:
             status.flush()
 
 
+async def _until(stop: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``stop`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+
+
 async def run_controller(
     settings: ProcessSettings, status: IO[str] | None, stop: asyncio.Event
 ) -> int:
@@ -141,9 +148,7 @@ async def run_controller(
                 # Its lock goes with it; a fresh one recovers from the start when it answers.
                 await controller.stop()
                 controller = new()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(outage.backoff()):
-                        await stop.wait()
+                await _until(stop, outage.backoff())
                 continue
             outage.recovered()
             if started:
@@ -154,9 +159,7 @@ async def run_controller(
             if not standby:
                 _report(status, "standby")
                 standby = True
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STANDBY_SECONDS):
-                    await stop.wait()
+            await _until(stop, STANDBY_SECONDS)
         await stop.wait()
         return 0
     finally:
