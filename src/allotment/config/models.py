@@ -7,6 +7,7 @@ write them for an administrator reading the reference.
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
@@ -20,6 +21,7 @@ from allotment.installation import NAME_PATTERN, check_name
 
 __all__ = [
     "AccountSpec",
+    "AccountingSpec",
     "AllocationSpec",
     "BudgetSpec",
     "Bytes",
@@ -27,6 +29,7 @@ __all__ = [
     "LimitSpec",
     "LimitsSpec",
     "NodeSpec",
+    "NotificationsSpec",
     "OptionRange",
     "Policy",
     "PoolSpec",
@@ -36,7 +39,9 @@ __all__ = [
     "SchedulingSpec",
     "ServiceSettings",
     "SizeSpec",
+    "SmtpSpec",
     "UserSpec",
+    "WebhookSpec",
 ]
 
 Bytes = Annotated[
@@ -57,6 +62,19 @@ InstallationName = Annotated[
     str, Field(json_schema_extra={"pattern": NAME_PATTERN}), AfterValidator(check_name)
 ]
 GpuCounts = dict[str, Annotated[int, Field(ge=0)]]
+
+
+def _time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'"
+        ) from None
+    return name
+
+
+TimeZone = Annotated[str, AfterValidator(_time_zone)]
 
 
 class _Spec(BaseModel):
@@ -128,6 +146,11 @@ class AccountSpec(_Spec):
     viewers: list[str] = Field(
         [], description="Users who may see this subtree's workloads and usage, never spend."
     )
+    budget: BudgetSpec | None = Field(
+        None,
+        description="Spending limit across all pools, for this account and everything below "
+        "it (an allocation's `budget` limits one pool). Empty: none.",
+    )
 
 
 class UserSpec(_Spec):
@@ -135,6 +158,12 @@ class UserSpec(_Spec):
 
     default_account: str | None = Field(
         None, description="Account charged when the user names none. Default: their only one."
+    )
+    email: str | None = Field(
+        None,
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        description="Where budget alerts to this user go. Default: `<user>@<email_domain>` when "
+        "`notifications.email_domain` is set, else the address the hub knows, else none.",
     )
 
 
@@ -219,18 +248,53 @@ class ProfileSpec(_Spec):
     priority: int = Field(0, description="Added to the priority of its workloads.")
 
 
+#: A budget period: a calendar one starting in ``accounting.time_zone``, or the last N days.
+BudgetPeriod = Annotated[
+    str,
+    Field(
+        pattern=r"^(day|week|month|quarter|year|[1-9][0-9]{0,3}d)$",
+        json_schema_extra={"examples": ["month", "quarter", "30d"]},
+    ),
+]
+
+
 class BudgetSpec(_Spec):
-    """Money an account may spend per period."""
+    """Money an account (and everything below it) may spend per period."""
 
     amount: NonNegative = Field(description="Spending limit per period, in the currency.")
-    period: Literal["day", "week", "month", "quarter", "year"] = Field(
-        "month", description="Budget period; it restarts at the period's start (UTC)."
+    period: BudgetPeriod = Field(
+        "month",
+        description="`day`, `week` (from Monday), `month`, `quarter` or `year`: calendar "
+        "periods that start at midnight in `accounting.time_zone`. `Nd` (e.g. `30d`): the last "
+        "N days, rolling.",
     )
     alerts: list[Annotated[float, Field(gt=0, le=1)]] = Field(
-        [0.5, 0.8, 0.9], description="Fractions of the budget at which members are told."
+        [0.5, 0.8, 0.9],
+        description="Fractions of the budget at which the account's managers are told (100% "
+        "always is): in the meter and dashboard, by e-mail and webhook where configured.",
     )
     hard_stop: bool = Field(
-        True, description="At 100%: hold new workloads, then stop running ones after a grace."
+        True,
+        description="At 100% (plus `overdraft`): hold new workloads, and stop running ones "
+        "after `grace` (or step them down to `step_down`). A workload is also held when its "
+        "cost up to its maximum runtime, with what running ones may still spend, would go "
+        "beyond what is left. False: alerts only.",
+    )
+    grace: Duration = Field(
+        "15m",
+        validate_default=True,
+        description="How long running workloads are warned before a spent budget stops them.",
+    )
+    step_down: Name | None = Field(
+        None,
+        description="Profile (on the same pool) that running workloads step down to when the "
+        "budget is spent, instead of being stopped: they keep running, charged at its rate, "
+        "with its priority, and may be preempted. Empty: they are stopped.",
+    )
+    overdraft: NonNegative = Field(
+        0,
+        description="How much beyond `amount` the account may spend before the hard stop "
+        "(work admitted while money was left may finish). 0: none.",
     )
 
 
@@ -371,6 +435,75 @@ class IdentitySpec(_Spec):
     )
 
 
+class AccountingSpec(_Spec):
+    """How use is charged and shown (docs/design/0004-ledger.md)."""
+
+    interval: Duration = Field(
+        "1m",
+        validate_default=True,
+        ge=1,
+        description="A running workload's charges close this often: budgets, the meter and "
+        "reports are never further behind than this.",
+    )
+    entry: Duration = Field(
+        "1h",
+        validate_default=True,
+        ge=60,
+        description="Longest span of one ledger entry: a running workload writes one entry per "
+        "span of the clock (24 a day at `1h`) and one at its end. Shorter spans give finer "
+        "history and a larger ledger.",
+    )
+    time_zone: TimeZone = Field(
+        "UTC",
+        description="The site's time zone (an IANA name, e.g. `Europe/Berlin`): where days, "
+        "weeks, months, quarters and years of budgets and reports start, and how pages show "
+        "dates when the viewer's browser does not say.",
+    )
+    leaderboard: Literal["members", "managers", "off"] = Field(
+        "members",
+        description="Who sees an account's leaderboard of members by cost: its members, only "
+        "its managers (and administrators), or nobody.",
+    )
+
+
+class SmtpSpec(_Spec):
+    """The mail server budget alerts are sent through."""
+
+    host: str = Field(description="SMTP server host name.")
+    port: int = Field(25, ge=1, le=65535, description="SMTP server port.")
+    sender: str = Field(description="From address of alerts, e.g. `allotment@example.org`.")
+    starttls: bool = Field(False, description="Upgrade the connection with STARTTLS.")
+    username: str | None = Field(None, description="Login name, when the server needs one.")
+    password_file: str | None = Field(
+        None,
+        pattern=r"^/",
+        description="File holding the login password (never the password itself: the policy "
+        "is stored and shown).",
+    )
+
+
+class WebhookSpec(_Spec):
+    """An address that receives every budget alert as a signed JSON POST."""
+
+    url: str = Field(pattern=r"^https?://", description="Where alerts are POSTed.")
+    secret_file: str = Field(
+        pattern=r"^/",
+        description="File holding the shared secret: each POST carries "
+        "`X-Allotment-Signature: sha256=<HMAC-SHA256 of the body>` and an `Idempotency-Key`.",
+    )
+
+
+class NotificationsSpec(_Spec):
+    """Where budget alerts go besides the meter and the dashboard."""
+
+    smtp: SmtpSpec | None = Field(None, description="Send alerts by e-mail. Empty: no e-mail.")
+    email_domain: str | None = Field(
+        None,
+        description="Users without an `email` get `<user>@<email_domain>`.",
+    )
+    webhooks: list[WebhookSpec] = Field([], description="Signed HTTP POSTs of every alert.")
+
+
 class Policy(_Spec):
     """The whole policy of one Allotment installation."""
 
@@ -386,4 +519,10 @@ class Policy(_Spec):
     sessions: SessionsSpec = Field(SessionsSpec(), description="Hub sessions (`allot up`).")
     identity: IdentitySpec = Field(
         IdentitySpec(), description="Which POSIX account each hub user runs as."
+    )
+    accounting: AccountingSpec = Field(
+        AccountingSpec(), description="Charging, the ledger and report periods."
+    )
+    notifications: NotificationsSpec = Field(
+        NotificationsSpec(), description="Budget alerts by e-mail and webhook."
     )
