@@ -6,13 +6,16 @@ History is never deleted: accounts, pools and profiles that anything refers to a
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -29,12 +32,19 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "Account",
     "AdminToken",
+    "AuditEntry",
     "Base",
+    "BudgetAlert",
+    "BudgetRow",
     "Heartbeat",
+    "LedgerEntry",
     "Membership",
+    "Notification",
+    "OpenCharge",
     "PolicyVersion",
     "Pool",
     "Profile",
+    "UsageDay",
     "User",
     "WORKLOADS",
     "Workload",
@@ -83,6 +93,9 @@ class Account(Base):
     created_at: Mapped[datetime]
     #: Set when the policy no longer names the account but history refers to it.
     archived_at: Mapped[datetime | None]
+    #: ``policy`` when the policy file states it, ``api`` when a manager created it (an apply
+    #: leaves it alone unless the file itself comes to name it).
+    origin: Mapped[str] = mapped_column(String(16), default="policy", server_default="policy")
 
 
 class User(Base):
@@ -236,3 +249,190 @@ class Heartbeat(Base):
     at: Mapped[datetime]
     #: Seconds after ``at`` past which the part is taken to be stuck or gone.
     stale_after: Mapped[float]
+
+
+class LedgerEntry(Base):
+    """One charge (or refund, or correction), written exactly once and never changed.
+
+    ``key`` makes it exactly once whatever crashes: backend-neutral, e.g. ``w:<workload
+    id>:<interval start>`` for a workload of Allotment's, ``slurm:<cluster>:<job id>:<submit
+    time>:<interval start>`` for a Slurm job it did not submit (Slurm's job ids repeat).
+    Amounts are integers in millionths of the policy's currency, so sums are exact.
+    """
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        Index("ix_ledger_entries_account_id_start", "account_id", "start"),
+        Index("ix_ledger_entries_user_id_start", "user_id", "start"),
+        Index("ix_ledger_entries_start", "start"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    #: ``charge``, ``refund`` (work that failed for a reason of ours) or ``correction``.
+    kind: Mapped[str] = mapped_column(String(16))
+    #: Where the charged work ran: ``local``, ``slurm``… (a pool's backend).
+    source: Mapped[str] = mapped_column(String(32))
+    #: The workload charged; None for work Allotment did not submit.
+    workload_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    #: The backend's own name of the work (Slurm: ``<cluster>:<job id>:<submit time>``).
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id"))
+    profile_id: Mapped[int | None] = mapped_column(ForeignKey("profiles.id"))
+    #: The wall-clock interval charged, [start, end).
+    start: Mapped[datetime]
+    end: Mapped[datetime]
+    #: What was requested, and so charged.
+    millicpus: Mapped[int] = mapped_column(Integer)
+    memory: Mapped[int] = mapped_column(BigInteger)
+    gpus: Mapped[dict[str, Any]]
+    #: Price of the requested resources per hour, and the charge, in millionths.
+    rate: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    #: Measured use in the interval, where the backend could measure it.
+    used_cpu_seconds: Mapped[float | None] = mapped_column(Float)
+    peak_memory: Mapped[int | None] = mapped_column(BigInteger)
+    #: Mean GPU utilisation in [0, 1], where a GPU exists.
+    gpu_utilisation: Mapped[float | None] = mapped_column(Float)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+
+
+class OpenCharge(Base):
+    """A running workload's charge since its last ledger entry: the meter's working state.
+
+    Every ``accounting.interval`` the meter moves ``charged_through`` on and adds what that
+    cost to ``amount`` and to the day's totals, in one transaction; when the entry's span ends
+    (or the workload does) it writes the ledger entry and starts the next span.
+    """
+
+    __tablename__ = "open_charges"
+
+    workload_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id"))
+    profile_id: Mapped[int | None] = mapped_column(ForeignKey("profiles.id"))
+    source: Mapped[str] = mapped_column(String(32))
+    millicpus: Mapped[int] = mapped_column(Integer)
+    memory: Mapped[int] = mapped_column(BigInteger)
+    gpus: Mapped[dict[str, Any]]
+    #: Price per hour (millionths) and the dominant share of its pool it holds (fair share).
+    rate: Mapped[int] = mapped_column(BigInteger)
+    share: Mapped[float] = mapped_column(Float)
+    #: Start of the current span, and how far it has been charged.
+    span_start: Mapped[datetime]
+    charged_through: Mapped[datetime]
+    #: Charged since ``span_start`` (millionths).
+    amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    used_cpu_seconds: Mapped[float | None] = mapped_column(Float)
+    peak_memory: Mapped[int | None] = mapped_column(BigInteger)
+    gpu_utilisation: Mapped[float | None] = mapped_column(Float)
+    #: Set once the workload's last entry is written; the row is kept so it is never charged
+    #: again.
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class UsageDay(Base):
+    """Running totals: one row per day (in the site's time zone), account, user, pool and
+    profile. Budgets, the meter, the quote, fair share and reports read these, never scan
+    workloads. ``pool_id`` and ``profile_id`` are 0 where there is none."""
+
+    __tablename__ = "usage_days"
+    __table_args__ = (Index("ix_usage_days_account_id_day", "account_id", "day"),)
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    profile_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    #: Charged (millionths of the currency).
+    amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Requested resource-seconds: CPU core-seconds, GiB-seconds of memory, GPU-seconds.
+    cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    memory_gib_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    #: Dominant share of the pool × seconds: fair share's usage.
+    share_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    #: Measured CPU seconds (efficiency: used ÷ requested).
+    used_cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class BudgetRow(Base):
+    """A budget in force: from the policy file (``origin`` policy) or set by a manager
+    (``api``; it survives an apply until the file itself changes that budget's amount)."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (UniqueConstraint("account_id", "pool_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    #: None: across all pools (the account's own budget).
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id"))
+    #: The policy's ``BudgetSpec`` as JSON (amount, period, alerts, hard_stop, grace, …).
+    spec: Mapped[dict[str, Any]]
+    origin: Mapped[str] = mapped_column(String(16), default="policy")
+    #: The amount the policy file stated at the last apply (None: the file states none).
+    file_amount: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(255))
+
+
+class BudgetAlert(Base):
+    """A threshold a budget crossed in one period: raised once, whatever restarts."""
+
+    __tablename__ = "budget_alerts"
+    __table_args__ = (UniqueConstraint("budget_id", "period_start", "threshold"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"))
+    period_start: Mapped[datetime]
+    #: Fraction of the budget crossed (1.0: spent).
+    threshold: Mapped[float] = mapped_column(Float)
+    spent: Mapped[int] = mapped_column(BigInteger)
+    raised_at: Mapped[datetime]
+    message: Mapped[str] = mapped_column(Text)
+
+
+class Notification(Base):
+    """The outbox: an e-mail or webhook call to deliver, retried until it is, sent once."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_sent_at_next_attempt", "sent_at", "next_attempt"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    #: Unique per alert and recipient: also the webhook's ``Idempotency-Key``.
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    #: ``email`` or ``webhook``.
+    channel: Mapped[str] = mapped_column(String(16))
+    #: An e-mail address or a webhook URL.
+    target: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+
+
+class AuditEntry(Base):
+    """Who changed what, when: every change to accounts, memberships, shares and budgets,
+    through the API or ``allot config apply``. Never changed or deleted."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_account_path_id", "account_path", "id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    at: Mapped[datetime]
+    #: The user (or ``admin:<token name>``, ``policy`` for an apply without a person).
+    actor: Mapped[str] = mapped_column(String(255))
+    #: e.g. ``account.create``, ``member.add``, ``budget.set``, ``policy.apply``.
+    action: Mapped[str] = mapped_column(String(64))
+    #: The account the change touches (its path), for who may read it; "" for site-wide.
+    account_path: Mapped[str] = mapped_column(String(1024), default="")
+    #: What was changed, e.g. ``lab-a/p1 shares`` or ``alice in lab-a``.
+    target: Mapped[str] = mapped_column(Text)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
