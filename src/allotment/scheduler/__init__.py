@@ -5,6 +5,7 @@ from allotment.scheduler.decisions import Admit, Decision, Hold, Preempt, Reject
 from allotment.scheduler.snapshot import (
     AccountState,
     Allocation,
+    BudgetLimit,
     Limits,
     NodeState,
     Pending,
@@ -17,6 +18,7 @@ __all__ = [
     "AccountState",
     "Admit",
     "Allocation",
+    "BudgetLimit",
     "Decision",
     "Hold",
     "Limits",

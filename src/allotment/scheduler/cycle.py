@@ -1,7 +1,8 @@
 """One scheduling cycle, as numbered steps:
 
 1. order the queue (``ordering``);
-2. reject what can never run;
+2. reject what can never run; hold what a budget with a hard stop cannot pay for up to its
+   walltime, with what running work of that budget may still spend (``domain.budgets``);
 3. walk the queue with a working copy of free capacity: limits, quota and borrowing, fit;
 4. the first workload of a pool that does not fit gets the EASY reservation; later ones start
    only if they do not delay it;
@@ -14,14 +15,22 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from allotment.domain.accounts import ancestors
+from allotment.domain.accounts import ancestors, is_within
+from allotment.domain.budgets import beyond_text, over_budget
 from allotment.domain.quantities import format_bytes
 from allotment.domain.resources import Resources
 from allotment.scheduler.decisions import Admit, Decision, Hold, Preempt, Reject
 from allotment.scheduler.gcpause import gc_paused
 from allotment.scheduler.ordering import order_queue
 from allotment.scheduler.projection import project
-from allotment.scheduler.snapshot import Allocation, Limits, NodeState, Pending, Snapshot
+from allotment.scheduler.snapshot import (
+    Allocation,
+    BudgetLimit,
+    Limits,
+    NodeState,
+    Pending,
+    Snapshot,
+)
 from allotment.scheduler.usage import subtract
 
 __all__ = ["order_queue", "schedule"]
@@ -158,6 +167,17 @@ class _Cycle:
         #: own use to drop under a limit or a borrowing cap).
         self.held: dict[str, list[tuple[Pending, str, bool]]] = defaultdict(list)
         self.preempting: set[int] = {r.id for r in snap.running if r.stopping}
+        #: Held by a budget: no expected start (money, not capacity, decides when).
+        self.unpriced: set[int] = set()
+        #: Per budget: what running and admitted workloads may still spend up to their ends.
+        self.committed = [0.0] * len(snap.budgets)
+        self._covering: dict[tuple[str, str], list[int]] = {}
+        if snap.budgets:
+            for r in snap.running:
+                if not r.stopping:
+                    cost = self._cost(r.pool, r.resources, r.expected_end - snap.now)
+                    for i in self.covering(r.account, r.pool):
+                        self.committed[i] += cost
 
     # -- policy lookups ---------------------------------------------------------------------
 
@@ -211,7 +231,38 @@ class _Cycle:
             workloads=low([c.workloads for c in chain if c]),  # type: ignore[arg-type]
         )
 
+    def covering(self, account: str, pool: str) -> list[int]:
+        """Indices of the budgets over ``account`` on ``pool``."""
+        key = (account, pool)
+        found = self._covering.get(key)
+        if found is None:
+            found = self._covering[key] = [
+                i
+                for i, b in enumerate(self.snap.budgets)
+                if (b.pool is None or b.pool == pool) and is_within(account, b.account)
+            ]
+        return found
+
+    def _cost(self, pool: str, r: Resources, seconds: float) -> float:
+        rates = self.snap.rates.get(pool)
+        return 0.0 if rates is None else rates.hourly(r) * max(seconds, 0.0) / 3600
+
     # -- the steps ----------------------------------------------------------------------------
+
+    def budget_reason(self, p: Pending) -> tuple[str | None, float]:
+        """Why a budget holds ``p`` (spent, or its cost up to its walltime with what running
+        work may still spend would go beyond what is left), and ``p``'s cost."""
+        if not self.snap.budgets:
+            return None, 0.0
+        cost = self._cost(p.pool, p.resources, p.walltime)
+        for i in self.covering(p.account, p.pool):
+            b: BudgetLimit = self.snap.budgets[i]
+            if b.left <= 0:
+                return b.reason, cost
+            if over_budget(cost, self.committed[i], b.left):
+                text = beyond_text(cost, self.committed[i], b.left, b.overdraft, b.currency, b.name)
+                return f"{text}; {b.ask}", cost
+        return None, cost
 
     def never(self, p: Pending, size: _Size) -> str | None:
         """Step 2: why ``p`` can never run, or None."""
@@ -323,7 +374,10 @@ class _Cycle:
             return True
         return p.resources.fits_in(res.extra)
 
-    def admit(self, p: Pending, node: _Node, owner: str | None) -> None:
+    def admit(self, p: Pending, node: _Node, owner: str | None, cost: float = 0.0) -> None:
+        if cost:
+            for i in self.covering(p.account, p.pool):
+                self.committed[i] += cost
         node.free = subtract(node.free, p.resources)
         node.releases.append((self.snap.now + p.walltime, p.resources))
         node.busy = True
@@ -343,8 +397,10 @@ class _Cycle:
             if r_owner == owner and owner is not None:
                 continue  # never preempt within the same guarantee
             alloc = self._allocation(r_owner, r.pool)
-            borrowing = alloc is None or not self.totals.alloc[(r_owner or "", r.pool)].fits_in(
-                alloc.quota
+            borrowing = (
+                r.preemptible
+                or alloc is None
+                or not self.totals.alloc[(r_owner or "", r.pool)].fits_in(alloc.quota)
             )
             if borrowing:
                 victims_by_node[r.node].append((r.priority, r.id, r.resources))
@@ -397,6 +453,11 @@ class _Cycle:
             if reason is not None:
                 self.decisions.append(Reject(p.id, reason))
                 continue
+            reason, cost = self.budget_reason(p)
+            if reason is not None:
+                self.unpriced.add(p.id)
+                self.held[p.pool].append((p, reason, False))
+                continue
             reason = self.limit_reason(p)
             owner = self._owner(p.account, p.pool) if self.track else None
             if reason is None:
@@ -415,7 +476,7 @@ class _Cycle:
             if node is None:
                 self.no_fit.add(cls)
             if node is not None:
-                self.admit(p, node, owner)
+                self.admit(p, node, owner, cost)
                 if (
                     res is not None
                     and node.spec.name == res.node
@@ -455,7 +516,8 @@ class _Cycle:
 
         Those waiting for capacity are projected first, in queue order, the reservation's
         holder leading; those held by a limit or a borrowing cap wait on their own use, not on
-        the queue, and are projected after them, so that they never push the head back.
+        the queue, and are projected after them, so that they never push the head back. Those
+        a budget holds get no expected start: money, not capacity, decides when they run.
         """
         for pool, held in self.held.items():
             res = self.reservations.get(pool)
@@ -464,7 +526,11 @@ class _Cycle:
             if self.snap.estimates:
                 first = [i for i, h in enumerate(held) if h[0].id == lead]
                 waits = [i for i, (p, _, w) in enumerate(held) if w and p.id != lead]
-                rest = [i for i, (p, _, w) in enumerate(held) if not w and p.id != lead]
+                rest = [
+                    i
+                    for i, (p, _, w) in enumerate(held)
+                    if not w and p.id != lead and p.id not in self.unpriced
+                ]
                 order = first + waits + rest
                 etas = project(
                     [held[i][0] for i in order],

@@ -20,7 +20,8 @@ class Hold:
     reason: str
     #: 1-based place among the held workloads of its pool.
     position: int
-    #: Estimated start, in snapshot time; None only when nothing running will ever make room.
+    #: Estimated start, in snapshot time; None when nothing running will ever make room, or
+    #: when a budget holds it (money, not capacity, decides).
     eta: float | None
 
 

@@ -9,11 +9,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from allotment.domain.costs import Rates
 from allotment.domain.resources import Resources
 
 __all__ = [
     "AccountState",
     "Allocation",
+    "BudgetLimit",
     "Limits",
     "NodeState",
     "Pending",
@@ -92,6 +94,9 @@ class Running:
     priority: float = 0.0
     #: Already told to stop (preempted or cancelled): never chosen as a victim again.
     stopping: bool = False
+    #: Stepped down by a spent budget: a victim candidate for an owner reclaiming its
+    #: guarantee, like a borrower, whatever its account's allocation.
+    preemptible: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +113,26 @@ class Pending:
     priority: float = 0.0
     #: Take a node with nothing else on it.
     whole_node: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimit:
+    """A budget with a hard stop, as admission sees it (``domain.budgets``). It covers the
+    subtree of ``account``, on ``pool`` (None: every pool)."""
+
+    account: str
+    pool: str | None
+    #: What may still be spent, in the currency: amount + overdraft − spent (≤ 0: spent).
+    left: float
+    #: The overdraft included in ``left``, to say so; 0: none.
+    overdraft: float = 0.0
+    #: Why new work is held once it is spent ("lab-a has spent … ask alice (manager) …").
+    reason: str = ""
+    #: The budget in words, after "left": "of lab-a's budget for December".
+    name: str = ""
+    #: Whom to ask: "ask alice (manager) to raise it".
+    ask: str = ""
+    currency: str = "credits"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +170,11 @@ class Snapshot:
     #: Fair-share factors computed earlier (Slurm recomputes them every few minutes, not every
     #: cycle); None computes them from ``usage`` now.
     fair_share: Mapping[tuple[str, str], float] | None = None
+    #: Budgets with a hard stop; a workload whose cost up to its walltime does not fit what
+    #: one of them has left is held (``domain.budgets.over_budget``).
+    budgets: Sequence[BudgetLimit] = ()
+    #: Prices per pool, to cost workloads against ``budgets``; a pool not named is free.
+    rates: Mapping[str, Rates] = field(default_factory=dict)
     #: ``pending`` is already in scheduling order (a caller that keeps the queue sorted between
     #: priority recalculations, as trace replay does); the cycle then does not sort it again.
     presorted: bool = False
