@@ -6,14 +6,17 @@ inside JupyterHub and inside user kernels.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 __all__ = [
+    "AccountArchived",
+    "AccountCreate",
     "AccountOut",
     "AccountPatch",
+    "AuditOut",
     "ApplyResult",
     "FieldProblem",
     "Me",
@@ -24,6 +27,8 @@ __all__ = [
     "PoolOut",
     "Problem",
     "ProfileOut",
+    "UsageReportOut",
+    "UsageRowOut",
     "UserOut",
     "WorkloadCreate",
     "WorkloadOut",
@@ -129,6 +134,51 @@ class AccountOut(_Out):
     shares: int
     description: str
     archived: bool
+    origin: Literal["policy", "api"] = Field(
+        "policy",
+        description="`policy`: stated by the policy file; `api`: created by a manager (an "
+        "apply leaves it alone until the file names it).",
+    )
+
+
+class AccountCreate(BaseModel):
+    """A sub-account a manager creates (``POST accounts``); it charges, shares and is
+    scheduled like an account of the policy file, which leaves it alone until it names it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="Unique in the whole tree, as in the policy file: lower-case letters, "
+        "digits, `.`, `_` and `-`, at most 64.",
+    )
+    parent: str | None = Field(
+        None,
+        max_length=1024,
+        description="Name or path of the parent; only administrators create roots.",
+    )
+    shares: int = Field(1, ge=0, le=1_000_000)
+    description: Text = Field("", max_length=1000)
+
+
+class AccountArchived(_Out):
+    path: str
+    outcome: Literal["archived", "removed"] = Field(
+        description="`archived`: history refers to it, so it is kept (hidden, unusable); "
+        "`removed`: nothing did, so it is gone."
+    )
+
+
+class AuditOut(_Out):
+    """One change: who did what to which account, when, and the values before and after."""
+
+    id: int
+    at: datetime
+    actor: str = Field(description="A hub user, `admin:<token>`, or `allot serve` at start.")
+    action: str = Field(description="e.g. `account.create`, `member.add`, `policy.apply`.")
+    account: str = Field(description="The account path it touches; empty for site-wide.")
+    target: str
+    before: dict[str, object] | None
+    after: dict[str, object] | None
 
 
 class AccountPatch(BaseModel):
@@ -362,3 +412,39 @@ class MeterOut(_Out):
     #: When it will be stopped by its maximum runtime, if it has one.
     stops_at: datetime | None
     warnings: list[str]
+
+
+class UsageRowOut(_Out):
+    """One row of a usage report: what a user, account, pool, profile, day or week used."""
+
+    key: str = Field(
+        description="The user, account path, pool or profile name, day (`2026-12-02`) or ISO "
+        "week (`2026-W49`, from Monday); `total` for the total."
+    )
+    cost: float = Field(description="Charged, in the currency.")
+    cost_micros: int = Field(description="Charged, in millionths of the currency (exact).")
+    cpu_hours: float = Field(description="Requested CPU core-hours.")
+    memory_gib_hours: float = Field(description="Requested GiB-hours of memory.")
+    gpu_hours: float = Field(description="Requested GPU-hours.")
+    used_cpu_hours: float = Field(description="Measured CPU core-hours, where measured.")
+    efficiency: float | None = Field(
+        description="Used over requested CPU-hours; empty when no CPU was requested."
+    )
+
+
+class UsageReportOut(_Out):
+    """Usage over whole days in the site's time zone, grouped, with its total (of every
+    page)."""
+
+    by: Literal["user", "account", "profile", "pool", "day", "week"]
+    currency: str
+    time_zone: str = Field(description="The site's time zone, where the days start.")
+    first_day: date
+    last_day: date
+    account: str | None = Field(description="Only this account's subtree; empty: any.")
+    user: str | None = Field(description="Only this user's usage; empty: any.")
+    items: list[UsageRowOut]
+    total: UsageRowOut
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` to get the next page; empty on the last page."
+    )

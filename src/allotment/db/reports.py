@@ -1,0 +1,126 @@
+"""Usage reports from the ledger's daily totals (``usage_days``).
+
+The daily totals equal the ledger's entries plus the open charges of running workloads, to
+the micro (the meter writes both in one transaction), so a report reads them and never scans
+the ledger: a year of a busy site is some hundred thousand daily rows, where the ledger holds
+millions of entries (benchmarks/usage_report.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import ColumnElement, false, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from allotment.db.tables import Account, Pool, Profile, UsageDay, User
+from allotment.domain.reports import Days, Grouping, Totals, fold_weeks
+
+__all__ = ["NO_POOL", "NO_PROFILE", "Selection", "usage_report"]
+
+#: How a row names charges made without a pool or a profile (stored as 0).
+NO_POOL = "(no pool)"
+NO_PROFILE = "(no profile)"
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which daily totals a report sums.
+
+    ``accounts`` and ``users`` filter (None: any). When ``restricted``, only the rows the
+    caller may see count: those of ``own_user`` and those of ``visible_accounts``
+    (an administrator's selection is not restricted).
+    """
+
+    days: Days
+    accounts: Collection[int] | None = None
+    users: Collection[int] | None = None
+    visible_accounts: Collection[int] | None = None
+    own_user: int | None = None
+    restricted: bool = False
+
+
+def _filters(s: Selection) -> list[ColumnElement[bool]]:
+    u = UsageDay
+    out: list[ColumnElement[bool]] = [u.day >= s.days.first, u.day <= s.days.last]
+    if s.accounts is not None:
+        out.append(u.account_id.in_(list(s.accounts)))
+    if s.users is not None:
+        out.append(u.user_id.in_(list(s.users)))
+    if s.restricted:
+        seen: list[ColumnElement[bool]] = []
+        if s.own_user is not None:
+            seen.append(u.user_id == s.own_user)
+        if s.visible_accounts:
+            seen.append(u.account_id.in_(list(s.visible_accounts)))
+        out.append(or_(*seen) if seen else false())
+    return out
+
+
+_COLUMNS = {
+    "user": UsageDay.user_id,
+    "account": UsageDay.account_id,
+    "profile": UsageDay.profile_id,
+    "pool": UsageDay.pool_id,
+    "day": UsageDay.day,
+    "week": UsageDay.day,
+}
+
+
+def _totals(row: Any) -> Totals:
+    # PostgreSQL sums bigints as numeric (a Decimal); int() keeps them exact.
+    return Totals(
+        int(row[1] or 0), float(row[2] or 0), float(row[3] or 0), float(row[4] or 0),
+        float(row[5] or 0),
+    )  # fmt: skip
+
+
+async def _names(session: AsyncSession, by: Grouping, ids: Collection[Any]) -> dict[Any, str]:
+    if by == "user":
+        q: Any = select(User.id, User.name).where(User.id.in_(list(ids)))
+    elif by == "account":
+        q = select(Account.id, Account.path).where(Account.id.in_(list(ids)))
+    elif by == "pool":
+        q = select(Pool.id, Pool.name).where(Pool.id.in_(list(ids)))
+    else:
+        q = select(Profile.id, Profile.name).where(Profile.id.in_(list(ids)))
+    names: dict[Any, str] = {i: n for i, n in await session.execute(q)}
+    if by == "pool":
+        names[0] = NO_POOL
+    if by == "profile":
+        names[0] = NO_PROFILE
+    return names
+
+
+async def usage_report(
+    session: AsyncSession, selection: Selection, by: Grouping
+) -> list[tuple[str, Totals]]:
+    """The selection's totals grouped ``by`` a dimension, in key order (days and weeks in
+    time order): user names, account paths, pool or profile names, ISO days (``2026-12-02``)
+    or ISO weeks (``2026-W49``). Groups with nothing in them are left out."""
+    column = _COLUMNS[by]
+    u = UsageDay
+    q = (
+        select(
+            column,
+            func.sum(u.amount),
+            func.sum(u.cpu_seconds),
+            func.sum(u.memory_gib_seconds),
+            func.sum(u.gpu_seconds),
+            func.sum(u.used_cpu_seconds),
+        )
+        .where(*_filters(selection))
+        .group_by(column)
+    )
+    rows: list[tuple[Any, Totals]] = [(row[0], _totals(row)) for row in await session.execute(q)]
+    if by in ("day", "week"):
+        days: list[tuple[date, Totals]] = sorted(rows, key=lambda r: r[0])
+        if by == "week":
+            return list(fold_weeks(days).items())
+        return [(d.isoformat(), t) for d, t in days]
+    names = await _names(session, by, [k for k, _ in rows])
+    # An id without a row (removed since) is still shown, by its number.
+    return sorted(((names.get(k, f"#{k}"), t) for k, t in rows), key=lambda r: r[0])
