@@ -21,8 +21,12 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from allotment.schemas import (
+    AccountArchived,
+    AccountCreate,
     AccountOut,
+    AccountPatch,
     ApplyResult,
+    AuditOut,
     Me,
     MembershipOut,
     Page,
@@ -399,6 +403,38 @@ class AllotmentClient:
 
     def members(self, account: str) -> list[MembershipOut]:
         return list(self._pages(MembershipOut, f"accounts/{account}/members", {"limit": 1000}))
+
+    def create_account(self, request: AccountCreate) -> AccountOut:
+        """A sub-account (a manager of the parent, or above)."""
+        data = self._call("POST", "accounts", json=request.model_dump(exclude_none=True))
+        return AccountOut.model_validate(data)
+
+    def archive_account(self, account: str) -> AccountArchived:
+        return AccountArchived.model_validate(self._call("DELETE", f"accounts/{account}"))
+
+    def update_account(self, account: str, change: AccountPatch) -> AccountOut:
+        data = self._call("PATCH", f"accounts/{account}", json=change.model_dump(exclude_none=True))
+        return AccountOut.model_validate(data)
+
+    def set_member(self, account: str, user: str, role: str) -> MembershipOut:
+        """Add ``user`` to ``account`` with ``role``, or change their role."""
+        data = self._call(
+            "PUT", f"accounts/{account}/members/{quote(user, safe='')}", json={"role": role}
+        )
+        return MembershipOut.model_validate(data)
+
+    def remove_member(self, account: str, user: str) -> None:
+        self._call("DELETE", f"accounts/{account}/members/{quote(user, safe='')}")
+
+    def audit(self, *, account: str | None = None, limit: int | None = 50) -> list[AuditOut]:
+        """Audit entries you may read, newest first; ``limit=None`` fetches every page."""
+        params: dict[str, Any] = {"account": account, "limit": min(limit or 1000, 1000)}
+        out: list[AuditOut] = []
+        for e in self._pages(AuditOut, "audit", params):
+            out.append(e)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
 
     # -- catalogue ----------------------------------------------------------------------
 

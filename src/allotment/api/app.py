@@ -22,12 +22,14 @@ from allotment.api.openapi import document_problems
 from allotment.api.problems import install_problem_handlers, stop_outage_probe
 from allotment.api.routes import (
     accounts,
+    audit,
     catalog,
     health,
     me,
     meter,
     policy,
     quote,
+    usage,
     users,
     workloads,
 )
@@ -39,6 +41,7 @@ from allotment.db.engine import Database, sqlite_url
 from allotment.db.group_commit import GroupCommit
 from allotment.db.policy_sync import apply_policy, identity_warnings
 from allotment.db.tables import AdminToken
+from allotment.web.routes import install_dashboard
 
 __all__ = [
     "Settings",
@@ -269,7 +272,9 @@ def create_app(
     install_problem_handlers(app)
     app.add_middleware(RequestBounds, max_body=settings.max_request_body)
     # Matched in this order: the hot paths first.
-    for module in (workloads, meter, me, quote, accounts, catalog, users, policy, health):
+    for module in (workloads, meter, me, quote, accounts, catalog, users, policy, health, usage):
         app.include_router(module.router, prefix=f"{base}/api")
+    app.include_router(audit.router, prefix=f"{base}/api")
+    install_dashboard(app, base, data_dir=settings.data_dir, hub_api_url=settings.hub_api_url)
     document_problems(app)
     return app

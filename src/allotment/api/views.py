@@ -79,6 +79,7 @@ def account_out(a: Account, parent_path: str | None) -> AccountOut:
         shares=a.shares,
         description=a.description,
         archived=a.archived_at is not None,
+        origin="api" if a.origin == "api" else "policy",
     )
 
 

@@ -6,6 +6,7 @@ import typer
 
 from allotment import __version__
 from allotment.cli import backup, jobs, user
+from allotment.cli.account import account_app
 from allotment.cli.admin import config_app
 from allotment.cli.serve import serve
 from allotment.cli.simulate import simulate
@@ -21,6 +22,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(config_app, name="config")
+app.add_typer(account_app, name="account")
 user.register(app)
 jobs.register(app)
 backup.register(app)

@@ -81,15 +81,21 @@ def load_policy_view(session: Session, cache: ViewCache | None = None) -> Policy
         parsed = Policy.model_validate(document)
         _views.clear()
         _views[version] = (parsed, scheduler_view(parsed))
-    policy, (accounts, nodes, users, default, weights) = _views[version]
+    policy, (stated, nodes, users, default, weights) = _views[version]
     result = session.execute(
         select(Account.path, Account.shares).where(Account.archived_at.is_(None))
     )
     shares = {path: n for path, n in result}
     accounts = {
         path: AccountState(path, float(shares.get(path, a.shares)), a.limits, a.allocations)
-        for path, a in accounts.items()
+        for path, a in stated.items()
     }
+    # Accounts managers created (parents first): full accounts with no limits or allocations
+    # of their own, so the scheduler finds those of the accounts above them.
+    for path in sorted(shares.keys() - stated.keys(), key=lambda p: p.count("/")):
+        parent = path.rpartition("/")[0]
+        if parent in accounts:
+            accounts[path] = AccountState(path, float(shares[path]))
     return PolicyView(
         policy,
         accounts,

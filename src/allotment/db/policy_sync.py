@@ -2,7 +2,10 @@
 
 Accounts, pools and profiles that a workload refers to are archived when the policy drops
 them; those nothing refers to are deleted. Memberships a manager added through the API
-(origin ``api``) survive an apply unless the policy states the same membership itself.
+(origin ``api``) survive an apply unless the policy states the same membership itself, and so
+do accounts a manager created (origin ``api``): an apply never removes them for being absent
+from the file; it adopts one (origin ``policy``) when the file names it. Each change is written
+to the audit log (``db.audit``) in the apply's transaction, one entry per change.
 """
 
 from __future__ import annotations
@@ -17,9 +20,52 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.config.models import Policy
 from allotment.config.resolve import account_paths, profile_gpus, resolve_account
-from allotment.db.tables import Account, Membership, PolicyVersion, Pool, Profile, User, Workload
+from allotment.db.audit import record
+from allotment.db.budgets import sync_budgets
+from allotment.db.tables import (
+    Account,
+    LedgerEntry,
+    Membership,
+    PolicyVersion,
+    Pool,
+    Profile,
+    UsageDay,
+    User,
+    Workload,
+)
 
 __all__ = ["apply_policy", "identity_warnings", "policy_document"]
+
+
+class Changes(list[str]):
+    """What an apply changed, as the lines ``allot config apply`` prints; ``note`` adds a line
+    and writes its audit entry in the same transaction."""
+
+    def __init__(self, session: AsyncSession, actor: str, now: datetime) -> None:
+        super().__init__()
+        self.session, self.actor, self.now = session, actor, now
+
+    def note(
+        self,
+        line: str,
+        *,
+        action: str,
+        target: str,
+        account_path: str = "",
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+    ) -> None:
+        self.append(line)
+        record(
+            self.session,
+            actor=self.actor,
+            action=action,
+            target=target,
+            now=self.now,
+            account_path=account_path,
+            before=before,
+            after=after,
+        )
 
 
 def policy_document(policy: Policy) -> dict[str, Any]:
@@ -34,7 +80,7 @@ async def apply_policy(
     """Sync ``policy`` into the database; return the version in force and what changed."""
     doc = policy_document(policy)
     digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-    changes: list[str] = []
+    changes = Changes(session, actor, now)
     latest = (
         await session.execute(select(PolicyVersion).order_by(PolicyVersion.id.desc()).limit(1))
     ).scalar_one_or_none()
@@ -43,17 +89,26 @@ async def apply_policy(
     await _sync_users_and_memberships(session, policy, accounts, now, changes)
     pools = await _sync_pools(session, policy, changes)
     await _sync_profiles(session, policy, pools, now, changes)
+    await sync_budgets(session, policy, accounts, pools, actor=actor, now=now, changes=changes)
     await _remove_pools(session, policy, now, changes)
     if latest is not None and latest.sha256 == digest and not changes:
         return latest.id, []
     if latest is None or latest.sha256 != digest:
         changes.append("new policy version recorded")
     version = PolicyVersion(
-        applied_at=now, applied_by=actor, sha256=digest, document=doc, changes=changes
+        applied_at=now, applied_by=actor, sha256=digest, document=doc, changes=list(changes)
     )
     session.add(version)
     await session.flush()
-    return version.id, changes
+    record(
+        session,
+        actor=actor,
+        action="policy.apply",
+        target=f"policy version {version.id}",
+        now=now,
+        after={"version": version.id, "sha256": digest, "changes": len(changes)},
+    )
+    return version.id, list(changes)
 
 
 async def identity_warnings(session: AsyncSession, policy: Policy) -> list[str]:
@@ -83,7 +138,11 @@ async def identity_warnings(session: AsyncSession, policy: Policy) -> list[str]:
 
 
 async def _used_account_ids(session: AsyncSession) -> set[int]:
-    return set((await session.execute(select(Workload.account_id).distinct())).scalars())
+    """Accounts history refers to: workloads, and the ledger's entries and daily totals."""
+    used: set[int] = set()
+    for table in (Workload, LedgerEntry, UsageDay):
+        used |= set((await session.execute(select(table.account_id).distinct())).scalars())
+    return used
 
 
 async def _sync_accounts(
@@ -91,11 +150,12 @@ async def _sync_accounts(
     policy: Policy,
     before: dict[str, Any],
     now: datetime,
-    changes: list[str],
+    changes: Changes,
 ) -> dict[str, Account]:
     """Accounts as the policy states them. Shares and descriptions are set when the file
     changes them (or names the account for the first time): a manager's edit through the API
-    survives applies of a file that says the same as before."""
+    survives applies of a file that says the same as before. Accounts managers created are
+    left as they are, but follow their parent (its path; archived with it)."""
     existing = {a.name: a for a in (await session.execute(select(Account))).scalars()}
     paths = account_paths(policy)
     by_name: dict[str, Account] = {}
@@ -111,38 +171,35 @@ async def _sync_accounts(
                 shares=spec.shares,
                 description=spec.description,
                 created_at=now,
+                origin="policy",
             )
             session.add(row)
             await session.flush()
-            changes.append(f"+ account {paths[name]} (shares {spec.shares})")
+            changes.note(
+                f"+ account {paths[name]} (shares {spec.shares})",
+                action="account.create",
+                target=paths[name],
+                account_path=paths[name],
+                after={"shares": spec.shares, "description": spec.description},
+            )
         else:
-            diffs = []
-            if row.path != paths[name]:
-                diffs.append(f"moved from {row.path}")
-                row.path = paths[name]
-            new_parent = parent.id if parent else None
-            if row.parent_id != new_parent:
-                row.parent_id = new_parent
-            old = before.get(name)
-            file_changed = old is None or old.get("shares") != spec.shares
-            if row.shares != spec.shares and file_changed:
-                diffs.append(f"shares {row.shares} → {spec.shares}")
-                row.shares = spec.shares
-            file_changed = old is None or old.get("description") != spec.description
-            if row.description != spec.description and file_changed:
-                diffs.append("description")
-                row.description = spec.description
-            if row.archived_at is not None:
-                diffs.append("restored from archive")
-                row.archived_at = None
-            if diffs:
-                changes.append(f"~ account {paths[name]}: {', '.join(diffs)}")
+            _update_account(
+                row, paths[name], parent, spec.shares, spec.description, before, changes
+            )
         by_name[name] = row
-    gone = [a for n, a in existing.items() if n not in paths]
+    gone = [a for n, a in existing.items() if n not in paths and a.origin == "policy"]
+    managers = sorted(
+        (a for n, a in existing.items() if n not in paths and a.origin != "policy"),
+        key=lambda a: a.path.count("/"),
+    )
     if gone:
-        # Deepest first, so that an account whose child is kept (in the policy or archived)
-        # is itself kept and the archived subtree stays whole.
-        kept = await _used_account_ids(session) | {a.id for a in by_name.values()}
+        # Deepest first, so that an account whose child is kept (in the policy, archived, or
+        # created by a manager) is itself kept and the archived subtree stays whole.
+        kept = (
+            await _used_account_ids(session)
+            | {a.id for a in by_name.values()}
+            | {a.id for a in managers}
+        )
         for row in sorted(gone, key=lambda a: -a.path.count("/")):
             has_kept_child = any(
                 other.parent_id == row.id and other.id in kept for other in existing.values()
@@ -151,7 +208,13 @@ async def _sync_accounts(
                 kept.add(row.id)
                 if row.archived_at is None:
                     row.archived_at = now
-                    changes.append(f"- account {row.path} archived (its history is kept)")
+                    changes.note(
+                        f"- account {row.path} archived (its history is kept)",
+                        action="account.archive",
+                        target=row.path,
+                        account_path=row.path,
+                        before={"shares": row.shares, "description": row.description},
+                    )
             else:
                 await session.execute(delete(Membership).where(Membership.account_id == row.id))
                 await session.execute(
@@ -163,9 +226,100 @@ async def _sync_accounts(
                     update(Account).where(Account.parent_id == row.id).values(parent_id=None)
                 )
                 await session.delete(row)
-                changes.append(f"- account {row.path} removed")
+                changes.note(
+                    f"- account {row.path} removed",
+                    action="account.remove",
+                    target=row.path,
+                    account_path=row.path,
+                    before={"shares": row.shares, "description": row.description},
+                )
         await session.flush()
+    _follow_parents(managers, {a.id: a for a in existing.values()}, now, changes)
+    await session.flush()
     return by_name
+
+
+def _update_account(
+    row: Account,
+    path: str,
+    parent: Account | None,
+    shares: int,
+    description: str,
+    before: dict[str, Any],
+    changes: Changes,
+) -> None:
+    """An account the database holds, as the file states it. A manager's account the file now
+    names becomes the file's (and takes the file's values)."""
+    diffs = []
+    was: dict[str, Any] = {}
+    now_is: dict[str, Any] = {}
+    old = before.get(row.name)
+    if row.origin != "policy":
+        diffs.append("now stated by the policy file")
+        was["origin"], now_is["origin"] = row.origin, "policy"
+        row.origin = "policy"
+        old = None  # the file names it for the first time: its values win
+    if row.path != path:
+        diffs.append(f"moved from {row.path}")
+        was["path"], now_is["path"] = row.path, path
+        row.path = path
+    new_parent = parent.id if parent else None
+    if row.parent_id != new_parent:
+        row.parent_id = new_parent
+    file_changed = old is None or old.get("shares") != shares
+    if row.shares != shares and file_changed:
+        diffs.append(f"shares {row.shares} → {shares}")
+        was["shares"], now_is["shares"] = row.shares, shares
+        row.shares = shares
+    file_changed = old is None or old.get("description") != description
+    if row.description != description and file_changed:
+        diffs.append("description")
+        was["description"], now_is["description"] = row.description, description
+        row.description = description
+    if row.archived_at is not None:
+        diffs.append("restored from archive")
+        was["archived"], now_is["archived"] = True, False
+        row.archived_at = None
+    if diffs:
+        changes.note(
+            f"~ account {path}: {', '.join(diffs)}",
+            action="account.update",
+            target=f"{path} {', '.join(now_is)}",
+            account_path=path,
+            before=was,
+            after=now_is,
+        )
+
+
+def _follow_parents(
+    managers: list[Account], rows: dict[int, Account], now: datetime, changes: Changes
+) -> None:
+    """Accounts managers created (parents first) take their parent's new path, and are
+    archived with it: work cannot be charged below an account that is closed."""
+    for row in managers:
+        parent = rows.get(row.parent_id) if row.parent_id is not None else None
+        if parent is None:
+            continue
+        path = f"{parent.path}/{row.name}"
+        if row.path != path:
+            changes.note(
+                f"~ account {path}: moved from {row.path} with its parent",
+                action="account.update",
+                target=f"{path} path",
+                account_path=path,
+                before={"path": row.path},
+                after={"path": path},
+            )
+            row.path = path
+        if parent.archived_at is not None and row.archived_at is None:
+            row.archived_at = now
+            changes.note(
+                f"- account {row.path} archived with its parent {parent.path}",
+                action="account.archive",
+                target=row.path,
+                account_path=row.path,
+                before={"shares": row.shares, "description": row.description},
+            )
 
 
 async def _sync_users_and_memberships(
@@ -173,9 +327,9 @@ async def _sync_users_and_memberships(
     policy: Policy,
     accounts: dict[str, Account],
     now: datetime,
-    changes: list[str],
+    changes: Changes,
 ) -> None:
-    paths = {a.id: a.path for a in accounts.values()}
+    paths = {i: path for i, path in await session.execute(select(Account.id, Account.path))}
     wanted: dict[tuple[str, int], str] = {}
     for name, spec in policy.accounts.items():
         for role, holders in (
@@ -198,9 +352,16 @@ async def _sync_users_and_memberships(
         ref = uspec.default_account
         acct = accounts[resolve_account(policy, ref) or ""] if ref else None
         new = acct.id if acct else None
-        if users[name].default_account_id != new:
+        old = users[name].default_account_id
+        if old != new:
             users[name].default_account_id = new
-            changes.append(f"~ user {name}: default account {acct.path if acct else 'none'}")
+            changes.note(
+                f"~ user {name}: default account {acct.path if acct else 'none'}",
+                action="user.default_account",
+                target=f"{name} default account",
+                before={"account": paths.get(old) if old is not None else None},
+                after={"account": acct.path if acct else None},
+            )
     ids = {u.id: u.name for u in users.values()}
     current = list((await session.execute(select(Membership))).scalars())
     seen: set[tuple[str, int]] = set()
@@ -211,15 +372,29 @@ async def _sync_users_and_memberships(
     for m in current:
         key = (all_names[m.user_id], m.account_id)
         stated = wanted.get(key)
-        where = f"{key[0]} in {paths.get(m.account_id, '?')}"
+        path = paths.get(m.account_id, "?")
+        where = f"{key[0]} in {path}"
         if stated is None:
             if m.origin == "policy":
                 await session.delete(m)
-                changes.append(f"- member {where}")
+                changes.note(
+                    f"- member {where}",
+                    action="member.remove",
+                    target=where,
+                    account_path=path,
+                    before={"role": m.role},
+                )
             continue
         seen.add(key)
         if m.role != stated or m.origin != "policy":
-            changes.append(f"~ member {where}: {m.role} → {stated}")
+            changes.note(
+                f"~ member {where}: {m.role} → {stated}",
+                action="member.role",
+                target=where,
+                account_path=path,
+                before={"role": m.role, "origin": m.origin},
+                after={"role": stated, "origin": "policy"},
+            )
             m.role, m.origin = stated, "policy"
     for (user, account_id), role in sorted(wanted.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if (user, account_id) not in seen:
@@ -228,11 +403,18 @@ async def _sync_users_and_memberships(
                     user_id=users[user].id, account_id=account_id, role=role, origin="policy"
                 )
             )
-            changes.append(f"+ member {user} in {paths[account_id]} as {role}")
+            where = f"{user} in {paths[account_id]}"
+            changes.note(
+                f"+ member {where} as {role}",
+                action="member.add",
+                target=where,
+                account_path=paths[account_id],
+                after={"role": role},
+            )
     await session.flush()
 
 
-async def _sync_pools(session: AsyncSession, policy: Policy, changes: list[str]) -> dict[str, Pool]:
+async def _sync_pools(session: AsyncSession, policy: Policy, changes: Changes) -> dict[str, Pool]:
     existing = {p.name: p for p in (await session.execute(select(Pool))).scalars()}
     out: dict[str, Pool] = {}
     for name, spec in policy.pools.items():
@@ -241,17 +423,22 @@ async def _sync_pools(session: AsyncSession, policy: Policy, changes: list[str])
         if row is None:
             row = Pool(name=name, backend=spec.backend, spec=doc)
             session.add(row)
-            changes.append(f"+ pool {name} ({spec.backend}, {len(spec.nodes)} node(s))")
+            changes.note(
+                f"+ pool {name} ({spec.backend}, {len(spec.nodes)} node(s))",
+                action="pool.add",
+                target=f"pool {name}",
+                after={"backend": spec.backend},
+            )
         elif row.spec != doc or row.backend != spec.backend or row.archived_at is not None:
             row.spec, row.backend, row.archived_at = doc, spec.backend, None
-            changes.append(f"~ pool {name}")
+            changes.note(f"~ pool {name}", action="pool.update", target=f"pool {name}")
         out[name] = row
     await session.flush()
     return out
 
 
 async def _remove_pools(
-    session: AsyncSession, policy: Policy, now: datetime, changes: list[str]
+    session: AsyncSession, policy: Policy, now: datetime, changes: Changes
 ) -> None:
     """Drop or archive the pools the policy no longer names (after profiles moved off them)."""
     for row in (await session.execute(select(Pool))).scalars():
@@ -266,10 +453,14 @@ async def _remove_pools(
         if used:
             if row.archived_at is None:
                 row.archived_at = now
-                changes.append(f"- pool {name} archived (its history is kept)")
+                changes.note(
+                    f"- pool {name} archived (its history is kept)",
+                    action="pool.archive",
+                    target=f"pool {name}",
+                )
         else:
             await session.delete(row)
-            changes.append(f"- pool {name} removed")
+            changes.note(f"- pool {name} removed", action="pool.remove", target=f"pool {name}")
     await session.flush()
 
 
@@ -278,7 +469,7 @@ async def _sync_profiles(
     policy: Policy,
     pools: dict[str, Pool],
     now: datetime,
-    changes: list[str],
+    changes: Changes,
 ) -> None:
     existing = {p.name: p for p in (await session.execute(select(Profile))).scalars()}
     paths = account_paths(policy)
@@ -291,10 +482,15 @@ async def _sync_profiles(
         pool_id = pools[spec.pool].id
         if row is None:
             session.add(Profile(name=name, pool_id=pool_id, spec=doc))
-            changes.append(f"+ profile {name} on {spec.pool}")
+            changes.note(
+                f"+ profile {name} on {spec.pool}",
+                action="profile.add",
+                target=f"profile {name}",
+                after={"pool": spec.pool},
+            )
         elif row.spec != doc or row.pool_id != pool_id or row.archived_at is not None:
             row.spec, row.pool_id, row.archived_at = doc, pool_id, None
-            changes.append(f"~ profile {name}")
+            changes.note(f"~ profile {name}", action="profile.update", target=f"profile {name}")
     for name, row in existing.items():
         if name in policy.profiles:
             continue
@@ -304,8 +500,14 @@ async def _sync_profiles(
         if used:
             if row.archived_at is None:
                 row.archived_at = now
-                changes.append(f"- profile {name} archived (its history is kept)")
+                changes.note(
+                    f"- profile {name} archived (its history is kept)",
+                    action="profile.archive",
+                    target=f"profile {name}",
+                )
         else:
             await session.delete(row)
-            changes.append(f"- profile {name} removed")
+            changes.note(
+                f"- profile {name} removed", action="profile.remove", target=f"profile {name}"
+            )
     await session.flush()

@@ -11,20 +11,36 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from allotment.db.tables import Account, AdminToken, Membership, Pool, Profile, User, Workload
+from allotment.db.tables import (
+    Account,
+    AdminToken,
+    BudgetRow,
+    LedgerEntry,
+    Membership,
+    OpenCharge,
+    Pool,
+    Profile,
+    UsageDay,
+    User,
+    Workload,
+)
 from allotment.domain.accounts import Membership as DomainMembership
 from allotment.domain.accounts import Role
+from allotment.domain.workloads import TERMINAL
 
 __all__ = [
     "WorkloadFilter",
     "Visibility",
     "WorkloadRow",
     "account_by_ref",
+    "account_children",
+    "account_referenced",
     "accounts_within",
+    "unfinished_workloads",
     "admin_token",
     "ensure_user",
     "list_workloads",
@@ -89,6 +105,30 @@ async def accounts_within(session: AsyncSession, roots: Sequence[str]) -> list[i
         return []
     cond = or_(*(or_(Account.path == r, Account.path.startswith(r + "/")) for r in roots))
     return list((await session.execute(select(Account.id).where(cond))).scalars())
+
+
+async def account_children(session: AsyncSession, account_id: int) -> list[Account]:
+    """The accounts directly below one, archived ones included."""
+    q = select(Account).where(Account.parent_id == account_id).order_by(Account.path)
+    return list((await session.execute(q)).scalars())
+
+
+async def account_referenced(session: AsyncSession, account_id: int) -> bool:
+    """Whether history refers to an account (workloads, charges, daily totals, budgets), so
+    that it must be archived rather than removed."""
+    for table in (Workload, LedgerEntry, OpenCharge, UsageDay, BudgetRow):
+        q = select(exists().where(table.account_id == account_id))
+        if await session.scalar(q):
+            return True
+    return False
+
+
+async def unfinished_workloads(session: AsyncSession, account_id: int) -> int:
+    """How many workloads charged to an account are waiting or running."""
+    q = select(func.count()).where(
+        Workload.account_id == account_id, Workload.status.not_in([int(s) for s in TERMINAL])
+    )
+    return int(await session.scalar(q) or 0)
 
 
 async def admin_token(session: AsyncSession, sha256: str) -> AdminToken | None:

@@ -15,6 +15,11 @@ Rules (``path`` is the account a workload charges or an action touches):
 - change an account's settings: manager of a *proper* ancestor (manage); admin. A lab manager
   shapes the projects inside the lab, not the lab's weight among its siblings.
 - change memberships of ``path``: manager of ``path`` or above (manage); admin.
+- create an account under ``parent``: manager of ``parent`` or above (manage); admin (a root
+  account, with no parent, is the administrator's alone). Archive one: as for its settings
+  (manager of a proper ancestor), so a lab manager removes the lab's projects, not the lab.
+- read the audit log of ``path``: a manager of ``path`` or above (read); admin. Viewers and
+  members read workloads, not who changed what.
 """
 
 from __future__ import annotations
@@ -125,6 +130,25 @@ class Principal:
         if self.is_admin:
             return True
         return self.has(Scope.MANAGE) and Role.MANAGER in self._roles_over(path)
+
+    def can_create_account(self, parent: str | None) -> bool:
+        if self.is_admin:
+            return True
+        return parent is not None and self.can_change_memberships(parent)
+
+    def can_archive_account(self, path: str) -> bool:
+        return self.can_change_account(path)
+
+    def can_read_audit(self, path: str) -> bool:
+        if not self.has(Scope.READ):
+            return False
+        return self.is_admin or Role.MANAGER in self._roles_over(path)
+
+    def audit_roots(self) -> list[str]:
+        """Roots of the subtrees whose audit entries this caller may read (admins: all)."""
+        if not self.has(Scope.READ):
+            return []
+        return sorted({m.account for m in self.memberships if m.role is Role.MANAGER})
 
     def spendable_accounts(self) -> list[str]:
         """Accounts the user may charge directly (member or manager), sorted."""

@@ -1,26 +1,40 @@
-"""The accounts tree and its memberships."""
+"""The accounts tree and its memberships, and what managers change in them.
+
+Every change writes its audit entry (``db.audit.record``) in the transaction that makes it.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from allotment.api.deps import Caller, CallerDep, StateDep
 from allotment.api.views import account_out
 from allotment.db import repository as repo
+from allotment.db.audit import record
 from allotment.db.tables import Account, Membership, User
 from allotment.domain.accounts import is_within
-from allotment.errors import Conflict, Forbidden, NotFound
-from allotment.schemas import AccountOut, AccountPatch, MembershipIn, MembershipOut, Page
+from allotment.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from allotment.schemas import (
+    AccountArchived,
+    AccountCreate,
+    AccountOut,
+    AccountPatch,
+    MembershipIn,
+    MembershipOut,
+    Page,
+)
 
 __all__ = ["memberships_out", "router"]
 
 router = APIRouter(tags=["accounts"])
 
+#: Longest account path the database holds.
+MAX_PATH = 1024
 #: A hub user's name; the database holds up to 255 characters.
 UserName = Annotated[str, Path(min_length=1, max_length=255)]
 Parent = aliased(Account)
@@ -145,6 +159,7 @@ async def put_member(
                 )
             )
         ).scalar_one_or_none()
+        before = None if row is None else {"role": row.role}
         if row is None:
             row = Membership(user_id=target.id, account_id=account.id, role=body.role, origin="api")
             session.add(row)
@@ -154,6 +169,17 @@ async def put_member(
             )
         else:
             row.role = body.role
+        if before != {"role": body.role}:
+            record(
+                session,
+                actor=caller.name,
+                action="member.add" if before is None else "member.role",
+                target=f"{user} in {account.path}",
+                now=state.clock.now(),
+                account_path=account.path,
+                before=before,
+                after={"role": body.role},
+            )
     state.changed()
     return MembershipOut(user=user, account=account.path, role=body.role, origin=row.origin)
 
@@ -180,6 +206,15 @@ async def delete_member(path: str, user: UserName, caller: CallerDep, state: Sta
                 f"{user}'s membership of '{account.path}' is set by the policy file; "
                 "remove it there."
             )
+        record(
+            session,
+            actor=caller.name,
+            action="member.remove",
+            target=f"{user} in {account.path}",
+            now=state.clock.now(),
+            account_path=account.path,
+            before={"role": row.role},
+        )
         await session.delete(row)
     state.changed()
 
@@ -203,11 +238,140 @@ async def patch_account(
             raise Forbidden(
                 f"Only a manager of an account above '{account.path}' may change its settings."
             )
-        if body.shares is not None:
+        before: dict[str, object] = {}
+        after: dict[str, object] = {}
+        if body.shares is not None and body.shares != account.shares:
+            before["shares"], after["shares"] = account.shares, body.shares
             account.shares = body.shares
-        if body.description is not None:
+        if body.description is not None and body.description != account.description:
+            before["description"], after["description"] = account.description, body.description
             account.description = body.description
+        if after:
+            record(
+                session,
+                actor=caller.name,
+                action="account.update",
+                target=f"{account.path} {', '.join(after)}",
+                now=state.clock.now(),
+                account_path=account.path,
+                before=before,
+                after=after,
+            )
         parent = await session.get(Account, account.parent_id) if account.parent_id else None
         out = account_out(account, parent.path if parent else None)
     state.changed()
     return out
+
+
+@router.post("/accounts", response_model=AccountOut, status_code=201)
+async def create_account(body: AccountCreate, caller: CallerDep, state: StateDep) -> AccountOut:
+    """Create a sub-account (managers of the parent or above; roots: administrators).
+
+    It is a full account (members charge it, the scheduler shares it) that the policy file does
+    not state: applying the file leaves it alone until the file itself names it.
+    """
+    p = caller.principal
+    now = state.clock.now()
+    async with state.db.write() as session:
+        parent = None
+        if body.parent is not None:
+            parent = await _visible(session, caller, body.parent)
+            if parent.archived_at is not None:
+                raise Conflict(f"Account '{parent.path}' is archived; create under another.")
+        if not p.can_create_account(parent.path if parent else None):
+            raise Forbidden(
+                f"Only a manager of '{parent.path}' (or above) may create accounts in it."
+                if parent
+                else "Only administrators create top-level accounts; name a `parent`."
+            )
+        path = f"{parent.path}/{body.name}" if parent else body.name
+        if len(path) > MAX_PATH:
+            raise InvalidRequest(f"The path would be {len(path)} characters; at most {MAX_PATH}.")
+        taken = await repo.account_by_ref(session, body.name)
+        if taken is not None:
+            where = f" ({taken.path})" if p.can_see_account(taken.path) else ""
+            raise Conflict(
+                f"There is already an account named '{body.name}'{where}; names are unique in "
+                "the whole tree. Choose another."
+            )
+        row = Account(
+            name=body.name,
+            path=path,
+            parent_id=parent.id if parent else None,
+            shares=body.shares,
+            description=body.description,
+            created_at=now,
+            origin="api",
+        )
+        session.add(row)
+        record(
+            session,
+            actor=caller.name,
+            action="account.create",
+            target=path,
+            now=now,
+            account_path=path,
+            after={"shares": body.shares, "description": body.description},
+        )
+        await session.flush()
+        out = account_out(row, parent.path if parent else None)
+    state.changed()
+    return out
+
+
+@router.delete("/accounts/{path:path}", response_model=AccountArchived)
+async def archive_account(path: str, caller: CallerDep, state: StateDep) -> AccountArchived:
+    """Archive a sub-account a manager created (managers of an account above it).
+
+    Accounts the policy file states are the file's to remove. An account history refers to
+    (workloads, charges, budgets) is archived: hidden and closed to new work, its records kept;
+    one nothing refers to is removed.
+    """
+    now = state.clock.now()
+    async with state.db.write() as session:
+        account = await _visible(session, caller, path)
+        if not caller.principal.can_archive_account(account.path):
+            raise Forbidden(f"Only a manager of an account above '{account.path}' may archive it.")
+        if account.origin == "policy":
+            raise Conflict(
+                f"Account '{account.path}' is stated by the policy file; remove it there "
+                "(`allot config apply`)."
+            )
+        if account.archived_at is not None:
+            raise Conflict(f"Account '{account.path}' is already archived.")
+        children = await repo.account_children(session, account.id)
+        live = [c.path for c in children if c.archived_at is None]
+        if live:
+            raise Conflict(
+                f"Account '{account.path}' has sub-accounts: {', '.join(live)}. Archive them first."
+            )
+        unfinished = await repo.unfinished_workloads(session, account.id)
+        if unfinished:
+            raise Conflict(
+                f"{unfinished} workload(s) charged to '{account.path}' are waiting or running; "
+                "cancel them or let them end first."
+            )
+        keep = bool(children) or await repo.account_referenced(session, account.id)
+        before = {"shares": account.shares, "description": account.description}
+        if keep:
+            account.archived_at = now
+        else:
+            await session.execute(delete(Membership).where(Membership.account_id == account.id))
+            await session.execute(
+                update(User)
+                .where(User.default_account_id == account.id)
+                .values(default_account_id=None)
+            )
+            await session.delete(account)
+        outcome = "archived" if keep else "removed"
+        record(
+            session,
+            actor=caller.name,
+            action=f"account.{'archive' if keep else 'remove'}",
+            target=account.path,
+            now=now,
+            account_path=account.path,
+            before=before,
+        )
+    state.changed()
+    return AccountArchived(path=account.path, outcome=outcome)
