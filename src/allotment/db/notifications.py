@@ -70,12 +70,14 @@ def recipients(policy: Policy, users: Iterable[str]) -> list[str]:
 
 
 def _key(alert_key: str, channel: str, target: str) -> str:
+    """The row's key: the alert's and the recipient's. A webhook is named by its URL's digest,
+    never the URL: many (Slack's, Teams') hold their secret in the path, and the key is sent
+    and shown. A long address is named by its digest too, to fit the column."""
     key = f"{alert_key}/{channel}:{target}"
-    if len(key) <= KEY_LIMIT:
+    if channel == EMAIL and len(key) <= KEY_LIMIT:
         return key
-    # A long URL or address: the recipient's digest keeps the key unique and in the column.
     digest = hashlib.sha256(f"{channel}:{target}".encode()).hexdigest()[:32]
-    return f"{alert_key[: KEY_LIMIT - len(channel) - 42]}/{channel}:sha256:{digest}"
+    return f"{alert_key[: KEY_LIMIT - len(channel) - 34]}/{channel}:{digest}"
 
 
 def _rows(
@@ -108,8 +110,8 @@ def _rows(
                 "key": key,
                 "channel": WEBHOOK,
                 "target": hook.url,
-                # The secret's file, not the secret: it is read at send time.
-                "payload": {"body": body, "secret_file": hook.secret_file},
+                # No secret: the policy's secret_file for this URL is read at send time.
+                "payload": {"body": body},
                 **common,
             }
         )
