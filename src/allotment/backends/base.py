@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from allotment.domain.ledger import Measured
 from allotment.domain.resources import Resources
 
 __all__ = [
@@ -144,6 +145,14 @@ class Backend(ABC):
     async def poll(self, placements: Mapping[int, Placement]) -> dict[int, Observation]:
         """Observe many workloads at once (one ``squeue`` for Slurm, one pass over ``/proc``
         for the local machine). Every key asked about is answered."""
+
+    async def measure(self, placements: Mapping[int, Placement]) -> dict[int, Measured]:
+        """What running workloads have used so far (cumulative CPU seconds, peak memory, GPU
+        utilisation), recorded beside their charges by the meter, at most once per pass.
+        Optional: the default measures nothing, and a workload left out of the answer is
+        simply not measured this time. Must be cheap (the meter times it apart from its
+        database work) and never raise for a workload that ended meanwhile."""
+        return {}
 
     @abstractmethod
     async def capacity(self) -> list[NodeCapacity]:

@@ -47,6 +47,7 @@ from allotment.backends.base import (
     Output,
     Placement,
 )
+from allotment.domain.ledger import Measured
 
 __all__ = [
     "FailsToStart",
@@ -146,6 +147,8 @@ class FakeBackend(Backend):
         #: as on a real machine, for ``read_output``.
         self._launched: dict[int, FakeProcess] = {}
         self._pids = itertools.count(1000)
+        #: What ``measure`` reports of each running workload; a test sets it.
+        self.measured: dict[int, Measured] = {}
         self._watchers: dict[int, list[Callable[[int], None]]] = {}
 
     # -- helpers for tests ------------------------------------------------------------------
@@ -237,6 +240,9 @@ class FakeBackend(Backend):
             ended(p.workload)
 
     # -- observe ----------------------------------------------------------------------------
+
+    async def measure(self, placements: Mapping[int, Placement]) -> dict[int, Measured]:
+        return {w: self.measured[w] for w in placements if w in self.measured}
 
     async def poll(self, placements: Mapping[int, Placement]) -> dict[int, Observation]:
         return {w: self._observe(w, p) for w, p in placements.items()}

@@ -23,9 +23,12 @@ from sqlalchemy import select
 from allotment.backends.base import Backend
 from allotment.backends.registry import backends_for
 from allotment.clock import Clock
+from allotment.controller.budgets import BudgetWatch
 from allotment.controller.capacity import read_capacity
 from allotment.controller.heartbeat import keep_beating
 from allotment.controller.lock import ControllerLock, take_lock
+from allotment.controller.meter import Meter
+from allotment.controller.notify import Notifier
 from allotment.controller.nudge import NudgeListener
 from allotment.controller.reconciler import Reconciler, Row, read_rows
 from allotment.controller.scheduling import SchedulingLoop
@@ -83,6 +86,20 @@ class Controller:
         self.reconciler = Reconciler(db, self.backends, clock, freed=self.scheduling.nudge)
         self.workers = Workers(self.queue, self.reconciler)
         self.watch = Watch(db, clock, self.backends, self.queue.add, settings.poll_interval)
+        #: Raises budget alerts and stops (or steps down) the running work of a spent budget
+        #: after its grace (``budgets.py``); ``poke()`` it after a meter pass.
+        self.budget_watch = BudgetWatch(
+            db,
+            clock,
+            wake=self.queue.add,
+            nudge=self.scheduling.budgets_changed,
+            alerted=lambda: self.notifier.nudge(),
+        )
+        #: Charges running workloads every ``accounting.interval`` (``meter.py``).
+        self.meter = Meter(db, clock, self.backends)
+        #: Delivers budget alerts' e-mails and webhooks (``notify.py``); ``nudge()`` it after
+        #: queueing some.
+        self.notifier = Notifier(db, clock)
         self._tasks: list[asyncio.Task[None]] = []
         self._lock: ControllerLock | None = None
         #: Submissions taken by API processes without the controller reach it through this.
@@ -124,7 +141,10 @@ class Controller:
         self._tasks = [
             asyncio.create_task(self.scheduling.run(), name="scheduling"),
             asyncio.create_task(self.watch.run(), name="watch"),
+            asyncio.create_task(self.budget_watch.run(), name="budget-watch"),
+            asyncio.create_task(self.meter.run(), name="meter"),
             asyncio.create_task(keep_beating(self.db, self.scheduling), name="heartbeat"),
+            asyncio.create_task(self.notifier.run(), name="notify"),
             *(
                 asyncio.create_task(self.workers.run(), name=f"reconcile-{i}")
                 for i in range(self.settings.workers)

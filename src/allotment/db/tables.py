@@ -164,6 +164,8 @@ class Workload(Base):
         Index("ix_workloads_user_id_id", "user_id", "id"),
         Index("ix_workloads_status_id", "status", "id"),
         Index("ix_workloads_created_at", "created_at"),
+        # The meter finds the workloads that started since its last pass by this.
+        Index("ix_workloads_started_at", "started_at"),
         # Ids name run directories, groups and output files: never reused, even after a
         # restore (migration 0006; PostgreSQL's sequence never goes back anyway).
         {"sqlite_autoincrement": True},
@@ -319,6 +321,8 @@ class OpenCharge(Base):
     millicpus: Mapped[int] = mapped_column(Integer)
     memory: Mapped[int] = mapped_column(BigInteger)
     gpus: Mapped[dict[str, Any]]
+    #: GPUs requested, all models together (the day's GPU-seconds, without reading ``gpus``).
+    gpu_count: Mapped[int] = mapped_column(Integer, default=0)
     #: Price per hour (millionths) and the dominant share of its pool it holds (fair share).
     rate: Mapped[int] = mapped_column(BigInteger)
     share: Mapped[float] = mapped_column(Float)
@@ -368,9 +372,10 @@ class BudgetRow(Base):
     __table_args__ = (UniqueConstraint("account_id", "pool_id"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    #: A budget goes with its account or pool (an apply removes one nothing else refers to).
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     #: None: across all pools (the account's own budget).
-    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id"))
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"))
     #: The policy's ``BudgetSpec`` as JSON (amount, period, alerts, hard_stop, grace, …).
     spec: Mapped[dict[str, Any]]
     origin: Mapped[str] = mapped_column(String(16), default="policy")
@@ -387,7 +392,7 @@ class BudgetAlert(Base):
     __table_args__ = (UniqueConstraint("budget_id", "period_start", "threshold"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"))
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
     period_start: Mapped[datetime]
     #: Fraction of the budget crossed (1.0: spent).
     threshold: Mapped[float] = mapped_column(Float)

@@ -13,8 +13,9 @@ from allotment.api.routes.workloads import WorkloadId, aware, visible_workload
 from allotment.controller.culler import idle_deadline
 from allotment.controller.quote import BudgetBook, rates_of
 from allotment.controller.view import load_policy_view
+from allotment.db.ledger import workload_cost
 from allotment.db.workloads import record_activity
-from allotment.domain.costs import overlap_hours
+from allotment.domain.ledger import MICROS
 from allotment.domain.meter import meter_warnings, runtime_end
 from allotment.domain.permissions import Scope
 from allotment.domain.resources import Resources
@@ -42,9 +43,9 @@ async def meter(workload_id: WorkloadId, caller: CallerDep, state: StateDep) -> 
         budget, blocked = await BudgetBook(session, view.policy, now).tightest(
             row.account, row.pool, hourly if running else 0.0
         )
-    cost = 0.0
-    if w.started_at is not None:
-        cost = hourly * overlap_hours(w.started_at, w.ended_at, w.started_at, now)
+        # What the ledger has charged, as of the meter's last pass: the one number the
+        # budget, the reports and this meter all read.
+        cost = await workload_cost(session, w.id) / MICROS
     stops_at = runtime_end(w.started_at, w.max_runtime)
     deadline = None
     if running and w.kind == "session" and w.started_at is not None:

@@ -61,6 +61,7 @@ from allotment.backends.local.process import (
     under_private,
 )
 from allotment.backends.local.reasons import setup_failure
+from allotment.domain.ledger import Measured
 from allotment.domain.quantities import format_bytes
 from allotment.domain.resources import Resources
 from allotment.installation import check_name
@@ -470,6 +471,25 @@ class LocalBackend(Backend):
 
     async def poll(self, placements: Mapping[int, Placement]) -> dict[int, Observation]:
         return {w: self._observe(w, p) for w, p in placements.items()}
+
+    async def measure(self, placements: Mapping[int, Placement]) -> dict[int, Measured]:
+        """CPU time and peak memory from each workload's control groups (cgroup v2
+        ``cpu.stat`` usage_usec and ``memory.peak``; v1 ``cpuacct.usage`` and
+        ``memory.max_usage_in_bytes``). GPU utilisation is not measured: that needs
+        ``nvidia-smi``, which no machine this backend has run on so far had."""
+        out: dict[int, Measured] = {}
+        for w, placement in placements.items():
+            groups = self._groups_of(placement)
+            if groups is None:
+                continue
+            try:
+                cpu = groups.cpu_seconds(w)
+                peak = groups.memory(w).peak
+            except OSError:  # it ended meanwhile and its groups went with it
+                continue
+            if cpu is not None or peak is not None:
+                out[w] = Measured(cpu_seconds=cpu, peak_memory=peak)
+        return out
 
     def _observe(self, workload: int, placement: Placement) -> Observation:
         run = Path(placement["run"])

@@ -59,6 +59,7 @@ def upgrade() -> None:
         sa.Column("millicpus", sa.Integer(), nullable=False),
         sa.Column("memory", sa.BigInteger(), nullable=False),
         sa.Column("gpus", sa.JSON(), nullable=False),
+        sa.Column("gpu_count", sa.Integer(), nullable=False),
         sa.Column("rate", sa.BigInteger(), nullable=False),
         sa.Column("share", sa.Float(), nullable=False),
         sa.Column("span_start", T, nullable=False),
@@ -84,9 +85,11 @@ def upgrade() -> None:
         sa.Column("used_cpu_seconds", sa.Float(), nullable=False),
     )
     op.create_index("ix_usage_days_account_id_day", "usage_days", ["account_id", "day"])
+    op.create_index("ix_workloads_started_at", "workloads", ["started_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_workloads_started_at", "workloads")
     op.drop_table("usage_days")
     op.drop_table("open_charges")
     op.drop_table("ledger_entries")
