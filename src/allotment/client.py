@@ -35,6 +35,7 @@ from allotment.schemas import (
     Problem,
     ProfileOut,
     QuoteOut,
+    UsageReportOut,
     WorkloadCreate,
     WorkloadOut,
 )
@@ -522,6 +523,40 @@ class AllotmentClient:
             if not page.next_cursor:
                 return
             query["cursor"] = page.next_cursor
+
+    # -- usage --------------------------------------------------------------------------
+
+    def usage(
+        self,
+        *,
+        account: str | None = None,
+        user: str | None = None,
+        since: str | None = None,
+        period: str | None = None,
+        by: str = "account",
+    ) -> UsageReportOut:
+        """A usage report, every page of it: ``since`` ``30d`` or a first day, or ``period``
+        ``2026``, ``2026-Q4``, ``2026-12`` or ``2026-12-02`` (neither: the last 30 days),
+        grouped ``by`` user, account, profile, pool, day or week."""
+        query = {
+            k: v
+            for k, v in {
+                "account": account,
+                "user": user,
+                "since": since,
+                "period": period,
+                "by": by,
+                "limit": 10_000,
+            }.items()
+            if v is not None
+        }
+        report = UsageReportOut.model_validate(self._call("GET", "usage", params=query))
+        items = list(report.items)
+        while report.next_cursor:
+            query["cursor"] = report.next_cursor
+            report = UsageReportOut.model_validate(self._call("GET", "usage", params=query))
+            items += report.items
+        return report.model_copy(update={"items": items, "next_cursor": None})
 
     # -- policy -------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from allotment import __version__
-from allotment.cli import backup, jobs, user
+from allotment.cli import backup, jobs, usage, user
 from allotment.cli.account import account_app
 from allotment.cli.admin import config_app
 from allotment.cli.serve import serve
@@ -26,6 +26,7 @@ app.add_typer(account_app, name="account")
 user.register(app)
 jobs.register(app)
 backup.register(app)
+usage.register(app)
 app.command()(simulate)
 app.command()(up)
 app.command()(serve)
