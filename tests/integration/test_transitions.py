@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from allotment.db import workloads as wl
 from allotment.db.engine import Database
-from allotment.db.tables import WORKLOADS, Account, Pool, User
+from allotment.db.tables import WORKLOADS, Account, Pool, Profile, User
 from allotment.domain.workloads import TERMINAL, TRANSITIONS, can_move, sources
 from allotment.domain.workloads import WorkloadState as S
 
@@ -37,6 +37,8 @@ async def db(database_url: str) -> AsyncIterator[Database]:
         session.add(Account(id=1, name="lab", path="lab", created_at=NOW))
         session.add(User(id=1, name="alice", created_at=NOW))
         session.add(Pool(id=1, name="ws", backend="local", spec={}))
+        session.flush()
+        session.add(Profile(id=1, name="cheap", pool_id=1, spec={}))
         session.flush()  # run_write commits the connection; the session's adds need a flush
 
     await database.run_write(seed)
@@ -142,6 +144,18 @@ WRITES = [
         lambda c, w: wl.reject_many(c, [{"wid": w, "reason": "cannot run: too big"}], LATER),
         lambda s, t: s == S.PENDING,
         lambda s, t: (S.FAILED, STOP),
+    ),
+    Write(
+        "warn_running",
+        lambda c, w: wl.warn_running(c, w, "lab's budget is spent", LATER),
+        lambda s, t: s == S.RUNNING and t == RUN,
+        lambda s, t: (s, t),
+    ),
+    Write(
+        "step_down",
+        lambda c, w: wl.step_down(c, w, 1, "stepped down to cheap", LATER),
+        lambda s, t: s == S.RUNNING and t == RUN,
+        lambda s, t: (s, t),
     ),
     Write(
         "record_holds",

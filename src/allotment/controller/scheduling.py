@@ -14,15 +14,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from allotment.backends.base import NodeCapacity
 from allotment.clock import Clock
 from allotment.controller.capacity import schedulable
 from allotment.controller.failpoints import failpoint
+from allotment.controller.quote import rates_of
 from allotment.controller.reconciler import Row
 from allotment.controller.view import (
     LiveView,
@@ -34,10 +36,16 @@ from allotment.controller.view import (
     usage,
 )
 from allotment.db import workloads
+from allotment.db.budgets import load_budgets
 from allotment.db.engine import Database
 from allotment.db.outage import OutageLog, classify
+from allotment.db.tables import Profile, Workload
+from allotment.domain.budgets import MICROS, ask_text
+from allotment.domain.costs import Rates
+from allotment.domain.workloads import ACTIVE
 from allotment.scheduler import (
     Admit,
+    BudgetLimit,
     Decision,
     Hold,
     NodeState,
@@ -73,6 +81,48 @@ PACE = 1.0
 
 #: The longest rest after a cycle, in seconds, whatever it cost.
 MAX_REST = 1.0
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What admission charges against (``scheduler.BudgetLimit``), read with the policy."""
+
+    limits: list[BudgetLimit]
+    #: Active workloads on a profile that budgets step down to: preemptible.
+    stepped_down: set[int]
+    rates: dict[str, Rates]
+
+
+def read_budgets(session: Session, view: PolicyView, now: datetime) -> Budgets:
+    """The hard-stop budgets in force, with what was spent (one grouped query of the
+    ledger's daily totals), and the workloads stepped down by one."""
+    statuses = load_budgets(session, view.policy, now)
+    limits = [
+        BudgetLimit(
+            b.account,
+            b.pool,
+            b.remaining / MICROS,
+            b.overdraft / MICROS,
+            b.hold_reason,
+            b.name,
+            ask_text(b.managers),
+            b.currency,
+        )
+        for b in statuses
+        if b.hard_stop
+    ]
+    names = {b.step_down for b in statuses if b.step_down}
+    stepped: set[int] = set()
+    if names:
+        stepped = set(
+            session.execute(
+                select(Workload.id)
+                .join(Profile, Profile.id == Workload.profile_id)
+                .where(Profile.name.in_(names), Workload.status.in_([int(s) for s in ACTIVE]))
+            ).scalars()
+        )
+    rates = {pool: rates_of(view.policy, pool) for pool in view.policy.pools} if limits else {}
+    return Budgets(limits, stepped, rates)
 
 
 @dataclass(frozen=True)
@@ -131,6 +181,16 @@ class SchedulingLoop:
         self._queue = QueueCache()
         self._view: PolicyView | None = None
         self._view_at = float("-inf")
+        #: Budgets as read with the view (every ``VIEW_SECONDS``, or at once after a nudge
+        #: that says budgets changed).
+        self._budgets = Budgets([], set(), {})
+        self._budgets_stale = True
+
+    def budgets_changed(self) -> None:
+        """A budget was set or raised: read budgets again next cycle, and run one soon (held
+        workloads it releases start without waiting for the timer)."""
+        self._budgets_stale = True
+        self.nudge()
 
     def nudge(self) -> None:
         self._wake.set()
@@ -176,21 +236,28 @@ class SchedulingLoop:
         now = self.clock.now()
         mono = time.monotonic()
         view_stale = self._view is None or mono - self._view_at >= VIEW_SECONDS
+        budgets_stale = view_stale or self._budgets_stale
+        self._budgets_stale = False
 
-        def read(session: Session) -> tuple[PolicyView | None, LiveView | None, Usage]:
+        def read(
+            session: Session,
+        ) -> tuple[PolicyView | None, LiveView | None, Usage, Budgets | None]:
             view = load_policy_view(session, self._views) if view_stale else self._view
             if view is None:
-                return None, None, None
+                return None, None, None, None
             live = load_live(session, view, now, self._queue)
             refresh = (
                 self._factors is None
                 or mono - self._factors_at >= view.policy.scheduling.fair_share_interval
             )
-            return view, live, usage(session, view, now) if refresh else None
+            budgets = read_budgets(session, view, now) if budgets_stale else None
+            return view, live, usage(session, view, now) if refresh else None, budgets
 
-        view, live, used = await self.db.run_read(read)
+        view, live, used, budgets = await self.db.run_read(read)
         if view_stale:
             self._view, self._view_at = view, mono
+        if budgets is not None:
+            self._budgets = budgets
         if view is None or live is None:
             return None
         spec = view.policy.scheduling
@@ -203,11 +270,16 @@ class SchedulingLoop:
             self._factors = fair_share_factors(shares, used, ((p.account, p.user) for p in pending))
             self._factors_at = mono
         estimates = mono - self._estimates_at >= spec.estimate_interval
+        stepped = self._budgets.stepped_down
         snap = Snapshot(
             now=now.timestamp(),
             accounts=view.accounts,
             nodes=[n for n in await self._schedulable(view) if n.pool in driven],
-            running=[r for r in live.running if r.pool in driven],
+            running=[
+                replace(r, preemptible=True) if r.id in stepped else r
+                for r in live.running
+                if r.pool in driven
+            ],
             pending=pending,
             user_limits=view.user_limits,
             default_limits=view.default_limits,
@@ -216,6 +288,8 @@ class SchedulingLoop:
             preemption_grace=float(spec.preemption_grace),
             fair_share=self._factors,
             estimates=estimates,
+            budgets=self._budgets.limits,
+            rates=self._budgets.rates,
         )
         decisions = schedule(snap)
         if estimates:

@@ -31,6 +31,7 @@ __all__ = [
     "record_holds",
     "record_placement",
     "reject_many",
+    "step_down",
     "request_stop",
     "requeue",
     "to_admitted",
@@ -38,6 +39,7 @@ __all__ = [
     "to_running",
     "to_starting",
     "to_stopping",
+    "warn_running",
 ]
 
 S = WorkloadState
@@ -294,4 +296,27 @@ def record_activity(conn: Connection, workloads: Collection[int], at: datetime) 
             or_(W.last_activity.is_(None), W.last_activity < at),
         )
         .values(last_activity=at)
+    )
+
+
+def warn_running(conn: Connection, workload: int, reason: str, now: datetime) -> bool:
+    """Say why a running workload is about to be stopped or stepped down (a spent budget), if
+    it is still running and meant to; nothing else moves."""
+    return _applied(
+        conn,
+        update(WORKLOADS)
+        .where(W.id == workload, _in([S.RUNNING]), _wants_run(), W.reason != reason)
+        .values(reason=reason, updated_at=now),
+    )
+
+
+def step_down(conn: Connection, workload: int, profile_id: int, reason: str, now: datetime) -> bool:
+    """A running workload goes on under ``profile_id`` (a spent budget's ``step_down``): same
+    process, charged at that profile's rate and ranked at its priority from now on, if it is
+    still running and meant to."""
+    return _applied(
+        conn,
+        update(WORKLOADS)
+        .where(W.id == workload, _in([S.RUNNING]), _wants_run())
+        .values(profile_id=profile_id, reason=reason, updated_at=now),
     )

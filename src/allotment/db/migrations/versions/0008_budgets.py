@@ -23,8 +23,8 @@ def upgrade() -> None:
     op.create_table(
         "budgets",
         sa.Column("id", Id, primary_key=True),
-        sa.Column("account_id", Id, sa.ForeignKey("accounts.id"), nullable=False),
-        sa.Column("pool_id", Id, sa.ForeignKey("pools.id"), nullable=True),
+        sa.Column("account_id", Id, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("pool_id", Id, sa.ForeignKey("pools.id", ondelete="CASCADE"), nullable=True),
         sa.Column("spec", sa.JSON(), nullable=False),
         sa.Column("origin", sa.String(16), nullable=False),
         sa.Column("file_amount", sa.Float(), nullable=True),
@@ -35,7 +35,7 @@ def upgrade() -> None:
     op.create_table(
         "budget_alerts",
         sa.Column("id", Id, primary_key=True),
-        sa.Column("budget_id", Id, sa.ForeignKey("budgets.id"), nullable=False),
+        sa.Column("budget_id", Id, sa.ForeignKey("budgets.id", ondelete="CASCADE"), nullable=False),
         sa.Column("period_start", T, nullable=False),
         sa.Column("threshold", sa.Float(), nullable=False),
         sa.Column("spent", sa.BigInteger(), nullable=False),
