@@ -42,7 +42,7 @@ from allotment.domain.accounts import Membership
 from allotment.domain.permissions import Principal, Scope, expand_scopes
 from allotment.errors import Forbidden, InvalidRequest, Unauthenticated
 
-__all__ = ["AppState", "Caller", "CallerDep", "StateDep", "UserContext"]
+__all__ = ["AppState", "Caller", "CallerDep", "StateDep", "UserContext", "caller_for_token"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +275,13 @@ async def _user_context(state: AppState, name: str) -> UserContext:
 
 
 async def get_caller(request: Request, state: StateDep) -> Caller:
-    identity = await _identity(state, _bearer(request), request)
+    return await caller_for_token(state, _bearer(request), request)
+
+
+async def caller_for_token(state: AppState, token: str, request: Request) -> Caller:
+    """The caller a token stands for: the API's bearer token, or the hub token the dashboard
+    keeps in its signed cookie (web/), checked by the same rules."""
+    identity = await _identity(state, token, request)
     if len(identity.name) > MAX_USER_NAME:
         raise Forbidden(
             f"Allotment serves users whose names have at most {MAX_USER_NAME} characters."
