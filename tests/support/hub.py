@@ -25,6 +25,7 @@ SCOPES = {
     "custom:allotment:manage": "Administer the Allotment accounts you manage.",
     "custom:allotment:admin": "Administer all of Allotment.",
     "custom:allotment:spawn": "Act for hub users (the spawner).",
+    "custom:allotment:metrics": "Scrape Allotment's metrics.",
 }
 
 
@@ -54,6 +55,8 @@ class Hub:
         self.spawner_token = secrets.token_hex(32)
         #: Token of a service with no Allotment scope.
         self.other_service_token = secrets.token_hex(32)
+        #: Token of a service holding custom:allotment:metrics, like a Prometheus scraper.
+        self.metrics_token = secrets.token_hex(32)
         self.api_url = f"http://127.0.0.1:{self.hub_port}/hub/api"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -86,11 +89,14 @@ class Hub:
                   "services": ["harness"]}},
                 {{"name": "spawner", "scopes": ["custom:allotment:spawn"],
                   "services": ["spawner"]}},
+                {{"name": "metrics", "scopes": ["custom:allotment:metrics"],
+                  "services": ["metrics"]}},
             ]
             c.JupyterHub.services = [
                 {{"name": "harness", "api_token": "{self.harness_token}"}},
                 {{"name": "spawner", "api_token": "{self.spawner_token}"}},
                 {{"name": "other", "api_token": "{self.other_service_token}"}},
+                {{"name": "metrics", "api_token": "{self.metrics_token}"}},
             ] + {self.services!r}
             c.Authenticator.allowed_users = set({self.users!r})
             """

@@ -27,6 +27,7 @@ from allotment.api.routes import (
     health,
     me,
     meter,
+    metrics,
     policy,
     quote,
     usage,
@@ -275,6 +276,7 @@ def create_app(
     for module in (workloads, meter, me, quote, accounts, catalog, users, policy, health, usage):
         app.include_router(module.router, prefix=f"{base}/api")
     app.include_router(audit.router, prefix=f"{base}/api")
+    app.include_router(metrics.router, prefix=f"{base}/api")
     install_dashboard(app, base, data_dir=settings.data_dir, hub_api_url=settings.hub_api_url)
     document_problems(app)
     return app

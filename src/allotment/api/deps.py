@@ -287,7 +287,8 @@ async def caller_for_token(state: AppState, token: str, request: Request) -> Cal
             f"Allotment serves users whose names have at most {MAX_USER_NAME} characters."
         )
     scopes = expand_scopes(identity.scopes)
-    if not scopes:
+    # The metrics scope is for scraping …/api/metrics alone (routes/metrics.py).
+    if not scopes - {Scope.METRICS}:
         raise Forbidden(
             "Your token carries no Allotment permission (custom:allotment:read or more). "
             "Ask your administrator for a role that grants it, or create a token with it."

@@ -41,14 +41,18 @@ class Scope(StrEnum):
     #: Held by the hub's spawner (a JupyterHub service): act for the hub user it names, with
     #: ``read`` and ``submit``. The hub already decided that user may start a server.
     SPAWN = "custom:allotment:spawn"
+    #: Scrape ``…/api/metrics`` (Prometheus), and nothing else: sums by pool and account,
+    #: never a user's workload. Held by the scraper's hub service; administrators hold it too.
+    METRICS = "custom:allotment:metrics"
 
 
 _IMPLIES: dict[Scope, frozenset[Scope]] = {
     Scope.READ: frozenset(),
     Scope.SUBMIT: frozenset({Scope.READ}),
     Scope.MANAGE: frozenset({Scope.READ}),
-    Scope.ADMIN: frozenset({Scope.READ, Scope.SUBMIT, Scope.MANAGE}),
+    Scope.ADMIN: frozenset({Scope.READ, Scope.SUBMIT, Scope.MANAGE, Scope.METRICS}),
     Scope.SPAWN: frozenset(),
+    Scope.METRICS: frozenset(),
 }
 
 
