@@ -289,6 +289,19 @@ async def test_forms_refuse_a_missing_xsrf_token(board: Service, hub: Hub) -> No
             data={"account": "inst/lab-b", "shares": "7", "_xsrf": xsrf.group(1)},
         )
         assert r.status_code == 303
+        assert (
+            await c.post("/accounts/inst/lab-a/children", data={"name": "p1"})
+        ).status_code == 403
+        r = await c.post(
+            "/accounts/inst/lab-a/children",
+            data={"name": "p1", "shares": "3", "_xsrf": xsrf.group(1)},
+        )
+        assert r.status_code == 303
+        lab = (await c.get("/accounts/inst/lab-a")).text
+        assert "Created inst/lab-a/p1 with 3 shares." in lab
+        assert re.search(r'href="[^"]*/accounts/inst/lab-a/p1">inst/lab-a/p1</a>', lab)
+        inst = (await c.get("/accounts/inst")).text
+        assert "inst/lab-b" in inst and 'value="7"' in inst
     # A member may not: the API's rule, through the same function.
     async with _client(board, hub.token("alice", MANAGE), follow_redirects=False) as c:
         page = (await c.get("/accounts/inst/lab-a")).text

@@ -32,6 +32,7 @@ SCOPES = {
     "custom:allotment:manage": "Administer the Allotment accounts you manage.",
     "custom:allotment:admin": "Administer all of Allotment.",
     "custom:allotment:spawn": "Start, follow and stop sessions for hub users (the spawner).",
+    "custom:allotment:metrics": "Scrape Allotment's Prometheus metrics (sums by pool and account).",
 }
 
 
@@ -181,6 +182,11 @@ def hub_config(
         "custom:allotment:submit",
         "custom:allotment:manage",
     ]
+    dashboard_scopes = [
+        "custom:allotment:read",
+        "custom:allotment:manage",
+        "custom:allotment:admin",
+    ]
     server_scopes = [
         "users:activity!user",
         "access:servers!server",
@@ -248,8 +254,13 @@ c.JupyterHub.load_roles = [
 c.JupyterHub.services = [
     {{
         "name": "allotment",
+        # Listed under the hub's Services menu; its URL's root sends the browser on to the
+        # dashboard, which logs in through the hub's OAuth (no second password).
         "display": True,
         "oauth_no_confirm": True,
+        # The dashboard's login token may carry these (each only where the user's own roles
+        # grant it): the pages then show what the API would.
+        "oauth_client_allowed_scopes": {dashboard_scopes!r},
         "url": {f"http://127.0.0.1:{service_port}"!r},
         "command": [
             {python!r}, "-m", "allotment", "serve", "--config", str(DATA / "allotment.yaml"),

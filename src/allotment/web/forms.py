@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from allotment.api.routes import accounts as account_routes
 from allotment.errors import PublicError
-from allotment.schemas import AccountPatch, MembershipIn
+from allotment.schemas import AccountCreate, AccountPatch, MembershipIn
 from allotment.web.context import Page, error_page, open_page
 
 __all__ = ["router"]
@@ -102,5 +102,25 @@ async def set_shares(request: Request, path: str) -> Response:
             child, AccountPatch(shares=int(raw)), page.caller, page.state
         )
         return f"{child} now has {int(raw)} shares."
+
+    return await _handle(request, path, change)
+
+
+@router.post("/accounts/{path:path}/children")
+async def create_child(request: Request, path: str) -> Response:
+    async def change(page: Page, form: dict[str, str]) -> str:
+        raw = form.get("shares", "1") or "1"
+        if not raw.isdigit():
+            return "Not created: shares are a whole number (0 or more)."
+        body = AccountCreate.model_validate(
+            {
+                "name": form.get("name", ""),
+                "parent": path,
+                "shares": int(raw),
+                "description": form.get("description", ""),
+            }
+        )
+        created = await account_routes.create_account(body, page.caller, page.state)
+        return f"Created {created.path} with {body.shares} shares."
 
     return await _handle(request, path, change)
