@@ -1,14 +1,17 @@
 """The quote before a launch, on both databases: free capacity, cost per hour, expected start
-and place when the pool is full, budget and quota left, and what may be quoted to whom."""
+and place when the pool is full, budget and quota left, and what may be quoted to whom.
+
+Spending is the ledger's: each test writes what the meter would have (an entry per charge and
+the day's total), since no meter runs here."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from allotment.db.tables import Workload
+from allotment.db.tables import LedgerEntry, UsageDay, Workload
 from allotment.domain.workloads import WorkloadState
 from tests.support.service import Service, running_service
 
@@ -53,6 +56,49 @@ async def _run_for(service: Service, workload: int, hours: float, *, ended: bool
                 ended_at=now if ended else None,
             )
         )
+
+
+async def _charge(service: Service, workload: int, start: datetime, end: datetime) -> None:
+    """What the meter writes for ``workload`` over [start, end) (one day): a ledger entry, and
+    the amount added to that day's total (the small profile costs 4.0 an hour)."""
+    amount = round(4.0 * (end - start).total_seconds() / 3600 * 1e6)
+    async with service.app.state.allotment.db.write() as session:
+        w = (await session.execute(select(Workload).where(Workload.id == workload))).scalar_one()
+        session.add(
+            LedgerEntry(
+                key=f"w:{workload}:{start.isoformat()}",
+                kind="charge",
+                source="local",
+                workload_id=workload,
+                account_id=w.account_id,
+                user_id=w.user_id,
+                pool_id=w.pool_id,
+                profile_id=w.profile_id,
+                start=start,
+                end=end,
+                millicpus=w.millicpus,
+                memory=w.memory,
+                gpus=w.gpus or {},
+                rate=4_000_000,
+                amount=amount,
+                created_at=end,
+            )
+        )
+        key = (start.date(), w.account_id, w.user_id, w.pool_id or 0, w.profile_id or 0)
+        day = await session.get(UsageDay, key)
+        if day is None:
+            session.add(
+                UsageDay(
+                    day=key[0],
+                    account_id=key[1],
+                    user_id=key[2],
+                    pool_id=key[3],
+                    profile_id=key[4],
+                    amount=amount,
+                )
+            )
+        else:
+            day.amount += amount
 
 
 async def _submit(service: Service, account: str) -> int:
@@ -129,7 +175,11 @@ async def test_spending_in_the_period_leaves_less_budget_and_a_hard_stop_blocks(
                     ended_at=now - timedelta(hours=11.5),
                 )
             )
+        midnight = now - timedelta(hours=12)
+        await _charge(service, yesterday, now - timedelta(hours=13), midnight)
+        await _charge(service, yesterday, midnight, now - timedelta(hours=11.5))
         await _run_for(service, today, 1, ended=True)  # 4.0
+        await _charge(service, today, now - timedelta(hours=1), now)
         async with service.admin() as c:
             q = (await c.get("quote", params={"account": "lab", "profile": "small"})).json()
         (p,) = q["profiles"]
@@ -142,11 +192,16 @@ async def test_spending_in_the_period_leaves_less_budget_and_a_hard_stop_blocks(
         # One more hour, still running: 10 of 10 spent, and the budget stops new work.
         running = await _submit(service, "lab")
         await _run_for(service, running, 1, ended=False)
+        await _charge(service, running, now - timedelta(hours=1), now)
         async with service.admin() as c:
             q = (await c.get("quote", params={"account": "lab", "profile": "small"})).json()
         (p,) = q["profiles"]
         assert (p["budget"]["spent"], p["budget"]["left"]) == (10.0, 0.0)
-        assert p["blocked"] == "the daily budget of lab is spent" and not p["starts_now"]
+        assert p["blocked"] == (
+            "lab has spent 10.00 of its 10.00 EUR on pool 'box' for 1 January; ask an "
+            "administrator to raise it"
+        )
+        assert not p["starts_now"]
 
 
 async def test_profiles_quoted_are_the_accounts_own(database_url: str, tmp_path: Path) -> None:
@@ -174,6 +229,8 @@ async def test_the_meter_counts_cost_so_far_and_warns_before_a_stop(
         assert (pending["status"], pending["cost"], pending["warnings"]) == ("pending", 0.0, [])
         # Running for 1 h 50 min of its 2 h limit: 7.33 spent at 4.0/h, 10 minutes left.
         await _run_for(service, w, 11 / 6, ended=False)
+        now = service.clock.now()
+        await _charge(service, w, now - timedelta(hours=11 / 6), now)
         async with service.admin() as c:
             m = (await c.get(f"workloads/{w}/meter")).json()
         assert (m["cost"], m["cost_per_hour"], m["currency"]) == (
@@ -187,6 +244,7 @@ async def test_the_meter_counts_cost_so_far_and_warns_before_a_stop(
         # 2.67 left at 4.0/h: 40 minutes, more than the warning's 15: no budget warning yet.
         assert not any("budget" in x for x in m["warnings"])
         service.clock.advance(35 * 60)  # 0.33 left: 5 minutes
+        await _charge(service, w, now, service.clock.now())
         async with service.admin() as c:
             m = (await c.get(f"workloads/{w}/meter")).json()
         assert any("budget of lab runs out in about 5 min" in x for x in m["warnings"]), m

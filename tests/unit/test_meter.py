@@ -60,7 +60,8 @@ def test_idle_sessions_are_warned_for_cull_warning() -> None:
 
 def test_budgets() -> None:
     assert warnings(budget=Budget(), blocked=True) == [
-        "The month's budget of physics is spent: new work is held."
+        "The budget of physics is spent: new work is held, and running work is stopped "
+        "after a grace period unless the budget is raised."
     ]
     assert warnings(budget=Budget(hours_left=0.2)) == [
         "The budget of physics runs out in about 12 min at this rate; then new work is held."

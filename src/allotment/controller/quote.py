@@ -4,8 +4,8 @@ hour, and the budget and quota left (DESIGN §5).
 The expected start is the scheduler's own projection (``scheduler.projection``) run on what
 the pool holds now with the new workload placed behind everything already waiting: with fair
 share it may well be admitted sooner, never (short of new arrivals with more priority) later.
-Spending is counted from the workloads table: requested resources × wall time at the pool's
-rates (DESIGN §5's rule for the ledger; there is no ledger table, so the workloads are the record).
+Spending is the ledger's: the budgets in force with their daily totals (``db.budgets``), one
+grouped query, the same numbers the scheduler holds work against and the meter shows.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.config.models import Policy
 from allotment.config.resolve import account_paths, resolve_account
-from allotment.db.tables import Account, Pool, Workload
+from allotment.db.budgets import budgets_in_force
 from allotment.domain.accounts import is_within
-from allotment.domain.costs import Rates, overlap_hours, period_start
+from allotment.domain.budgets import MICROS, BudgetStatus
+from allotment.domain.costs import Rates
 from allotment.domain.resources import Resources
 from allotment.scheduler import NodeState, Pending
 from allotment.scheduler.projection import project
@@ -33,13 +33,6 @@ from .view import DEFAULT_WALLTIME, LiveView, PolicyView
 
 __all__ = ["BudgetBook", "QuoteRequest", "quote_profiles", "rates_of"]
 
-_ADJECTIVE = {
-    "day": "daily",
-    "week": "weekly",
-    "month": "monthly",
-    "quarter": "quarterly",
-    "year": "yearly",
-}
 #: Held workloads placed exactly before the quoted one; beyond, the fluid estimate.
 EXACT = 200
 
@@ -79,87 +72,43 @@ def _nodes(view: PolicyView, live: LiveView, pool: str, now: float) -> list[_Nod
     return list(nodes.values())
 
 
-async def _spent(
-    session: AsyncSession, pool_id: int, root: str, since: datetime, now: datetime, rates: Rates
-) -> float:
-    """What the subtree of ``root`` spent on the pool since ``since``."""
-    rows = await session.execute(
-        select(
-            Workload.millicpus,
-            Workload.memory,
-            Workload.gpus,
-            Workload.started_at,
-            Workload.ended_at,
-            Account.path,
-        )
-        .join(Account, Account.id == Workload.account_id)
-        .where(
-            Workload.pool_id == pool_id,
-            Workload.started_at.is_not(None),
-            or_(Workload.ended_at.is_(None), Workload.ended_at > since),
-        )
-    )
-    total = 0.0
-    for mc, mem, gpus, started, ended, path in rows:
-        if is_within(path, root):
-            hours = overlap_hours(started, ended, since, now)
-            total += rates.hourly(Resources(mc, mem, gpus or {})) * hours
-    return total
-
-
 class BudgetBook:
-    """The budgets over an account on a pool, spending read once per allocation."""
+    """The budgets over an account on a pool, read once (with what each spent) per book."""
 
     def __init__(self, session: AsyncSession, policy: Policy, now: datetime) -> None:
         self.session, self.policy, self.now = session, policy, now
-        self.paths = account_paths(policy)
-        self._spent: dict[tuple[str, str], float] = {}
-        self._pool_ids: dict[str, int] | None = None
+        self._budgets: list[BudgetStatus] | None = None
 
-    async def _spent_by(self, root: str, pool: str, since: datetime) -> float:
-        if (root, pool) not in self._spent:
-            if self._pool_ids is None:
-                rows = await self.session.execute(select(Pool.name, Pool.id))
-                self._pool_ids = {name: i for name, i in rows}
-            self._spent[(root, pool)] = await _spent(
-                self.session,
-                self._pool_ids[pool],
-                root,
-                since,
-                self.now,
-                rates_of(self.policy, pool),
-            )
-        return self._spent[(root, pool)]
+    async def budgets(self) -> list[BudgetStatus]:
+        if self._budgets is None:
+            self._budgets = await budgets_in_force(self.session, self.policy, self.now)
+        return self._budgets
 
     async def tightest(
         self, account: str, pool: str, hourly: float
     ) -> tuple[BudgetLeft | None, str | None]:
-        """The budget with the least left over ``account`` on ``pool``, and why new work is
-        held, if a hard stop holds it."""
+        """The budget with the least left over ``account`` on ``pool`` (its own, an
+        ancestor's, on the pool or across pools), and why new work is held, if a hard stop
+        holds it."""
         budget: BudgetLeft | None = None
         blocked = None
-        for alloc in self.policy.allocations:
-            name = resolve_account(self.policy, alloc.account)
-            root = self.paths.get(name) if name else None
-            if alloc.pool != pool or root is None or alloc.budget is None:
+        for b in await self.budgets():
+            if (b.pool is not None and b.pool != pool) or not is_within(account, b.account):
                 continue
-            if not is_within(account, root):
-                continue
-            spent = await self._spent_by(root, pool, period_start(self.now, alloc.budget.period))
-            left = float(alloc.budget.amount) - spent
+            until_stop = max(b.remaining, 0) / MICROS if b.hard_stop else max(b.left, 0) / MICROS
             candidate = BudgetLeft(
-                account=root,
-                period=alloc.budget.period,
-                amount=float(alloc.budget.amount),
-                spent=round(spent, 6),
-                left=round(left, 6),
-                hours_left=max(left, 0.0) / hourly if hourly > 0 else None,
-                hard_stop=alloc.budget.hard_stop,
+                account=b.account,
+                period=b.period.period,
+                amount=b.amount / MICROS,
+                spent=b.spent / MICROS,
+                left=b.left / MICROS,
+                hours_left=until_stop / hourly if hourly > 0 else None,
+                hard_stop=b.hard_stop,
             )
             if budget is None or candidate.left < budget.left:
                 budget = candidate
-            if left <= 0 and alloc.budget.hard_stop:
-                blocked = f"the {_ADJECTIVE[alloc.budget.period]} budget of {root} is spent"
+            if b.blocked and blocked is None:
+                blocked = b.hold_reason
         return budget, blocked
 
 

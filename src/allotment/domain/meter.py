@@ -66,7 +66,8 @@ def meter_warnings(
     if running and budget is not None and budget.hard_stop:
         if blocked:
             out.append(
-                f"The {budget.period}'s budget of {budget.account} is spent: new work is held."
+                f"The budget of {budget.account} is spent: new work is held, and running "
+                "work is stopped after a grace period unless the budget is raised."
             )
         elif (
             budget.hours_left is not None
