@@ -75,7 +75,8 @@ def mail_server(
         assert isinstance(auth_data, LoginPassword)
         given = (auth_data.login.decode(), auth_data.password.decode())
         box.logins.append(given)
-        return AuthResult(success=given == (username, password))
+        # handled=False: aiosmtpd answers a refusal with 535 (handled, it would say nothing).
+        return AuthResult(success=given == (username, password), handled=False)
 
     kwargs: dict[str, Any] = {}
     if username is not None:
