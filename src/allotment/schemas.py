@@ -448,3 +448,51 @@ class UsageReportOut(_Out):
     next_cursor: str | None = Field(
         None, description="Pass as `cursor` to get the next page; empty on the last page."
     )
+
+
+class BudgetIn(BaseModel):
+    """A budget a manager (or administrator) sets: `PUT accounts/{path}/budget`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount: float = Field(ge=0, description="Spending limit per period, in the currency.")
+    period: str = Field(
+        "month",
+        pattern=r"^(day|week|month|quarter|year|[1-9][0-9]{0,3}d)$",
+        description="`day`, `week`, `month`, `quarter`, `year` (in the site's time zone), or "
+        "`Nd`: the last N days, rolling.",
+    )
+    alerts: list[float] | None = Field(
+        None, description="Fractions at which managers are told. Empty: 50, 80 and 90 %."
+    )
+    hard_stop: bool = Field(True, description="At 100 %: hold new work, stop running work.")
+    grace: str | int = Field("15m", description="Warning before a spent budget stops work.")
+    step_down: str | None = Field(
+        None, description="Profile running work steps down to instead of being stopped."
+    )
+    overdraft: float = Field(0, ge=0, description="How much beyond the amount may be spent.")
+
+
+class BudgetOut(_Out):
+    """A budget in force, with what its account's subtree spent in the current period."""
+
+    account: str = Field(description="Account path; the budget covers its subtree.")
+    pool: str | None = Field(description="Pool it limits; empty: all pools.")
+    currency: str
+    period: str
+    period_start: datetime
+    period_end: datetime
+    amount: float
+    spent: float
+    left: float = Field(description="Amount less spent; negative within an overdraft.")
+    fraction: float = Field(description="Spent over amount.")
+    hard_stop: bool
+    grace: float = Field(description="Seconds of warning before running work is stopped.")
+    step_down: str | None
+    overdraft: float
+    alerts: list[float]
+    origin: Literal["policy", "api"] = Field(
+        description="`policy`: from the policy file; `api`: set by a manager."
+    )
+    blocked: bool = Field(description="Spent (with any overdraft): new work is held.")
+    reason: str | None = Field(description="What a held workload is told; empty unless blocked.")

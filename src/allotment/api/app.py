@@ -23,6 +23,7 @@ from allotment.api.problems import install_problem_handlers, stop_outage_probe
 from allotment.api.routes import (
     accounts,
     audit,
+    budgets,
     catalog,
     health,
     me,
@@ -277,6 +278,7 @@ def create_app(
         app.include_router(module.router, prefix=f"{base}/api")
     app.include_router(audit.router, prefix=f"{base}/api")
     app.include_router(metrics.router, prefix=f"{base}/api")
+    app.include_router(budgets.router, prefix=f"{base}/api")
     install_dashboard(app, base, data_dir=settings.data_dir, hub_api_url=settings.hub_api_url)
     document_problems(app)
     return app

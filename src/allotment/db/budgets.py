@@ -115,7 +115,7 @@ async def sync_budgets(
         file_wins = row.origin == "policy" or row.file_amount != amount
         row.file_amount = amount
         if file_wins and (row.spec != doc or row.origin != "policy"):
-            changes.append(f"~ {target}: {row.spec.get('amount')} → {spec.amount:g}")
+            changes.append(f"~ {target}: {float(row.spec.get('amount', 0)):g} → {spec.amount:g}")
             log("budget.set", target, path, row.spec, doc)
             row.spec, row.origin, row.updated_at, row.updated_by = doc, "policy", now, actor
     for key, (row, path, pool) in existing.items():
