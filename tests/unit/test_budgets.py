@@ -331,3 +331,40 @@ def test_what_is_admitted_never_commits_more_than_is_left(case: tuple[object, fl
     # A budget that cannot run out decides nothing: the same decisions as none at all.
     endless = replace(s, budgets=[limit(float("inf"), "a")])  # type: ignore[type-var]
     assert schedule(endless) == schedule(replace(s, budgets=[]))  # type: ignore[type-var]
+
+
+# -- the policy check -----------------------------------------------------------------------
+
+STEP = """\
+accounts:
+  lab: {budget: {amount: 10, step_down: cheep}}
+pools:
+  ws: {nodes: [{name: n1, cpus: 8, memory: 32G}]}
+  gpu: {nodes: [{name: g1, cpus: 8, memory: 32G}]}
+profiles:
+  cheap: {pool: gpu, size: {cpus: 1, memory: 1G}}
+allocations:
+  - account: lab
+    pool: ws
+    budget: {amount: 5, step_down: cheap}
+"""
+
+
+def test_step_down_must_name_a_profile_of_the_budgets_pool() -> None:
+    from tests.unit.test_config import problems
+
+    assert problems(STEP) == [
+        (
+            2,
+            "accounts.lab.budget.step_down",
+            "unknown profile 'cheep' to step down to",
+            "did you mean 'cheap'?; define it under `profiles:` (a low-priority one), or leave "
+            "`step_down` out to stop work instead.",
+        ),
+        (
+            11,
+            "allocations[0].budget.step_down",
+            "profile 'cheap' runs on pool 'gpu', not on this budget's pool 'ws'",
+            "running work steps down within its pool: name a profile of pool 'ws'.",
+        ),
+    ]

@@ -52,6 +52,7 @@ def check(policy: Policy) -> list[Finding]:
     out += _check_profiles(policy)
     out += _check_allocations(policy)
     out += _check_limits(policy)
+    out += _check_budgets(policy)
     return out
 
 
@@ -352,6 +353,43 @@ def _check_limits(policy: Policy) -> list[Finding]:
                     ("limits", "accounts", ref),
                     f"unknown account '{ref}'",
                     _did_you_mean(ref, policy.accounts),
+                )
+            )
+    return out
+
+
+def _check_budgets(policy: Policy) -> list[Finding]:
+    """A budget's ``step_down`` names a profile that exists, on the budget's pool (any pool
+    for an account's budget across pools): work steps down within its pool."""
+    out: list[Finding] = []
+    where: list[tuple[Loc, str | None, str]] = [
+        (("accounts", name, "budget", "step_down"), None, spec.budget.step_down)
+        for name, spec in policy.accounts.items()
+        if spec.budget is not None and spec.budget.step_down is not None
+    ]
+    where += [
+        (("allocations", i, "budget", "step_down"), alloc.pool, alloc.budget.step_down)
+        for i, alloc in enumerate(policy.allocations)
+        if alloc.budget is not None and alloc.budget.step_down is not None
+    ]
+    for loc, pool, name in where:
+        profile = policy.profiles.get(name)
+        if profile is None:
+            out.append(
+                Finding(
+                    loc,
+                    f"unknown profile '{name}' to step down to",
+                    f"{_did_you_mean(name, policy.profiles)}; define it under `profiles:` "
+                    "(a low-priority one), or leave `step_down` out to stop work instead.",
+                )
+            )
+        elif pool is not None and profile.pool != pool:
+            out.append(
+                Finding(
+                    loc,
+                    f"profile '{name}' runs on pool '{profile.pool}', not on this budget's "
+                    f"pool '{pool}'",
+                    f"running work steps down within its pool: name a profile of pool '{pool}'.",
                 )
             )
     return out
