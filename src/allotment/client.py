@@ -27,6 +27,8 @@ from allotment.schemas import (
     AccountPatch,
     ApplyResult,
     AuditOut,
+    BudgetIn,
+    BudgetOut,
     Me,
     MembershipOut,
     Page,
@@ -557,6 +559,24 @@ class AllotmentClient:
             report = UsageReportOut.model_validate(self._call("GET", "usage", params=query))
             items += report.items
         return report.model_copy(update={"items": items, "next_cursor": None})
+
+    # -- budgets ------------------------------------------------------------------------
+
+    def budgets(self, *, account: str | None = None) -> list[BudgetOut]:
+        """The budgets you can see (over ``account`` only, if given), with what each spent
+        in its current period."""
+        return list(self._pages(BudgetOut, "budgets", {"account": account}))
+
+    def set_budget(self, account: str, budget: BudgetIn, *, pool: str | None = None) -> BudgetOut:
+        """Set ``account``'s budget (on ``pool``, or across all pools): a manager of an
+        account above it, within what their own has, or an administrator."""
+        data = self._call(
+            "PUT",
+            f"accounts/{account}/budget",
+            json=budget.model_dump(exclude_none=True),
+            params={"pool": pool} if pool else {},
+        )
+        return BudgetOut.model_validate(data)
 
     # -- policy -------------------------------------------------------------------------
 
