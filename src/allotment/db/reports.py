@@ -78,21 +78,13 @@ def _totals(row: Any) -> Totals:
     )  # fmt: skip
 
 
-async def _names(session: AsyncSession, by: Grouping, ids: Collection[Any]) -> dict[Any, str]:
-    if by == "user":
-        q: Any = select(User.id, User.name).where(User.id.in_(list(ids)))
-    elif by == "account":
-        q = select(Account.id, Account.path).where(Account.id.in_(list(ids)))
-    elif by == "pool":
-        q = select(Pool.id, Pool.name).where(Pool.id.in_(list(ids)))
-    else:
-        q = select(Profile.id, Profile.name).where(Profile.id.in_(list(ids)))
-    names: dict[Any, str] = {i: n for i, n in await session.execute(q)}
-    if by == "pool":
-        names[0] = NO_POOL
-    if by == "profile":
-        names[0] = NO_PROFILE
-    return names
+#: The table and column that name each grouping's ids.
+_NAMES: dict[str, tuple[Any, Any]] = {
+    "user": (User, User.name),
+    "account": (Account, Account.path),
+    "pool": (Pool, Pool.name),
+    "profile": (Profile, Profile.name),
+}
 
 
 async def usage_report(
@@ -115,12 +107,21 @@ async def usage_report(
         .where(*_filters(selection))
         .group_by(column)
     )
-    rows: list[tuple[Any, Totals]] = [(row[0], _totals(row)) for row in await session.execute(q)]
     if by in ("day", "week"):
+        rows: list[tuple[Any, Totals]] = [(r[0], _totals(r)) for r in await session.execute(q)]
         days: list[tuple[date, Totals]] = sorted(rows, key=lambda r: r[0])
         if by == "week":
             return list(fold_weeks(days).items())
         return [(d.isoformat(), t) for d, t in days]
-    names = await _names(session, by, [k for k, _ in rows])
-    # An id without a row (removed since) is still shown, by its number.
-    return sorted(((names.get(k, f"#{k}"), t) for k, t in rows), key=lambda r: r[0])
+    # Named in the same statement: the totals grouped first, then joined to their names.
+    sums = q.subquery()
+    table, name = _NAMES[by]
+    named = select(sums, name).outerjoin(table, table.id == sums.c[0])
+    none = {"pool": NO_POOL, "profile": NO_PROFILE}.get(by)
+    out = []
+    for r in await session.execute(named):
+        # 0: charged without a pool or profile; an id without a row (removed since) is
+        # still shown, by its number.
+        key = r[6] if r[6] is not None else none if r[0] == 0 and none else f"#{r[0]}"
+        out.append((key, _totals(r)))
+    return sorted(out, key=lambda r: r[0])
