@@ -178,6 +178,8 @@ def hub_config(
     spawn_scopes = ["custom:allotment:spawn"]
     user_scopes = [
         "self",
+        # The Services menu lists the dashboard, and the hub lets the user log in to it.
+        "access:services!service=allotment",
         "custom:allotment:read",
         "custom:allotment:submit",
         "custom:allotment:manage",

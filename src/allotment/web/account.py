@@ -94,11 +94,11 @@ async def account_page(request: Request, path: str) -> Response:
             )
         tree = await reads.accounts(session)
         ids = reads.subtree_ids(tree, account.path)
-        usage_rows = await reads.usage_by_day_and_user(session, ids, first, today)
+        cells = await reads.usage_by_day_and_user(session, ids, first, today)
         names = dict(
             (
                 await session.execute(
-                    select(User.id, User.name).where(User.id.in_({u for _, u, _ in usage_rows}))
+                    select(User.id, User.name).where(User.id.in_({c.user_id for c in cells}))
                 )
             ).all()
         )
@@ -127,7 +127,7 @@ async def account_page(request: Request, path: str) -> Response:
             session, account_ids=ids, waiting=True, offset=(qpage - 1) * PAGE
         )
         leaders = (
-            await reads.leaderboard(session, ids, first)
+            reads.leaderboard(cells, names)
             if can_see_leaderboard(principal, account.path, page.policy.accounting.leaderboard)
             else None
         )
@@ -159,7 +159,10 @@ async def account_page(request: Request, path: str) -> Response:
         days=days,
         windows=(7, 30, 90, 365),
         usage_chart=stacked_usage_chart(
-            ((d, names.get(u, "?"), a) for d, u, a in usage_rows), first, today, page.currency
+            ((c.day, names.get(c.user_id, "?"), c.amount) for c in cells),
+            first,
+            today,
+            page.currency,
         ),
         budgets=budgets,
         allocations=allocations,

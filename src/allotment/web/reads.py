@@ -5,7 +5,7 @@ history. Each read is bounded: a page of rows, or one aggregate over a date rang
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -31,6 +31,7 @@ __all__ = [
     "AccountRow",
     "LeaderRow",
     "MeasuredUse",
+    "UsageCell",
     "WorkloadRow",
     "accounts",
     "audit_page",
@@ -199,12 +200,34 @@ async def spending_by_account(session: AsyncSession, user_id: int, since: date) 
     return {int(a): int(s or 0) for a, s in rows}
 
 
+@dataclass(frozen=True, slots=True)
+class UsageCell:
+    """One user's use of an account subtree on one day (summed over pools and profiles)."""
+
+    day: date
+    user_id: int
+    amount: int
+    cpu_seconds: float
+    memory_gib_seconds: float
+    gpu_seconds: float
+    used_cpu_seconds: float
+
+
 async def usage_by_day_and_user(
     session: AsyncSession, account_ids: Collection[int], first: date, last: date
-) -> list[tuple[date, int, int]]:
-    """(day, user id, micros) over an account subtree."""
+) -> list[UsageCell]:
+    """Per day and user over an account subtree: one scan feeds both the stacked plot and
+    the leaderboard."""
     rows = await session.execute(
-        select(UsageDay.day, UsageDay.user_id, func.sum(UsageDay.amount))
+        select(
+            UsageDay.day,
+            UsageDay.user_id,
+            func.sum(UsageDay.amount),
+            func.sum(UsageDay.cpu_seconds),
+            func.sum(UsageDay.memory_gib_seconds),
+            func.sum(UsageDay.gpu_seconds),
+            func.sum(UsageDay.used_cpu_seconds),
+        )
         .where(
             UsageDay.account_id.in_(list(account_ids)),
             UsageDay.day >= first,
@@ -212,7 +235,12 @@ async def usage_by_day_and_user(
         )
         .group_by(UsageDay.day, UsageDay.user_id)
     )
-    return [(d, int(u), int(s or 0)) for d, u, s in rows]
+    return [
+        UsageCell(
+            d, int(u), int(a or 0), float(c or 0), float(m or 0), float(g or 0), float(x or 0)
+        )
+        for d, u, a, c, m, g, x in rows
+    ]
 
 
 async def spent_by_day(
@@ -249,26 +277,18 @@ class LeaderRow:
         return self.used_cpu_seconds / self.cpu_seconds
 
 
-async def leaderboard(
-    session: AsyncSession, account_ids: Collection[int], since: date
-) -> list[LeaderRow]:
-    """Each user's spending and requested resources in an account subtree, by cost."""
-    rows = await session.execute(
-        select(
-            User.name,
-            func.sum(UsageDay.amount),
-            func.sum(UsageDay.cpu_seconds),
-            func.sum(UsageDay.memory_gib_seconds),
-            func.sum(UsageDay.gpu_seconds),
-            func.sum(UsageDay.used_cpu_seconds),
-        )
-        .join(User, User.id == UsageDay.user_id)
-        .where(UsageDay.account_id.in_(list(account_ids)), UsageDay.day >= since)
-        .group_by(User.name)
-    )
+def leaderboard(cells: Iterable[UsageCell], names: Mapping[int, str]) -> list[LeaderRow]:
+    """Each user's spending and requested resources, by cost, from the day cells."""
+    totals: dict[int, list[float]] = defaultdict(lambda: [0.0] * 5)
+    for c in cells:
+        t = totals[c.user_id]
+        t[0] += c.amount
+        t[1] += c.cpu_seconds
+        t[2] += c.memory_gib_seconds
+        t[3] += c.gpu_seconds
+        t[4] += c.used_cpu_seconds
     out = [
-        LeaderRow(u, int(a or 0), float(c or 0), float(m or 0), float(g or 0), float(x or 0))
-        for u, a, c, m, g, x in rows
+        LeaderRow(names.get(u, "?"), int(t[0]), t[1], t[2], t[3], t[4]) for u, t in totals.items()
     ]
     out.sort(key=lambda r: (-r.amount, r.user))
     return out
