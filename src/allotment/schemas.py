@@ -151,7 +151,7 @@ class AccountCreate(BaseModel):
         description="Unique in the whole tree, as in the policy file: lower-case letters, "
         "digits, `.`, `_` and `-`, at most 64.",
     )
-    parent: str | None = Field(
+    parent: Text | None = Field(
         None,
         max_length=1024,
         description="Name or path of the parent; only administrators create roots.",

@@ -270,3 +270,31 @@ async def test_managers_accounts_follow_their_parent(service: Service) -> None:
         "physics/lab-b/proj-x/p9": True,
         "physics/lab-b/proj-x/p9/p10": True,
     }
+
+
+async def test_a_created_sub_account_is_quoted_and_offered_its_parents_profiles(
+    service: Service,
+) -> None:
+    async with service.admin() as c:
+        await create(c, "p9", "lab-a")
+        quote = await c.get("quote", params={"account": "p9"})
+        assert quote.status_code == 200, quote.text
+        body = quote.json()
+        # gpu-a100 is offered to lab-a, and so to what lies below it.
+        assert {p["profile"] for p in body["profiles"]} == {"small", "gpu-a100", "gpu-node"}
+        # The lab's budget on the GPU pool governs it too.
+        (gpu,) = [p for p in body["profiles"] if p["profile"] == "gpu-a100"]
+        assert gpu["budget"]["account"] == "physics/lab-a"
+        nul = await c.post("accounts", json={"name": "p1", "parent": "lab-a\u0000"})
+        assert nul.status_code == 422
+
+
+async def test_a_dry_run_apply_writes_no_audit_entry(service: Service) -> None:
+    async with service.admin() as c:
+        mark = await newest(c)
+        r = await c.put(
+            "policy",
+            json={"text": DEPARTMENT.replace("shares: 2", "shares: 5"), "dry_run": True},
+        )
+        assert r.status_code == 200 and r.json()["changes"], r.text
+        assert await after(c, mark) == []
