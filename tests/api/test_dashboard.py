@@ -297,8 +297,25 @@ async def test_forms_refuse_a_missing_xsrf_token(board: Service, hub: Hub) -> No
             data={"name": "p1", "shares": "3", "_xsrf": xsrf.group(1)},
         )
         assert r.status_code == 303
+        assert (
+            await c.post("/accounts/inst/lab-a/budget", data={"amount": "80"})
+        ).status_code == 403
+        r = await c.post(
+            "/accounts/inst/lab-a/budget",
+            data={"amount": "80", "period": "month", "pool": "box", "_xsrf": xsrf.group(1)},
+        )
+        assert r.status_code == 303
+        budget = (await c.get("/accounts/inst/lab-a")).text
+        assert "inst/lab-a now has a budget of 80.00 credits per month on box." in budget
+        assert "of 80.00 credits spent" in budget
         lab = (await c.get("/accounts/inst/lab-a")).text
-        assert "Created inst/lab-a/p1 with 3 shares." in lab
+        assert "Created inst/lab-a/p1 with 3 shares." not in lab  # shown once
+        r = await c.post(
+            "/accounts/inst/lab-a/children",
+            data={"name": "p2", "_xsrf": xsrf.group(1)},
+        )
+        lab = (await c.get("/accounts/inst/lab-a")).text
+        assert "Created inst/lab-a/p2 with 1 share." in lab
         assert re.search(r'href="[^"]*/accounts/inst/lab-a/p1">inst/lab-a/p1</a>', lab)
         inst = (await c.get("/accounts/inst")).text
         assert "inst/lab-b" in inst and 'value="7"' in inst

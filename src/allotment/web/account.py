@@ -176,4 +176,7 @@ async def account_page(request: Request, path: str) -> Response:
         members=slice_of(members, page_number(q.get("mpage"))),
         children=children,
         can_change_child=[c.path for c in children if principal.can_change_account(c.path)],
+        # Managers set the budgets of accounts below theirs (within their own); admins any.
+        can_set_budget=principal.can_change_account(account.path),
+        pools=sorted(page.policy.pools),
     )

@@ -14,8 +14,9 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from allotment.api.routes import accounts as account_routes
+from allotment.api.routes import budgets as budget_routes
 from allotment.errors import PublicError
-from allotment.schemas import AccountCreate, AccountPatch, MembershipIn
+from allotment.schemas import AccountCreate, AccountPatch, BudgetIn, MembershipIn
 from allotment.web.context import Page, error_page, open_page
 
 __all__ = ["router"]
@@ -121,6 +122,24 @@ async def create_child(request: Request, path: str) -> Response:
             }
         )
         created = await account_routes.create_account(body, page.caller, page.state)
-        return f"Created {created.path} with {body.shares} shares."
+        plural = "" if body.shares == 1 else "s"
+        return f"Created {created.path} with {body.shares} share{plural}."
+
+    return await _handle(request, path, change)
+
+
+@router.post("/accounts/{path:path}/budget")
+async def set_budget(request: Request, path: str) -> Response:
+    async def change(page: Page, form: dict[str, str]) -> str:
+        try:
+            amount = float(form.get("amount", ""))
+        except ValueError:
+            return "Not changed: the amount is a number (in the currency)."
+        period = form.get("period", "month") or "month"
+        pool = form.get("pool") or None
+        body = BudgetIn.model_validate({"amount": amount, "period": period})
+        out = await budget_routes.put_budget(path, body, page.caller, page.state, pool=pool)
+        where = f" on {out.pool}" if out.pool else " across all pools"
+        return f"{out.account} now has a budget of {page.money(round(out.amount * 1_000_000))} per {out.period}{where}."
 
     return await _handle(request, path, change)
