@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from allotment.domain.accounts import ancestors, is_within
+from allotment.domain.accounts import ancestors
 from allotment.domain.budgets import beyond_text, over_budget
 from allotment.domain.quantities import format_bytes
 from allotment.domain.resources import Resources
@@ -172,6 +172,11 @@ class _Cycle:
         #: Per budget: what running and admitted workloads may still spend up to their ends.
         self.committed = [0.0] * len(snap.budgets)
         self._covering: dict[tuple[str, str], list[int]] = {}
+        self._costs: dict[tuple[str, _Size, float], float] = {}
+        self._hourly: dict[tuple[object, ...], float] = {}
+        self._by_account: dict[str, list[int]] = defaultdict(list)
+        for i, b in enumerate(snap.budgets):
+            self._by_account[b.account].append(i)
         if snap.budgets:
             for r in snap.running:
                 if not r.stopping:
@@ -238,24 +243,38 @@ class _Cycle:
         if found is None:
             found = self._covering[key] = [
                 i
-                for i, b in enumerate(self.snap.budgets)
-                if (b.pool is None or b.pool == pool) and is_within(account, b.account)
+                for a in (*ancestors(account), account)
+                for i in self._by_account.get(a, ())
+                if self.snap.budgets[i].pool in (None, pool)
             ]
         return found
 
     def _cost(self, pool: str, r: Resources, seconds: float) -> float:
-        rates = self.snap.rates.get(pool)
-        return 0.0 if rates is None else rates.hourly(r) * max(seconds, 0.0) / 3600
+        """What ``r`` costs on ``pool`` for ``seconds``; hourly prices are remembered per
+        size (requests come in few sizes, and every running workload is priced each cycle)."""
+        key = (pool, r.millicpus, r.memory, tuple(r.gpus.items()) if r.gpus else ())
+        hourly = self._hourly.get(key)
+        if hourly is None:
+            rates = self.snap.rates.get(pool)
+            hourly = self._hourly[key] = 0.0 if rates is None else rates.hourly(r)
+        return hourly * max(seconds, 0.0) / 3600
 
     # -- the steps ----------------------------------------------------------------------------
 
-    def budget_reason(self, p: Pending) -> tuple[str | None, float]:
+    def budget_reason(self, p: Pending, size: _Size) -> tuple[str | None, float]:
         """Why a budget holds ``p`` (spent, or its cost up to its walltime with what running
-        work may still spend would go beyond what is left), and ``p``'s cost."""
+        work may still spend would go beyond what is left), and ``p``'s cost (0 when no
+        budget covers it). Costs are remembered per request class: requests come in few."""
         if not self.snap.budgets:
             return None, 0.0
-        cost = self._cost(p.pool, p.resources, p.walltime)
-        for i in self.covering(p.account, p.pool):
+        covering = self.covering(p.account, p.pool)
+        if not covering:
+            return None, 0.0
+        key = (p.pool, size, p.walltime)
+        cost = self._costs.get(key)
+        if cost is None:
+            cost = self._costs[key] = self._cost(p.pool, p.resources, p.walltime)
+        for i in covering:
             b: BudgetLimit = self.snap.budgets[i]
             if b.left <= 0:
                 return b.reason, cost
@@ -453,7 +472,7 @@ class _Cycle:
             if reason is not None:
                 self.decisions.append(Reject(p.id, reason))
                 continue
-            reason, cost = self.budget_reason(p)
+            reason, cost = self.budget_reason(p, size)
             if reason is not None:
                 self.unpriced.add(p.id)
                 self.held[p.pool].append((p, reason, False))
