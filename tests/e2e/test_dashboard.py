@@ -109,6 +109,12 @@ def _seed(hub: HubUp) -> None:
              _ts(start + timedelta(hours=6))),
         )  # fmt: skip
         job = cur.lastrowid
+        # Its charges are in the day's totals too, as the meter writes them.
+        db.execute(
+            "UPDATE usage_days SET amount = amount + 96000000 WHERE day = ? AND user_id = ? "
+            "AND account_id = ?",
+            (start.date().isoformat(), users["dana"], ids["physics/optics"]),
+        )
         for h in range(6):
             a, b = start + timedelta(hours=h), start + timedelta(hours=h + 1)
             db.execute(

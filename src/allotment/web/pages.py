@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from allotment.controller.view import usage
 from allotment.db.tables import Account, Membership, User
-from allotment.scheduler import AccountState
 from allotment.scheduler.fairshare import fair_share_factors, level_fs
 from allotment.web import reads
 from allotment.web.access import can_view_account
@@ -170,7 +169,10 @@ async def admin(request: Request) -> Response:
         audit = await reads.audit_page(session, before=cursor(q.get("abefore")))
         fair = await session.run_sync(lambda s: usage(s, view, now) if view else {})
         members = await session.run_sync(_members)
-    tree = _fair_share_rows(view.accounts if view else {}, fair, members)
+        accounts = await reads.accounts(session)
+    # Shares from the accounts table: it holds the sub-accounts managers created and the shares
+    # they set, beside the policy's.
+    tree = _fair_share_rows({a.path: float(a.shares) for a in accounts}, fair, members)
     return page.render(
         "admin.html",
         days=days,
@@ -192,19 +194,22 @@ def _members(session: Session) -> list[tuple[str, str]]:
         select(Account.path, User.name)
         .join(Membership, Membership.account_id == Account.id)
         .join(User, User.id == Membership.user_id)
-        .where(Membership.role != "viewer", Account.archived_at.is_(None))
+        .where(
+            Membership.role != "viewer",
+            Account.archived_at.is_(None),
+            User.name != "*",  # the policy's "every hub user": no user of its own
+        )
     )
     return [(a, u) for a, u in rows]
 
 
 def _fair_share_rows(
-    accounts: Mapping[str, AccountState],
+    shares: Mapping[str, float],
     fair: dict[tuple[str, str], float],
     members: list[tuple[str, str]],
 ) -> list[dict[str, object]]:
     """Like ``sshare``: each account (then its users) with shares, normalised shares, usage,
     normalised usage, LevelFS, and each user's fair-share factor."""
-    shares = {path: float(a.shares) for path, a in accounts.items()}
     users = [(a, u) for a, u in members if a in shares]
     factors = fair_share_factors(shares, fair, users)
     subtree: dict[str, float] = defaultdict(float)
