@@ -174,7 +174,7 @@ async def account_page(request: Request, path: str) -> Response:
         is_manager=is_manager,
         can_change_members=principal.can_change_memberships(account.path),
         members=slice_of(members, page_number(q.get("mpage"))),
-        children=children,
+        children=slice_of(children, page_number(q.get("cpage"))),
         can_change_child=[c.path for c in children if principal.can_change_account(c.path)],
         # Managers set the budgets of accounts below theirs (within their own); admins any.
         can_set_budget=principal.can_change_account(account.path),
