@@ -142,3 +142,32 @@ async def test_an_administrator_may_do_anything(hub_service: Service, hub: Hub) 
         chem = (await c.get("audit", params={"account": "chem"})).json()["items"]
         assert [e["action"] for e in chem][-1] == "account.create"
         assert status(await c.get("audit", params={"account": "lab-b"})) == 403
+
+
+async def test_an_underscore_in_a_managers_account_matches_only_itself(
+    hub_service: Service, hub: Hub
+) -> None:
+    """Names may hold `_`, which SQL's LIKE reads as any character: the manager of an
+    account `physics_lab-a` must not see the workloads or audit entries below
+    `physics/lab-a`."""
+    async with hub_service.client(hub.token("hubadmin")) as c:
+        assert (await c.post("accounts", json={"name": "physics_lab-a"})).is_success
+        r = await c.put("accounts/physics_lab-a/members/mallory", json={"role": "manager"})
+        assert r.is_success
+    wid = await _submit(hub_service, hub.token("bob"), "proj-x")
+    async with hub_service.client(hub.token("alice")) as c:
+        assert (await c.put("accounts/proj-x/members/zed", json={"role": "member"})).is_success
+    async with hub_service.client(hub.token("mallory")) as c:
+        assert (await c.get("workloads")).json()["items"] == []
+        assert status(await c.get(f"workloads/{wid}")) == 404
+        entries = (await c.get("audit", params={"limit": 1000})).json()["items"]
+        assert {e["account"] for e in entries} == {"physics_lab-a"}
+
+
+async def _submit(svc: Service, token: str, account: str) -> int:
+    async with svc.client(token) as c:
+        r = await c.post(
+            "workloads", json={"profile": "small", "command": ["true"], "account": account}
+        )
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])

@@ -103,7 +103,10 @@ async def accounts_within(session: AsyncSession, roots: Sequence[str]) -> list[i
     """Ids of the accounts at or below any of ``roots`` (paths)."""
     if not roots:
         return []
-    cond = or_(*(or_(Account.path == r, Account.path.startswith(r + "/")) for r in roots))
+    # Escaped: names may hold `_`, which LIKE reads as any character (`a_b/%` matched `a-b/x`).
+    cond = or_(
+        *(or_(Account.path == r, Account.path.startswith(r + "/", autoescape=True)) for r in roots)
+    )
     return list((await session.execute(select(Account.id).where(cond))).scalars())
 
 

@@ -95,7 +95,7 @@ async def list_accounts(
     if not archived:
         q = q.where(Account.archived_at.is_(None))
     if under is not None:
-        q = q.where((Account.path == under) | Account.path.startswith(under + "/"))
+        q = q.where((Account.path == under) | Account.path.startswith(under + "/", autoescape=True))
     if cursor is not None:
         q = q.where(Account.path > cursor)
     p = caller.principal

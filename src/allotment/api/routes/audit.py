@@ -26,7 +26,10 @@ router = APIRouter(tags=["audit"])
 def _within(roots: list[str]) -> ColumnElement[bool]:
     return or_(
         *(
-            or_(AuditEntry.account_path == r, AuditEntry.account_path.startswith(r + "/"))
+            or_(
+                AuditEntry.account_path == r,
+                AuditEntry.account_path.startswith(r + "/", autoescape=True),
+            )
             for r in roots
         )
     )
