@@ -30,7 +30,10 @@ from tests.support.hub import Hub
 from tests.support.service import Service, running_service
 
 POSTGRES = os.environ.get("ALLOTMENT_TEST_POSTGRES")
-HUB_USERS = ["alice", "bob", "carol", "dave", "dean", "erin", "frank", "mallory", "hubadmin"]
+HUB_USERS = [
+    "alice", "bob", "carol", "dave", "dean", "erin", "frank", "mallory", "hubadmin",
+    "scraper",  # holds custom:allotment:metrics (tests/support/hub.py)
+]  # fmt: skip
 
 
 @pytest.fixture(

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from allotment.db.heartbeat import CONTROLLER, beat
 from allotment.db.tables import Account, Pool, UsageDay, User, Workload
 from allotment.domain.workloads import WorkloadState
-from tests.support.hub import Hub
+from tests.support.hub import METRICS_USER, Hub
 from tests.support.service import Service, running_service
 
 POLICY = """
@@ -161,7 +161,12 @@ async def test_only_a_token_with_the_metrics_scope_scrapes(
                 r = await c.get("metrics")
             assert r.status_code == 200, r.text
             assert samples(r.text)  # a valid exposition
-        # The scope is for scraping alone: nothing else of the API.
-        async with svc.client(hub.metrics_token) as c:
-            assert (await c.get("workloads")).status_code == 403
-            assert (await c.get("usage")).status_code == 403
+        # The scope is for scraping alone: nothing else of the API, for a service's token or
+        # a user's token that holds only it.
+        only = hub.token(METRICS_USER, ["custom:allotment:metrics"])
+        for token in (hub.metrics_token, only):
+            async with svc.client(token) as c:
+                assert (await c.get("metrics")).status_code == 200
+                for path in ("workloads", "usage", "me", "accounts"):
+                    r = await c.get(path)
+                    assert r.status_code == 403, (path, r.text)

@@ -29,6 +29,10 @@ SCOPES = {
 }
 
 
+#: A hub user (when the hub has one so named) whose role grants custom:allotment:metrics.
+METRICS_USER = "scraper"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,7 +94,8 @@ class Hub:
                 {{"name": "spawner", "scopes": ["custom:allotment:spawn"],
                   "services": ["spawner"]}},
                 {{"name": "metrics", "scopes": ["custom:allotment:metrics"],
-                  "services": ["metrics"]}},
+                  "services": ["metrics"],
+                  "users": {[u for u in self.users if u == METRICS_USER]!r}}},
             ]
             c.JupyterHub.services = [
                 {{"name": "harness", "api_token": "{self.harness_token}"}},
