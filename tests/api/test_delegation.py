@@ -270,6 +270,21 @@ async def test_managers_accounts_follow_their_parent(service: Service) -> None:
         "physics/lab-b/proj-x/p9": True,
         "physics/lab-b/proj-x/p9/p10": True,
     }
+    # The file names proj-x again: it is restored; the managers' accounts below it stay
+    # archived until a manager asks for them again where they were.
+    assert "~ account physics/lab-b/proj-x: restored from archive" in await apply(service, moved)
+    async with service.admin() as c:
+        assert (await c.get("accounts/p9")).json()["archived"] is True
+        elsewhere = await c.post("accounts", json={"name": "p9", "parent": "lab-a"})
+        assert elsewhere.status_code == 409  # the name is taken, archived or not
+        back = await create(c, "p9", "proj-x", shares=4)
+        assert (back["path"], back["archived"], back["shares"]) == (
+            "physics/lab-b/proj-x/p9",
+            False,
+            4,
+        )
+        (entry,) = [e for e in await audit(c, account="p9") if e["action"] == "account.restore"]
+    assert entry["before"] == {"archived": True, "shares": 1, "description": ""}
 
 
 async def test_a_created_sub_account_is_quoted_and_offered_its_parents_profiles(

@@ -5,6 +5,7 @@ Every change writes its audit entry (``db.audit.record``) in the transaction tha
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -268,7 +269,8 @@ async def create_account(body: AccountCreate, caller: CallerDep, state: StateDep
     """Create a sub-account (managers of the parent or above; roots: administrators).
 
     It is a full account (members charge it, the scheduler shares it) that the policy file does
-    not state: applying the file leaves it alone until the file itself names it.
+    not state: applying the file leaves it alone until the file itself names it. Asked for
+    again where it was, an archived one is restored.
     """
     p = caller.principal
     now = state.clock.now()
@@ -288,6 +290,10 @@ async def create_account(body: AccountCreate, caller: CallerDep, state: StateDep
         if len(path) > MAX_PATH:
             raise InvalidRequest(f"The path would be {len(path)} characters; at most {MAX_PATH}.")
         taken = await repo.account_by_ref(session, body.name)
+        if taken is not None and _restorable(taken, parent):
+            out = _restore(session, taken, body, parent, caller.name, now)
+            state.changed()
+            return out
         if taken is not None:
             where = f" ({taken.path})" if p.can_see_account(taken.path) else ""
             raise Conflict(
@@ -317,6 +323,38 @@ async def create_account(body: AccountCreate, caller: CallerDep, state: StateDep
         out = account_out(row, parent.path if parent else None)
     state.changed()
     return out
+
+
+def _restorable(taken: Account, parent: Account | None) -> bool:
+    """An archived account managers created, asked for again under the same parent."""
+    same_parent = taken.parent_id == (parent.id if parent else None)
+    return taken.archived_at is not None and taken.origin == "api" and same_parent
+
+
+def _restore(
+    session: AsyncSession,
+    row: Account,
+    body: AccountCreate,
+    parent: Account | None,
+    actor: str,
+    now: datetime,
+) -> AccountOut:
+    """Bring an archived sub-account back (its history and members with it), with the
+    settings asked for: the way back for one archived by a manager or with its parent."""
+    before = {"archived": True, "shares": row.shares, "description": row.description}
+    row.archived_at = None
+    row.shares, row.description = body.shares, body.description
+    record(
+        session,
+        actor=actor,
+        action="account.restore",
+        target=row.path,
+        now=now,
+        account_path=row.path,
+        before=before,
+        after={"archived": False, "shares": body.shares, "description": body.description},
+    )
+    return account_out(row, parent.path if parent else None)
 
 
 @router.delete("/accounts/{path:path}", response_model=AccountArchived)
