@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from allotment.backends.base import NodeCapacity
@@ -39,7 +39,7 @@ from allotment.db import workloads
 from allotment.db.budgets import load_budgets
 from allotment.db.engine import Database
 from allotment.db.outage import OutageLog, classify
-from allotment.db.tables import Profile, Workload
+from allotment.db.tables import BudgetRow, Profile, Workload
 from allotment.domain.budgets import MICROS, ask_text
 from allotment.domain.costs import Rates
 from allotment.domain.workloads import ACTIVE
@@ -181,10 +181,13 @@ class SchedulingLoop:
         self._queue = QueueCache()
         self._view: PolicyView | None = None
         self._view_at = float("-inf")
-        #: Budgets as read with the view (every ``VIEW_SECONDS``, or at once after a nudge
-        #: that says budgets changed).
+        #: Budgets with what they spent, read again every ``accounting.interval`` (spending
+        #: moves only when the meter charges), when the budgets table changes (checked with
+        #: the view) and at once after ``budgets_changed``.
         self._budgets = Budgets([], set(), {})
         self._budgets_stale = True
+        self._budgets_at = float("-inf")
+        self._budgets_signature: tuple[object, ...] | None = None
 
     def budgets_changed(self) -> None:
         """A budget was set or raised: read budgets again next cycle, and run one soon (held
@@ -236,7 +239,10 @@ class SchedulingLoop:
         now = self.clock.now()
         mono = time.monotonic()
         view_stale = self._view is None or mono - self._view_at >= VIEW_SECONDS
-        budgets_stale = view_stale or self._budgets_stale
+        budgets_due = self._budgets_stale or (
+            self._view is not None
+            and mono - self._budgets_at >= self._view.policy.accounting.interval
+        )
         self._budgets_stale = False
 
         def read(
@@ -250,14 +256,21 @@ class SchedulingLoop:
                 self._factors is None
                 or mono - self._factors_at >= view.policy.scheduling.fair_share_interval
             )
-            budgets = read_budgets(session, view, now) if budgets_stale else None
+            budgets = None
+            if budgets_due or view_stale:
+                signature = tuple(
+                    session.execute(select(func.count(), func.max(BudgetRow.updated_at))).one()
+                )
+                if budgets_due or signature != self._budgets_signature:
+                    budgets = read_budgets(session, view, now)
+                    self._budgets_signature = signature
             return view, live, usage(session, view, now) if refresh else None, budgets
 
         view, live, used, budgets = await self.db.run_read(read)
         if view_stale:
             self._view, self._view_at = view, mono
         if budgets is not None:
-            self._budgets = budgets
+            self._budgets, self._budgets_at = budgets, mono
         if view is None or live is None:
             return None
         spec = view.policy.scheduling

@@ -198,17 +198,25 @@ def _nearest(path: str, managers: Mapping[str, tuple[str, ...]]) -> tuple[str, .
 
 def _spending(session: Session, firsts: list[date]) -> list[tuple[int, int, list[int]]]:
     """(account id, pool id, [micros spent since each of ``firsts``]) from the daily totals,
-    in one grouped query."""
+    in one grouped query over the days since the earliest. The days are read first (a
+    materialised range of the primary key): grouped directly, SQLite walks the whole table
+    through the (account, day) index to group in its order, four times slower for a month."""
     if not firsts:
         return []
+    recent = (
+        select(UsageDay.account_id, UsageDay.pool_id, UsageDay.day, UsageDay.amount)
+        .where(UsageDay.day >= min(firsts))
+        .cte("recent")
+        .prefix_with("MATERIALIZED")
+    )
     sums = [
-        func.coalesce(func.sum(case((UsageDay.day >= d, UsageDay.amount), else_=0)), 0)
+        func.coalesce(func.sum(case((recent.c.day >= d, recent.c.amount), else_=0)), 0)
         for d in firsts
     ]
     rows = session.execute(
-        select(UsageDay.account_id, UsageDay.pool_id, *sums)
-        .where(UsageDay.day >= min(firsts))
-        .group_by(UsageDay.account_id, UsageDay.pool_id)
+        select(recent.c.account_id, recent.c.pool_id, *sums).group_by(
+            recent.c.account_id, recent.c.pool_id
+        )
     )
     return [(r[0], r[1], [int(x) for x in r[2:]]) for r in rows]
 
