@@ -208,3 +208,20 @@ async def test_an_institutes_budget_counts_its_labs_spending(fast: Fast) -> None
     assert w["reason"] == (
         "inst has spent 5.00 of its 5.00 credits for January; ask carol (manager) to raise it"
     )
+
+
+async def test_the_meters_charges_are_what_budgets_and_the_quote_count(fast: Fast) -> None:
+    # One CPU at 1 credit an hour for 90 minutes, charged by the real meter: 1.50 spent of
+    # lab's 10, shown by the quote (and so the launch form) and by GET budgets alike.
+    wid = await fast.submit()
+    await fast.until(wid, "running")
+    await fast.controller.meter.pass_once()
+    fast.clock.advance(90 * 60)
+    await fast.controller.meter.pass_once()
+    async with fast.client() as c:
+        quote = (await c.get("quote", params={"account": "lab", "profile": "small"})).json()
+        listed = (await c.get("budgets")).json()["items"]
+    (small,) = quote["profiles"]
+    assert (small["budget"]["spent"], small["budget"]["left"]) == (1.5, 8.5)
+    (lab,) = [b for b in listed if b["pool"] == "workstation"]
+    assert (lab["spent"], lab["left"], lab["fraction"]) == (1.5, 8.5, 0.15)
