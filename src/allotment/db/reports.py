@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, false, func, or_, select
+from sqlalchemy import ColumnElement, false, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.db.tables import Account, Pool, Profile, UsageDay, User
@@ -28,19 +28,13 @@ NO_PROFILE = "(no profile)"
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Which daily totals a report sums.
-
-    ``accounts`` and ``users`` filter (None: any). When ``restricted``, only the rows the
-    caller may see count: those of ``own_user`` and those of ``visible_accounts``
-    (an administrator's selection is not restricted).
-    """
+    """Which daily totals a report sums: the ``days``, and where given (None: any) only those
+    of ``accounts``, of ``users``, and of ``visible_accounts`` (what a caller may see)."""
 
     days: Days
     accounts: Collection[int] | None = None
     users: Collection[int] | None = None
     visible_accounts: Collection[int] | None = None
-    own_user: int | None = None
-    restricted: bool = False
 
 
 def _filters(s: Selection) -> list[ColumnElement[bool]]:
@@ -50,13 +44,9 @@ def _filters(s: Selection) -> list[ColumnElement[bool]]:
         out.append(u.account_id.in_(list(s.accounts)))
     if s.users is not None:
         out.append(u.user_id.in_(list(s.users)))
-    if s.restricted:
-        seen: list[ColumnElement[bool]] = []
-        if s.own_user is not None:
-            seen.append(u.user_id == s.own_user)
-        if s.visible_accounts:
-            seen.append(u.account_id.in_(list(s.visible_accounts)))
-        out.append(or_(*seen) if seen else false())
+    if s.visible_accounts is not None:
+        visible = list(s.visible_accounts)
+        out.append(u.account_id.in_(visible) if visible else false())
     return out
 
 

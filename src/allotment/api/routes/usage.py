@@ -8,16 +8,19 @@ the caller cannot see is answered 404, as by the accounts routes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.api.deps import Caller, CallerDep, StateDep
 from allotment.controller.view import load_policy_view
 from allotment.db import repository as repo
 from allotment.db.reports import Selection, usage_report
+from allotment.db.tables import Account
 from allotment.domain.accounts import Role, is_within
 from allotment.domain.permissions import Scope
 from allotment.domain.reports import (
@@ -108,47 +111,23 @@ async def usage(
         zone = accounting.time_zone if accounting is not None else "UTC"
         currency = view.policy.currency if view is not None else "credits"
         days = _days(since, period, state.clock.now().astimezone(ZoneInfo(zone)).date())
-        selection = Selection(days=days, restricted=not p.is_admin)
         target = None
         if account is not None:
             target = await repo.account_by_ref(session, account)
             if target is None or not p.can_see_account(target.path):
                 raise NotFound(f"There is no account '{account}' that you can see.")
-            selection = Selection(
-                days=days,
-                accounts=await repo.accounts_within(session, [target.path]),
-                restricted=selection.restricted,
-            )
-        own = user is not None and user == caller.name
+        users = None
         if user is not None:
-            row = await repo.user_by_name(session, user)  # unknown: an empty report
-            selection = Selection(
-                days=days,
-                accounts=selection.accounts,
-                users=[row.id] if row is not None else [],
-                restricted=selection.restricted,
-            )
-        if selection.restricted:
-            if own or (target is None and user is None):
-                # Your own usage, wherever it was charged.
-                visible: list[int] = []
-            else:
-                per_user = user is not None or by == "user"
-                overseen = _roots(caller, Role.MANAGER, Role.VIEWER)
-                members = _roots(caller, Role.MEMBER)
-                board = accounting is None or accounting.leaderboard == "members"
-                roots = overseen + (members if board or not per_user else [])
-                if target is not None and not any(is_within(target.path, r) for r in roots):
-                    raise Forbidden(_refusal(target.path, per_user, overseen, members))
-                visible = await repo.accounts_within(session, roots)
-            selection = Selection(
-                days=days,
-                accounts=selection.accounts,
-                users=[caller.user_id] if target is None and user is None else selection.users,
-                visible_accounts=visible,
-                own_user=caller.user_id,
-                restricted=True,
-            )
+            row = await repo.user_by_name(session, user)
+            users = [row.id] if row is not None else []  # unknown: an empty report
+        selection = Selection(
+            days=days,
+            accounts=None if target is None else await repo.accounts_within(session, [target.path]),
+            users=users,
+        )
+        if not p.is_admin:
+            board = accounting is None or accounting.leaderboard == "members"
+            selection = await _visible(session, selection, caller, target, user, by, board)
         rows = await usage_report(session, selection, by)
     total = Totals()
     for _, t in rows:
@@ -167,6 +146,29 @@ async def usage(
         total=row_out("total", total),
         next_cursor=page[-1][0] if len(after) > limit else None,
     )
+
+
+async def _visible(
+    session: AsyncSession,
+    selection: Selection,
+    caller: Caller,
+    target: Account | None,
+    user: str | None,
+    by: Grouping,
+    board: bool,
+) -> Selection:
+    """``selection`` cut to what a caller who is not an administrator may see (the module's
+    rules); ``board``: the policy shows members their accounts' leaderboard."""
+    if user == caller.name or (target is None and user is None):
+        # Their own usage, wherever it was charged.
+        return replace(selection, users=[caller.user_id])
+    per_user = user is not None or by == "user"
+    overseen = _roots(caller, Role.MANAGER, Role.VIEWER)
+    members = _roots(caller, Role.MEMBER)
+    roots = overseen + (members if board or not per_user else [])
+    if target is not None and not any(is_within(target.path, r) for r in roots):
+        raise Forbidden(_refusal(target.path, per_user, overseen, members))
+    return replace(selection, visible_accounts=await repo.accounts_within(session, roots))
 
 
 def _refusal(path: str, per_user: bool, overseen: list[str], members: list[str]) -> str:
