@@ -116,7 +116,15 @@ async def test_a_spent_budget_holds_new_work_with_the_reason_and_a_raise_release
         "inst/lab has spent 10.00 of its 10.00 credits on pool 'workstation' for 1 January; "
         "ask carol (manager) to raise it"
     )
-    await budget_spec(fast, amount=20)
+    # Raised through the API (an administrator here): the held workload starts.
+    async with fast.client() as c:
+        r = await c.put(
+            "accounts/lab/budget",
+            params={"pool": "workstation"},
+            json={"amount": 20, "period": "day"},
+        )
+    assert r.status_code == 200, r.text
+    assert (r.json()["left"], r.json()["origin"]) == (10.0, "api")
     await fast.until(wid, "running")
 
 
