@@ -23,7 +23,9 @@ def upgrade() -> None:
     op.create_table(
         "budgets",
         sa.Column("id", Id, primary_key=True),
-        sa.Column("account_id", Id, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "account_id", Id, sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("pool_id", Id, sa.ForeignKey("pools.id", ondelete="CASCADE"), nullable=True),
         sa.Column("spec", sa.JSON(), nullable=False),
         sa.Column("origin", sa.String(16), nullable=False),
