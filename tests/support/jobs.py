@@ -106,13 +106,16 @@ def job_service(
     policy: Path,
     *args: str,
     failpoint: str = "",
+    start_within: float = 30,
 ) -> Iterator[JobService]:
     env = clean_env(ALLOTMENT_DATA_DIR=str(data), JUPYTERHUB_API_URL=hub_api_url)
     if database_url:
         env["ALLOTMENT_DATABASE_URL"] = database_url
     if failpoint:
         env["ALLOTMENT_FAILPOINT"] = failpoint
-    with allot_serve(port, env, "--log-level", "warning", *args, policy=str(policy)) as proc:
+    with allot_serve(
+        port, env, "--log-level", "warning", *args, policy=str(policy), start_within=start_within
+    ) as proc:
         yield JobService(f"http://127.0.0.1:{port}/services/allotment/", data, proc)
 
 

@@ -48,9 +48,14 @@ def wait_healthy(url: str, seconds: float = 30) -> bool:
 
 @contextmanager
 def allot_serve(
-    port: int, env: dict[str, str], *args: str, policy: str = "examples/department.yaml"
+    port: int,
+    env: dict[str, str],
+    *args: str,
+    policy: str = "examples/department.yaml",
+    start_within: float = 30,
 ) -> Iterator[subprocess.Popen[str]]:
-    """`allot serve -c POLICY --port PORT ARGS…`, healthy, then stopped."""
+    """`allot serve -c POLICY --port PORT ARGS…`, healthy (within ``start_within`` seconds),
+    then stopped."""
     log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen(
         [
@@ -70,7 +75,7 @@ def allot_serve(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    if not wait_healthy(f"http://127.0.0.1:{port}/services/allotment/api/health"):
+    if not wait_healthy(f"http://127.0.0.1:{port}/services/allotment/api/health", start_within):
         proc.kill()
         log.seek(0)
         raise RuntimeError(f"allot serve did not start:\n{log.read()[-4000:]}")
