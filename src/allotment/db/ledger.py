@@ -39,6 +39,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     true,
@@ -50,7 +51,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from allotment.db.tables import WORKLOADS, LedgerEntry, OpenCharge, Pool, UsageDay, UtcDateTime
+from allotment.db.tables import (
+    WORKLOADS,
+    Heartbeat,
+    LedgerEntry,
+    OpenCharge,
+    Pool,
+    UsageDay,
+    UtcDateTime,
+)
 from allotment.domain import ledger as rules
 from allotment.domain.ledger import Measured
 from allotment.domain.resources import Resources
@@ -69,6 +78,10 @@ __all__ = [
 ]
 
 GIB = 2**30
+#: The heartbeat row of the meter's last pass (``db/heartbeat.py``'s table).
+METER = "meter"
+#: Seconds after its last pass past which the meter is taken to be stuck (readers may say so).
+STALE = 600.0
 #: How far before the last pass's time a workload's start may lie and still be found as new:
 #: its start is stamped before the write that records it commits.
 SLACK = timedelta(minutes=15)
@@ -194,7 +207,8 @@ def meter_pass(
 
 def _open_new(session: Session, now: datetime, price_of: PriceOf) -> int:
     """An open charge for each workload that started since the last pass, from its start."""
-    since = session.execute(select(func.max(OC.c.charged_through))).scalar()
+    since = session.execute(select(Heartbeat.at).where(Heartbeat.name == METER)).scalar()
+    _beat(session, now)
     started = W.started_at.is_not(None)
     if since is None:  # the first pass ever: whatever runs now, and what just ran
         recent = or_(W.status.in_([int(S.RUNNING), int(S.STOPPING)]), W.started_at >= now - SLACK)
@@ -246,6 +260,16 @@ def _open_new(session: Session, now: datetime, price_of: PriceOf) -> int:
     return len(values)
 
 
+def _beat(session: Session, now: datetime) -> None:
+    """The time of this pass, with its work: the next finds new workloads from it."""
+    stmt = _insert(_dialect(session), Heartbeat.__table__).values(
+        name=METER, at=now, stale_after=STALE
+    )
+    session.execute(
+        stmt.on_conflict_do_update(index_elements=["name"], set_={"at": now, "stale_after": STALE})
+    )
+
+
 def _ended(oc: Any = OC) -> ColumnElement[bool]:
     """The charge's workload has ended (or was put back in the queue) by where it is charged."""
     return or_(
@@ -281,13 +305,16 @@ def _step(
     amount = (OC.c.rate * _ms(dialect, OC.c.span_start, to) + 1_800_000) // 3_600_000
     seconds = cast(_ms(dialect, ct, to), Float) / 1000.0
     moving = and_(OC.c.workload_id == W.id, ~OC.c.closed, ct < c)
+    # The same text in the select and its grouping (a bound 0 would be two parameters).
+    pool = func.coalesce(OC.c.pool_id, literal_column("0"))
+    profile = func.coalesce(OC.c.profile_id, literal_column("0"))
     usage = (
         select(
             literal(day, Date),
             OC.c.account_id,
             OC.c.user_id,
-            func.coalesce(OC.c.pool_id, 0),
-            func.coalesce(OC.c.profile_id, 0),
+            pool,
+            profile,
             func.sum(amount - OC.c.amount),
             func.sum(seconds * OC.c.millicpus / 1000.0),
             func.sum(seconds * OC.c.memory / float(GIB)),
@@ -297,12 +324,7 @@ def _step(
         )
         .select_from(OC.join(WORKLOADS, W.id == OC.c.workload_id))
         .where(moving)
-        .group_by(
-            OC.c.account_id,
-            OC.c.user_id,
-            func.coalesce(OC.c.pool_id, 0),
-            func.coalesce(OC.c.profile_id, 0),
-        )
+        .group_by(OC.c.account_id, OC.c.user_id, pool, profile)
     )
     session.execute(_upsert_usage(dialect, usage))
     done.advanced += _count(
