@@ -17,7 +17,7 @@ from allotment.db.tables import Account, BudgetRow, Membership, Pool, User
 from allotment.domain.resources import Resources
 from allotment.web import reads
 from allotment.web.access import can_see_leaderboard, can_view_account, manages
-from allotment.web.charts import burn_down_chart, stacked_usage_chart
+from allotment.web.charts import MOST_USERS, burn_down_chart, stacked_usage_chart
 from allotment.web.context import Page, error_page, open_page
 from allotment.web.display import MICROS
 from allotment.web.pages import window
@@ -94,14 +94,11 @@ async def account_page(request: Request, path: str) -> Response:
             )
         tree = await reads.accounts(session)
         ids = reads.subtree_ids(tree, account.path)
-        cells = await reads.usage_by_day_and_user(session, ids, first, today)
-        names = dict(
-            (
-                await session.execute(
-                    select(User.id, User.name).where(User.id.in_({c.user_id for c in cells}))
-                )
-            ).all()
-        )
+        by_user = await reads.usage_by_user(session, ids, first, today)
+        drawn = by_user[:MOST_USERS]
+        by_day = await reads.usage_by_day(session, ids, first, today, [r.user_id for r in drawn])
+        others = f"{len(by_user) - len(drawn)} others"
+        names = {r.user_id: r.user for r in drawn}
         budgets: list[BudgetView] = []
         for pool, pool_id, spec, origin in await budget_specs(session, page.policy, account):
             b_first, b_last = period_days(spec.period, today)
@@ -127,7 +124,7 @@ async def account_page(request: Request, path: str) -> Response:
             session, account_ids=ids, waiting=True, offset=(qpage - 1) * PAGE
         )
         leaders = (
-            reads.leaderboard(cells, names)
+            by_user
             if can_see_leaderboard(principal, account.path, page.policy.accounting.leaderboard)
             else None
         )
@@ -159,7 +156,7 @@ async def account_page(request: Request, path: str) -> Response:
         days=days,
         windows=(7, 30, 90, 365),
         usage_chart=stacked_usage_chart(
-            ((c.day, names.get(c.user_id, "?"), c.amount) for c in cells),
+            ((d, names.get(u, others), a) for d, u, a in by_day),
             first,
             today,
             page.currency,

@@ -13,7 +13,8 @@ from allotment.web.periods import BurnDown
 
 __all__ = ["burn_down_chart", "days_between", "stacked_usage_chart", "utilisation_chart"]
 
-#: Users drawn on their own in the stacked plot; the rest are summed as "others".
+#: Users drawn on their own in the stacked plot; the rest are summed as "others" (one more
+#: series; the reads sum them already, so the plot draws what it is given).
 MOST_USERS = 12
 
 
@@ -33,11 +34,11 @@ def stacked_usage_chart(
             per_user[user][index[d]] += micros / MICROS
     ranked = sorted(per_user, key=lambda u: (-sum(per_user[u]), u))
     datasets = [
-        {"label": u, "data": [round(v, 2) for v in per_user[u]]} for u in ranked[:MOST_USERS]
+        {"label": u, "data": [round(v, 2) for v in per_user[u]]} for u in ranked[: MOST_USERS + 1]
     ]
-    if len(ranked) > MOST_USERS:
+    if len(ranked) > MOST_USERS + 1:
         rest = [0.0] * len(days)
-        for u in ranked[MOST_USERS:]:
+        for u in ranked[MOST_USERS + 1 :]:
             rest = [a + b for a, b in zip(rest, per_user[u], strict=True)]
         datasets.append(
             {"label": f"{len(ranked) - MOST_USERS} others", "data": [round(v, 2) for v in rest]}

@@ -5,12 +5,12 @@ history. Each read is bounded: a page of rows, or one aggregate over a date rang
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import false, func, or_, select
+from sqlalchemy import case, false, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -31,19 +31,18 @@ __all__ = [
     "AccountRow",
     "LeaderRow",
     "MeasuredUse",
-    "UsageCell",
     "WorkloadRow",
     "accounts",
     "audit_page",
     "costs_of",
-    "leaderboard",
     "measured_use",
     "pool_use_by_day",
     "quota_in_use",
     "spending_by_account",
     "spent_by_day",
     "subtree_ids",
-    "usage_by_day_and_user",
+    "usage_by_day",
+    "usage_by_user",
     "workloads_page",
 ]
 
@@ -200,47 +199,63 @@ async def spending_by_account(session: AsyncSession, user_id: int, since: date) 
     return {int(a): int(s or 0) for a, s in rows}
 
 
-@dataclass(frozen=True, slots=True)
-class UsageCell:
-    """One user's use of an account subtree on one day (summed over pools and profiles)."""
-
-    day: date
-    user_id: int
-    amount: int
-    cpu_seconds: float
-    memory_gib_seconds: float
-    gpu_seconds: float
-    used_cpu_seconds: float
-
-
-async def usage_by_day_and_user(
+async def usage_by_user(
     session: AsyncSession, account_ids: Collection[int], first: date, last: date
-) -> list[UsageCell]:
-    """Per day and user over an account subtree: one scan feeds both the stacked plot and
-    the leaderboard."""
+) -> list[LeaderRow]:
+    """Each user's spending and requested resources in an account subtree over
+    ``first``..``last``, by cost: the leaderboard, and who the plot draws on their own."""
     rows = await session.execute(
         select(
-            UsageDay.day,
-            UsageDay.user_id,
+            User.name,
             func.sum(UsageDay.amount),
             func.sum(UsageDay.cpu_seconds),
             func.sum(UsageDay.memory_gib_seconds),
             func.sum(UsageDay.gpu_seconds),
             func.sum(UsageDay.used_cpu_seconds),
+            UsageDay.user_id,
         )
+        .join(User, User.id == UsageDay.user_id)
         .where(
             UsageDay.account_id.in_(list(account_ids)),
             UsageDay.day >= first,
             UsageDay.day <= last,
         )
-        .group_by(UsageDay.day, UsageDay.user_id)
+        .group_by(UsageDay.user_id, User.name)
     )
-    return [
-        UsageCell(
-            d, int(u), int(a or 0), float(c or 0), float(m or 0), float(g or 0), float(x or 0)
+    out = [
+        LeaderRow(
+            u, int(a or 0), float(c or 0), float(m or 0), float(g or 0), float(x or 0), int(i)
         )
-        for d, u, a, c, m, g, x in rows
+        for u, a, c, m, g, x, i in rows
     ]
+    out.sort(key=lambda r: (-r.amount, r.user))
+    return out
+
+
+async def usage_by_day(
+    session: AsyncSession,
+    account_ids: Collection[int],
+    first: date,
+    last: date,
+    users: Collection[int],
+) -> list[tuple[date, int, int]]:
+    """(day, user id, micros) over an account subtree for ``users``; everyone else's summed
+    under user id 0. One scan, and at most (len(users) + 1) rows a day."""
+    who = (
+        case((UsageDay.user_id.in_(list(users)), UsageDay.user_id), else_=0)
+        if users
+        else literal(0)
+    )
+    rows = await session.execute(
+        select(UsageDay.day, who.label("who"), func.sum(UsageDay.amount))
+        .where(
+            UsageDay.account_id.in_(list(account_ids)),
+            UsageDay.day >= first,
+            UsageDay.day <= last,
+        )
+        .group_by(UsageDay.day, "who")
+    )
+    return [(d, int(u), int(a or 0)) for d, u, a in rows]
 
 
 async def spent_by_day(
@@ -268,6 +283,7 @@ class LeaderRow:
     memory_gib_seconds: float
     gpu_seconds: float
     used_cpu_seconds: float
+    user_id: int = 0
 
     @property
     def efficiency(self) -> float | None:
@@ -275,23 +291,6 @@ class LeaderRow:
         if self.cpu_seconds <= 0 or self.used_cpu_seconds <= 0:
             return None
         return self.used_cpu_seconds / self.cpu_seconds
-
-
-def leaderboard(cells: Iterable[UsageCell], names: Mapping[int, str]) -> list[LeaderRow]:
-    """Each user's spending and requested resources, by cost, from the day cells."""
-    totals: dict[int, list[float]] = defaultdict(lambda: [0.0] * 5)
-    for c in cells:
-        t = totals[c.user_id]
-        t[0] += c.amount
-        t[1] += c.cpu_seconds
-        t[2] += c.memory_gib_seconds
-        t[3] += c.gpu_seconds
-        t[4] += c.used_cpu_seconds
-    out = [
-        LeaderRow(names.get(u, "?"), int(t[0]), t[1], t[2], t[3], t[4]) for u, t in totals.items()
-    ]
-    out.sort(key=lambda r: (-r.amount, r.user))
-    return out
 
 
 async def pool_use_by_day(
