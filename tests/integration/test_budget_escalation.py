@@ -202,7 +202,7 @@ def _held(site: Site) -> int:
     """bob's new job, once held by the spent budget."""
     wid = site.submit(site.bob)
     w = wait_for(
-        lambda: (w := workload(site.service, site.bob, wid))["reason"] and w,
+        lambda: "has spent" in str((w := workload(site.service, site.bob, wid))["reason"]) and w,
         30,
         what="bob's job to be held",
     )

@@ -168,6 +168,7 @@ class Notifier:
         max_backoff: float = 3600.0,
         max_attempts: int = 12,
         batch: int = 50,
+        parallel: int = 4,
         transport: httpx.AsyncBaseTransport | None = None,
         send_mail: SendMail = smtp_send,
     ) -> None:
@@ -182,6 +183,8 @@ class Notifier:
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
         self._wake = asyncio.Event()
+        #: Deliveries in flight at once: a mail server limits connections per client.
+        self._parallel = asyncio.Semaphore(parallel)
         self._policy: tuple[int, Policy] | None = None
         self.outage = OutageLog("notifier", "deliveries waited", log)
 
@@ -234,8 +237,12 @@ class Notifier:
         """One pass: deliver every row due now (at most ``batch``); how many were tried."""
         policy, rows = await self.db.run_read(self._read)
         if rows:
-            await asyncio.gather(*(self._attempt(policy, row) for row in rows))
+            await asyncio.gather(*(self._limited(policy, row) for row in rows))
         return len(rows)
+
+    async def _limited(self, policy: Policy | None, row: Delivery) -> None:
+        async with self._parallel:
+            await self._attempt(policy, row)
 
     async def _attempt(self, policy: Policy | None, row: Delivery) -> None:
         url = row.target if row.channel == WEBHOOK else None
