@@ -28,7 +28,6 @@ from sqlalchemy import (
     BigInteger,
     Date,
     Float,
-    Integer,
     String,
     Table,
     and_,
@@ -84,7 +83,7 @@ METER = "meter"
 STALE = 600.0
 #: How far before the last pass's time a workload's start may lie and still be found as new:
 #: its start is stamped before the write that records it commits.
-SLACK = timedelta(minutes=15)
+SLACK = timedelta(minutes=5)
 
 OC = cast_table(Table, OpenCharge.__table__)
 LE = cast_table(Table, LedgerEntry.__table__)
@@ -128,13 +127,6 @@ class Pass:
 
 def _dialect(session: Session) -> str:
     return session.get_bind().dialect.name
-
-
-def _ms(dialect: str, start: Any, end: Any) -> ColumnElement[int]:
-    """Whole milliseconds from ``start`` to ``end`` (both timestamps), rounded."""
-    if dialect == "postgresql":
-        return cast(func.round(func.extract("epoch", end - start) * 1000), BigInteger)
-    return cast(func.round((func.julianday(end) - func.julianday(start)) * 86_400_000.0), Integer)
 
 
 def _iso(dialect: str, t: Any) -> ColumnElement[str]:
@@ -194,10 +186,16 @@ def meter_pass(
         # of them must not be counted by one and not the other.
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     done = Pass()
-    done.opened = _open_new(session, now, price_of)
+    since = session.execute(select(Heartbeat.at).where(Heartbeat.name == METER)).scalar()
+    done.opened, first = _open_new(session, now, since, price_of)
+    _mark_ends(session, since)
     if measured:
         done.measured = _record_measured(session, dialect, now, tz, measured)
-    lo = session.execute(select(func.min(OC.c.charged_through)).where(~OC.c.closed)).scalar()
+    if since is not None:
+        # Every open charge was moved to the last pass's time by it, or opened since.
+        lo: datetime | None = min(since, first) if first is not None else since
+    else:
+        lo = session.execute(select(func.min(OC.c.charged_through)).where(~OC.c.closed)).scalar()
     if lo is not None:
         for cut in rules.cuts(lo, now, entry_seconds, tz):
             _step(session, dialect, done, cut, rules.is_boundary(cut, entry_seconds), tz, now)
@@ -205,9 +203,11 @@ def meter_pass(
     return done
 
 
-def _open_new(session: Session, now: datetime, price_of: PriceOf) -> int:
-    """An open charge for each workload that started since the last pass, from its start."""
-    since = session.execute(select(Heartbeat.at).where(Heartbeat.name == METER)).scalar()
+def _open_new(
+    session: Session, now: datetime, since: datetime | None, price_of: PriceOf
+) -> tuple[int, datetime | None]:
+    """An open charge for each workload that started since the last pass, from its start;
+    how many, and the earliest start among them."""
     _beat(session, now)
     started = W.started_at.is_not(None)
     if since is None:  # the first pass ever: whatever runs now, and what just ran
@@ -231,7 +231,7 @@ def _open_new(session: Session, now: datetime, price_of: PriceOf) -> int:
         .where(started, recent, ~exists().where(OC.c.workload_id == W.id))
     ).all()
     if not rows:
-        return 0
+        return 0, None
     values = []
     for r in rows:
         requested = Resources(r.millicpus, r.memory, r.gpus or {})
@@ -252,12 +252,16 @@ def _open_new(session: Session, now: datetime, price_of: PriceOf) -> int:
                 "share": price.share,
                 "span_start": r.started_at,
                 "charged_through": r.started_at,
+                "start_ms": rules.epoch_ms(r.started_at),
+                "through_ms": rules.epoch_ms(r.started_at),
+                "end_ms": None,
+                "ends_at": None,
                 "amount": 0,
                 "closed": False,
             }
         )
     session.execute(insert(OC), values)
-    return len(values)
+    return len(values), min(r.started_at for r in rows)
 
 
 def _beat(session: Session, now: datetime) -> None:
@@ -270,12 +274,36 @@ def _beat(session: Session, now: datetime) -> None:
     )
 
 
-def _ended(oc: Any = OC) -> ColumnElement[bool]:
-    """The charge's workload has ended (or was put back in the queue) by where it is charged."""
-    return or_(
-        and_(W.ended_at.is_not(None), oc.c.charged_through >= W.ended_at),
-        W.started_at.is_(None),
+def _mark_ends(session: Session, since: datetime | None) -> None:
+    """Copy onto each open charge where its workload ended, for those that ended since the
+    last pass (by the index on ``ended_at``): the pass's statements then read open charges
+    alone. An end stamped before the charge's last pass (it committed after that pass) is
+    taken as that pass: charges never go backwards."""
+    if since is None:
+        return
+    rows = session.execute(
+        select(OC.c.workload_id, OC.c.charged_through, W.ended_at)
+        .select_from(WORKLOADS.join(OC, OC.c.workload_id == W.id))
+        .where(W.ended_at >= since - SLACK, ~OC.c.closed, OC.c.end_ms.is_(None))
+    ).all()
+    if not rows:
+        return
+    ends = [
+        {"wid": r.workload_id, "ends_at": e, "end_ms": rules.epoch_ms(e)}
+        for r in rows
+        for e in [max(r.ended_at, r.charged_through)]
+    ]
+    session.execute(
+        update(OC)
+        .where(OC.c.workload_id == bindparam("wid"))
+        .values(ends_at=bindparam("ends_at"), end_ms=bindparam("end_ms")),
+        ends,
     )
+
+
+def _ended() -> ColumnElement[bool]:
+    """The charge has reached its workload's end."""
+    return and_(OC.c.end_ms.is_not(None), OC.c.through_ms >= OC.c.end_ms)
 
 
 def _step(
@@ -290,21 +318,14 @@ def _step(
     """Move every open charge on to ``cut`` (or its workload's end), then close what ended.
 
     Between the previous cut and this one no charge crosses a midnight or a span's end, so
-    the whole step adds to one day's totals."""
-    c = _ts("cut", cut)
+    the whole step adds to one day's totals. The arithmetic is on integer milliseconds."""
+    c = rules.epoch_ms(cut)
     day = rules.day_of(cut - timedelta(microseconds=1), tz)
-    ct = OC.c.charged_through
-    # Where each charge gets to: the cut, or its workload's end, never backwards (an end
-    # stamped just before the last pass but committed after it is charged to that pass).
-    reach = case(
-        (W.ended_at.is_not(None) & (W.ended_at < c), W.ended_at),
-        (W.started_at.is_(None), ct),
-        else_=c,
-    )
-    to = case((reach < ct, ct), else_=reach)
-    amount = (OC.c.rate * _ms(dialect, OC.c.span_start, to) + 1_800_000) // 3_600_000
-    seconds = cast(_ms(dialect, ct, to), Float) / 1000.0
-    moving = and_(OC.c.workload_id == W.id, ~OC.c.closed, ct < c)
+    ending = and_(OC.c.end_ms.is_not(None), OC.c.end_ms < c)
+    to = case((ending, OC.c.end_ms), else_=literal(c, BigInteger))
+    amount = (OC.c.rate * (to - OC.c.start_ms) + 1_800_000) // 3_600_000
+    seconds = cast(to - OC.c.through_ms, Float) / 1000.0
+    moving = and_(~OC.c.closed, OC.c.through_ms < c)
     # The same text in the select and its grouping (a bound 0 would be two parameters).
     pool = func.coalesce(OC.c.pool_id, literal_column("0"))
     profile = func.coalesce(OC.c.profile_id, literal_column("0"))
@@ -322,26 +343,42 @@ def _step(
             func.sum(seconds * OC.c.share),
             literal(0.0),
         )
-        .select_from(OC.join(WORKLOADS, W.id == OC.c.workload_id))
         .where(moving)
         .group_by(OC.c.account_id, OC.c.user_id, pool, profile)
     )
     session.execute(_upsert_usage(dialect, usage))
+    running = (OC.c.rate * (c - OC.c.start_ms) + 1_800_000) // 3_600_000
     done.advanced += _count(
-        session.execute(update(OC).where(moving).values(amount=amount, charged_through=to))
+        session.execute(
+            update(OC)
+            .where(moving, ~ending)
+            .values(amount=running, through_ms=c, charged_through=_ts("cut", cut))
+        )
+    )
+    stopped = (OC.c.rate * (OC.c.end_ms - OC.c.start_ms) + 1_800_000) // 3_600_000
+    done.advanced += _count(
+        session.execute(
+            update(OC)
+            .where(moving, ending)
+            .values(amount=stopped, through_ms=OC.c.end_ms, charged_through=OC.c.ends_at)
+        )
     )
     done.steps += 1
     finished = [_ended()]
     if boundary:
-        finished.append(ct == c)
+        finished.append(OC.c.through_ms == c)
     done.entries += _write_entries(
-        session, dialect, now, and_(~OC.c.closed, ct > OC.c.span_start, or_(*finished))
+        session, dialect, now, and_(~OC.c.closed, OC.c.through_ms > OC.c.start_ms, or_(*finished))
     )
     done.refunds += _refund(session, dialect, now, tz)
-    closing = update(OC).where(OC.c.workload_id == W.id, ~OC.c.closed, _ended())
+    closing = update(OC).where(~OC.c.closed, _ended())
     done.closed += _count(session.execute(closing.values(closed=True)))
     if boundary:
-        session.execute(update(OC).where(~OC.c.closed, ct == c).values(span_start=ct, amount=0))
+        session.execute(
+            update(OC)
+            .where(~OC.c.closed, OC.c.through_ms == c)
+            .values(span_start=OC.c.charged_through, start_ms=OC.c.through_ms, amount=0)
+        )
 
 
 def _write_entries(session: Session, dialect: str, now: datetime, where: Any) -> int:
@@ -354,32 +391,28 @@ def _write_entries(session: Session, dialect: str, now: datetime, where: Any) ->
         .scalar_subquery()
     )
     key = literal("w:").concat(cast(OC.c.workload_id, String)).concat(":")
-    rows = (
-        select(
-            key.concat(_iso(dialect, OC.c.span_start)),
-            literal("charge"),
-            OC.c.source,
-            OC.c.workload_id,
-            OC.c.account_id,
-            OC.c.user_id,
-            OC.c.pool_id,
-            OC.c.profile_id,
-            OC.c.span_start,
-            OC.c.charged_through,
-            OC.c.millicpus,
-            OC.c.memory,
-            OC.c.gpus,
-            OC.c.rate,
-            OC.c.amount,
-            OC.c.used_cpu_seconds - before,
-            OC.c.peak_memory,
-            OC.c.gpu_utilisation,
-            literal(""),
-            _ts("now", now),
-        )
-        .select_from(OC.join(WORKLOADS, W.id == OC.c.workload_id))
-        .where(where)
-    )
+    rows = select(
+        key.concat(_iso(dialect, OC.c.span_start)),
+        literal("charge"),
+        OC.c.source,
+        OC.c.workload_id,
+        OC.c.account_id,
+        OC.c.user_id,
+        OC.c.pool_id,
+        OC.c.profile_id,
+        OC.c.span_start,
+        OC.c.charged_through,
+        OC.c.millicpus,
+        OC.c.memory,
+        OC.c.gpus,
+        OC.c.rate,
+        OC.c.amount,
+        OC.c.used_cpu_seconds - before,
+        OC.c.peak_memory,
+        OC.c.gpu_utilisation,
+        literal(""),
+        _ts("now", now),
+    ).where(where)
     columns = [
         "key",
         "kind",
@@ -524,13 +557,14 @@ def _reprice(
         session,
         dialect,
         now,
-        and_(OC.c.workload_id.in_(ids), OC.c.charged_through > OC.c.span_start),
+        and_(OC.c.workload_id.in_(ids), OC.c.through_ms > OC.c.start_ms),
     )
     session.execute(
         update(OC)
         .where(OC.c.workload_id == bindparam("wid"))
         .values(
             span_start=OC.c.charged_through,
+            start_ms=OC.c.through_ms,
             amount=0,
             **{k: bindparam(k) for k in updates[0] if k != "wid"},
         ),

@@ -166,6 +166,7 @@ class Workload(Base):
         Index("ix_workloads_created_at", "created_at"),
         # The meter finds the workloads that started since its last pass by this.
         Index("ix_workloads_started_at", "started_at"),
+        Index("ix_workloads_ended_at", "ended_at"),
         # Ids name run directories, groups and output files: never reused, even after a
         # restore (migration 0006; PostgreSQL's sequence never goes back anyway).
         {"sqlite_autoincrement": True},
@@ -329,6 +330,13 @@ class OpenCharge(Base):
     #: Start of the current span, and how far it has been charged.
     span_start: Mapped[datetime]
     charged_through: Mapped[datetime]
+    #: The same two instants in milliseconds since the epoch, and where its workload ended
+    #: (None while it runs): the pass's arithmetic is on integers, the same in both
+    #: databases, without parsing a timestamp per row.
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    through_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int | None] = mapped_column(BigInteger)
+    ends_at: Mapped[datetime | None]
     #: Charged since ``span_start`` (millionths).
     amount: Mapped[int] = mapped_column(BigInteger, default=0)
     used_cpu_seconds: Mapped[float | None] = mapped_column(Float)

@@ -28,6 +28,7 @@ __all__ = [
     "day_start",
     "elapsed_ms",
     "entry_key",
+    "epoch_ms",
     "external_key",
     "format_money",
     "hourly_micros",
@@ -115,6 +116,11 @@ def elapsed_ms(start: datetime, end: datetime) -> int:
 def _us(t: datetime) -> int:
     d = t - _EPOCH
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def epoch_ms(t: datetime) -> int:
+    """Milliseconds since the epoch, rounded half up: how the database pass counts time."""
+    return (_us(t) + 500) // 1000
 
 
 def span_start(t: datetime, entry_seconds: int) -> datetime:

@@ -64,6 +64,10 @@ def upgrade() -> None:
         sa.Column("share", sa.Float(), nullable=False),
         sa.Column("span_start", T, nullable=False),
         sa.Column("charged_through", T, nullable=False),
+        sa.Column("start_ms", sa.BigInteger(), nullable=False),
+        sa.Column("through_ms", sa.BigInteger(), nullable=False),
+        sa.Column("end_ms", sa.BigInteger(), nullable=True),
+        sa.Column("ends_at", T, nullable=True),
         sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.Column("used_cpu_seconds", sa.Float(), nullable=True),
         sa.Column("peak_memory", sa.BigInteger(), nullable=True),
@@ -86,9 +90,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_usage_days_account_id_day", "usage_days", ["account_id", "day"])
     op.create_index("ix_workloads_started_at", "workloads", ["started_at"])
+    op.create_index("ix_workloads_ended_at", "workloads", ["ended_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_workloads_ended_at", "workloads")
     op.drop_index("ix_workloads_started_at", "workloads")
     op.drop_table("usage_days")
     op.drop_table("open_charges")
