@@ -160,6 +160,9 @@ async def seed(service: Service, charges: Iterable[Charge]) -> None:
                         share=0.1,
                         span_start=c.start,
                         charged_through=end,
+                        start_ms=int(c.start.timestamp() * 1000),
+                        through_ms=int(end.timestamp() * 1000),
+                        gpu_count=c.gpus,
                         closed=False,
                         **common,
                     )
