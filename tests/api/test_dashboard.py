@@ -325,3 +325,21 @@ async def test_forms_refuse_a_missing_xsrf_token(board: Service, hub: Hub) -> No
         assert 'action="/services/allotment/dashboard/accounts/inst/lab-a/members/add"' not in page
         xsrf_a = re.search(r'name="_xsrf" value="([^"]+)"', page)
         assert xsrf_a is None
+
+
+async def test_the_service_root_leads_to_the_dashboard_and_its_files_ship(
+    board: Service,
+) -> None:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=board.app), base_url="http://allotment.test"
+    ) as c:
+        r = await c.get("/services/allotment/")
+        assert (r.status_code, r.headers["location"]) == (302, "/services/allotment/dashboard/")
+        chart = await c.get("/services/allotment/dashboard/static/chart.umd.min.js")
+        assert chart.status_code == 200 and "Chart.js v4.6.1" in chart.text[:200]
+        for name in ("dashboard.js", "dashboard.css", "chart.js-LICENSE.md"):
+            assert (await c.get(f"/services/allotment/dashboard/static/{name}")).status_code == 200
+        # Without a login and without a hub to send it to, the page says how to reach it.
+        board.app.state.dashboard.oauth = None  # as outside a hub, whatever runs the tests
+        page = await c.get("/services/allotment/dashboard/")
+        assert page.status_code == 401 and "through JupyterHub" in page.text
