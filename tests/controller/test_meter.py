@@ -6,11 +6,13 @@ on, and the meter's route reading the ledger (docs/design/0004-ledger.md)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
 from allotment.config import parse_policy
+from allotment.controller.view import load_policy_view, usage
 from allotment.db.ledger import totals, workload_cost
 from allotment.db.policy_sync import apply_policy
 from allotment.db.tables import LedgerEntry, OpenCharge, UsageDay, Workload
@@ -237,3 +239,29 @@ async def test_the_meter_route_reads_the_ledger(fast: Fast) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["cost"] == 1.0
     assert r.json()["cost_per_hour"] == 3.0
+
+
+async def test_fair_share_usage_is_read_from_the_ledger(fast: Fast) -> None:
+    wid = await fast.submit()
+    await _started(fast, wid)
+    meter = fast.controller.meter
+    await meter.pass_once()
+    fast.clock.advance(600)
+    await meter.pass_once()
+    fast.clock.advance(60)  # not yet charged: counted from the open charge
+    now = fast.clock.now()
+
+    def read(s: Any) -> dict[tuple[str, str], float]:
+        view = load_policy_view(s)
+        assert view is not None
+        return usage(s, view, now)
+
+    used = await fast.controller.db.run_read(read)
+    # A quarter of the node (one of its four CPUs) for 660 seconds, barely decayed (its
+    # submitter is the admin token's user).
+    ((account, _), share_seconds), *others = used.items()
+    assert account == "lab" and not others
+    assert share_seconds == pytest.approx(0.25 * 660, rel=1e-2)
+    async with fast.controller.db.write() as s:  # the workloads table is not what it reads
+        await s.execute(update(Workload).where(Workload.id == wid).values(started_at=None))
+    assert await fast.controller.db.run_read(read) == used

@@ -4,7 +4,7 @@ workloads, as the scheduler's ``Snapshot``.
 The policy document gives allocations, limits, weights and nodes; shares come from the accounts
 table, since group managers may have changed them through the API since the policy was applied.
 Usage for fair share is what workloads ran (dominant share × seconds), decayed by the policy's
-half-life, counted from the workloads table (there is no ledger table: the workloads are the record).
+half-life, read from the ledger's daily totals and open charges (``usage``).
 
 The readers take a synchronous session: the controller runs them in one hand-over
 (``Database.run_read``), API routes on their async session (``AsyncSession.run_sync``).
@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -23,11 +23,21 @@ from sqlalchemy.orm import Session
 
 from allotment.config.models import Policy
 from allotment.config.scheduler_view import scheduler_view
-from allotment.db.tables import Account, PolicyVersion, Pool, Profile, User, Workload
+from allotment.db.tables import (
+    Account,
+    OpenCharge,
+    PolicyVersion,
+    Pool,
+    Profile,
+    UsageDay,
+    User,
+    Workload,
+)
+from allotment.domain.ledger import day_of, day_start
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import ACTIVE, WorkloadState
 from allotment.scheduler import AccountState, Limits, NodeState, Pending, Running, Weights
-from allotment.scheduler.usage import decay_factor, dominant_share
+from allotment.scheduler.usage import decay_factor
 
 __all__ = [
     "LiveView",
@@ -312,37 +322,35 @@ def _pending(row: Any, view: PolicyView) -> Pending:
 
 
 def usage(session: Session, view: PolicyView, now: datetime) -> dict[tuple[str, str], float]:
-    """Decayed dominant-share seconds per (account, user), over the last ten half-lives."""
+    """Decayed dominant-share seconds per (account, user), over the last ten half-lives, from
+    the ledger's daily totals (``usage_days.share_seconds``, each day decayed at the age of
+    its midpoint) and the open charges' share since the meter's last pass: the one record of
+    what each account used, as budgets and reports read it (docs/design/0004-ledger.md)."""
     half_life = float(view.policy.scheduling.half_life)
-    capacity: dict[str, Resources] = defaultdict(Resources)
-    for n in view.nodes:
-        capacity[n.pool] = capacity[n.pool] + n.capacity
-    t_now = now.timestamp()
-    horizon = t_now - 10 * half_life if half_life > 0 else float("-inf")
-    rows = session.execute(
-        select(
-            Workload.millicpus,
-            Workload.memory,
-            Workload.gpus,
-            Workload.started_at,
-            Workload.ended_at,
-            User.name,
-            Account.path,
-            Pool.name,
-        )
-        .join(User, User.id == Workload.user_id)
-        .join(Account, Account.id == Workload.account_id)
-        .join(Pool, Pool.id == Workload.pool_id)
-        .where(Workload.started_at.is_not(None))
+    tz = view.policy.accounting.time_zone
+    query = (
+        select(UsageDay.day, Account.path, User.name, func.sum(UsageDay.share_seconds))
+        .join(Account, Account.id == UsageDay.account_id)
+        .join(User, User.id == UsageDay.user_id)
+        .group_by(UsageDay.day, Account.path, User.name)
     )
+    if half_life > 0:
+        query = query.where(UsageDay.day >= day_of(now - timedelta(seconds=10 * half_life), tz))
     out: dict[tuple[str, str], float] = defaultdict(float)
-    for mc, mem, gpus, started, ended, user, account, pool in rows:
-        end = _epoch(ended, t_now)
-        if end < horizon or pool not in capacity:
-            continue
-        start = _epoch(started, t_now)
-        share = dominant_share(Resources(mc, mem, gpus or {}), capacity[pool])
-        # Charged at its midpoint's age: exact for short runs, close for long ones.
-        age = t_now - (start + end) / 2
-        out[(account, user)] += share * max(end - start, 0.0) * decay_factor(age, half_life)
+    t_now = now.timestamp()
+    for day, account, user, seconds in session.execute(query):
+        begin = day_start(day, tz).timestamp()
+        end = min(day_start(day + timedelta(days=1), tz).timestamp(), t_now)
+        # Charged at its midpoint's age: exact for a day of even use, close otherwise.
+        out[(account, user)] += float(seconds or 0.0) * decay_factor(
+            t_now - (begin + max(end, begin)) / 2, half_life
+        )
+    rows = session.execute(
+        select(OpenCharge.share, OpenCharge.charged_through, Account.path, User.name)
+        .join(Account, Account.id == OpenCharge.account_id)
+        .join(User, User.id == OpenCharge.user_id)
+        .where(~OpenCharge.closed)
+    )
+    for share, through, account, user in rows:
+        out[(account, user)] += share * max(t_now - through.timestamp(), 0.0)
     return dict(out)
