@@ -357,7 +357,7 @@ def test_the_ledger_charges_exactly_once_whatever_happens(world: World) -> None:
     run_state_machine_as_test(
         Ledger,
         settings=settings(
-            max_examples=int(os.environ.get("LEDGER_EXAMPLES", "25")),
+            max_examples=int(os.environ.get("LEDGER_EXAMPLES", "15")),
             stateful_step_count=40,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
