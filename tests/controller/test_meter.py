@@ -5,7 +5,7 @@ on, and the meter's route reading the ledger (docs/design/0004-ledger.md)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,10 +13,11 @@ from sqlalchemy import select, update
 
 from allotment.config import parse_policy
 from allotment.controller.view import load_policy_view, usage
-from allotment.db.ledger import totals, workload_cost
+from allotment.db.ledger import charge_external, totals, workload_cost
 from allotment.db.policy_sync import apply_policy
-from allotment.db.tables import LedgerEntry, OpenCharge, UsageDay, Workload
+from allotment.db.tables import Account, LedgerEntry, OpenCharge, UsageDay, User, Workload
 from allotment.domain.ledger import Measured, charge, elapsed_ms
+from allotment.domain.resources import Resources
 from tests.controller.conftest import Fast
 
 #: One CPU at 2 credits an hour and 1 GiB at 1: a ``small`` job costs 3 credits an hour.
@@ -265,3 +266,45 @@ async def test_fair_share_usage_is_read_from_the_ledger(fast: Fast) -> None:
     async with fast.controller.db.write() as s:  # the workloads table is not what it reads
         await s.execute(update(Workload).where(Workload.id == wid).values(started_at=None))
     assert await fast.controller.db.run_read(read) == used
+
+
+async def test_work_allotment_did_not_submit_is_charged_once_by_its_key(fast: Fast) -> None:
+    """A Slurm job imported from accounting: same ledger, same totals, its key naming the
+    cluster, the job id and the submit time (job ids repeat)."""
+    async with fast.controller.db.read() as s:
+        account = (await s.execute(select(Account.id).where(Account.path == "lab"))).scalar_one()
+        user = (await s.execute(select(User.id).limit(1))).scalar_one()
+    start = datetime(2026, 1, 1, 22, 30, tzinfo=UTC)  # Berlin's midnight at 23:00 UTC
+
+    def charge_it(s: Any) -> bool:
+        return charge_external(
+            s,
+            source="slurm",
+            external_id="hpc:4242:2026-01-01T20:00:00Z",
+            account_id=account,
+            user_id=user,
+            pool_id=None,
+            start=start,
+            end=start + timedelta(hours=1),
+            requested=Resources.of(2),
+            rate=RATE,
+            tz="Europe/Berlin",
+            now=start + timedelta(hours=2),
+            measured=Measured(cpu_seconds=5000.0),
+        )
+
+    assert await fast.controller.db.run_write(charge_it)
+    assert not await fast.controller.db.run_write(charge_it)  # again: nothing written
+    async with fast.controller.db.read() as s:
+        entries = (await s.execute(select(LedgerEntry))).scalars().all()
+        days = (await s.execute(select(UsageDay).order_by(UsageDay.day))).scalars().all()
+    assert [e.key for e in entries] == [
+        "slurm:hpc:4242:2026-01-01T20:00:00Z:2026-01-01T22:30:00.000000Z"
+    ]
+    assert entries[0].workload_id is None and entries[0].amount == RATE
+    assert [(d.day.isoformat(), d.amount, d.cpu_seconds) for d in days] == [
+        ("2026-01-01", RATE // 2, 3600.0),
+        ("2026-01-02", RATE // 2, 3600.0),
+    ]
+    assert sum(d.used_cpu_seconds for d in days) == 5000.0
+    await _consistent(fast)
