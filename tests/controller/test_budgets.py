@@ -155,7 +155,7 @@ async def test_running_work_is_warned_then_stopped_after_the_grace(fast: Fast) -
     assert [t for _, t in first.alerts] == [0.5, 0.8, 0.9, 1.0]
     w = await fast.get(wid)
     assert w["status"] == "running"
-    assert w["reason"].endswith("ask carol (manager) to raise it. it will be stopped at 00:10 UTC")
+    assert w["reason"].endswith("ask carol (manager) to raise it. It will be stopped at 00:10 UTC")
     fast.clock.advance(9 * 60)
     assert not (await watch.pass_once()).stopped
     fast.clock.advance(60)

@@ -281,9 +281,9 @@ class BudgetWatch:
                 continue  # not yet running, or already stepped down: it goes on
             if now < deadline:
                 then = (
-                    f"it steps down to profile '{b.step_down}'"
+                    f"It steps down to profile '{b.step_down}'"
                     if step_id is not None
-                    else "it will be stopped"
+                    else "It will be stopped"
                 )
                 reason = f"{b.hold_reason}. {then} at {deadline:%H:%M} UTC"
                 if workloads.warn_running(conn, w.id, reason, now):
