@@ -188,7 +188,13 @@ async def test_spending_in_the_period_leaves_less_budget_and_a_hard_stop_blocks(
             4.0,
             1.0,
         )
-        assert p["blocked"] is None and p["starts_now"]
+        # Two hours of small (its maximum runtime) cost 8.0, more than the 4.0 left: the
+        # scheduler would hold it, and the quote says so.
+        assert p["blocked"] == (
+            "its cost up to its maximum runtime (8.00 EUR) would go beyond the 4.00 EUR left "
+            "of lab's budget on pool 'box' for 1 January; ask an administrator to raise it"
+        )
+        assert not p["starts_now"]
         # One more hour, still running: 10 of 10 spent, and the budget stops new work.
         running = await _submit(service, "lab")
         await _run_for(service, running, 1, ended=False)

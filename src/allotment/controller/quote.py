@@ -21,10 +21,16 @@ from allotment.config.models import Policy
 from allotment.config.resolve import account_paths, resolve_account
 from allotment.db.budgets import budgets_in_force
 from allotment.domain.accounts import is_within
-from allotment.domain.budgets import MICROS, BudgetStatus
+from allotment.domain.budgets import (
+    MICROS,
+    BudgetStatus,
+    ask_text,
+    beyond_text,
+    over_budget,
+)
 from allotment.domain.costs import Rates
 from allotment.domain.resources import Resources
-from allotment.scheduler import NodeState, Pending
+from allotment.scheduler import NodeState, Pending, Running
 from allotment.scheduler.projection import project
 from allotment.scheduler.usage import subtract
 from allotment.schemas import BudgetLeft, ProfileQuote, QuotaLeft
@@ -111,6 +117,33 @@ class BudgetBook:
                 blocked = b.hold_reason
         return budget, blocked
 
+    async def beyond(
+        self, account: str, pool: str, cost: float, running: Sequence[Running], now: float
+    ) -> str | None:
+        """Why the scheduler would hold a workload costing ``cost`` up to its maximum runtime
+        (``scheduler.cycle``'s rule): with what running workloads of a hard-stop budget over
+        it may still spend up to theirs, it goes beyond what that budget has left."""
+        for b in await self.budgets():
+            if not b.hard_stop or (b.pool is not None and b.pool != pool):
+                continue
+            if not is_within(account, b.account):
+                continue
+            committed = sum(
+                rates_of(self.policy, r.pool).hourly(r.resources)
+                * max(r.expected_end - now, 0.0)
+                / 3600
+                for r in running
+                if not r.stopping
+                and r.pool in self.policy.pools
+                and (b.pool is None or r.pool == b.pool)
+                and is_within(r.account, b.account)
+            )
+            left = b.remaining / MICROS
+            if over_budget(cost, committed, left):
+                text = beyond_text(cost, committed, left, b.overdraft / MICROS, b.currency, b.name)
+                return f"{text}; {ask_text(b.managers)}"
+        return None
+
 
 async def quote_profiles(
     session: AsyncSession,
@@ -153,6 +186,10 @@ async def quote_profiles(
         rates = rates_of(policy, req.pool)
         hourly = rates.hourly(size)
         budget, blocked = await budgets.tightest(account, req.pool, hourly)
+        if blocked is None:
+            blocked = await budgets.beyond(
+                account, req.pool, hourly * walltime / 3600, live.running, t_now
+            )
         quota = None
         for alloc in policy.allocations:
             name = resolve_account(policy, alloc.account)
