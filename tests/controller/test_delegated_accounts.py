@@ -35,6 +35,7 @@ async def test_work_charged_to_a_created_sub_account_runs_and_counts_for_fair_sh
     fast.clock.advance(3600)
     fast.backend.finish(wid, 0)
     await fast.until(wid, "stopped")
+    await fast.controller.meter.pass_once()  # fair share reads what the meter charged
 
     def read(session: Session) -> tuple[PolicyView, dict[tuple[str, str], float]]:
         view = load_policy_view(session)
