@@ -71,11 +71,6 @@ async def test_an_archived_or_orphaned_account_is_not_scheduled(fast: Fast) -> N
     assert set(view.accounts) == {"lab"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the scheduling loop reuses its view of the accounts for VIEW_SECONDS and rejects "
-    "work charged to an account created since as 'does not exist' (controller/scheduling.py)",
-)
 async def test_work_charged_at_once_to_a_new_sub_account_is_not_rejected(
     fast: Fast, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -245,13 +245,24 @@ class SchedulingLoop:
         )
         self._budgets_stale = False
 
+        reread = False
+
         def read(
             session: Session,
         ) -> tuple[PolicyView | None, LiveView | None, Usage, Budgets | None]:
+            nonlocal reread
             view = load_policy_view(session, self._views) if view_stale else self._view
             if view is None:
                 return None, None, None, None
             live = load_live(session, view, now, self._queue)
+            if not view_stale and any(p.account not in view.accounts for p in live.pending):
+                # Work charged to an account a manager created since the view was read: read
+                # it again rather than reject the work as charged to no account.
+                reread = True
+                view = load_policy_view(session, self._views)
+                if view is None:
+                    return None, None, None, None
+                live = load_live(session, view, now, self._queue)
             refresh = (
                 self._factors is None
                 or mono - self._factors_at >= view.policy.scheduling.fair_share_interval
@@ -267,7 +278,7 @@ class SchedulingLoop:
             return view, live, usage(session, view, now) if refresh else None, budgets
 
         view, live, used, budgets = await self.db.run_read(read)
-        if view_stale:
+        if view_stale or reread:
             self._view, self._view_at = view, mono
         if budgets is not None:
             self._budgets, self._budgets_at = budgets, mono
