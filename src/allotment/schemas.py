@@ -455,7 +455,12 @@ class BudgetIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    amount: float = Field(ge=0, description="Spending limit per period, in the currency.")
+    amount: float = Field(
+        ge=0,
+        le=1e12,
+        allow_inf_nan=False,
+        description="Spending limit per period, in the currency (at most 10^12).",
+    )
     period: str = Field(
         "month",
         pattern=r"^(day|week|month|quarter|year|[1-9][0-9]{0,3}d)$",
@@ -470,7 +475,13 @@ class BudgetIn(BaseModel):
     step_down: str | None = Field(
         None, description="Profile running work steps down to instead of being stopped."
     )
-    overdraft: float = Field(0, ge=0, description="How much beyond the amount may be spent.")
+    overdraft: float = Field(
+        0,
+        ge=0,
+        le=1e12,
+        allow_inf_nan=False,
+        description="How much beyond the amount may be spent (at most 10^12).",
+    )
 
 
 class BudgetOut(_Out):

@@ -142,6 +142,12 @@ async def test_bad_budgets_are_explained(database_url: str, tmp_path: Path) -> N
         assert status == 422
         status, body = await put(svc, svc.admin_token, "lab-a", amount=5, period="fortnight")
         assert status == 422
+        # Money that could not be counted in millionths stops nothing: it is refused.
+        for amount, overdraft in ((1e303, 0), (1, 1e303)):
+            status, body = await put(
+                svc, svc.admin_token, "lab-a", amount=amount, overdraft=overdraft
+            )
+            assert status == 422, body
         status, body = await put(svc, svc.admin_token, "lab-a", "box", amount=5, step_down="nope")
         assert status == 422 and "profile 'nope', which does not exist" in body["detail"]
         status, body = await put(svc, svc.admin_token, "lab-a", "gpu", amount=5)
@@ -175,7 +181,12 @@ async def test_who_may_set_which_budget(database_url: str, tmp_path: Path, hub: 
             status == 403
             and "physics's budget has 50.00 EUR of its 1,000.00 EUR left" in (body["detail"])
         )
-        # A different kind of budget (per week) is not bounded by a monthly one.
+        # A budget of another period is compared per day: 1,000 a month is about 230 a week,
+        # and never a million a year; an overdraft counts with the amount.
+        status, body = await put(svc, t["dean"], "lab-a", amount=1e6, period="year")
+        assert status == 403 and "EUR per year (overdraft included)" in body["detail"]
+        status, body = await put(svc, t["dean"], "lab-a", amount=200, period="week", overdraft=50)
+        assert status == 403 and "per week (overdraft included)" in body["detail"]
         status, body = await put(svc, t["dean"], "lab-a", amount=100, period="week")
         assert status == 200
         # The administrator: anything, anywhere.

@@ -233,3 +233,25 @@ async def test_the_meters_charges_are_what_budgets_and_the_quote_count(fast: Fas
     assert (small["budget"]["spent"], small["budget"]["left"]) == (1.5, 8.5)
     (lab,) = [b for b in listed if b["pool"] == "workstation"]
     assert (lab["spent"], lab["left"], lab["fraction"]) == (1.5, 8.5, 0.15)
+
+
+async def test_a_raised_budget_alerts_again_and_gives_a_new_grace_when_it_is_spent(
+    fast: Fast,
+) -> None:
+    wid = await fast.submit()
+    await fast.until(wid, "running")
+    await spend(fast, 10)
+    watch = fast.controller.budget_watch
+    assert (await watch.pass_once()).warned == [wid]
+    # Raised to 20 through the API: the old alerts no longer stand.
+    async with fast.client() as c:
+        r = await c.put("accounts/lab/budget", params={"pool": "workstation"}, json={"amount": 20})
+    assert r.status_code == 200, r.text
+    assert [t for _, t in (await watch.pass_once()).alerts] == [0.5]
+    # Long after the first warning the raised budget is spent: warned again, not stopped at
+    # once, and the 100 % alert goes out again.
+    fast.clock.advance(30 * 60)
+    await spend(fast, 10)
+    again = await watch.pass_once()
+    assert again.warned == [wid] and not again.stopped
+    assert [t for _, t in again.alerts] == [0.8, 0.9, 1.0]

@@ -58,6 +58,8 @@ Duration = Annotated[
 ]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 NonNegative = Annotated[float, Field(ge=0)]
+#: An amount of money: finite, and small enough to count in millionths in 64 bits.
+Money = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
 InstallationName = Annotated[
     str, Field(json_schema_extra={"pattern": NAME_PATTERN}), AfterValidator(check_name)
 ]
@@ -261,7 +263,7 @@ BudgetPeriod = Annotated[
 class BudgetSpec(_Spec):
     """Money an account (and everything below it) may spend per period."""
 
-    amount: NonNegative = Field(description="Spending limit per period, in the currency.")
+    amount: Money = Field(description="Spending limit per period, in the currency.")
     period: BudgetPeriod = Field(
         "month",
         description="`day`, `week` (from Monday), `month`, `quarter` or `year`: calendar "
@@ -291,7 +293,7 @@ class BudgetSpec(_Spec):
         "budget is spent, instead of being stopped: they keep running, charged at its rate, "
         "with its priority, and may be preempted. Empty: they are stopped.",
     )
-    overdraft: NonNegative = Field(
+    overdraft: Money = Field(
         0,
         description="How much beyond `amount` the account may spend before the hard stop "
         "(work admitted while money was left may finish). 0: none.",
@@ -488,8 +490,9 @@ class WebhookSpec(_Spec):
     url: str = Field(pattern=r"^https?://", description="Where alerts are POSTed.")
     secret_file: str = Field(
         pattern=r"^/",
-        description="File holding the shared secret: each POST carries "
-        "`X-Allotment-Signature: sha256=<HMAC-SHA256 of the body>` and an `Idempotency-Key`.",
+        description="File holding the shared secret: each POST carries `X-Allotment-Timestamp` "
+        "and `X-Allotment-Signature: sha256=<HMAC-SHA256 of '<timestamp>.' + body>`, and an "
+        "`Idempotency-Key` (docs/notifications.md).",
     )
 
 

@@ -143,6 +143,8 @@ class BudgetWatch:
             try:
                 await self.pass_once()
                 self.outage.recovered()
+                # Read after the pass: the first one learns the policy's interval.
+                interval = self.interval
             except Exception as e:
                 if (outage := classify(e)) is None:
                     log.exception("budget watch pass failed; trying again")
@@ -204,8 +206,10 @@ class BudgetWatch:
         raised = {
             t: at
             for t, at in session.execute(
+                # Raised in this period: for a rolling one (whose start moves every day), in
+                # the window it spans now, so a spent budget is not announced again each day.
                 select(BudgetAlert.threshold, BudgetAlert.raised_at).where(
-                    BudgetAlert.budget_id == b.id, BudgetAlert.period_start == b.period.start
+                    BudgetAlert.budget_id == b.id, BudgetAlert.raised_at >= b.period.start
                 )
             )
         }

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -53,9 +53,17 @@ class _Context:
 
 
 class Meter:
-    def __init__(self, db: Database, clock: Clock, backends: Mapping[str, Backend]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        backends: Mapping[str, Backend],
+        on_pass: Callable[[], None] = lambda: None,
+    ) -> None:
         self.db = db
         self.clock = clock
+        #: Called after each pass that charged: the budget watch looks at once.
+        self.on_pass = on_pass
         #: The controller's backends (the same mapping: those it builds at start count).
         self.backends = backends
         self._views: ViewCache = {}
@@ -74,6 +82,7 @@ class Meter:
             try:
                 await self.pass_once()
                 self.outage.recovered()
+                self.on_pass()
             except Exception as e:
                 if (outage := classify(e)) is None:
                     log.exception("charging running workloads failed; trying again")

@@ -96,7 +96,7 @@ class Controller:
             alerted=lambda: self.notifier.nudge(),
         )
         #: Charges running workloads every ``accounting.interval`` (``meter.py``).
-        self.meter = Meter(db, clock, self.backends)
+        self.meter = Meter(db, clock, self.backends, on_pass=self.budget_watch.poke)
         #: Delivers budget alerts' e-mails and webhooks (``notify.py``); ``nudge()`` it after
         #: queueing some.
         self.notifier = Notifier(db, clock)

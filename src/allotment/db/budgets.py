@@ -11,11 +11,13 @@ workloads. Readers take a synchronous session (the controller's hand-over) or an
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -23,9 +25,11 @@ from sqlalchemy.orm import Session
 from allotment.config.models import BudgetSpec, Policy
 from allotment.config.resolve import resolve_account
 from allotment.db import audit
-from allotment.db.tables import Account, BudgetRow, Membership, Pool, UsageDay, User
+from allotment.db.tables import Account, BudgetAlert, BudgetRow, Membership, Pool, UsageDay, User
 from allotment.domain.accounts import ancestors
 from allotment.domain.budgets import MICROS, BudgetStatus, Period, period_bounds
+
+log = logging.getLogger("allotment.budgets")
 
 __all__ = [
     "budget_target",
@@ -117,6 +121,8 @@ async def sync_budgets(
         if file_wins and (row.spec != doc or row.origin != "policy"):
             changes.append(f"~ {target}: {float(row.spec.get('amount', 0)):g} → {spec.amount:g}")
             log("budget.set", target, path, row.spec, doc)
+            if _money(row.spec) != _money(doc):
+                await _forget_alerts(session, row.id)
             row.spec, row.origin, row.updated_at, row.updated_by = doc, "policy", now, actor
     for key, (row, path, pool) in existing.items():
         if key in wanted:
@@ -128,6 +134,16 @@ async def sync_budgets(
         log("budget.remove", target, path, row.spec, None)
         await session.execute(delete(BudgetRow).where(BudgetRow.id == row.id))
     await session.flush()
+
+
+def _money(doc: Mapping[str, Any]) -> tuple[Any, Any]:
+    return doc.get("amount"), doc.get("overdraft")
+
+
+async def _forget_alerts(session: AsyncSession, budget_id: int) -> None:
+    """A budget given another amount starts its thresholds again: reaching the new amount
+    alerts, and its hard stop warns and waits its grace anew (the change is in the audit log)."""
+    await session.execute(delete(BudgetAlert).where(BudgetAlert.budget_id == budget_id))
 
 
 async def set_budget(
@@ -160,6 +176,8 @@ async def set_budget(
             )
         )
     else:
+        if _money(row.spec) != _money(doc):
+            await _forget_alerts(session, row.id)
         row.spec, row.origin, row.updated_at, row.updated_by = doc, "api", now, actor
     audit.record(
         session,
@@ -230,13 +248,19 @@ def load_budgets(session: Session, policy: Policy, now: datetime) -> list[Budget
         .where(Account.archived_at.is_(None))
         .order_by(Account.path, BudgetRow.id)
     ).all()
-    if not rows:
-        return []
     tz = policy.accounting.time_zone
     budgets: list[tuple[BudgetRow, str, str | None, BudgetSpec, Period]] = []
     for row, path, pool in rows:
-        spec = BudgetSpec.model_validate(row.spec)
+        try:
+            spec = BudgetSpec.model_validate(row.spec)
+        except ValidationError as e:
+            # One bad row (stored before today's bounds) must not stop every budget, and with
+            # them the scheduling loop: it is left out, and said so.
+            log.warning("budget of %s ignored: %s", budget_target(path, pool), e)
+            continue
         budgets.append((row, path, pool, spec, period_bounds(spec.period, now, tz)))
+    if not budgets:
+        return []
     firsts = sorted({b[4].first_day for b in budgets})
     column = {d: i for i, d in enumerate(firsts)}
     paths: dict[int, str] = {i: p for i, p in session.execute(select(Account.id, Account.path))}

@@ -18,7 +18,7 @@ from allotment.db.budgets import budgets_in_force, set_budget
 from allotment.db.tables import Pool, Profile
 from allotment.domain.accounts import Role, ancestors, is_within
 from allotment.domain.budgets import MICROS, BudgetStatus, money, period_label
-from allotment.errors import Forbidden, InvalidRequest, NotFound
+from allotment.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from allotment.schemas import BudgetIn, BudgetOut, Page
 
 __all__ = ["budget_out", "router"]
@@ -91,26 +91,38 @@ def _own_roots(caller: Caller, path: str) -> list[str]:
     return [a for a in reversed(ancestors(path)) if a in managed]
 
 
+#: Average days of each calendar period, to compare budgets of different periods.
+_DAYS = {"day": 1.0, "week": 7.0, "month": 30.44, "quarter": 91.31, "year": 365.25}
+
+
+def _days(period: str) -> float:
+    return _DAYS.get(period) or float(period.removesuffix("d"))
+
+
 def _within_own(
     caller: Caller, path: str, pool: str | None, spec: BudgetSpec, budgets: list[BudgetStatus]
 ) -> None:
     """A manager gives an account below theirs no more than their own account has: not
-    beyond the amount of, nor what is left of, any budget of the same kind (pool and period)
-    over the account they manage."""
+    beyond the amount of, nor what is left of, any budget over the account they manage that
+    covers the same pool (a budget across pools covers every pool). A budget of another period
+    is compared per day: a lab with 1,000 a month cannot give a project 1,000,000 a year."""
     roots = _own_roots(caller, path)
-    amount = round(spec.amount * MICROS)
+    amount = round((spec.amount + spec.overdraft) * MICROS)
     for b in budgets:
-        if b.period.period != spec.period or b.pool != pool:
+        if b.pool is not None and b.pool != pool:
             continue
         if not any(is_within(root, b.account) for root in roots):
             continue
         most = min(b.amount, max(b.left, 0))
+        if b.period.period != spec.period:
+            most = round(b.amount * _days(spec.period) / _days(b.period.period))
         if amount > most:
             raise Forbidden(
-                f"You may give {path} at most {money(most, b.currency)} per {spec.period}: "
-                f"{b.account}'s budget has {money(max(b.left, 0), b.currency)} of its "
-                f"{money(b.amount, b.currency)} left {period_label(b.period)}. Ask a manager "
-                f"above {b.account} (or an administrator) to raise that first."
+                f"You may give {path} at most {money(most, b.currency)} per {spec.period} "
+                f"(overdraft included): {b.account}'s budget has "
+                f"{money(max(b.left, 0), b.currency)} of its {money(b.amount, b.currency)} "
+                f"left {period_label(b.period)}. Ask a manager above {b.account} (or an "
+                "administrator) to raise that first."
             )
 
 
@@ -158,6 +170,8 @@ async def put_budget(
                 f"Only a manager of an account above {account.path} (or an administrator) may "
                 "set its budget."
             )
+        if account.archived_at is not None:
+            raise Conflict(f"{account.path} is archived: it can have no budget.")
         pool_row = None
         if pool is not None:
             pool_row = (
