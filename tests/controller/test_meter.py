@@ -172,6 +172,27 @@ async def test_a_workload_that_vanished_is_refunded(fast: Fast) -> None:
     await _consistent(fast)
 
 
+async def test_a_refund_is_given_back_to_the_days_that_paid(fast: Fast) -> None:
+    wid = await fast.submit()
+    await _started(fast, wid)
+    meter = fast.controller.meter
+    await meter.pass_once()
+    fast.clock.advance(30 * 3600)  # over a midnight: two days paid
+    await meter.pass_once()
+    async with fast.controller.db.read() as s:
+        paid = (await s.execute(select(UsageDay.day, UsageDay.amount))).all()
+    assert len({d for d, _ in paid}) >= 2 and all(a > 0 for _, a in paid)
+    fast.backend.vanish(wid)
+    await fast.until(wid, "failed")
+    await meter.pass_once()
+    async with fast.controller.db.read() as s:
+        days = (await s.execute(select(UsageDay.day, UsageDay.amount))).all()
+    # Each day that paid is paid back, not the day it ended on (a budget period of its own).
+    assert {d for d, _ in days} == {d for d, _ in paid}
+    assert all(a == 0 for _, a in days), days
+    await _consistent(fast)
+
+
 async def test_a_failure_of_its_own_is_charged(fast: Fast) -> None:
     wid = await fast.submit()
     await _started(fast, wid)

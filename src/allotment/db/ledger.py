@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 from typing import cast as cast_table
 
@@ -456,7 +457,24 @@ def _refund(session: Session, dialect: str, now: datetime, tz: str) -> int:
             or_(*(W.reason.like(p) for p in rules.OURS)),
         )
     ).all()
-    entries, usage = [], []
+    entries: list[dict[str, Any]] = []
+    # Taken back from the days (and accounts, users, pools, profiles) it was charged to, so
+    # the period that paid gets it back, not the one the workload ended in.
+    back: dict[tuple[date, int, int, int, int], int] = defaultdict(int)
+    paid = [r.workload_id for r in rows if r.charged]
+    if paid:
+        for e in session.execute(
+            select(
+                LE.c.start,
+                LE.c.account_id,
+                LE.c.user_id,
+                LE.c.pool_id,
+                LE.c.profile_id,
+                LE.c.amount,
+            ).where(LE.c.workload_id.in_(paid), LE.c.kind == "charge")
+        ):
+            day = rules.day_of(e.start, tz)
+            back[(day, e.account_id, e.user_id, e.pool_id or 0, e.profile_id or 0)] += e.amount
     for r in rows:
         if not r.charged:
             continue
@@ -481,8 +499,13 @@ def _refund(session: Session, dialect: str, now: datetime, tz: str) -> int:
                 "created_at": now,
             }
         )
-        usage.append(_usage_row(rules.day_of(r.charged_through, tz), r, amount=-r.charged))
     if entries:
+        usage = []
+        for (day, account_id, user_id, pool_id, profile_id), amount in back.items():
+            key = SimpleNamespace(
+                account_id=account_id, user_id=user_id, pool_id=pool_id, profile_id=profile_id
+            )
+            usage.append(_usage_row(day, key, amount=-amount))
         session.execute(insert(LE), entries)
         session.execute(_upsert_usage(dialect, usage), usage)
     return len(entries)
