@@ -210,6 +210,9 @@ async def test_the_leaderboard_follows_the_policy(
         async with _client(service, hub.token("alice", READ)) as c:
             text = (await c.get("/accounts/inst/lab-a")).text
             assert 'id="leaderboard"' not in text and "30.00 credits" not in text
+            # Nor does the usage plot name who spent what: one series for the account.
+            assert '"label": "bob"' not in text and '"label":"bob"' not in text
+            assert "all members" in text
         async with _client(service, hub.token("carol", MANAGE)) as c:
             text = (await c.get("/accounts/inst/lab-a")).text
             assert ('id="leaderboard"' in text) is (setting == "managers")

@@ -156,7 +156,11 @@ async def account_page(request: Request, path: str) -> Response:
         days=days,
         windows=(7, 30, 90, 365),
         usage_chart=stacked_usage_chart(
-            ((d, names.get(u, others), a) for d, u, a in by_day),
+            # Per user only for who may see the leaderboard; others see the account's total.
+            (
+                (d, names.get(u, others) if leaders is not None else "all members", a)
+                for d, u, a in by_day
+            ),
             first,
             today,
             page.currency,

@@ -12,9 +12,11 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from allotment.api.routes import accounts as account_routes
 from allotment.api.routes import budgets as budget_routes
+from allotment.db.tables import Account, BudgetRow, Pool
 from allotment.errors import PublicError
 from allotment.schemas import AccountCreate, AccountPatch, BudgetIn, MembershipIn
 from allotment.web.context import Page, error_page, open_page
@@ -65,6 +67,20 @@ async def _handle(
     except PublicError as e:
         return page.done(target, f"Not changed: {e.detail}", ok=False)
     return page.done(target, message)
+
+
+async def _budget_spec(page: Page, path: str, pool: str | None) -> dict[str, object]:
+    """The settings of the budget the form changes, as they are now ({} when it has none)."""
+    async with page.state.db.read() as session:
+        q = (
+            select(BudgetRow.spec)
+            .join(Account, Account.id == BudgetRow.account_id)
+            .outerjoin(Pool, Pool.id == BudgetRow.pool_id)
+            .where(Account.path == path)
+            .where(BudgetRow.pool_id.is_(None) if pool is None else Pool.name == pool)
+        )
+        spec = (await session.execute(q)).scalar_one_or_none() or {}
+    return {k: v for k, v in spec.items() if k in BudgetIn.model_fields}
 
 
 @router.post("/accounts/{path:path}/members/add")
@@ -137,7 +153,10 @@ async def set_budget(request: Request, path: str) -> Response:
             return "Not changed: the amount is a number (in the currency)."
         period = form.get("period", "month") or "month"
         pool = form.get("pool") or None
-        body = BudgetIn.model_validate({"amount": amount, "period": period})
+        # Only the amount and period change: the budget's other settings (alerts only, step
+        # down, grace, overdraft) stay what they are.
+        kept = await _budget_spec(page, path, pool)
+        body = BudgetIn.model_validate({**kept, "amount": amount, "period": period})
         out = await budget_routes.put_budget(path, body, page.caller, page.state, pool=pool)
         where = f" on {out.pool}" if out.pool else " across all pools"
         return f"{out.account} now has a budget of {page.money(round(out.amount * 1_000_000))} per {out.period}{where}."
