@@ -4,8 +4,10 @@ dashboard shows a budget's spending over, and the burn-down's projection."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
+
+from allotment.domain.budgets import period_bounds
 
 __all__ = ["BurnDown", "burn_down", "local_today", "period_days"]
 
@@ -15,29 +17,10 @@ def local_today(now: datetime, tz: str) -> date:
 
 
 def period_days(period: str, today: date) -> tuple[date, date]:
-    """First and last day of the ``period`` that holds ``today``: calendar ``day``, ``week``
-    (from Monday), ``month``, ``quarter``, ``year``; ``Nd``: today and the N-1 days before."""
-    if period == "day":
-        return today, today
-    if period == "week":
-        first = today - timedelta(days=today.weekday())
-        return first, first + timedelta(days=6)
-    if period == "month":
-        first = today.replace(day=1)
-        return first, _next_month(first, 1) - timedelta(days=1)
-    if period == "quarter":
-        first = today.replace(month=(today.month - 1) // 3 * 3 + 1, day=1)
-        return first, _next_month(first, 3) - timedelta(days=1)
-    if period == "year":
-        return today.replace(month=1, day=1), today.replace(month=12, day=31)
-    if period.endswith("d") and period[:-1].isdigit() and int(period[:-1]) > 0:
-        return today - timedelta(days=int(period[:-1]) - 1), today
-    raise ValueError(f"unknown budget period {period!r}")
-
-
-def _next_month(first: date, months: int) -> date:
-    index = first.month - 1 + months
-    return date(first.year + index // 12, index % 12 + 1, 1)
+    """First and last day of the ``period`` that holds ``today``: the budgets' own rule
+    (``domain.budgets.period_bounds``), so the page and the enforcement never disagree."""
+    p = period_bounds(period, datetime.combine(today, time(12), tzinfo=UTC), "UTC")
+    return p.first_day, p.last_day
 
 
 @dataclass(frozen=True, slots=True)
