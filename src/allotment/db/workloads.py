@@ -251,7 +251,12 @@ def request_stop(conn: Connection, workload: int, reason: str, now: datetime) ->
 def requeue(conn: Connection, workload: int, reason: str, now: datetime) -> bool:
     """RUNNING → PENDING, saying why: the backend lost it through no fault of its own (a
     Slurm node failed) and it waits to be admitted again, still meant to run. What placed it
-    is forgotten; the reconciler releases what the backend held before calling this."""
+    is forgotten; the reconciler releases what the backend held before calling this.
+
+    Not called yet. Its first caller (Slurm's requeue, issue 15) must also close the run's
+    open charge (``db/ledger``): the meter charges an open charge until its workload ends, and
+    opens none for a workload that already has one, so the second run would go uncharged and
+    the pending time charged."""
     return _applied(
         conn,
         update(WORKLOADS)
