@@ -29,7 +29,19 @@ from sqlalchemy.orm import Session
 from allotment.controller.lock import take_service
 from allotment.db.backup import pg_program, summarise
 from allotment.db.engine import Database
-from allotment.db.tables import WORKLOADS, Account, Base, Heartbeat, User
+from allotment.db.tables import (
+    WORKLOADS,
+    Account,
+    Base,
+    BudgetAlert,
+    BudgetRow,
+    Heartbeat,
+    LedgerEntry,
+    Notification,
+    OpenCharge,
+    UsageDay,
+    User,
+)
 from allotment.domain.workloads import WorkloadState
 from tests.backends.conftest import ROOT
 from tests.support.hub import Hub, free_port
@@ -90,6 +102,79 @@ def _workload(session: Session, status: S, **values: Any) -> int:
     )
 
 
+def _money(session: Session) -> None:
+    """A row in each table of the ledger, budgets, alerts and the outbox (issue 14)."""
+    now = datetime.now(UTC)
+    user = session.scalars(select(User.id).order_by(User.id)).first()
+    account = session.scalars(select(Account.id).order_by(Account.id)).first()
+    assert user is not None and account is not None
+    wid = session.scalars(select(WORKLOADS.c.id).where(WORKLOADS.c.status == int(S.RUNNING))).one()
+    resources = {"millicpus": 1000, "memory": 2**28, "gpus": {}, "rate": 1_000_000}
+    ids = {"account_id": account, "user_id": user}
+    session.add(
+        LedgerEntry(
+            key=f"w:{wid}:backup",
+            kind="charge",
+            source="local",
+            workload_id=wid,
+            start=now,
+            end=now,
+            amount=7,
+            note="",
+            created_at=now,
+            **ids,
+            **resources,
+        )
+    )
+    session.add(
+        OpenCharge(
+            workload_id=wid,
+            source="local",
+            gpu_count=0,
+            share=0.1,
+            span_start=now,
+            charged_through=now,
+            start_ms=0,
+            through_ms=0,
+            amount=3,
+            closed=False,
+            **ids,
+            **resources,
+        )
+    )
+    session.add(UsageDay(day=now.date(), pool_id=0, profile_id=0, amount=10, **ids))
+    budget = BudgetRow(
+        account_id=account,
+        spec={"amount": 5.0, "period": "month"},
+        origin="api",
+        updated_at=now,
+        updated_by="backup-test",
+    )
+    session.add(budget)
+    session.flush()
+    session.add(
+        BudgetAlert(
+            budget_id=budget.id,
+            period_start=now,
+            threshold=0.5,
+            spent=10,
+            raised_at=now,
+            message="half spent",
+        )
+    )
+    session.add(
+        Notification(
+            key="backup-test",
+            channel="email",
+            target="bob@example.org",
+            payload={"subject": "half spent"},
+            next_attempt=now,
+            created_at=now,
+        )
+    )
+    session.flush()
+
+
 @pytest.fixture
 async def installation(
     database_url: str, tmp_path: Path
@@ -109,6 +194,7 @@ async def installation(
         if not session.scalar(select(Heartbeat.name).limit(1)):
             session.add(Heartbeat(name="scheduling", at=datetime.now(UTC), stale_after=30.0))
             session.flush()
+        _money(session)
 
     await db.run_write(fill)
     env = clean_env(ALLOTMENT_DATA_DIR=str(data), ALLOTMENT_DATABASE_URL=database_url)

@@ -246,8 +246,9 @@ async def test_system_v_shared_memory_is_the_workloads_own_and_dies_with_it(
         "time.sleep(1)\n"
     )
     p = (await started(local, job(wid, "alice", ["python3", "-c", script], shared)))[-1]
-    for _ in range(100):
-        if (shared / "seen").exists():
+    for _ in range(200):
+        # Created before it is written: wait for what it says, not for the file.
+        if (shared / "seen").exists() and "\n" in (shared / "seen").read_text():
             break
         await asyncio.sleep(0.05)
     assert "8388608" in (shared / "seen").read_text()  # it made one, in its own namespace
