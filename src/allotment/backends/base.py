@@ -54,6 +54,12 @@ class LaunchSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     #: Seconds before the backend may kill it; None: no limit.
     max_runtime: int | None = None
+    #: What it is (``session``, ``job``, ``dask-worker``…): a backend may treat them apart
+    #: (Slurm requeues a batch job after a node failure, never a session).
+    kind: str = "job"
+    #: Nodes it spans; ``resources`` are the total over all of them, split evenly per node.
+    #: More than one only on a backend that places work itself (``Backend.places_itself``).
+    nodes: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,13 +80,19 @@ class Observation:
     #: did not stop on SIGTERM and was killed after the 30 s grace period". Empty: it stopped
     #: when asked, or nobody asked (then ``reason`` tells it all).
     how_stopped: str = ""
+    #: The backend itself put the running workload back in its queue (Slurm requeues a batch
+    #: job whose node failed); ``reason`` says why. It is not over: the controller closes the
+    #: run's charge and waits for it to start again, like a queued start.
+    requeued: bool = False
 
 
 class BackendUnavailable(Exception):
-    """The backend cannot start a workload now, for a reason that passes without anyone
-    changing the workload (the file system holding its records is full). The controller tries
-    again later, with backoff, and does not count it against the workload: a full disk is not
-    the job's failure. The message says what is wrong, for the log."""
+    """The backend cannot act or see now, for a reason that passes without anyone changing
+    the workload (the file system holding its records is full, slurmctld does not answer).
+    The controller tries again later, with backoff, and does not count it against the
+    workload: a full disk is not the job's failure. Nothing is concluded about workloads from
+    it: ``poll`` raises it rather than report work it cannot see as ended. The message says
+    what is wrong, for the log and for the workloads waiting to start."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +100,14 @@ class NodeCapacity:
     """A node as the backend sees it (what it discovered, not what the policy declares)."""
 
     name: str
+    #: What it can take now; nothing (``Resources()``) when it takes no work (drained, down).
     resources: Resources
     #: Device identifiers per GPU model, e.g. {"a100": ["0", "1"]}.
     gpu_devices: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: The backend's word for it: idle, mixed, allocated, draining, drained, down…
+    state: str = "idle"
+    #: Why it is drained or down, as the backend's administrator put it.
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +130,10 @@ class Backend(ABC):
     """
 
     name: str = "backend"
+    #: The backend places and starts work itself (Slurm): the scheduler admits work for its
+    #: pools on policy alone (limits, quotas, budgets) and the backend queues what does not
+    #: fit; ``start`` may then end with a *queued* placement (see ``start``).
+    places_itself: bool = False
 
     @abstractmethod
     def start(self, spec: LaunchSpec, resume: Placement | None = None) -> AsyncIterator[Placement]:
@@ -134,6 +155,15 @@ class Backend(ABC):
             right after leaves a trace); last, the placement of the running workload, marked
             ``"running": True`` (the controller records it together with the RUNNING status,
             in one write).
+
+            A backend that places work itself may end instead with a placement marked
+            ``"queued": True``: accepted, waiting in the backend's own queue. It says why in
+            ``"waiting"`` (the researcher's words) and may give ``"eta"`` (ISO 8601, the
+            expected start) and ``"position"``. The controller keeps the workload STARTING,
+            shows that, and asks ``watch`` to tell it when the workload's state changes; it
+            then calls ``start`` again with that placement as ``resume``, which never submits
+            a second time but ends queued again or running. A running placement may name
+            ``"host"``: the address its server is reached at (a session on a Slurm node).
         """
 
     @abstractmethod
@@ -171,7 +201,9 @@ class Backend(ABC):
 
     def watch(self, workload: int, placement: Placement, ended: Callable[[int], None]) -> None:
         """Call ``ended(workload)`` as soon as the workload ends, where the backend can tell
-        (the controller also polls, so a backend that cannot need do nothing)."""
+        (the controller also polls, so a backend that cannot need do nothing). For a queued
+        placement (see ``start``): as soon as its state changes (started, ended, another
+        reason or expected start)."""
         return None
 
     async def release(self, workload: int, placement: Placement) -> None:
