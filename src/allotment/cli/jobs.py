@@ -78,6 +78,15 @@ def submit(
     cpus: Annotated[float | None, typer.Option("--cpus", "-c", help="CPU cores.")] = None,
     mem: Annotated[str | None, typer.Option("--mem", help="Memory, e.g. 4G.")] = None,
     gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs.")] = None,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            "--nodes",
+            "-N",
+            min=1,
+            help="Nodes it spans (a cluster's pool, e.g. Slurm); --cpus, --mem, --gpus per node.",
+        ),
+    ] = 1,
     time_limit: Annotated[
         str | None, typer.Option("--time", "-t", help="Longest run, e.g. 30m or 2h.")
     ] = None,
@@ -123,6 +132,7 @@ def submit(
         cpus=cpus,
         memory=mem,
         gpus=gpus,
+        nodes=nodes,
         command=_command(command),
         max_runtime=time_limit,
         env=_env(env or []),

@@ -71,18 +71,33 @@ def accounts(
 
 
 def pools(url: Url = None, token: Token = None, json: Json = False) -> None:
-    """Show the pools of capacity and their nodes."""
+    """Show the pools of capacity and their nodes, with each node's state where its backend
+    reports one (a drained or down node with the reason)."""
     with client(url, token) as c:
         items = run(c.pools)
     if json:
         return print_json(items)
-    table = Table("pool", "backend", "node", "cpus", "memory", "gpus")
+    table = Table("pool", "backend", "node", "cpus", "memory", "gpus", "state")
     for p in items:
         for n in p.nodes:
             table.add_row(
-                p.name, p.backend, n.name, f"{n.cpus:g}", format_bytes(n.memory), _gpus(n.gpus)
+                p.name,
+                p.backend,
+                n.name,
+                f"{n.cpus:g}",
+                format_bytes(n.memory),
+                _gpus(n.gpus),
+                _state(n.state, n.reason),
             )
     console.print(table)
+
+
+def _state(state: str | None, reason: str | None) -> str:
+    """A node's state as its backend reports it, with the reason a drained or down node was
+    taken out ("drained: disk replaced"); "-" where the backend reports none."""
+    if not state:
+        return "-"
+    return f"{state}: {reason}" if reason else state
 
 
 def profiles(url: Url = None, token: Token = None, json: Json = False) -> None:

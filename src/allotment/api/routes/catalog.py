@@ -1,14 +1,25 @@
-"""Pools and profiles: what there is, and what you may launch."""
+"""Pools and profiles: what there is, and what you may launch.
+
+A pool's nodes carry their state where the pool's backend places work itself (Slurm): the
+backend's own word (idle, mixed, drained, down…) and why an administrator or Slurm took a node
+out, so that ``allot pools`` shows a drained node with its reason. States come from
+``Backend.capacity()`` (one ``sinfo``), kept for a few seconds so that listing pools in a loop
+does not run one per request.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from allotment.api.deps import CallerDep, StateDep
+from allotment.api.deps import AppState, CallerDep, StateDep
 from allotment.api.views import pool_out, profile_out
+from allotment.backends.base import Backend, BackendUnavailable
 from allotment.db.tables import Pool, Profile
 from allotment.domain.accounts import is_within
 from allotment.domain.permissions import Principal
@@ -18,6 +29,26 @@ from allotment.schemas import Page, PoolOut, ProfileOut
 __all__ = ["router"]
 
 router = APIRouter(tags=["catalog"])
+
+#: How long a backend's node states are reused.
+STATES_SECONDS = 5.0
+#: How long a listing waits for them; past it the nodes show "unknown" with the reason (a
+#: Slurm command may hang until the policy's ``slurm.command_timeout``, 30 s by default).
+STATES_WAIT_SECONDS = 3.0
+
+
+@dataclass
+class _States:
+    backend: Backend
+    expires: float
+    #: (state, reason) by node name.
+    nodes: dict[str, tuple[str, str]]
+    #: Why none could be read ("" when they were).
+    unknown: str = ""
+
+
+#: By ``id(backend)``; the entry keeps its backend, so an id reused later is not mistaken.
+_states: dict[int, _States] = {}
 
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
@@ -42,7 +73,7 @@ async def list_pools(
         if cursor is not None:
             q = q.where(Pool.name > cursor)
         rows = list((await session.execute(q.limit(limit + 1))).scalars())
-    items = [pool_out(p) for p in rows[:limit]]
+    items = [await _with_states(state, pool_out(p)) for p in rows[:limit]]
     return Page[PoolOut](items=items, next_cursor=items[-1].name if len(rows) > limit else None)
 
 
@@ -52,7 +83,47 @@ async def get_pool(name: str, caller: CallerDep, state: StateDep) -> PoolOut:
         pool = (await session.execute(select(Pool).where(Pool.name == name))).scalar_one_or_none()
         if pool is None:
             raise NotFound(f"There is no pool '{name}'.")
-        return pool_out(pool)
+        out = pool_out(pool)
+    return await _with_states(state, out)
+
+
+async def _with_states(state: AppState, pool: PoolOut) -> PoolOut:
+    """The pool with its nodes' states, where its backend places work itself and reports
+    them; unchanged otherwise (the local backend's one node has free resources, no state)."""
+    if pool.archived:
+        return pool
+    backend = await state.backend(pool.backend)
+    if backend is None or not backend.places_itself:
+        return pool
+    states = await _node_states(backend)
+    nodes = []
+    for node in pool.nodes:
+        if states.unknown:
+            seen: tuple[str, str] | None = ("unknown", states.unknown)
+        else:
+            seen = states.nodes.get(node.name)
+        if seen is None:  # declared by the policy, unknown to the backend
+            seen = ("unknown", f"{pool.backend} does not know this node")
+        nodes.append(node.model_copy(update={"state": seen[0], "reason": seen[1] or None}))
+    return pool.model_copy(update={"nodes": nodes})
+
+
+async def _node_states(backend: Backend) -> _States:
+    """The backend's node states, read at most once per ``STATES_SECONDS``."""
+    now = time.monotonic()
+    cached = _states.get(id(backend))
+    if cached is not None and cached.backend is backend and cached.expires > now:
+        return cached
+    fresh = _States(backend, now + STATES_SECONDS, {})
+    try:
+        nodes = await asyncio.wait_for(backend.capacity(), STATES_WAIT_SECONDS)
+        fresh.nodes = {n.name: (n.state, n.reason) for n in nodes}
+    except BackendUnavailable as e:
+        fresh.unknown = str(e) or "the backend does not answer"
+    except TimeoutError:
+        fresh.unknown = f"the backend did not answer within {STATES_WAIT_SECONDS:g} s"
+    _states[id(backend)] = fresh
+    return fresh
 
 
 @router.get("/profiles", response_model=Page[ProfileOut])
