@@ -10,6 +10,8 @@
 ``shared``        a world-writable scratch directory (mode 1777) that workloads running as
                   other POSIX accounts can write to and the test can read; under /var/tmp,
                   since every workload has a /tmp of its own.
+``slurm_cluster`` a real Slurm cluster (session-wide): nodes n1..n3, accounting on
+                  (``tests/support/slurm.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.support.hub import Hub
 from tests.support.service import Service, running_service
+from tests.support.slurm import SlurmCluster, SlurmUnavailable, start_cluster, stop_cluster
+from tests.support.slurm import usable as slurm_usable
 
 POSTGRES = os.environ.get("ALLOTMENT_TEST_POSTGRES")
 HUB_USERS = [
@@ -97,3 +101,26 @@ def shared() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# --- Slurm (issue 15): a real 3-node cluster with accounting, started once per session. ---
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """A real Slurm cluster (``tests/support/slurm.py``): nodes n1..n3, partition ``main``,
+    accounting on. Skipped where Slurm cannot run (not root, no apt-get); in CI (``CI=true``)
+    a cluster that does not start fails the tests instead."""
+    why = slurm_usable()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Slurm is required in CI: {why}")
+        pytest.skip(why)
+    try:
+        cluster = start_cluster(nodes=3)
+    except SlurmUnavailable as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(e))
+        pytest.skip(str(e))
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster)
