@@ -198,6 +198,10 @@ class NodeOut(_Out):
     cpus: float
     memory: int
     gpus: dict[str, int]
+    #: The backend's word for it now (idle, mixed, drained, down…), where it reports one.
+    state: str | None = None
+    #: Why it is drained or down.
+    reason: str | None = None
 
 
 class PoolOut(_Out):
@@ -282,6 +286,13 @@ class WorkloadCreate(BaseModel):
     after: int | None = Field(
         None, ge=1, le=MAX_ID, description="Start only after this workload has ended successfully."
     )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Nodes the job spans (a cluster's pool only); `cpus`, `memory` and `gpus` "
+        "are then per node, as in Slurm, and the workload holds and is charged the total.",
+    )
 
 
 class WorkloadOut(_Out):
@@ -315,6 +326,10 @@ class WorkloadOut(_Out):
     array_id: int | None = None
     array_index: int | None = None
     after: int | None = None
+    #: Nodes it spans; ``cpus``, ``memory`` and ``gpus`` above are the total over them.
+    nodes: int = 1
+    #: Where its server is reached (a session on a cluster's node: that node's address).
+    host: str | None = None
 
 
 class PolicyIn(BaseModel):

@@ -92,6 +92,7 @@ class Body:
     stderr: str | None = None
     array: str | None = None
     after: int | None = None
+    nodes: int = 1
 
 
 GPU = Pool(1, "gpu", (Node("n1", Resources.of(16, 64 * G, {"a100": 2})),))
@@ -251,3 +252,24 @@ def test_what_execve_and_the_calendar_would_refuse() -> None:
     assert refused(InvalidRequest, profile="small", max_runtime="400d") == (
         "`max_runtime` is 34560000 s; the limit is 31536000 s (365 days)."
     )
+
+
+def test_a_job_spans_nodes_only_where_the_pool_has_them() -> None:
+    assert "has 1 node; you asked for 2" in refused(InvalidRequest, profile="small", nodes=2)
+
+
+def test_the_size_is_per_node_and_the_workload_holds_the_total() -> None:
+    cluster = Pool(
+        2, "cluster", tuple(Node(f"n{i}", Resources.of(4, 8 * G)) for i in (1, 2, 3)), "slurm"
+    )
+    catalog = Catalog(CATALOG.accounts, {"cluster": cluster}, {})
+    sub = submission(
+        Body(account="physics/lab-a", pool="cluster", cpus=2, memory="1G", nodes=3),
+        MEMBER,
+        catalog,
+        NOW,
+        None,
+        lambda pool, path: None,
+    )
+    w = sub.workload
+    assert (w.nodes, w.millicpus, w.memory) == (3, 6000, 3 * G)

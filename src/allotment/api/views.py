@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, cast
 
 from allotment.config.models import ProfileSpec
@@ -68,7 +69,16 @@ def workload_out_of(
         array_id=w.array_id,
         array_index=w.array_index,
         after=w.after_id,
+        nodes=w.nodes,
+        host=_host(w.placement),
     )
+
+
+def _host(placement: Mapping[str, object] | None) -> str | None:
+    """Where a running workload's server is reached, when its backend says (a session on a
+    cluster's node); the rest of the placement is the controller's, not the user's."""
+    host = (placement or {}).get("host")
+    return host if isinstance(host, str) else None
 
 
 def account_out(a: Account, parent_path: str | None) -> AccountOut:

@@ -39,6 +39,7 @@ __all__ = [
     "SchedulingSpec",
     "ServiceSettings",
     "SizeSpec",
+    "SlurmSpec",
     "SmtpSpec",
     "UserSpec",
     "WebhookSpec",
@@ -193,6 +194,9 @@ class PoolSpec(_Spec):
         "local", description="`local`: this machine. `slurm`: a Slurm partition."
     )
     partition: str | None = Field(None, description="Slurm partition (slurm pools only).")
+    qos: str | None = Field(
+        None, description="Slurm QOS every job of the pool is submitted with (slurm pools only)."
+    )
     nodes: list[NodeSpec] = Field(min_length=1, description="The machines of the pool.")
     rates: RatesSpec = Field(RatesSpec(), description="Prices per resource-hour.")
     tmp_dir: str | None = Field(
@@ -507,6 +511,56 @@ class NotificationsSpec(_Spec):
     webhooks: list[WebhookSpec] = Field([], description="Signed HTTP POSTs of every alert.")
 
 
+class SlurmSpec(_Spec):
+    """How Allotment drives a Slurm cluster (pools with `backend: slurm`; docs/slurm.md)."""
+
+    conf: str | None = Field(
+        None,
+        pattern=r"^/",
+        description="The cluster's `slurm.conf` (`SLURM_CONF` of every Slurm command). Empty: "
+        "Slurm's default.",
+    )
+    bin_dir: str | None = Field(
+        None,
+        pattern=r"^/",
+        description="Directory of `sbatch`, `squeue`, `sacctmgr`… Empty: `/usr/bin`, else `PATH`.",
+    )
+    cluster: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="The cluster's `ClusterName`. Empty: read once from `scontrol show config`.",
+    )
+    poll_interval: Duration = Field(
+        "1s",
+        validate_default=True,
+        ge=1,
+        description="How often the state of every job is read, in one `squeue` call for all of "
+        "them: the longest a start or an end goes unseen.",
+    )
+    command_timeout: Duration = Field(
+        "30s",
+        validate_default=True,
+        ge=1,
+        description="A Slurm command still running after this is killed, and Slurm counts as "
+        "unavailable until one answers.",
+    )
+    mirror: bool = Field(
+        True,
+        description="Mirror the accounts tree, shares, members and limits into Slurm's "
+        "accounting (`sacctmgr`), so that `sbatch` outside Allotment follows the same policy.",
+    )
+    mirror_budgets: bool = Field(
+        False,
+        description="Also mirror hard-stop budgets of Slurm pools as `GrpTRESMins` limits "
+        "(approximate: Slurm counts decayed CPU-minutes, not money).",
+    )
+    import_usage: bool = Field(
+        True,
+        description="Charge jobs that mirrored users submit to Slurm directly, so that budgets "
+        "and reports cover all of an account's spending.",
+    )
+
+
 class Policy(_Spec):
     """The whole policy of one Allotment installation."""
 
@@ -529,3 +583,4 @@ class Policy(_Spec):
     notifications: NotificationsSpec = Field(
         NotificationsSpec(), description="Budget alerts by e-mail and webhook."
     )
+    slurm: SlurmSpec = Field(SlurmSpec(), description="Slurm pools' cluster (`backend: slurm`).")

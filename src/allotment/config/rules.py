@@ -9,6 +9,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from allotment.backends.slurm.names import slurm_account
 from allotment.config.models import Policy, PoolSpec, QuotaSpec, SizeSpec
 from allotment.config.resolve import (
     account_paths,
@@ -53,6 +54,7 @@ def check(policy: Policy) -> list[Finding]:
     out += _check_allocations(policy)
     out += _check_limits(policy)
     out += _check_budgets(policy)
+    out += _check_slurm_names(policy)
     return out
 
 
@@ -152,6 +154,14 @@ def _check_pools(policy: Policy) -> list[Finding]:
                     "keep one node (this machine), or use `backend: slurm` for a cluster.",
                 )
             )
+        if pool.backend != "slurm" and pool.qos:
+            out.append(
+                Finding(
+                    ("pools", pname, "qos"),
+                    f"pool '{pname}' names a Slurm QOS but uses the {pool.backend} backend",
+                    "remove `qos`, or use `backend: slurm`.",
+                )
+            )
         if pool.backend == "slurm" and not pool.partition:
             out.append(
                 Finding(
@@ -170,6 +180,45 @@ def _check_pools(policy: Policy) -> list[Finding]:
                         _did_you_mean(model, models),
                     )
                 )
+    return out
+
+
+def _check_slurm_names(policy: Policy) -> list[Finding]:
+    """Accounts are mirrored into Slurm as flat names (``backends/slurm/names.py``): two
+    paths that would share one name cannot both be."""
+    if not any(p.backend == "slurm" for p in policy.pools.values()):
+        return []
+    if find_cycle(parents(policy)):
+        return []
+    out: list[Finding] = []
+    seen: dict[str, str] = {}
+    for name, path in sorted(account_paths(policy).items(), key=lambda kv: kv[1]):
+        slurm = slurm_account(path)
+        if slurm in seen:
+            out.append(
+                Finding(
+                    ("accounts", name),
+                    f"accounts '{seen[slurm]}' and '{path}' would both be Slurm account "
+                    f"'{slurm}' (paths are mirrored with '/' as '.')",
+                    "rename one of them: dots in account names can collide with the tree's levels.",
+                )
+            )
+        seen[slurm] = path
+    return out
+
+
+def advice(policy: Policy) -> list[str]:
+    """What is allowed but worth a word when the policy is applied (not an error)."""
+    out: list[str] = []
+    slurm = sorted(name for name, p in policy.pools.items() if p.backend == "slurm")
+    if slurm:
+        out.append(
+            f"Slurm pools ({', '.join(slurm)}): jobs run on the cluster's nodes as the users' "
+            "POSIX accounts, so the nodes must know those accounts (from the site's directory: "
+            "`identity.existing_accounts` with LDAP or PAM, or accounts Allotment creates made "
+            "known there), and home directories and environments must be on a filesystem the "
+            "nodes share: a session or job started on another node needs its files there."
+        )
     return out
 
 

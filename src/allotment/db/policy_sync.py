@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from allotment.config import rules
 from allotment.config.models import Policy
 from allotment.config.resolve import account_paths, profile_gpus, resolve_account
 from allotment.db.audit import record
@@ -114,9 +115,11 @@ async def apply_policy(
 async def identity_warnings(session: AsyncSession, policy: Policy) -> list[str]:
     """What ``policy`` changes for hub users who ran as existing POSIX accounts of their own
     name (as every version before this rule did): without ``identity.existing_accounts``,
-    their next workloads run as accounts Allotment creates instead."""
+    their next workloads run as accounts Allotment creates instead. With it, what else the
+    policy allows but is worth a word (``config.rules.advice``)."""
+    advice = rules.advice(policy)
     if policy.identity.existing_accounts is not None:
-        return []
+        return advice
     rows = await session.execute(
         select(User.name, Workload.placement)
         .join(User, User.id == Workload.user_id)
@@ -124,11 +127,11 @@ async def identity_warnings(session: AsyncSession, policy: Policy) -> list[str]:
     )
     borrowed = sorted({name for name, placement in rows if placement.get("user") == name})
     if not borrowed:
-        return []
+        return advice
     shown = ", ".join(borrowed[:10]) + (
         f" and {len(borrowed) - 10} more" if len(borrowed) > 10 else ""
     )
-    return [
+    return advice + [
         f"hub users {shown} ran workloads as the existing POSIX accounts of the same name; "
         "this policy has no `identity.existing_accounts`, so their next workloads run as "
         "accounts Allotment creates (jupyter-<name>), without their files. If your hub's "

@@ -193,6 +193,9 @@ class Workload(Base):
     command: Mapped[list[Any] | None] = mapped_column(JSON)
     #: Longest run in seconds; None means the profile's or the pool's.
     max_runtime: Mapped[int | None] = mapped_column(Integer)
+    #: Nodes it spans (a multi-node job on a pool whose backend places work itself); the
+    #: resources above are the total over all of them.
+    nodes: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     #: Client-chosen key that makes a retried create return the first result.
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime]

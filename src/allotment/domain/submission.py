@@ -80,6 +80,8 @@ class Request(Protocol):
     def array(self) -> str | None: ...
     @property
     def after(self) -> int | None: ...
+    @property
+    def nodes(self) -> int: ...
 
 
 class AccountRef(Protocol):
@@ -183,6 +185,8 @@ class NewWorkload:
     stderr: str | None = None
     #: Starts only after this workload has ended successfully.
     after_id: int | None = None
+    #: Nodes it spans; the resources above are the total over all of them.
+    nodes: int = 1
     target: int = int(WorkloadState.RUNNING)
     status: int = int(WorkloadState.PENDING)
     reason: str = WAITING
@@ -201,6 +205,7 @@ class NewWorkload:
     exit_code: ClassVar[None] = None
     array_id: ClassVar[None] = None
     array_index: ClassVar[None] = None
+    placement: ClassVar[None] = None
 
 
 _COLUMNS = tuple(f.name for f in fields(NewWorkload))
@@ -383,6 +388,20 @@ def submission(
     problem = fits_some_node(size, pool.nodes)
     if problem:
         raise InvalidRequest(sentence(problem))
+    nodes = body.nodes
+    if nodes > 1:
+        if nodes > len(pool.nodes):
+            raise InvalidRequest(
+                f"Pool '{pool.name}' has {len(pool.nodes)} node"
+                f"{'' if len(pool.nodes) == 1 else 's'}; you asked for {nodes}. A job spans "
+                "several nodes only on a cluster's pool (`backend: slurm`)."
+            )
+        # The size is per node, as in Slurm; the workload holds (and is charged) the total.
+        size = Resources(
+            size.millicpus * nodes,
+            size.memory * nodes,
+            {m: n * nodes for m, n in size.gpus.items()},
+        )
     max_runtime = _max_runtime(body, allowed)
     _check_job(body, pool, private_dir)
     indices = None
@@ -411,5 +430,6 @@ def submission(
         stdout=body.stdout,
         stderr=body.stderr,
         after_id=body.after,
+        nodes=nodes,
     )
     return Submission(workload, account, pool, profile, indices)
