@@ -11,7 +11,7 @@ grouped query, the same numbers the scheduler holds work against and the meter s
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -37,10 +37,12 @@ from allotment.schemas import BudgetLeft, ProfileQuote, QuotaLeft
 
 from .view import DEFAULT_WALLTIME, LiveView, PolicyView
 
-__all__ = ["BudgetBook", "QuoteRequest", "quote_profiles", "rates_of"]
+__all__ = ["BackendQuote", "BudgetBook", "QuoteRequest", "quote_profiles", "rates_of"]
 
 #: Held workloads placed exactly before the quoted one; beyond, the fluid estimate.
 EXACT = 200
+#: Seconds within which a start a backend expects counts as "now" (Slurm's scheduling tick).
+SLURM_TICK = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,22 @@ class QuoteRequest:
     size: Resources
     walltime: float | None
     whole_node: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BackendQuote:
+    """What a backend that places work itself (Slurm) says about one request: its pool's free
+    resources and when it would start one. The quote takes these instead of projecting the
+    pool's queue, which that backend keeps."""
+
+    #: Free on the pool's nodes that take work now, summed.
+    free: Resources
+    #: When the backend expects to start it; None: it refused it, or could not be asked.
+    start: datetime | None
+    #: Why the backend would never start it (no node that large), in its words.
+    refused: str | None = None
+    #: Why the backend could not be asked (its controller does not answer).
+    unavailable: str | None = None
 
 
 @dataclass
@@ -152,8 +170,13 @@ async def quote_profiles(
     requests: Sequence[QuoteRequest],
     account: str,
     now: datetime,
+    placed: Mapping[str, BackendQuote] | None = None,
 ) -> list[ProfileQuote]:
-    """One quote per request, for a workload charged to ``account`` (a path)."""
+    """One quote per request, for a workload charged to ``account`` (a path).
+
+    ``placed``: by request name, what the backend of a pool that places work itself said
+    (``backends.slurm.quote``); the free resources and expected start are then its own.
+    """
     t_now = now.timestamp()
     policy = view.policy
     paths = account_paths(policy)
@@ -172,20 +195,32 @@ async def quote_profiles(
             size = max((n.spec.capacity for n in nodes), key=lambda c: (c.millicpus, c.memory))
         queue = sorted(queues.get(req.pool, []), key=lambda p: (p.submitted, p.id))
         walltime = req.walltime or DEFAULT_WALLTIME
-        me = Pending(-1, "", account, req.pool, size, t_now, walltime)
-        held = [*queue, me]
-        eta = project(held, nodes, t_now, min(len(held), EXACT))[-1]
-        starts_now = eta is not None and eta <= t_now
-        free = Resources()
-        for n in nodes:
-            free = free + Resources(
-                max(n.free.millicpus, 0),
-                max(n.free.memory, 0),
-                {m: c for m, c in n.free.gpus.items() if c > 0},
-            )
+        backend = (placed or {}).get(req.name)
+        refused: str | None = None
+        if backend is not None:
+            # Its backend's queue decides: Allotment holds only what policy holds.
+            eta = None if backend.start is None else max(backend.start.timestamp(), t_now)
+            # Slurm schedules on a one-second tick: "now" is within a few seconds.
+            starts_now = eta is not None and eta <= t_now + SLURM_TICK
+            free = backend.free
+            if backend.refused:
+                refused = f"the cluster cannot run it ({backend.refused})"
+        else:
+            me = Pending(-1, "", account, req.pool, size, t_now, walltime)
+            held = [*queue, me]
+            eta = project(held, nodes, t_now, min(len(held), EXACT))[-1]
+            starts_now = eta is not None and eta <= t_now
+            free = Resources()
+            for n in nodes:
+                free = free + Resources(
+                    max(n.free.millicpus, 0),
+                    max(n.free.memory, 0),
+                    {m: c for m, c in n.free.gpus.items() if c > 0},
+                )
         rates = rates_of(policy, req.pool)
         hourly = rates.hourly(size)
         budget, blocked = await budgets.tightest(account, req.pool, hourly)
+        blocked = blocked or refused
         if blocked is None:
             blocked = await budgets.beyond(
                 account, req.pool, hourly * walltime / 3600, live.running, t_now

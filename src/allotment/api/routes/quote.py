@@ -3,14 +3,20 @@ the expected wait and place, the cost per hour, and the budget and quota left.""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from allotment.api.deps import CallerDep, StateDep
-from allotment.controller.quote import QuoteRequest, quote_profiles
+from allotment.backends.slurm.quote import quotes_for
+from allotment.config.models import Policy
+from allotment.controller.quote import BackendQuote, QuoteRequest, quote_profiles
 from allotment.controller.view import load_live, load_policy_view
+from allotment.db.catalog import ProfileEntry
 from allotment.domain.accounts import is_within
+from allotment.domain.resources import Resources
 from allotment.domain.submission import charged_account
 from allotment.errors import NotFound
 from allotment.schemas import QuoteOut
@@ -57,6 +63,9 @@ async def get_quote(
         view = await session.run_sync(load_policy_view, state.policy_views)
         if view is None:
             raise NotFound("No policy has been applied yet, so there is nothing to launch.")
+    # Slurm is asked with no transaction open: it may take up to `slurm.command_timeout`.
+    placed = await _slurm_quotes(view.policy, offered)
+    async with state.db.read() as session:
         live = await session.run_sync(load_live, view, now)
         quotes = await quote_profiles(
             session,
@@ -77,6 +86,7 @@ async def get_quote(
             ],
             charged.path,
             now,
+            placed,
         )
     return QuoteOut(
         account=charged.path,
@@ -85,3 +95,36 @@ async def get_quote(
         at=now,
         profiles=quotes,
     )
+
+
+async def _slurm_quotes(policy: Policy, offered: Sequence[ProfileEntry]) -> dict[str, BackendQuote]:
+    """What Slurm says of each offered profile on a Slurm pool: the partition's free resources
+    (``sinfo``) and its expected start (``sbatch --test-only``), asked concurrently and cached
+    a few seconds (``backends.slurm.quote``)."""
+    on_slurm = [p for p in offered if p.pool.backend == "slurm" and p.pool.name in policy.pools]
+    if not on_slurm:
+        return {}
+    spec = policy.slurm
+    quotes = quotes_for(spec.conf, spec.bin_dir, float(spec.command_timeout))
+
+    async def one(p: ProfileEntry) -> tuple[str, BackendQuote]:
+        pool = policy.pools[p.pool.name]
+        try:
+            nodes = await quotes.nodes(pool.partition)
+        except RuntimeError as e:
+            return p.name, BackendQuote(Resources(), None, unavailable=str(e))
+        free = Resources()
+        for n in nodes:
+            free = free + n.free
+        size = p.offer.size
+        if p.spec.whole_node and nodes:
+            size = max((n.total for n in nodes), key=lambda c: (c.millicpus, c.memory))
+        estimate = await quotes.estimate(
+            partition=pool.partition,
+            qos=pool.qos,
+            size=size,
+            walltime=float(p.spec.max_runtime) if p.spec.max_runtime else None,
+        )
+        return p.name, BackendQuote(free, estimate.start, refused=estimate.refused)
+
+    return dict(await asyncio.gather(*(one(p) for p in on_slurm)))

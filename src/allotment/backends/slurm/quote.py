@@ -31,6 +31,7 @@ __all__ = [
     "SlurmQuotes",
     "free_nodes",
     "parse_test_only",
+    "quotes_for",
     "subprocess_run",
     "estimate_command",
 ]
@@ -288,3 +289,17 @@ class SlurmQuotes:
         key = ("test-only", *argv)
         result: Estimate = await self._cached(key, ask)
         return result
+
+
+_shared: dict[tuple[str | None, str | None, float], SlurmQuotes] = {}
+
+
+def quotes_for(conf: str | None, bin_dir: str | None, timeout: float) -> SlurmQuotes:
+    """The process's one ``SlurmQuotes`` for a cluster (``slurm.conf``, ``bin_dir``): every
+    quote of this process shares its cache."""
+    key = (conf, bin_dir, timeout)
+    quotes = _shared.get(key)
+    if quotes is None:
+        quotes = SlurmQuotes(subprocess_run(conf, timeout), bin_dir=bin_dir or "/usr/bin")
+        _shared[key] = quotes
+    return quotes
