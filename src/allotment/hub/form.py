@@ -26,9 +26,18 @@ def _script_json(value: object) -> str:
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def render_form(quote: QuoteOut, *, service_url: str, token: str, refresh_seconds: int) -> str:
+def render_form(
+    quote: QuoteOut,
+    *,
+    service_url: str,
+    token: str,
+    refresh_seconds: int,
+    notice: str | None = None,
+) -> str:
+    """The form; ``notice``: a line above the profiles (why the last session ended)."""
     return _templates.get_template("launch.html").render(
         quote=quote,
+        notice=notice,
         initial=_script_json(quote.model_dump(mode="json")),
         config=_script_json(
             {

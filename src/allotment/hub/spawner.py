@@ -4,7 +4,11 @@ A session is a workload like any other: the spawner asks the service for one (ki
 ``session``) and follows it. The scheduler decides when it starts, the controller runs
 ``jupyterhub-singleuser`` as the user's own account inside its limits, the ledger charges it.
 When the machine is full the session waits in the queue (no HTTP 429) and ``progress`` tells
-the user their place and expected start. The spawner holds no database credentials: it
+the user their place and expected start. On a pool whose backend places work itself (Slurm)
+the session waits in that backend's queue instead, and the page shows the backend's reason and
+expected start; the server then runs on whichever node was chosen, listens on that node's
+address (``ON_NODE``), and the hub reaches it there (``WorkloadOut.host``). The spawner holds
+no database credentials: it
 speaks to the service with the token of the ``allotment-spawner`` hub service, which holds
 ``custom:allotment:spawn`` and acts for the hub user it names.
 """
@@ -35,6 +39,22 @@ LIVE = ("pending", "admitted", "starting", "running", "stopping")
 ENDED = ("stopped", "failed")
 FORM_SCOPES = ["custom:allotment:read"]
 
+#: Runs the session's server; on a Slurm node (``SLURMD_NODENAME`` is set in every Slurm job),
+#: makes it listen on that node's own address: the ``NodeAddr`` Slurm reports and the hub
+#: connects to (``scontrol show node``), else the address the node's name resolves to.
+#: Not ``0.0.0.0``: a node's other interfaces (a public one, a storage network) never serve
+#: it. Anywhere else the server listens where the spawner says (loopback, for the local
+#: backend). Every request still needs the hub's login: the address only narrows who can try.
+ON_NODE = (
+    'if [ -n "${SLURMD_NODENAME:-}" ]; then '
+    'a=$(scontrol show node -o "$SLURMD_NODENAME" 2>/dev/null'
+    " | sed -n 's/.* NodeAddr=\\([^ ]*\\).*/\\1/p'); "
+    '[ -n "$a" ] || a=$(hostname -i 2>/dev/null | cut -d" " -f1); '
+    '[ -n "$a" ] && exec "$@" --ip="$a"; '
+    "fi; "
+    'exec "$@"'
+)
+
 
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
@@ -54,6 +74,29 @@ def waiting_message(w: WorkloadOut, now: float | None = None) -> str:
             f"expected to start at {at} (in {format_while(wait)})" if wait > 30 else "starting soon"
         )
     return ", ".join(parts) + f". {w.reason[:1].upper()}{w.reason[1:]}."
+
+
+def backend_waiting_message(w: WorkloadOut, now: float | None = None) -> str:
+    """What a session waiting in its backend's own queue (Slurm) tells its user: the backend's
+    reason, its expected start and place when it gave them."""
+    now = time.time() if now is None else now
+    text = f"{w.reason[:1].upper()}{w.reason[1:]}".rstrip(".")
+    extra = []
+    if w.position is not None:
+        extra.append(f"{_ordinal(w.position)} in line")
+    if w.expected_start is not None:
+        wait = w.expected_start.timestamp() - now
+        at = w.expected_start.astimezone().strftime("%H:%M")
+        extra.append(
+            f"expected to start at {at} (in {format_while(wait)})" if wait > 30 else "starting soon"
+        )
+    return text + (f"; {', '.join(extra)}." if extra else ".")
+
+
+def queued_in_backend(w: WorkloadOut) -> bool:
+    """Accepted by a backend that places work itself, and waiting in its queue: starting, on
+    no node yet, with the backend's reason."""
+    return w.status in ("admitted", "starting") and not w.node and bool(w.reason)
 
 
 def _read_by_start(spawner: Spawner, user_options: dict[str, Any]) -> None:
@@ -102,6 +145,8 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
     workload_id = Integer(0, help="The session's workload (0: none).")
     #: Shown on the spawn page while the client waits for an unavailable service.
     _waiting_for_service: str | None = None
+    #: Why the last session ended without being stopped (its node failed…), for the form.
+    _ended: str | None = None
 
     @default("ip")
     def _ip_default(self) -> str:
@@ -167,6 +212,7 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
             service_url=urlsplit(self.allotment_url).path,
             token=self._form_token(),
             refresh_seconds=self.form_refresh_seconds,
+            notice=self._ended,
         )
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
@@ -218,6 +264,7 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
             else:
                 await self._cancel_strays(api)
             cmd, path = self._command(environment)
+            cmd = ["/bin/sh", "-c", ON_NODE, "allotment-session", *cmd]
             env["PATH"] = path
             # The session's server asks for its meter there; `allot` inside it finds it too.
             env["ALLOTMENT_URL"] = self.allotment_url
@@ -250,14 +297,17 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
                 w = await api.workload(w.id)
                 self._latest = w
                 self._waiting_for_service = None
-            await self._wait_until_answering(api, log)
-        return (self.ip, self.port)
+            # On a cluster's node the server listens on the node's address; here otherwise.
+            host = w.host or self.ip
+            self._ended = None
+            await self._wait_until_answering(api, log, host)
+        return (host, self.port)
 
-    async def _wait_until_answering(self, api: AsyncAllotmentClient, log: str) -> None:
+    async def _wait_until_answering(self, api: AsyncAllotmentClient, log: str, host: str) -> None:
         """Return once the server answers HTTP: the hub's own check backs off exponentially
         and would find it up to a second late. Gives up quietly after ``http_timeout`` (the
         hub then reports it); fails at once if the session ends."""
-        url = f"http://{self.ip}:{self.port}{self.server.base_url if self.server else '/'}api"
+        url = f"http://{host}:{self.port}{self.server.base_url if self.server else '/'}api"
         deadline = time.monotonic() + self.http_timeout
         checked = time.monotonic()
         async with httpx.AsyncClient(timeout=2) as http:
@@ -310,6 +360,11 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
                 await asyncio.sleep(1)
         if w.status in LIVE and w.target == "running":
             return None
+        if w.target == "running" and w.reason:
+            # Not stopped by anyone: lost (its node failed, Slurm cancelled it). Say why on
+            # the next launch form; the hub itself only says the server stopped.
+            self._ended = f"Your last session ended: {w.reason}."
+            self.log.warning("%s: session %s ended: %s", self._log_name, w.id, w.reason)
         return w.exit_code if w.exit_code is not None else 0
 
     async def stop(self, now: bool = False) -> None:
@@ -338,6 +393,8 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
             elif w is not None and waiting is None:
                 if w.status == "pending":
                     message, value = waiting_message(w), 10
+                elif queued_in_backend(w):
+                    message, value = backend_waiting_message(w), 30
                 elif w.status in ("admitted", "starting"):
                     message, value = f"Starting on {w.node or 'its node'}…", 50
                 elif w.status == "running":
