@@ -34,26 +34,63 @@ def load_or_exit(file: Path) -> Policy:
 
 
 @config_app.command()
-def check(file: FileArg) -> None:
+def check(
+    file: Annotated[Path | None, typer.Argument(help="Policy file.", dir_okay=False)] = None,
+    slurm: Annotated[
+        bool,
+        typer.Option(
+            "--slurm",
+            help="Also compare the policy in force with Slurm: accounts, users and limits "
+            "changed by hand or not mirrored yet, partitions and nodes that differ. Exit "
+            "code 1 when they differ.",
+        ),
+    ] = False,
+    url: Url = None,
+    token: Token = None,
+) -> None:
     """Validate a policy file; list every problem with its line. Exit code 2 when invalid.
 
     Where a running service can be reached (``$ALLOTMENT_URL`` and a token, or a local
     service's admin token), also say what the file would change that may not be meant, from
     what the service's database holds (a dry run: nothing is changed)."""
-    policy = load_or_exit(file)
-    console.print(
-        f"[green]{file} is valid[/]: {len(policy.accounts)} accounts, {len(policy.pools)} pools, "
-        f"{len(policy.profiles)} profiles, {len(policy.allocations)} allocations."
+    if file is None and not slurm:
+        fail("give a policy file to check, or --slurm to compare the policy in force with Slurm")
+    if file is not None:
+        policy = load_or_exit(file)
+        console.print(
+            f"[green]{file} is valid[/]: {len(policy.accounts)} accounts, "
+            f"{len(policy.pools)} pools, {len(policy.profiles)} profiles, "
+            f"{len(policy.allocations)} allocations."
+        )
+        env_url, env_token = discover(search_path())
+        if token or env_token:
+            try:
+                with AllotmentClient(url or env_url, token or env_token) as c:
+                    result = c.apply_policy(file.read_text(), str(file), dry_run=True)
+                _warn(result.warnings)
+            except ApiError:
+                pass  # no service here, or not one this token administers: the file is valid
+    if slurm:
+        _check_slurm(url, token)
+
+
+def _check_slurm(url: str | None, token: str | None) -> None:
+    """Print where Slurm differs from the policy in force; exit 1 when it does."""
+    with client(url, token) as c:
+        drift = run(lambda: c._call("GET", "policy/slurm"))
+    sections = (
+        ("accounts", "Slurm's accounts differ (the mirror makes these changes):"),
+        ("conflicts", "Allotment may not change these (fix them in Slurm):"),
+        ("pools", "the policy's Slurm pools and Slurm's partitions differ:"),
     )
-    url, token = discover(search_path())
-    if token is None:
-        return
-    try:
-        with AllotmentClient(url, token) as c:
-            result = c.apply_policy(file.read_text(), str(file), dry_run=True)
-    except ApiError:
-        return  # no service here, or not one this token administers: the file is still valid
-    _warn(result.warnings)
+    for key, title in sections:
+        if drift[key]:
+            console.print(f"[yellow]{title}[/]")
+            for line in drift[key]:
+                console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+    if not drift["in_sync"]:
+        raise typer.Exit(1)
+    console.print(f"[green]Slurm cluster {drift['cluster']} matches the policy in force[/]")
 
 
 def _warn(warnings: list[str]) -> None:

@@ -5,13 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from allotment.api.deps import CallerDep, StateDep
+from allotment.api.deps import AppState, CallerDep, StateDep
+from allotment.backends.slurm.mirror import SINFO_FORMAT, pool_drift
+from allotment.backends.slurm.runner import SlurmError, SlurmUnavailable
 from allotment.config import parse_policy
+from allotment.config.models import Policy
+from allotment.controller.slurm_mirror import (
+    Inputs,
+    apply,
+    mirrored,
+    owner_tag,
+    read_inputs,
+    runner_for,
+    slurm_plan,
+)
 from allotment.db.policy_sync import apply_policy, identity_warnings
 from allotment.db.tables import PolicyVersion
 from allotment.errors import ConfigError, Forbidden, InvalidRequest, NotFound
+from allotment.installation import installation_of
 from allotment.schemas import ApplyResult, PolicyIn
 
 __all__ = ["router"]
@@ -48,15 +62,92 @@ async def put_policy(body: PolicyIn, caller: CallerDep, state: StateDep) -> Appl
         raise InvalidRequest("The policy has problems:\n" + str(e)) from None
     changes: list[str] = []
     warnings: list[str] = []
+    inputs: Inputs | None = None
     try:
         async with state.db.write() as session:
             version, changes = await apply_policy(
                 session, policy, actor=caller.name, now=state.clock.now()
             )
             warnings = await identity_warnings(session, policy)
+            if mirrored(policy):
+                # What the database would hold, read inside the apply (a dry run included).
+                inputs = await session.run_sync(read_inputs, policy)
             if body.dry_run:
                 raise _DryRun
     except _DryRun:
-        return ApplyResult(version=None, changes=changes, warnings=warnings)
+        slurm, more = await _mirror(state, inputs, run=False)
+        return ApplyResult(version=None, changes=changes + slurm, warnings=warnings + more)
     state.changed()
-    return ApplyResult(version=version, changes=changes, warnings=warnings)
+    slurm, more = await _mirror(state, inputs, run=True)
+    return ApplyResult(version=version, changes=changes + slurm, warnings=warnings + more)
+
+
+def _owner(state: AppState) -> str:
+    name = installation_of(state.installation, state.data_dir) if state.data_dir else "allotment"
+    return owner_tag(name)
+
+
+async def _mirror(
+    state: AppState, inputs: Inputs | None, *, run: bool
+) -> tuple[list[str], list[str]]:
+    """Slurm's side of an apply: the ``sacctmgr`` changes it needs (made, unless ``run`` is
+    False), as ``slurm: …`` lines, and a warning where Slurm cannot be asked now (the
+    controller's mirror makes them when it answers)."""
+    if inputs is None:
+        return [], []
+    runner = runner_for(inputs.policy)
+    try:
+        changes, _, _ = await slurm_plan(inputs, runner, _owner(state))
+        if run:
+            done, _ = await apply(runner, changes)
+        else:
+            done = [c.line for c in changes if c.argv]
+    except (SlurmUnavailable, SlurmError) as e:
+        return [], [f"Slurm's accounts are not mirrored yet ({e}); they will be when it answers"]
+    conflicts = [c.line for c in changes if not c.argv]
+    return [f"slurm: {line}" for line in done], [f"slurm: {line}" for line in conflicts]
+
+
+class SlurmDrift(BaseModel):
+    """Where Slurm differs from the policy in force."""
+
+    cluster: str = Field(description="Slurm's ClusterName.")
+    accounts: list[str] = Field(
+        description="What mirroring would change in Slurm's accounts, users and limits "
+        "(made by hand in Slurm, or not mirrored yet); empty when they match."
+    )
+    conflicts: list[str] = Field(description="What Allotment may not change: fix by hand.")
+    pools: list[str] = Field(
+        description="Where the policy's Slurm pools and Slurm's partitions and nodes disagree."
+    )
+    in_sync: bool = Field(description="True when all three are empty.")
+
+
+@router.get("/policy/slurm", response_model=SlurmDrift)
+async def slurm_drift(caller: CallerDep, state: StateDep) -> SlurmDrift:
+    """Drift between the policy in force and Slurm (`allot config check --slurm`)."""
+    if not caller.principal.is_admin:
+        raise Forbidden("Only administrators may compare the policy with Slurm.")
+    async with state.db.read() as session:
+        inputs = await session.run_sync(read_inputs)
+    if inputs is None:
+        raise NotFound("No policy has been applied yet; run `allot config apply FILE`.")
+    policy: Policy = inputs.policy
+    if not any(p.backend == "slurm" for p in policy.pools.values()):
+        raise InvalidRequest("The policy in force has no Slurm pool.")
+    runner = runner_for(policy)
+    try:
+        changes, want, _ = await slurm_plan(inputs, runner, _owner(state))
+        sinfo = await runner.run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT])
+    except SlurmUnavailable as e:
+        raise InvalidRequest(f"Slurm does not answer: {e}") from None
+    accounts = [c.line for c in changes if c.argv] if policy.slurm.mirror else []
+    conflicts = [c.line for c in changes if not c.argv] if policy.slurm.mirror else []
+    pools = pool_drift(policy, sinfo.stdout.decode())
+    return SlurmDrift(
+        cluster=want.cluster,
+        accounts=accounts,
+        conflicts=conflicts,
+        pools=pools,
+        in_sync=not (accounts or conflicts or pools),
+    )

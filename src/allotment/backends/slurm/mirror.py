@@ -685,3 +685,69 @@ def ensure_user(
              f"cluster={have.cluster}", *args),
         )
     ]  # fmt: skip
+
+
+# -- pools against sinfo ---------------------------------------------------------------------
+
+#: ``sinfo`` format of one line per node and partition.
+SINFO_FORMAT = "%N|%R|%c|%m|%G"
+
+
+def _gres_gpus(text: str) -> dict[str, int]:
+    """``gpu:a100:4(S:0-1),gpu:t4:1`` → GPUs by model ("" where Slurm names none)."""
+    out: dict[str, int] = {}
+    for item in text.split(","):
+        item = item.split("(", 1)[0].strip()
+        parts = item.split(":")
+        if parts[0] != "gpu" or len(parts) < 2 or not parts[-1].isdigit():
+            continue
+        model = parts[1] if len(parts) > 2 else ""
+        out[model] = out.get(model, 0) + int(parts[-1])
+    return out
+
+
+def pool_drift(policy: Policy, sinfo: str) -> list[str]:
+    """Where the policy's Slurm pools and Slurm's partitions disagree (``sinfo -h -N -o
+    SINFO_FORMAT``): a partition missing, a declared node missing from it or declared with
+    more CPUs, memory or GPUs than Slurm has, a node of the partition the policy does not
+    declare."""
+    nodes: dict[str, dict[str, tuple[int, int, dict[str, int]]]] = {}
+    for line in sinfo.splitlines():
+        cols = line.strip().split("|")
+        if len(cols) < 5 or not cols[0]:
+            continue
+        node, part, cpu_text, mem_text, gres = cols[:5]
+        nodes.setdefault(part, {})[node] = (
+            int(cpu_text) if cpu_text.isdigit() else 0,
+            int(mem_text) if mem_text.isdigit() else 0,
+            _gres_gpus(gres),
+        )
+    out: list[str] = []
+    for name in slurm_pools(policy):
+        spec = policy.pools[name]
+        part = spec.partition or ""
+        if part not in nodes:
+            out.append(f"pool {name}: Slurm has no partition {part or '(none named)'}")
+            continue
+        have = nodes[part]
+        for n in spec.nodes:
+            if n.name not in have:
+                out.append(f"pool {name}: node {n.name} is not in Slurm's partition {part}")
+                continue
+            cpus, mem, gpus = have[n.name]
+            if n.cpus != cpus:
+                out.append(f"pool {name}: node {n.name} has {cpus} CPUs in Slurm, {n.cpus:g} here")
+            if n.memory // MIB != mem:
+                out.append(
+                    f"pool {name}: node {n.name} has {mem} MiB in Slurm (RealMemory), "
+                    f"{n.memory // MIB} MiB here"
+                )
+            if sum(n.gpus.values()) != sum(gpus.values()):
+                out.append(
+                    f"pool {name}: node {n.name} has {sum(gpus.values())} GPUs in Slurm, "
+                    f"{sum(n.gpus.values())} here"
+                )
+        declared = {n.name for n in spec.nodes}
+        for node in sorted(set(have) - declared):
+            out.append(f"pool {name}: Slurm's partition {part} has node {node}, not declared here")
+    return out
