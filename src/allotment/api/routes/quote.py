@@ -9,8 +9,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from allotment.api.deps import CallerDep, StateDep
+from allotment.api.deps import AppState, CallerDep, StateDep
 from allotment.backends.slurm.quote import quotes_for
+from allotment.backends.slurm.runner import SlurmRunner
 from allotment.config.models import Policy
 from allotment.controller.quote import BackendQuote, QuoteRequest, quote_profiles
 from allotment.controller.view import load_live, load_policy_view
@@ -64,7 +65,7 @@ async def get_quote(
         if view is None:
             raise NotFound("No policy has been applied yet, so there is nothing to launch.")
     # Slurm is asked with no transaction open: it may take up to `slurm.command_timeout`.
-    placed = await _slurm_quotes(view.policy, offered)
+    placed = await _slurm_quotes(state, view.policy, offered)
     async with state.db.read() as session:
         live = await session.run_sync(load_live, view, now)
         quotes = await quote_profiles(
@@ -97,15 +98,33 @@ async def get_quote(
     )
 
 
-async def _slurm_quotes(policy: Policy, offered: Sequence[ProfileEntry]) -> dict[str, BackendQuote]:
+async def _runner(state: AppState, policy: Policy) -> SlurmRunner:
+    """The Slurm backend's runner where this process runs one, else one of this process's
+    own for the policy's cluster."""
+    backend = await state.backend("slurm")
+    runner = getattr(backend, "runner", None)
+    if isinstance(runner, SlurmRunner):
+        return runner
+    spec = policy.slurm
+    key = (spec.conf, spec.bin_dir, float(spec.command_timeout))
+    if key not in _RUNNERS:
+        _RUNNERS[key] = SlurmRunner(*key)
+    return _RUNNERS[key]
+
+
+_RUNNERS: dict[tuple[str | None, str | None, float], SlurmRunner] = {}
+
+
+async def _slurm_quotes(
+    state: AppState, policy: Policy, offered: Sequence[ProfileEntry]
+) -> dict[str, BackendQuote]:
     """What Slurm says of each offered profile on a Slurm pool: the partition's free resources
     (``sinfo``) and its expected start (``sbatch --test-only``), asked concurrently and cached
     a few seconds (``backends.slurm.quote``)."""
     on_slurm = [p for p in offered if p.pool.backend == "slurm" and p.pool.name in policy.pools]
     if not on_slurm:
         return {}
-    spec = policy.slurm
-    quotes = quotes_for(spec.conf, spec.bin_dir, float(spec.command_timeout))
+    quotes = quotes_for(await _runner(state, policy))
 
     async def one(p: ProfileEntry) -> tuple[str, BackendQuote]:
         pool = policy.pools[p.pool.name]

@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from allotment.backends.base import BackendUnavailable
+from allotment.backends.slurm.runner import SlurmRunner
 from allotment.domain.resources import Resources
 
 __all__ = [
@@ -32,7 +34,7 @@ __all__ = [
     "free_nodes",
     "parse_test_only",
     "quotes_for",
-    "subprocess_run",
+    "runner_run",
     "estimate_command",
 ]
 
@@ -189,31 +191,20 @@ def estimate_command(
     return [*argv, "--output", "/dev/null", "--chdir", "/", "--wrap", "true"]
 
 
-def subprocess_run(
-    conf: str | None, timeout: float = 30.0, env: Mapping[str, str] | None = None
-) -> Run:
-    """A ``Run`` that starts the command here, with ``SLURM_CONF`` set to ``conf``, and kills
-    it after ``timeout`` seconds (exit status 124)."""
-    base = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **(env or {})}
-    if conf:
-        base["SLURM_CONF"] = conf
+def runner_run(runner: SlurmRunner) -> Run:
+    """``Run`` through the backend's one seam (``runner.SlurmRunner``): a controller that does
+    not answer, or a command missing, is a failed command (status 255) with the reason."""
 
     async def run(argv: Sequence[str]) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=base,
-            cwd="/",
-        )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return 124, "", f"{argv[0]} did not answer in {timeout:g} s"
-        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+            done = await runner.run(argv, check=False)
+        except BackendUnavailable as e:
+            return 255, "", str(e)
+        return (
+            done.returncode,
+            done.stdout.decode(errors="replace"),
+            done.stderr.decode(errors="replace"),
+        )
 
     return run
 
@@ -229,13 +220,9 @@ class SlurmQuotes:
     """Slurm's free resources and start estimates, each cached ``ttl`` seconds."""
 
     run: Run
-    bin_dir: str = "/usr/bin"
     ttl: float = 5.0
     clock: Callable[[], float] = time.monotonic
     _cache: dict[tuple[Any, ...], _Cached] = field(default_factory=dict, init=False)
-
-    def _program(self, name: str) -> str:
-        return os.path.join(self.bin_dir, name)
 
     async def _cached(self, key: tuple[Any, ...], make: Callable[[], Awaitable[Any]]) -> Any:
         now = self.clock()
@@ -255,7 +242,7 @@ class SlurmQuotes:
         Raises ``RuntimeError`` when ``sinfo`` fails (slurmctld does not answer)."""
 
         async def read() -> str:
-            rc, out, err = await self.run([self._program("sinfo"), "--json"])
+            rc, out, err = await self.run(["sinfo", "--json"])
             if rc != 0:
                 raise RuntimeError(err.strip() or f"sinfo exited with {rc}")
             return out
@@ -274,7 +261,7 @@ class SlurmQuotes:
     ) -> Estimate:
         """When Slurm would start a job of ``size`` now (at most ``ttl`` old)."""
         argv = estimate_command(
-            self._program("sbatch"),
+            "sbatch",
             partition=partition,
             qos=qos,
             size=size,
@@ -291,15 +278,13 @@ class SlurmQuotes:
         return result
 
 
-_shared: dict[tuple[str | None, str | None, float], SlurmQuotes] = {}
+_shared: weakref.WeakKeyDictionary[SlurmRunner, SlurmQuotes] = weakref.WeakKeyDictionary()
 
 
-def quotes_for(conf: str | None, bin_dir: str | None, timeout: float) -> SlurmQuotes:
-    """The process's one ``SlurmQuotes`` for a cluster (``slurm.conf``, ``bin_dir``): every
-    quote of this process shares its cache."""
-    key = (conf, bin_dir, timeout)
-    quotes = _shared.get(key)
+def quotes_for(runner: SlurmRunner) -> SlurmQuotes:
+    """The one ``SlurmQuotes`` of a runner (a cluster): every quote of this process shares its
+    cache."""
+    quotes = _shared.get(runner)
     if quotes is None:
-        quotes = SlurmQuotes(subprocess_run(conf, timeout), bin_dir=bin_dir or "/usr/bin")
-        _shared[key] = quotes
+        quotes = _shared[runner] = SlurmQuotes(runner_run(runner))
     return quotes
