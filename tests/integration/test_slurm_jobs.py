@@ -155,8 +155,11 @@ def test_after_waits_for_the_first_job_to_end_successfully(
     second = submit(
         svc, carol, shared, "-p", "small", "--after", str(first), "--", "sh", "-c", "cat a"
     )
-    waiting = workload(svc, carol, second)
-    assert waiting["status"] == "pending" and str(first) in str(waiting["reason"])
+    waiting = wait_for(
+        lambda: (x := workload(svc, carol, second))["reason"] and x, 30, what="its reason"
+    )
+    assert waiting["status"] == "pending", waiting
+    assert waiting["reason"] == f"waiting for workload {first} to end successfully"
     a, b = ended(svc, carol, first, 120), ended(svc, carol, second, 120)
     assert a["exit_code"] == 0 and b["exit_code"] == 0, (a, b)
     assert str(b["started_at"]) >= str(a["ended_at"])

@@ -103,7 +103,7 @@ async def _with_states(state: AppState, pool: PoolOut) -> PoolOut:
         else:
             seen = states.nodes.get(node.name)
         if seen is None:  # declared by the policy, unknown to the backend
-            seen = ("unknown", f"{pool.backend} does not know this node")
+            seen = ("unknown", f"not reported by the {pool.backend} backend")
         nodes.append(node.model_copy(update={"state": seen[0], "reason": seen[1] or None}))
     return pool.model_copy(update={"nodes": nodes})
 
