@@ -70,6 +70,9 @@ __all__ = [
     "Price",
     "PriceOf",
     "charge_external",
+    "close_run",
+    "external_marks",
+    "mark_external",
     "meter_pass",
     "spent",
     "spent_by_account",
@@ -748,6 +751,192 @@ class _Owner:
     user_id: int
     pool_id: int | None
     profile_id: int | None
+
+
+# -- a run that ended while its workload lives on ------------------------------------------
+
+
+def close_run(
+    session: Session,
+    workload_id: int,
+    *,
+    at: datetime,
+    now: datetime,
+    tz: str,
+    entry_seconds: int,
+    price_of: PriceOf | None = None,
+) -> int:
+    """End the charge of a workload's current run at ``at`` while the workload lives on (Slurm
+    requeued it after a node failure): charge its open charge through ``at`` by the meter's
+    rules (the day's totals, an entry for each span of the clock that ended on the way and one
+    for the last), then remove the open charge, so that the next run (a new ``started_at``)
+    gets a fresh one from its own start and the time in between is charged to nobody.
+
+    Call it in the transaction that moves the workload out of RUNNING and clears its
+    ``started_at`` (``db/workloads.requeue``): the meter opens a charge for a workload that
+    started lately and has none, so a ``started_at`` left behind would be charged again.
+    Like the meter, it never charges backwards: a charge a pass already moved past ``at``
+    ends where it is. A run the meter never saw (it started and was requeued between two
+    passes) is charged from its start when ``price_of`` says its price, else not at all.
+    Never refunded here: the whole workload's refund, if it ends for a reason of ours, is the
+    meter's. Returns the ledger entries written."""
+    dialect = _dialect(session)
+    row = session.execute(
+        select(OC).where(OC.c.workload_id == workload_id).with_for_update()
+    ).first()
+    if row is None and price_of is not None:
+        row = _open_one(session, workload_id, price_of)
+    if row is None:
+        return 0
+    written = 0
+    if not row.closed:
+        written = _close_one(session, dialect, row, at, now, tz, entry_seconds)
+    session.execute(OC.delete().where(OC.c.workload_id == workload_id))
+    return written
+
+
+def _open_one(session: Session, workload_id: int, price_of: PriceOf) -> Any:
+    """An open charge from the workload's start, as a pass would have opened it."""
+    w = session.execute(
+        select(
+            W.account_id,
+            W.user_id,
+            W.pool_id,
+            W.profile_id,
+            W.millicpus,
+            W.memory,
+            W.gpus,
+            W.started_at,
+            Pool.backend,
+        )
+        .outerjoin(Pool, Pool.id == W.pool_id)
+        .where(W.id == workload_id, W.started_at.is_not(None))
+    ).first()
+    if w is None:
+        return None
+    requested = Resources(w.millicpus, w.memory, w.gpus or {})
+    price = price_of(w.pool_id, requested)
+    ms = rules.epoch_ms(w.started_at)
+    values = {
+        "workload_id": workload_id,
+        "account_id": w.account_id,
+        "user_id": w.user_id,
+        "pool_id": w.pool_id,
+        "profile_id": w.profile_id,
+        "source": w.backend or "",
+        "millicpus": w.millicpus,
+        "memory": w.memory,
+        "gpus": dict(w.gpus or {}),
+        "gpu_count": requested.gpu_count,
+        "rate": price.rate,
+        "share": price.share,
+        "span_start": w.started_at,
+        "charged_through": w.started_at,
+        "start_ms": ms,
+        "through_ms": ms,
+        "end_ms": None,
+        "ends_at": None,
+        "amount": 0,
+        "closed": False,
+        "used_cpu_seconds": None,
+        "peak_memory": None,
+        "gpu_utilisation": None,
+    }
+    session.execute(insert(OC).values(**values))
+    return SimpleNamespace(**values)
+
+
+def _close_one(
+    session: Session,
+    dialect: str,
+    row: Any,
+    at: datetime,
+    now: datetime,
+    tz: str,
+    entry_seconds: int,
+) -> int:
+    """``_step``'s arithmetic for one charge, cut by cut, up to its end: the same days, the
+    same spans, the same amounts a pass would have written had the workload ended at ``at``."""
+    end = max(at, row.charged_through)
+    end_ms = max(rules.epoch_ms(at), row.through_ms)
+    span_start, start_ms = row.span_start, row.start_ms
+    through, through_ms, amount = row.charged_through, row.through_ms, row.amount
+    usage: dict[date, dict[str, Any]] = {}
+    entries: list[dict[str, Any]] = []
+    before = session.execute(
+        select(func.coalesce(func.sum(LE.c.used_cpu_seconds), 0.0)).where(
+            LE.c.workload_id == row.workload_id, LE.c.kind == "charge"
+        )
+    ).scalar_one()
+    for cut in rules.cuts(through, end, entry_seconds, tz):
+        c = end_ms if cut == end else rules.epoch_ms(cut)
+        running = rules.charge(row.rate, c - start_ms)
+        seconds = (c - through_ms) / 1000.0
+        day = rules.day_of(cut - timedelta(microseconds=1), tz)
+        if c > through_ms:
+            u = usage.setdefault(day, _usage_row(day, row))
+            u["amount"] += running - amount
+            u["cpu_seconds"] += seconds * row.millicpus / 1000.0
+            u["memory_gib_seconds"] += seconds * row.memory / float(GIB)
+            u["gpu_seconds"] += seconds * row.gpu_count
+            u["share_seconds"] += seconds * row.share
+        through, through_ms, amount = cut, c, running
+        if (cut == end or rules.is_boundary(cut, entry_seconds)) and through_ms > start_ms:
+            used = row.used_cpu_seconds
+            entries.append(
+                {
+                    "key": rules.entry_key(row.workload_id, span_start),
+                    "kind": "charge",
+                    "source": row.source,
+                    "workload_id": row.workload_id,
+                    "account_id": row.account_id,
+                    "user_id": row.user_id,
+                    "pool_id": row.pool_id,
+                    "profile_id": row.profile_id,
+                    "start": span_start,
+                    "end": through,
+                    "millicpus": row.millicpus,
+                    "memory": row.memory,
+                    "gpus": row.gpus,
+                    "rate": row.rate,
+                    "amount": amount,
+                    "used_cpu_seconds": None if used is None else used - before,
+                    "peak_memory": row.peak_memory,
+                    "gpu_utilisation": row.gpu_utilisation,
+                    "note": "",
+                    "created_at": now,
+                }
+            )
+            if used is not None:
+                before = used
+            span_start, start_ms, amount = through, through_ms, 0
+    if usage:
+        rows = list(usage.values())
+        session.execute(_upsert_usage(dialect, rows), rows)
+    if entries:
+        session.execute(insert(LE), entries)
+    return len(entries)
+
+
+# -- imports of work Allotment did not submit: where the last one got to ---------------------
+
+
+def external_marks(session: Session, name: str) -> datetime | None:
+    """Until when an import (``name``: its heartbeat row, e.g. ``slurm-import``) has charged
+    everything it could see; None before its first."""
+    return session.execute(select(Heartbeat.at).where(Heartbeat.name == name)).scalar()
+
+
+def mark_external(session: Session, name: str, at: datetime, stale_after: float) -> None:
+    """Record, in the transaction of its charges, that an import has charged through ``at``."""
+    stmt = _insert(_dialect(session), Heartbeat.__table__).values(
+        name=name, at=at, stale_after=stale_after
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["name"], set_={"at": at, "stale_after": stale_after}
+        )
+    )
 
 
 # -- readers -----------------------------------------------------------------------------------
