@@ -1,8 +1,8 @@
 """Fixtures for backend tests.
 
-``backend``   every backend implementation, for the contract suite: the local one, and the
-              in-memory fake of the fast tier, so the fake stays honest (the Slurm one joins
-              when it exists).
+``backend``   every backend implementation, for the contract suite: the local one, the
+              in-memory fake of the fast tier, so the fake stays honest, and the Slurm one on
+              the real multi-node cluster of ``slurm_cluster`` (skipped where none can run).
 ``programs``  the commands a contract test runs, as ``backend`` runs them: real shell
               commands on the real backends, the fake's own words on the fake.
 ``new_id``    a workload id no other test uses (cgroups are machine-wide).
@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,8 @@ from allotment.backends.fake import FakeBackend
 from allotment.backends.local.backend import LocalBackend
 from allotment.backends.local.cgroups import detect
 from allotment.backends.local.posix import PosixAccounts
+from allotment.backends.slurm.backend import PoolSettings, SlurmBackend
+from allotment.backends.slurm.runner import SlurmRunner
 from allotment.domain.resources import Resources
 from allotment.installation import name_for
 
@@ -102,9 +105,72 @@ async def local(tmp_path: Path) -> AsyncIterator[LocalBackend]:
     await b.close()
 
 
-@pytest.fixture(params=["local", "fake"])
+#: The Slurm account the contract suite charges (``tests/backends/test_contract.spec``).
+SLURM_ACCOUNTS = ("lab",)
+
+
+def slurm_conf(request: pytest.FixtureRequest) -> str:
+    """The test cluster's ``slurm.conf``, with the accounts the tests charge; skips where no
+    cluster can run. ``ALLOTMENT_TEST_SLURM_CONF`` names a cluster started by hand instead."""
+    by_hand = os.environ.get("ALLOTMENT_TEST_SLURM_CONF")
+    if by_hand:
+        import subprocess
+
+        env = {**os.environ, "SLURM_CONF": by_hand}
+        for account in SLURM_ACCOUNTS:
+            subprocess.run(
+                ["sacctmgr", "-i", "add", "account", account],
+                env=env,
+                check=False,
+                capture_output=True,
+            )
+        return by_hand
+    try:
+        cluster = request.getfixturevalue("slurm_cluster")
+    except pytest.FixtureLookupError:
+        pytest.skip("no Slurm test cluster (tests/support/slurm.py) in this checkout")
+    for account in SLURM_ACCOUNTS:
+        cluster.run("sacctmgr", "-i", "add", "account", account, check=False)
+    return str(cluster.conf)
+
+
+def slurm_backend(conf: str, state: Path, **kw: Any) -> SlurmBackend:
+    """A Slurm backend of its own installation on the test cluster, polling often."""
+    return SlurmBackend(
+        SlurmRunner(conf, None, 30.0),
+        PosixAccounts(),
+        installation=name_for(state),
+        pools={"cluster": PoolSettings("main", None)},
+        poll_interval=kw.pop("poll_interval", 0.2),
+        **kw,
+    )
+
+
+@pytest.fixture
+async def slurm(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SlurmBackend]:
+    """A Slurm backend of its own; what a test left in Slurm is reaped."""
+    if not ROOT:
+        pytest.skip("the Slurm backend submits as each user's POSIX account: needs root")
+    b = slurm_backend(slurm_conf(request), tmp_path / "state")
+    try:
+        yield b
+    finally:
+        for wid in await b.present():
+            await b.reap(wid)
+        await b.close()
+
+
+@pytest.fixture(params=["local", "fake", "slurm"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    b: Backend = local_backend(tmp_path / "state") if request.param == "local" else FakeBackend()
+    b: Backend
+    if request.param == "local":
+        b = local_backend(tmp_path / "state")
+    elif request.param == "fake":
+        b = FakeBackend()
+    else:
+        if not ROOT:
+            pytest.skip("the Slurm backend submits as each user's POSIX account: needs root")
+        b = slurm_backend(slurm_conf(request), tmp_path / "state")
     try:
         yield b
     finally:

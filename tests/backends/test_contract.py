@@ -110,6 +110,7 @@ async def test_a_resumed_start_never_runs_a_workload_twice(
     # Crash after the launch, before its placement was stored: resuming finds it.
     again = [p async for p in backend.start(s, resume=placements[0])]
     assert again[-1].get("pid") == placements[-1].get("pid")
+    assert again[-1].get("job_id") == placements[-1].get("job_id")  # Slurm: the same job
     await asyncio.sleep(0.3)
     assert log.read_text() == "run\n"
     await backend.release(wid, placements[-1])

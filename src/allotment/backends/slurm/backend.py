@@ -56,6 +56,15 @@ MIB = 2**20
 ETA_HORIZON = 30 * 86400
 #: Placement keys of one state of the start, dropped when the next one is yielded.
 _TRANSIENT = ("running", "queued", "waiting", "eta", "position")
+#: scancel's words for a job with nothing left to signal or cancel.
+_CANCEL_NOOP = (
+    "invalid job id",
+    "already completing",
+    "job has finished",
+    "no active job steps",
+    "job/step already completing or completed",
+    "job is pending execution",
+)
 #: sbatch's words for a user without an association to the account.
 _NO_ASSOCIATION = ("invalid account", "account/partition")
 
@@ -452,8 +461,8 @@ class SlurmBackend(Backend):
         snap = await self.snapshot.get(0.0)
         ids = [j.job_id for j in snap.by_name.get(name, []) if j.state in WAITING | RUNNING]
         for jid in ids:
-            await self._cancel(jid, "KILL")
-            await self._cancel(jid, None)
+            await self._cancel(jid, "kill")
+            await self._cancel(jid, "end")
         for jid in ids:
             await self._wait_left(jid, 60.0)
 
@@ -522,24 +531,26 @@ class SlurmBackend(Backend):
 
     # -- stop --------------------------------------------------------------------------------
 
-    async def _cancel(self, job_id: int, sig: str | None) -> None:
-        """``scancel`` (as the service: it acts for whoever asked), a signal to every process
-        of the job where ``sig`` is given, else the job's end."""
-        argv = (
-            ["scancel", "--full", f"--signal={sig}", str(job_id)]
-            if sig
-            else ["scancel", str(job_id)]
-        )
-        try:
-            await self.runner.run(argv)
-        except SlurmError as e:
-            if (
-                "invalid job id" in e.stderr.lower()
-                or "already completing" in e.stderr.lower()
-                or "job has finished" in e.stderr.lower()
-            ):
-                return
-            raise
+    async def _cancel(self, job_id: int, how: Literal["term", "kill", "end"]) -> None:
+        """``scancel`` as the service (it acts for whoever asked). ``term``: SIGTERM to every
+        step and to the batch script; ``kill``: SIGKILL to every process of the batch step,
+        which ends the job (Slurm turns a SIGKILL of the whole job, and ``--full`` signals,
+        into its own cancel: SIGTERM, then SIGKILL only ``KillWait`` later, 30 s by default;
+        not what a grace period that ran out asks for); ``end``: cancel (a pending job leaves
+        the queue)."""
+        calls = {
+            "term": [
+                ["scancel", "--signal=TERM", str(job_id)],
+                ["scancel", "--batch", "--signal=TERM", str(job_id)],
+            ],
+            "kill": [["scancel", "--batch", "--signal=KILL", str(job_id)]],
+            "end": [["scancel", str(job_id)]],
+        }[how]
+        for argv in calls:
+            done = await self.runner.run(argv, check=False)
+            said = done.stderr.decode(errors="replace").lower()
+            if done.returncode != 0 and not any(w in said for w in _CANCEL_NOOP):
+                raise SlurmError(argv, done.returncode, said.strip())
 
     async def _state(self, job_id: int) -> str | None:
         """The job's state now, read for it alone (stops wait on one job); None: unknown."""
@@ -574,17 +585,18 @@ class SlurmBackend(Backend):
         if state is None or (state not in WAITING and state not in RUNNING):
             return
         if state in WAITING:
-            await self._cancel(job_id, None)
+            await self._cancel(job_id, "end")
             await self._wait_left(job_id, 30.0)
             return
-        await self._cancel(job_id, "TERM")
+        await self._cancel(job_id, "term")
         if grace > 0 and await self._wait_left(job_id, grace):
             return
         if grace > 0:
             self._forced[workload] = grace
-        await self._cancel(job_id, "KILL")
-        await self._cancel(job_id, None)
-        await self._wait_left(job_id, 60.0)
+        await self._cancel(job_id, "kill")
+        if not await self._wait_left(job_id, 10.0):
+            await self._cancel(job_id, "end")
+            await self._wait_left(job_id, 120.0)
 
     async def release(self, workload: int, placement: Placement) -> None:
         self._forced.pop(workload, None)
