@@ -360,8 +360,8 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
                 await asyncio.sleep(1)
         if w.status in LIVE and w.target == "running":
             return None
-        if w.target == "running" and w.reason:
-            # Not stopped by anyone: lost (its node failed, Slurm cancelled it). Say why on
+        if w.status == "failed" and w.reason:
+            # Ended without a stop: lost (its node failed, Slurm cancelled it). Say why on
             # the next launch form; the hub itself only says the server stopped.
             self._ended = f"Your last session ended: {w.reason}."
             self.log.warning("%s: session %s ended: %s", self._log_name, w.id, w.reason)
