@@ -93,7 +93,7 @@ def test_which_jobs_are_charged_and_why_the_others_are_not(jobs: list[SlurmJob])
     assert skipped == {"account": 2, "user": 5, "not started": 1}
     [two] = [p for p in planned if ":1100006:" in p.external_id]
     assert (two.account_id, two.user_id, two.pool_id) == (1, 10, 1)
-    assert two.rate == hourly_micros(RATES, Resources(2000, 512 * MIB, {})) == 2_250_000
+    assert two.rate == hourly_micros(RATES, Resources(2000, 512 * MIB, {})) == 4_250_000
     assert (two.start, two.end) == (at(1796225312), at(1796225329))
     assert two.key == external_key("slurm", two.external_id, two.start)
 
