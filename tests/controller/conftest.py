@@ -93,6 +93,8 @@ class Fast:
     controller: Controller
     #: Every controller this test started, the abandoned ones included.
     controllers: list[Controller] = field(default_factory=list)
+    #: The ``backend:`` name the fake stands for.
+    kind: str = "local"
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -181,7 +183,9 @@ class Fast:
     async def restart(self) -> Controller:
         """A new controller on the same database and the same backend (the machine keeps
         its processes), as ``allot serve`` started again."""
-        self.controller = await start_controller(self.url, self.data_dir, self.clock, self.backend)
+        self.controller = await start_controller(
+            self.url, self.data_dir, self.clock, self.backend, self.kind
+        )
         self.controllers.append(self.controller)
         self.app.state.allotment.controller = self.controller
         return self.controller
@@ -213,10 +217,10 @@ def release_lock(controller: Controller) -> None:
 
 
 async def start_controller(
-    url: str, data_dir: Path, clock: FakeClock, backend: FakeBackend
+    url: str, data_dir: Path, clock: FakeClock, backend: FakeBackend, kind: str = "local"
 ) -> Controller:
     settings = ControllerSettings(data_dir=data_dir, workers=4, poll_interval=3600.0)
-    controller = Controller(Database(url), clock, settings, backends={"local": backend})
+    controller = Controller(Database(url), clock, settings, backends={kind: backend})
     controller.queue.base_delay = 0.001  # retries in milliseconds, not 50 ms doubling
     assert await controller.start()
     return controller
@@ -260,8 +264,14 @@ def backend() -> FakeBackend:
 
 
 @pytest.fixture
+def kind() -> str:
+    """The ``backend:`` name the fake stands for (the policy's pools name it)."""
+    return "local"
+
+
+@pytest.fixture
 async def fast(
-    template: tuple[Path, str], backend: FakeBackend, tmp_path: Path
+    template: tuple[Path, str], backend: FakeBackend, kind: str, tmp_path: Path
 ) -> AsyncIterator[Fast]:
     path, token = template
     shutil.copy(path, tmp_path / "allotment.sqlite")
@@ -269,11 +279,11 @@ async def fast(
     data_dir = tmp_path / "data"
     clock = FakeClock()
     settings = Settings(database_url=url, data_dir=data_dir, prepared=True, admin_token_file=False)
-    app = create_app(settings, clock=clock, backends={"local": backend})
+    app = create_app(settings, clock=clock, backends={kind: backend})
     async with app.router.lifespan_context(app):
-        controller = await start_controller(url, data_dir, clock, backend)
+        controller = await start_controller(url, data_dir, clock, backend, kind)
         app.state.allotment.controller = controller
-        f = Fast(url, data_dir, clock, app, token, backend, controller, [controller])
+        f = Fast(url, data_dir, clock, app, token, backend, controller, [controller], kind)
         try:
             yield f
         finally:

@@ -106,7 +106,7 @@ WRITES = [
     Write(
         "to_starting",
         lambda c, w: wl.to_starting(c, w, PLACEMENT, "starting on ws1", LATER),
-        _moves(S.STARTING, wants_run=True),
+        lambda s, t: s == S.ADMITTED and t == RUN,
         lambda s, t: (S.STARTING, t),
     ),
     Write(
@@ -135,9 +135,9 @@ WRITES = [
     ),
     Write(
         "requeue",
-        lambda c, w: wl.requeue(c, w, "node ws1 failed; queued again", LATER),
-        _moves(S.PENDING, wants_run=True),
-        lambda s, t: (S.PENDING, t),
+        lambda c, w: wl.requeue(c, w, {"job_id": "7"}, "requeued by Slurm: node n1 failed", LATER),
+        lambda s, t: s == S.RUNNING and t == RUN,
+        lambda s, t: (S.STARTING, t),
     ),
     Write(
         "reject_many",
@@ -230,10 +230,12 @@ async def test_what_each_move_records(db: Database) -> None:
     assert row["ended_at"] == LATER and row["reason"] == "cancelled"
     row = await move(S.RUNNING, RUN, lambda c, w: wl.request_stop(c, w, "idle", LATER))
     assert row["ended_at"] is None and S(row["status"]) == S.RUNNING
-    row = await move(S.RUNNING, RUN, lambda c, w: wl.requeue(c, w, "node failed", LATER))
+    row = await move(
+        S.RUNNING, RUN, lambda c, w: wl.requeue(c, w, {"job_id": "7"}, "node failed", LATER)
+    )
     assert (row["node"], row["placement"], row["started_at"], row["reason"]) == (
         None,
-        None,
+        {"job_id": "7"},
         None,
         "node failed",
     )
@@ -254,7 +256,7 @@ async def test_moves_the_transitions_refuse_cannot_be_written(db: Database) -> N
         await db.run_write(
             lambda session: wl.to_ended(session.connection(), wid, S.RUNNING, [S.STARTING], LATER)
         )
-    assert sources(S.PENDING) == {S.RUNNING}
+    assert sources(S.STARTING) == {S.ADMITTED, S.RUNNING}
 
 
 async def test_an_array_is_inserted_pending_and_activity_only_moves_forward(db: Database) -> None:

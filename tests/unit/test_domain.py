@@ -389,7 +389,8 @@ def test_a_guard_is_exactly_the_states_that_may_move_there() -> None:
         assert sources(to) == {s for s, targets in TRANSITIONS.items() if to in targets}
     assert sources(S.ADMITTED) == {S.PENDING}
     assert sources(S.STOPPING) == {S.STARTING, S.RUNNING}
-    assert sources(S.PENDING) == {S.RUNNING}  # the requeue
+    assert sources(S.PENDING) == set()  # nothing goes back to Allotment's queue
+    assert sources(S.STARTING) == {S.ADMITTED, S.RUNNING}  # the backend's requeue
 
 
 def test_the_transitions_keep_the_lifecycle() -> None:
@@ -400,8 +401,9 @@ def test_the_transitions_keep_the_lifecycle() -> None:
             assert TRANSITIONS[s] == frozenset()  # never left
         else:
             assert {S.STOPPED, S.FAILED} <= TRANSITIONS[s]  # anything alive may end at once
-    # Forward only, but for the requeue: a lost job goes back to the queue, not to its start.
+    # Forward only, but for the requeue: a batch job whose Slurm node failed goes back to
+    # Slurm's queue (STARTING), never to Allotment's (admitted once, it stays admitted).
     back = {(s, t) for s in WorkloadState for t in WorkloadState if can_move(s, t) and t < s}
-    assert back == {(S.RUNNING, S.PENDING)}
+    assert back == {(S.RUNNING, S.STARTING)}
     # Holding resources is the stretch from admission to the end of the stop.
     assert ACTIVE == tuple(s for s in WorkloadState if S.ADMITTED <= s <= S.STOPPING)

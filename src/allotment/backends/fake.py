@@ -55,6 +55,7 @@ __all__ = [
     "FakeProcess",
     "NeverStops",
     "NoRoom",
+    "Queues",
     "SlowPoll",
     "Vanishes",
 ]
@@ -399,3 +400,123 @@ class NoRoom(FakeBackend):
             )
         async for placement in super().start(spec, resume):
             yield placement
+
+
+class Queues(FakeBackend):
+    """A backend that places work itself, as Slurm does (``places_itself``): a start ends
+    *queued* in the fake's own queue, and the workload runs when the test says where
+    (``begin``). The test may also requeue a running one, as Slurm requeues a batch job whose
+    node failed (``requeue``), cancel a queued one behind the controller's back
+    (``cancel_queued``) and make the fake's controller stop answering (``down``)."""
+
+    places_itself = True
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        #: Workloads waiting in the fake's queue, by id.
+        self.queued: dict[int, LaunchSpec] = {}
+        #: Why each requeued workload was put back in the queue.
+        self.requeued: dict[int, str] = {}
+        #: The reason queued work shows, and its expected start (ISO 8601) if any.
+        self.waiting = "queued in the fake: waiting for resources"
+        self.eta: str | None = None
+        #: Its controller does not answer: start and poll raise ``BackendUnavailable``.
+        self.down = False
+        #: Submissions to its queue, ever: a resumed start must not add one.
+        self.submissions: Counter[int] = Counter()
+        self._nodes: dict[int, str] = {}
+
+    def _check(self) -> None:
+        if self.down:
+            raise BackendUnavailable("waiting for the fake: its controller does not answer")
+
+    def _queued(self, placement: Placement) -> dict[str, Any]:
+        out = {**placement, "queued": True, "running": False, "waiting": self.waiting}
+        if self.eta:
+            out["eta"] = self.eta
+        out.pop("pid", None)
+        return out
+
+    async def start(
+        self, spec: LaunchSpec, resume: Placement | None = None
+    ) -> AsyncIterator[Placement]:
+        self._check()
+        wid = spec.workload
+        if resume is not None and "job" in resume:
+            p = self.processes.get(wid)
+            if wid in self.queued:
+                yield self._queued(resume)
+                return
+            if p is not None and p.alive:
+                node = self._nodes[wid]
+                found = {**resume, "pid": p.pid, "node": node, "host": f"{node}.fake"}
+                found.pop("waiting", None)
+                yield {**found, "queued": False, "running": False}
+                yield {**found, "queued": False, "running": True}
+                return
+        self.attempts[wid] = 1
+        workdir = spec.workdir or "/home/" + spec.user
+        placement: dict[str, Any] = {
+            "attempt": 1,
+            "stdout": os.path.join(workdir, spec.stdout or f"allot-{wid}.out"),
+            "stderr": os.path.join(workdir, spec.stderr or f"allot-{wid}.err"),
+        }
+        yield placement  # persisted before it is submitted
+        self.queued[wid] = spec
+        self.submissions[wid] += 1
+        yield self._queued({**placement, "job": wid})
+
+    def begin(self, workload: int, node: str = "n1") -> None:
+        """The fake's scheduler starts a queued workload on ``node``."""
+        spec = self.queued.pop(workload)
+        self.requeued.pop(workload, None)
+        self._nodes[workload] = node
+        self._launch(spec, 1)
+        self._changed(workload)
+
+    def requeue(self, workload: int, reason: str) -> None:
+        """Put a running workload back in the queue (its node failed)."""
+        p = self.processes.pop(workload)
+        p.ended = True  # this run is over; the workload is not
+        self.queued[workload] = p.spec
+        self.requeued[workload] = reason
+        self._changed(workload)
+
+    def cancel_queued(self, workload: int) -> None:
+        """A queued workload is cancelled in the fake behind the controller's back."""
+        self.queued.pop(workload)
+        self.attempts.pop(workload, None)
+        self._changed(workload)
+
+    def _changed(self, workload: int) -> None:
+        for call in self._watchers.pop(workload, []):
+            call(workload)
+
+    async def poll(self, placements: Mapping[int, Placement]) -> dict[int, Observation]:
+        self._check()
+        return await super().poll(placements)
+
+    def _observe(self, workload: int, placement: Placement) -> Observation:
+        if workload in self.queued:
+            reason = self.requeued.get(workload, "")
+            return Observation(alive=True, requeued=bool(reason), reason=reason)
+        return super()._observe(workload, placement)
+
+    def watch(self, workload: int, placement: Placement, ended: Callable[[int], None]) -> None:
+        if placement.get("queued"):
+            if workload in self.queued:
+                self._watchers.setdefault(workload, []).append(ended)
+            else:
+                ended(workload)  # it changed before the watch began: started, or gone
+            return
+        super().watch(workload, placement, ended)
+
+    async def stop(self, workload: int, placement: Placement, grace: float) -> None:
+        if self.queued.pop(workload, None) is not None:
+            self.attempts.pop(workload, None)
+            return
+        await super().stop(workload, placement, grace)
+
+    def _forget(self, workload: int) -> None:
+        self.queued.pop(workload, None)
+        super()._forget(workload)

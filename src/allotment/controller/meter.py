@@ -26,7 +26,7 @@ from allotment.clock import Clock
 from allotment.controller.quote import rates_of
 from allotment.controller.view import PolicyView, ViewCache, load_policy_view
 from allotment.db.engine import Database
-from allotment.db.ledger import Pass, Price, meter_pass
+from allotment.db.ledger import Pass, Price, close_run, meter_pass
 from allotment.db.outage import OutageLog, classify
 from allotment.db.tables import PolicyVersion, Pool, Workload
 from allotment.domain.ledger import Measured, hourly_micros
@@ -116,6 +116,23 @@ class Meter:
         self._priced = context.version
         self.last = done
         return done
+
+    def close_run(self, session: Session, workload: int, at: datetime) -> None:
+        """Charge a workload's run through ``at`` and close its charge, in ``session`` (the
+        transaction that requeues it: ``db.ledger.close_run``)."""
+        context = self._read(session, measuring=False)
+        if context is None:
+            return
+        accounting = context.view.policy.accounting
+        close_run(
+            session,
+            workload,
+            at=at,
+            now=at,
+            tz=accounting.time_zone,
+            entry_seconds=int(accounting.entry),
+            price_of=_prices(context),
+        )
 
     def _measures(self) -> bool:
         return any(type(b).measure is not Backend.measure for b in self.backends.values())

@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Concatenate, ParamSpec
 
 from sqlalchemy import Connection, bindparam, select
@@ -38,10 +39,13 @@ from allotment.db.outage import classify
 from allotment.db.tables import Account, Pool, User, Workload
 from allotment.db.workloads import (
     record_placement,
+    record_queued,
+    requeue,
     to_ended,
     to_running,
     to_starting,
     to_stopping,
+    waiting_for_backend,
 )
 from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState as S
@@ -120,6 +124,8 @@ def launch_spec(row: Row) -> LaunchSpec:
         stderr=err,
         env=env,
         max_runtime=w.max_runtime,
+        kind=w.kind,
+        nodes=w.nodes,
     )
 
 
@@ -132,6 +138,7 @@ class Reconciler:
         *,
         stop_grace: float = 30.0,
         freed: Callable[[], None] = lambda: None,
+        close_charge: Callable[[Session, int, datetime], None] | None = None,
     ) -> None:
         self.db = db
         self.backends = backends
@@ -139,6 +146,9 @@ class Reconciler:
         self.stop_grace = stop_grace
         #: Called when a workload gives its resources back: the scheduler may admit more.
         self.freed = freed
+        #: Closes a run's charge in the transaction that requeues its workload (the meter's
+        #: ``close_run``); None where nothing is charged (tests of the reconciler alone).
+        self.close_charge = close_charge
         self.start_failures: dict[int, int] = {}
         #: Workloads this process started, as it left them (RUNNING): when the backend says one
         #: ended, its end is recorded without reading it again. A cancel racing that end loses:
@@ -193,6 +203,15 @@ class Reconciler:
             return None
         if target >= S.STOPPING or status == S.STOPPING:
             await self._stop(row, backend)
+        elif status == S.STARTING and (w.placement or {}).get("queued"):
+            # Waiting in the backend's own queue: ended there before it started (cancelled in
+            # Slurm, failed at launch), or resumed, which finds it and never submits again.
+            seen = (await backend.poll({w.id: w.placement or {}}))[w.id]
+            if not seen.alive:
+                await self._ended(row, backend, seen, S.STARTING)
+                return None
+            placement = await self._start(row, backend)
+            return None if placement is None else (backend, placement)
         elif status in (S.ADMITTED, S.STARTING):
             placement = await self._start(row, backend)
             if placement is None and primed is not None:
@@ -201,10 +220,36 @@ class Reconciler:
         elif status == S.RUNNING:
             assert w.placement is not None
             seen = (await backend.poll({w.id: w.placement}))[w.id]
+            if seen.requeued:
+                return await self._requeued(row, backend, seen)
             if seen.alive:
                 return backend, w.placement
             await self._ended(row, backend, seen, S.RUNNING)
         return None
+
+    async def _requeued(
+        self, row: Row, backend: Backend, seen: Observation
+    ) -> tuple[Backend, Placement] | None:
+        """Its backend put it back in its own queue (a Slurm node failed): its run is over
+        and charged up to now; it waits to start again, as a queued start."""
+        w = row.workload
+        self._started.pop(w.id, None)
+        assert w.placement is not None
+        placement = {**w.placement, "running": False, "queued": True, "waiting": seen.reason}
+        now = self.clock.now()
+
+        def move(session: Session) -> bool:
+            if not requeue(session.connection(), w.id, placement, seen.reason, now):
+                return False
+            if self.close_charge is not None:
+                self.close_charge(session, w.id, now)
+            return True
+
+        if not await self.db.run_write(move):
+            return None
+        log.info("workload %s: %s", w.id, seen.reason)
+        self.freed()
+        return backend, placement
 
     async def _start(self, row: Row, backend: Backend) -> Placement | None:
         """Start it; the running workload's placement, or None when it did not start."""
@@ -215,6 +260,8 @@ class Reconciler:
         first = w.status == S.ADMITTED
         try:
             async for placement in backend.start(spec, resume):
+                if placement.get("queued"):
+                    break  # the last: accepted into the backend's own queue
                 failpoint("launched" if "pid" in placement else "placing")
                 if first:
                     # The first checkpoint comes before anything runs: written together with
@@ -229,8 +276,11 @@ class Reconciler:
                 elif not placement.get("running"):
                     await self._write(record_placement, w.id, placement, self.clock.now())
                 failpoint("placed")
-        except BackendUnavailable:
-            raise  # tried again with backoff, never counted: not the workload's failure
+        except BackendUnavailable as e:
+            # Tried again with backoff, never counted: not the workload's failure. Those who
+            # wait for it are told why.
+            await self._write(waiting_for_backend, [w.id], str(e), self.clock.now())
+            raise
         except Exception as e:
             if classify(e) is not None:
                 # The database went away under a write of this start (its STARTING, a
@@ -250,12 +300,44 @@ class Reconciler:
             self.freed()
             return None
         self.start_failures.pop(w.id, None)
-        await self._write(to_running, w.id, f"running on {w.node}", self.clock.now(), placement)
+        if placement is not None and placement.get("queued"):
+            await self._queued(row, placement, first)
+            return placement
+        node = str(placement.get("node") or "") if placement is not None else ""
+        where = node or w.node
+        await self._write(
+            to_running, w.id, f"running on {where}", self.clock.now(), placement, node or None
+        )
         failpoint("running")
         if placement is not None:
             w.status, w.placement = S.RUNNING, dict(placement)
             self._started[w.id] = row
         return placement
+
+    async def _queued(self, row: Row, placement: Placement, first: bool) -> None:
+        """Record a start that ended in the backend's own queue: its reason, expected start
+        and place, shown to the researcher while it waits there."""
+        w = row.workload
+        now = self.clock.now()
+        if first and not await self._write(
+            to_starting, w.id, placement, str(placement.get("waiting") or ""), now
+        ):
+            return
+        eta = placement.get("eta")
+        try:
+            expected = datetime.fromisoformat(str(eta)) if eta else None
+        except ValueError:
+            expected = None
+        position = placement.get("position")
+        await self._write(
+            record_queued,
+            w.id,
+            placement,
+            str(placement.get("waiting") or "queued"),
+            expected,
+            position if isinstance(position, int) else None,
+            now,
+        )
 
     async def _stop(self, row: Row, backend: Backend) -> None:
         w = row.workload

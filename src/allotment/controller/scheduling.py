@@ -145,11 +145,15 @@ class SchedulingLoop:
         on_admit: Callable[[int, Row | None], None] = lambda _w, _r: None,
         read_admitted: Callable[[Session, list[int]], Mapping[int, Row]] | None = None,
         capacity: Callable[[], Awaitable[Mapping[str, Sequence[NodeCapacity]]]] | None = None,
+        placed_elsewhere: Callable[[PolicyView], Collection[str]] = lambda _v: (),
     ) -> None:
         self.db = db
         self.clock = clock
         #: The pools this controller drives (those whose backend it has).
         self.pools = pools
+        #: Those of them whose backend places and starts work itself (Slurm): admitted on
+        #: policy alone (``Snapshot.placed_elsewhere``).
+        self.placed_elsewhere = placed_elsewhere
         #: Called with every workload the reconciler must act on (admitted, preempted,
         #: cancelled) and, for those admitted, what ``read_admitted`` read of it, else None.
         self.on_admit = on_admit
@@ -314,6 +318,7 @@ class SchedulingLoop:
             estimates=estimates,
             budgets=self._budgets.limits,
             rates=self._budgets.rates,
+            placed_elsewhere=frozenset(self.placed_elsewhere(view)) & driven,
         )
         decisions = schedule(snap)
         if estimates:

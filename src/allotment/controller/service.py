@@ -82,6 +82,7 @@ class Controller:
             on_admit=self._admitted,
             read_admitted=read_rows,
             capacity=lambda: read_capacity(self.backends),
+            placed_elsewhere=self._placed_elsewhere,
         )
         self.reconciler = Reconciler(db, self.backends, clock, freed=self.scheduling.nudge)
         self.workers = Workers(self.queue, self.reconciler)
@@ -97,6 +98,7 @@ class Controller:
         )
         #: Charges running workloads every ``accounting.interval`` (``meter.py``).
         self.meter = Meter(db, clock, self.backends, on_pass=self.budget_watch.poke)
+        self.reconciler.close_charge = self.meter.close_run
         #: Delivers budget alerts' e-mails and webhooks (``notify.py``); ``nudge()`` it after
         #: queueing some.
         self.notifier = Notifier(db, clock)
@@ -107,6 +109,14 @@ class Controller:
 
     def _driven(self, view: PolicyView) -> Collection[str]:
         return [pool for pool, backend in view.backends.items() if backend in self.backends]
+
+    def _placed_elsewhere(self, view: PolicyView) -> Collection[str]:
+        """Pools whose backend places and starts work itself (Slurm)."""
+        return [
+            pool
+            for pool, name in view.backends.items()
+            if (b := self.backends.get(name)) is not None and b.places_itself
+        ]
 
     # -- life -------------------------------------------------------------------------------
 

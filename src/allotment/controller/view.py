@@ -145,6 +145,7 @@ _COLUMNS = (
     Workload.started_at,
     Workload.after_id,
     Workload.node,
+    Workload.nodes,
     User.name.label("user"),
     Account.path.label("account"),
     Pool.name.label("pool"),
@@ -318,6 +319,7 @@ def _pending(row: Any, view: PolicyView) -> Pending:
         _walltime(row),
         priority,
         whole,
+        row.nodes,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
-from allotment.backends.base import Backend, Placement
+from allotment.backends.base import Backend, BackendUnavailable, Placement
 from allotment.clock import Clock
 from allotment.controller.culler import CpuWatch, idle_sessions, overdue
 from allotment.controller.view import PolicyView, ViewCache, load_policy_view
@@ -76,6 +76,8 @@ class Watch:
         self._cpu = CpuWatch()
         #: The database's outages, logged once each.
         self.outage = OutageLog("watch over running workloads", "polls failed", log)
+        #: Backends that could not be polled last time (``BackendUnavailable``).
+        self._unavailable: set[str] = set()
 
     async def run(self) -> None:
         while True:
@@ -114,9 +116,19 @@ class Watch:
         used: list[int] = []
         mono = time.monotonic()
         for name, placements in by_backend.items():
-            seen = await self.backends[name].poll(placements)
+            try:
+                seen = await self.backends[name].poll(placements)
+            except BackendUnavailable as e:
+                # Nothing is concluded about work it cannot see; said once per outage.
+                if name not in self._unavailable:
+                    log.warning("cannot see the workloads of the %s backend: %s", name, e)
+                self._unavailable.add(name)
+                continue
+            if name in self._unavailable:
+                self._unavailable.discard(name)
+                log.info("the %s backend answers again", name)
             for wid, obs in seen.items():
-                if not obs.alive:
+                if not obs.alive or obs.requeued:
                     self.reconcile(wid)
                 elif wid in sessions and obs.cpu_seconds is not None:
                     if self._cpu.busy(wid, obs.cpu_seconds, mono):

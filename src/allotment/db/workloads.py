@@ -33,12 +33,14 @@ __all__ = [
     "reject_many",
     "step_down",
     "request_stop",
+    "record_queued",
     "requeue",
     "to_admitted",
     "to_ended",
     "to_running",
     "to_starting",
     "to_stopping",
+    "waiting_for_backend",
     "warn_running",
 ]
 
@@ -112,7 +114,7 @@ def to_starting(
     return _applied(
         conn,
         update(WORKLOADS)
-        .where(W.id == workload, _from(S.STARTING), _wants_run())
+        .where(W.id == workload, _from(S.STARTING, [S.ADMITTED]), _wants_run())
         .values(status=int(S.STARTING), reason=reason, placement=dict(placement), updated_at=now),
     )
 
@@ -135,18 +137,23 @@ def to_running(
     reason: str,
     now: datetime,
     placement: Mapping[str, Any] | None = None,
+    node: str | None = None,
 ) -> bool:
-    """STARTING → RUNNING, with the running workload's placement where the backend gave one.
-    Not guarded on the target: a workload told to stop while starting is running all the
-    same, and is stopped from there."""
+    """STARTING → RUNNING, with the running workload's placement where the backend gave one,
+    and the node it chose where it places work itself. Not guarded on the target: a workload
+    told to stop while starting is running all the same, and is stopped from there."""
     values: dict[str, Any] = {
         "status": int(S.RUNNING),
         "started_at": now,
         "reason": reason,
+        "position": None,
+        "expected_start": None,
         "updated_at": now,
     }
     if placement is not None:
         values["placement"] = dict(placement)
+    if node:
+        values["node"] = node
     return _applied(
         conn,
         update(WORKLOADS).where(W.id == workload, _from(S.RUNNING)).values(**values),
@@ -248,27 +255,70 @@ def request_stop(conn: Connection, workload: int, reason: str, now: datetime) ->
     )
 
 
-def requeue(conn: Connection, workload: int, reason: str, now: datetime) -> bool:
-    """RUNNING → PENDING, saying why: the backend lost it through no fault of its own (a
-    Slurm node failed) and it waits to be admitted again, still meant to run. What placed it
-    is forgotten; the reconciler releases what the backend held before calling this.
-
-    Not called yet. Its first caller (Slurm's requeue, issue 15) must also close the run's
-    open charge (``db/ledger``): the meter charges an open charge until its workload ends, and
-    opens none for a workload that already has one, so the second run would go uncharged and
-    the pending time charged."""
+def requeue(
+    conn: Connection, workload: int, placement: Mapping[str, Any], reason: str, now: datetime
+) -> bool:
+    """RUNNING → STARTING, saying why: its backend put it back in its own queue through no
+    fault of its own (Slurm requeues a batch job whose node failed), and it starts again
+    where the backend puts it. Its placement (the same Slurm job) is kept; its run's charge is
+    the caller's to close (``db.ledger.close_run``) in the same transaction: the meter charges
+    an open charge until its workload ends, so the time queued again would be charged."""
     return _applied(
         conn,
         update(WORKLOADS)
-        .where(W.id == workload, _from(S.PENDING), _wants_run())
+        .where(W.id == workload, _from(S.STARTING, [S.RUNNING]), _wants_run())
         .values(
-            status=int(S.PENDING),
+            status=int(S.STARTING),
             node=None,
-            placement=None,
+            placement=dict(placement),
             started_at=None,
             reason=reason,
             updated_at=now,
         ),
+    )
+
+
+def record_queued(
+    conn: Connection,
+    workload: int,
+    placement: Mapping[str, Any],
+    reason: str,
+    expected_start: datetime | None,
+    position: int | None,
+    now: datetime,
+) -> bool:
+    """A start that ended queued in the backend's own queue (Slurm pending): the placement,
+    and the backend's reason and expected start for the researcher, while STARTING."""
+    return _applied(
+        conn,
+        update(WORKLOADS)
+        .where(W.id == workload, _in([S.STARTING]))
+        .values(
+            placement=dict(placement),
+            reason=reason,
+            expected_start=expected_start,
+            position=position,
+            updated_at=now,
+        ),
+    )
+
+
+def waiting_for_backend(
+    conn: Connection, workloads: Collection[int], reason: str, now: datetime
+) -> bool:
+    """Say on workloads waiting to start why they wait (their backend does not answer), where
+    it is not already said."""
+    if not workloads:
+        return False
+    return _applied(
+        conn,
+        update(WORKLOADS)
+        .where(
+            W.id.in_(list(workloads)),
+            _in([S.ADMITTED, S.STARTING]),
+            W.reason != reason,
+        )
+        .values(reason=reason, updated_at=now),
     )
 
 

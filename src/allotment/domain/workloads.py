@@ -79,14 +79,15 @@ _S = WorkloadState
 #:   failed), STOPPED (told to stop before anything of it ran).
 #: - STARTING → RUNNING, STOPPING (told to stop once something may run), FAILED, STOPPED (as
 #:   from ADMITTED, while no placement says anything runs).
-#: - RUNNING → STOPPING (told to stop), STOPPED or FAILED (ended on its own), PENDING
-#:   (requeued: the backend lost it through no fault of its own, e.g. a Slurm node failed).
+#: - RUNNING → STOPPING (told to stop), STOPPED or FAILED (ended on its own), STARTING
+#:   (requeued by its backend: a Slurm node failed and Slurm put the batch job back in its
+#:   own queue; it keeps its placement and starts again where Slurm puts it).
 #: - STOPPING → STOPPED or FAILED (failed only where it failed on its own, e.g. out of memory).
 TRANSITIONS: Mapping[WorkloadState, frozenset[WorkloadState]] = {
     _S.PENDING: frozenset({_S.ADMITTED, _S.FAILED, _S.STOPPED}),
     _S.ADMITTED: frozenset({_S.STARTING, _S.FAILED, _S.STOPPED}),
     _S.STARTING: frozenset({_S.RUNNING, _S.STOPPING, _S.FAILED, _S.STOPPED}),
-    _S.RUNNING: frozenset({_S.STOPPING, _S.STOPPED, _S.FAILED, _S.PENDING}),
+    _S.RUNNING: frozenset({_S.STOPPING, _S.STOPPED, _S.FAILED, _S.STARTING}),
     _S.STOPPING: frozenset({_S.STOPPED, _S.FAILED}),
     _S.STOPPED: frozenset(),
     _S.FAILED: frozenset(),

@@ -109,6 +109,17 @@ def _over(limit: Limits, used: Resources, n: int, add: Resources) -> str | None:
     return None
 
 
+def _per_node(total: Resources, nodes: int) -> Resources:
+    """What a workload spanning ``nodes`` nodes needs on each (its total split evenly)."""
+    if nodes <= 1:
+        return total
+    return Resources(
+        -(-total.millicpus // nodes),
+        -(-total.memory // nodes),
+        {m: -(-n // nodes) for m, n in total.gpus.items()},
+    )
+
+
 class _Cycle:
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
@@ -288,14 +299,17 @@ class _Cycle:
         nodes = self.nodes.get(p.pool)
         if not nodes:
             return f"pool '{p.pool}' does not exist or has no nodes"
-        where = (p.pool, size)
-        if where not in self.fits_somewhere and not any(
-            p.resources.fits_in(n.spec.size) for n in nodes
-        ):
+        if p.nodes > len(nodes):
+            return f"it asks for {p.nodes} nodes; pool '{p.pool}' has {len(nodes)}"
+        where = (p.pool, size, p.nodes)
+        each = _per_node(p.resources, p.nodes)
+        if where not in self.fits_somewhere and not any(each.fits_in(n.spec.size) for n in nodes):
             big = max(nodes, key=lambda n: (n.spec.size.gpu_count, n.spec.size.millicpus))
             return (
-                f"it asks for {_describe(p.resources)}; the largest node of '{p.pool}' "
-                f"({big.spec.name}) has {_describe(big.spec.size)}"
+                f"it asks for {_describe(each)}"
+                + (f" on each of {p.nodes} nodes" if p.nodes > 1 else "")
+                + f"; the largest node of '{p.pool}' ({big.spec.name}) has "
+                f"{_describe(big.spec.size)}"
             )
         self.fits_somewhere.add(where)
         if p.account not in self.snap.accounts:
@@ -405,6 +419,16 @@ class _Cycle:
         self._refresh_max(p.pool)
         self.decisions.append(Admit(p.id, node.spec.name))
 
+    def admit_elsewhere(self, p: Pending, owner: str | None, cost: float = 0.0) -> None:
+        """Admit ``p`` to a pool whose backend places work itself: counted against limits,
+        quotas and budgets like any admission, on no node of ours."""
+        if cost:
+            for i in self.covering(p.account, p.pool):
+                self.committed[i] += cost
+        if self.track:
+            self.totals.add(p.user, p.account, p.pool, owner, p.resources)
+        self.decisions.append(Admit(p.id, ""))
+
     def preempt_for(self, p: Pending, owner: str | None) -> bool:
         """Step 5: free a node for ``p`` by stopping borrowers there; True when planned."""
         snap = self.snap
@@ -485,6 +509,10 @@ class _Cycle:
                 within = False
             if reason is not None:
                 self.held[p.pool].append((p, reason, False))
+                continue
+            if p.pool in snap.placed_elsewhere:
+                # Its backend finds it a node and a start; the policy has had its say.
+                self.admit_elsewhere(p, owner, cost)
                 continue
             if snap.policy == "fifo" and p.pool in self.reservations:
                 self.held[p.pool].append((p, "waiting for the workloads ahead of it (fifo)", False))

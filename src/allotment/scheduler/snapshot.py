@@ -113,6 +113,9 @@ class Pending:
     priority: float = 0.0
     #: Take a node with nothing else on it.
     whole_node: bool = False
+    #: Nodes it spans (``resources`` is the total over them); more than one only on a pool
+    #: whose backend places work itself.
+    nodes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,3 +181,7 @@ class Snapshot:
     #: ``pending`` is already in scheduling order (a caller that keeps the queue sorted between
     #: priority recalculations, as trace replay does); the cycle then does not sort it again.
     presorted: bool = False
+    #: Pools whose backend places and starts work itself (Slurm): their workloads are admitted
+    #: on policy alone (limits, quotas and borrowing caps, budgets), without a node, and wait
+    #: in the backend's own queue for room.
+    placed_elsewhere: frozenset[str] = frozenset()
