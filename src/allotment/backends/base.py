@@ -57,6 +57,8 @@ class LaunchSpec:
     #: What it is (``session``, ``job``, ``dask-worker``…): a backend may treat them apart
     #: (Slurm requeues a batch job after a node failure, never a session).
     kind: str = "job"
+    #: The pool it runs in (a backend serving several, e.g. Slurm partitions, tells them apart).
+    pool: str = ""
     #: Nodes it spans; ``resources`` are the total over all of them, split evenly per node.
     #: More than one only on a backend that places work itself (``Backend.places_itself``).
     nodes: int = 1

@@ -14,6 +14,7 @@ from allotment.backends.base import Backend
 from allotment.backends.local.backend import LocalBackend
 from allotment.backends.local.cgroups import detect
 from allotment.backends.local.posix import PosixAccounts
+from allotment.backends.slurm.backend import SlurmBackend, slurm_backend
 from allotment.config.models import Policy
 from allotment.domain.resources import Resources
 from allotment.installation import installation_of
@@ -52,9 +53,9 @@ def local_backend(policy: Policy, data_dir: Path, installation: str) -> LocalBac
 
 
 #: Every backend this service can run, by the name pools give in ``backend:``.
-FACTORIES: Mapping[str, Factory] = {"local": local_backend}
+FACTORIES: Mapping[str, Factory] = {"local": local_backend, "slurm": slurm_backend}
 #: Their classes, for what is known before one is built (``private_path``).
-CLASSES: Mapping[str, type[Backend]] = {"local": LocalBackend}
+CLASSES: Mapping[str, type[Backend]] = {"local": LocalBackend, "slurm": SlurmBackend}
 
 
 def private_path(backend: str, path: str) -> str | None:

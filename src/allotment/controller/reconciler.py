@@ -66,10 +66,11 @@ class Row:
     user: str
     account: str
     backend: str
+    pool: str = ""
 
 
 _ROWS = (
-    select(Workload, User.name, Account.path, Pool.backend)
+    select(Workload, User.name, Account.path, Pool.backend, Pool.name)
     .join(User, User.id == Workload.user_id)
     .join(Account, Account.id == Workload.account_id)
     .join(Pool, Pool.id == Workload.pool_id)
@@ -126,6 +127,7 @@ def launch_spec(row: Row) -> LaunchSpec:
         max_runtime=w.max_runtime,
         kind=w.kind,
         nodes=w.nodes,
+        pool=row.pool,
     )
 
 
