@@ -166,7 +166,7 @@ def test_an_account_with_usage_is_archived_one_without_is_removed() -> None:
     # proj has jobs: archived; lab lies above a kept account: archived too, not deleted.
     assert lines(got) == [
         "archive account inst.lab.proj (it has usage)",
-        "archive account inst.lab (it has usage)",
+        "archive account inst.lab (an account below it has usage)",
     ]
     got = plan(smaller, have, set(), owner=OWNER)
     assert lines(got) == ["remove account inst.lab.proj", "remove account inst.lab"]

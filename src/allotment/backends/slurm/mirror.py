@@ -466,29 +466,30 @@ async def observe(runner: Runner, cluster: str, owner: str = OWNER) -> Tree:
 
 
 async def accounts_with_jobs(runner: Runner, names: Collection[str]) -> set[str]:
-    """Which of the Slurm accounts ``names`` have any job in Slurm's records (one ``sacct``)."""
+    """Which of the Slurm accounts ``names`` have any job in Slurm: in its accounting records
+    (``sacct``), or still in slurmctld's memory (``squeue``: a job that ended seconds ago
+    reaches ``sacct``'s account queries only after a few seconds)."""
     if not names:
         return set()
-    out = (
-        await runner.run(
-            [
-                "sacct",
-                "-a",
-                "-X",
-                "-n",
-                "-P",
-                "-A",
-                ",".join(sorted(names)),
-                "-S",
-                "1970-01-02T00:00:00",
-                "-E",
-                "now",
-                "-o",
-                "account",
-            ]
-        )
-    ).stdout.decode()
-    return {line.strip() for line in out.splitlines() if line.strip()} & set(names)
+    listed = ",".join(sorted(names))
+    recorded = await runner.run(
+        [
+            "sacct",
+            "-a",
+            "-X",
+            "-n",
+            "-P",
+            "-A",
+            listed,
+            "-S",
+            "1970-01-02T00:00:00",
+            "-o",
+            "account",
+        ]
+    )
+    recent = await runner.run(["squeue", "-h", "-t", "all", "-A", listed, "-o", "%a"])
+    found = recorded.stdout.decode().split() + recent.stdout.decode().split()
+    return set(found) & set(names)
 
 
 # -- plan --------------------------------------------------------------------------------------
@@ -652,9 +653,10 @@ def plan(want: Tree, have: Tree, has_usage: Collection[str], *, owner: str = OWN
         if name in has_usage or below:
             kept.add(name)
             if old.grp_submit_jobs != 0:
+                why = "it has usage" if name in has_usage else "an account below it has usage"
                 out.append(
                     Change(
-                        f"archive account {name} (it has usage)",
+                        f"archive account {name} ({why})",
                         (*base, "modify", "account", "where", f"name={name}", c, "set",
                          "GrpSubmitJobs=0"),
                     )
