@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +23,9 @@ from allotment.clock import SystemClock
 from allotment.controller.slurm_mirror import SlurmMirror
 from allotment.db.engine import Database
 from allotment.installation import installation_of
-from tests.support.service import Service, running_service
+from tests.support.hub import free_port
+from tests.support.process import allot_serve, clean_env
+from tests.support.service import ROOT, Service, running_service
 from tests.support.slurm import SlurmCluster
 
 pytestmark = pytest.mark.skipif(
@@ -283,3 +286,51 @@ async def test_sbatch_outside_allotment_cannot_overrun_mirrored_limits(
     finally:
         if jobs:
             slurm_cluster.run("scancel", *jobs, check=False)
+
+
+def allot(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "allotment", *args],
+        env=clean_env(COLUMNS="200", HOME="/nonexistent", ALLOTMENT_SEARCH_PATH="", **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+async def test_allot_config_check_slurm_and_apply_dry_run(
+    slurm_cluster: SlurmCluster, tmp_path: Path, users: dict[str, str]
+) -> None:
+    root = root_name()
+    file = tmp_path / "policy.yaml"
+    file.write_text(policy(slurm_cluster, root))
+    port = free_port()
+    data = tmp_path / "data"
+    env = {"ALLOTMENT_URL": f"http://127.0.0.1:{port}/services/allotment/"}
+    with allot_serve(
+        port, clean_env(ALLOTMENT_DATA_DIR=str(data)), "--no-controller", policy=str(file)
+    ):
+        env["ALLOTMENT_DATA_DIR"] = str(data)
+        # Served without a controller: nothing has mirrored the policy yet.
+        r = allot("config", "check", "--slurm", env=env)
+        assert r.returncode == 1, r.stderr
+        assert f"add account {root} (parent root, fairshare 60)" in r.stdout
+        r = allot("config", "apply", str(file), "--dry-run", env=env)
+        assert r.returncode == 0, r.stderr
+        assert f"slurm: add account {root} (parent root, fairshare 60)" in r.stdout
+        assert "dry run: nothing was changed" in r.stdout
+        r = allot("config", "apply", str(file), env=env)
+        assert r.returncode == 0, r.stderr
+        assert f"slurm: add account {root}.{root}-lab (parent {root}, fairshare 40)" in r.stdout
+        r = allot("config", "check", "--slurm", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "matches the policy in force" in r.stdout
+        slurm_cluster.run(
+            "sacctmgr", "-i", "modify", "account", "where", f"name={root}",
+            f"cluster={slurm_cluster.cluster}", "set", "fairshare=9",
+        )  # fmt: skip
+        r = allot("config", "check", str(file), "--slurm", env=env)
+        assert r.returncode == 1
+        assert f"{file} is valid" in r.stdout
+        assert f"set fairshare of {root} 9 → 60" in r.stdout
