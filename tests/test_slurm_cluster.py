@@ -127,3 +127,27 @@ def test_a_job_outlives_a_restart_of_slurmctld(slurm_cluster: SlurmCluster) -> N
         c.start_controller()
         marker.unlink(missing_ok=True)
     assert _wait_job(c, job, {"COMPLETED", "FAILED"}) == "COMPLETED"
+
+
+def test_a_second_cluster_with_gpus_runs_beside_the_first(
+    slurm_cluster: SlurmCluster, shared: Path
+) -> None:
+    from tests.support.slurm import start_cluster, stop_cluster
+
+    c = start_cluster(nodes=1, gpus=2, accounting=False)
+    try:
+        assert c.port_base != slurm_cluster.port_base and c.cluster != slurm_cluster.cluster
+        assert c.run("sinfo", "-h", "-N", "-o", "%N %G").split()[:2] == ["n1", "gpu:2"]
+        out = shared / "gpus"
+        job = c.run(
+            "sbatch", "--parsable", "--gres=gpu:2", "-D", str(shared), "-o", str(out),
+            "--wrap", "echo $CUDA_VISIBLE_DEVICES",
+        ).strip()  # fmt: skip
+        assert _wait_job(c, job, {"COMPLETED", "FAILED"}) == "COMPLETED"
+        assert out.read_text().strip() == "0,1"
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            c.run("sbatch", "--test-only", "--gres=gpu:3", "--wrap", "true")
+        assert "Requested node configuration is not available" in refused.value.stderr
+        slurm_cluster.wait_idle()  # the first one is untouched
+    finally:
+        stop_cluster(c)

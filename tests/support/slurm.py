@@ -183,12 +183,14 @@ def start_cluster(
     port_base: int | None = None,
     cpus: int = 2,
     memory: int = 4096,
+    gpus: int = 0,
     accounting: bool = True,
     max_jobs: int | None = None,
 ) -> SlurmCluster:
     """Starts a cluster (installing the packages when missing) and waits until every node is
     idle. ``state`` defaults to /var/tmp/allot-slurm-<port base>; ``port_base`` None picks and
-    reserves a free range."""
+    reserves a free range. ``cpus``, ``memory`` (MiB) and ``gpus`` (GRES ``gpu``, at most 4,
+    backed by no real device) are per node."""
     why = usable()
     if why:
         raise SlurmUnavailable(why)
@@ -201,6 +203,7 @@ def start_cluster(
         "SLURM_NODES": str(nodes),
         "SLURM_CPUS": str(cpus),
         "SLURM_MEMORY": str(memory),
+        "SLURM_NODE_GPUS": str(gpus),
         "SLURM_ACCOUNTING": "1" if accounting else "0",
         "SLURM_PORT_BASE": str(port_base),
     }
