@@ -235,9 +235,12 @@ def start_cluster(
 
 
 def stop_cluster(c: SlurmCluster) -> None:
-    """Cancels every job, stops every daemon the cluster started and releases its ports."""
+    """Cancels every job, stops every daemon the cluster started, removes its state (kept with
+    ``ALLOT_KEEP_SLURM=1``) and releases its ports."""
     try:
         subprocess.run([str(SCRIPT), "stop", str(c.state)], check=True, timeout=120)
+        if os.environ.get("ALLOT_KEEP_SLURM") != "1":  # its logs, for a look after a failure
+            shutil.rmtree(c.state, ignore_errors=True)
     finally:
         if c._lock is not None:
             os.close(c._lock)
