@@ -3,6 +3,7 @@
 ``backend``   every backend implementation, for the contract suite: the local one, the
               in-memory fake of the fast tier, so the fake stays honest, and the Slurm one on
               the real multi-node cluster of ``slurm_cluster`` (skipped where none can run).
+``slurm``     a Slurm backend of its own on that cluster, for ``test_slurm.py``.
 ``programs``  the commands a contract test runs, as ``backend`` runs them: real shell
               commands on the real backends, the fake's own words on the fake.
 ``new_id``    a workload id no other test uses (cgroups are machine-wide).
@@ -111,20 +112,7 @@ SLURM_ACCOUNTS = ("lab",)
 
 def slurm_conf(request: pytest.FixtureRequest) -> str:
     """The test cluster's ``slurm.conf``, with the accounts the tests charge; skips where no
-    cluster can run. ``ALLOTMENT_TEST_SLURM_CONF`` names a cluster started by hand instead."""
-    by_hand = os.environ.get("ALLOTMENT_TEST_SLURM_CONF")
-    if by_hand:
-        import subprocess
-
-        env = {**os.environ, "SLURM_CONF": by_hand}
-        for account in SLURM_ACCOUNTS:
-            subprocess.run(
-                ["sacctmgr", "-i", "add", "account", account],
-                env=env,
-                check=False,
-                capture_output=True,
-            )
-        return by_hand
+    cluster can run."""
     try:
         cluster = request.getfixturevalue("slurm_cluster")
     except pytest.FixtureLookupError:

@@ -258,7 +258,7 @@ class SlurmBackend(Backend):
             if job is None and snap.taken_wall >= float(placement.get("submitted") or 0):
                 job = (await self._sacct([job_id])).get(job_id)  # ended long ago
             if job is not None and (
-                job.state in RUNNING or (job.state not in WAITING and job.start)
+                job.state in RUNNING or (job.state not in WAITING and job.started)
             ):
                 yield await self._running(placement, job)
                 return

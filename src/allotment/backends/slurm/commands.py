@@ -91,6 +91,12 @@ class Job:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def started(self) -> bool:
+        """Whether it ever ran (was given nodes): a job cancelled while pending has a start
+        time (its end), but no node."""
+        return bool(self.nodes or self.batch_host)
+
+    @property
     def first_node(self) -> str:
         return self.batch_host or (self.nodes[0] if self.nodes else "")
 
@@ -188,6 +194,9 @@ def batch_script(spec: LaunchSpec, home: str, user: str) -> bytes:
     threads = str(max(1, math.ceil(spec.resources.millicpus / 1000 / max(1, spec.nodes))))
     env.update(OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     env.update(spec.env)
+    # sbatch --export=NONE leaves SLURM_EXPORT_ENV=NONE in the job, and srun reads it: every
+    # step (``srun hostname``) would start with an empty environment, without PATH.
+    env["SLURM_EXPORT_ENV"] = "ALL"
     lines = ["#!/bin/sh"]
     for key, value in env.items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):

@@ -176,7 +176,7 @@ def ended(job: Job, *, memory: int | None = None, cancelled_by: str | None = Non
         return Observation(alive=False, failed=True, reason=f"its node failed to boot{where}")
     if state == "DEADLINE":
         return Observation(alive=False, exit_code=code, failed=True, reason="reached its deadline")
-    if state == "CANCELLED" and job.start == 0:
+    if state == "CANCELLED" and not job.started:
         who = f" (by {cancelled_by})" if cancelled_by else ""
         return Observation(
             alive=False, failed=True, reason=f"cancelled in Slurm before it started{who}"
