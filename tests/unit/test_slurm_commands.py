@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from allotment.backends.base import LaunchSpec
-from allotment.backends.slurm.backend import node_state
+from allotment.backends.slurm.backend import _positions, node_state
 from allotment.backends.slurm.commands import (
     Job,
     Submission,
@@ -162,6 +162,15 @@ def test_squeue_gives_every_job_its_state_nodes_and_exit() -> None:
     assert jobs[1100012].reason == "Priority"
     assert jobs[1100007].time_limit == 1 and jobs[1100002].time_limit is None
     assert (jobs[1100007].user, jobs[1100007].account) == ("grace", "hep")
+
+
+def test_pending_jobs_are_placed_by_priority_then_submission_per_partition() -> None:
+    jobs = list(jobs_of("squeue_full.json").values())
+    assert _positions(jobs) == {1100008: 1, 1100012: 2, 1100013: 3}
+    urgent = Job(9, "x", "PENDING", partition="main", priority=10**6, submit=2**40)
+    elsewhere = Job(10, "y", "PENDING", partition="debug")
+    places = _positions([*jobs, urgent, elsewhere])
+    assert (places[9], places[1100008], places[10]) == (1, 2, 1)
 
 
 def test_a_pending_job_carries_slurms_expected_start() -> None:

@@ -93,6 +93,8 @@ class Snapshot:
         self.taken_wall = 0.0
         self.jobs: dict[int, Job] = {}
         self.by_name: dict[str, list[Job]] = {}
+        #: Each pending job's place in its partition's queue (1: next), by Slurm's priority.
+        self.positions: dict[int, int] = {}
         #: Seconds the last read took, and its parse alone.
         self.read_seconds = 0.0
         self.parse_seconds = 0.0
@@ -131,6 +133,7 @@ class Snapshot:
             by_id[job.job_id] = job
             by_name.setdefault(job.name, []).append(job)
         self.jobs, self.by_name = by_id, by_name
+        self.positions = _positions(jobs)
         self.taken, self.taken_wall = started, wall
 
 
@@ -196,7 +199,7 @@ class SlurmBackend(Backend):
     # -- start -------------------------------------------------------------------------------
 
     def _settings(self, spec: LaunchSpec) -> PoolSettings:
-        pool = getattr(spec, "pool", "") or ""
+        pool = spec.pool
         if pool in self.pools:
             return self.pools[pool]
         if len(self.pools) == 1:
@@ -300,7 +303,7 @@ class SlurmBackend(Backend):
         out["restarts"] = job.restarts
         if job.start and 0 < job.start - time.time() < ETA_HORIZON:
             out["eta"] = _iso(job.start)
-        out["position"] = _position(job, snap.jobs.values())
+        out["position"] = snap.positions.get(job.job_id, 1)
         return out
 
     async def _submit(self, spec: LaunchSpec, placement: dict[str, Any]) -> int:
@@ -687,21 +690,18 @@ def node_state(n: NodeInfo) -> tuple[str, bool]:
     return word, usable
 
 
-def _position(job: Job, jobs: Iterable[Job]) -> int:
-    """The job's place among the pending jobs of its partition, by Slurm's priority."""
-    ahead = 1
-    for other in jobs:
-        if other.job_id == job.job_id or other.state != "PENDING":
-            continue
-        if other.partition != job.partition:
-            continue
-        if (other.priority, -other.submit, -other.job_id) > (
-            job.priority,
-            -job.submit,
-            -job.job_id,
-        ):
-            ahead += 1
-    return ahead
+def _positions(jobs: Iterable[Job]) -> dict[int, int]:
+    """Each pending job's place among the pending jobs of its partition: by Slurm's priority,
+    then the earlier submitted (one sort per snapshot, whatever the number watched)."""
+    queues: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.state == "PENDING":
+            queues.setdefault(job.partition, []).append(job)
+    out: dict[int, int] = {}
+    for queue in queues.values():
+        queue.sort(key=lambda j: (-j.priority, j.submit, j.job_id))
+        out.update((j.job_id, i) for i, j in enumerate(queue, 1))
+    return out
 
 
 def _sacct_since(unix: float) -> str:
