@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,11 @@ def slurm_service(
     with job_service(
         free_port(), directory / "data", database_url, hub.api_url, policy, start_within=120
     ) as s:
+        # As an administrator deploys it: applying the policy mirrors its accounts and members
+        # into Slurm's accounting (the controller's mirror would, within its interval).
+        admin = (s.data / "admin-token").read_text().strip()
+        applied = s.allot(admin, "config", "apply", str(policy))
+        assert applied.returncode == 0, applied.stdout + applied.stderr
         yield s
 
 
@@ -77,6 +83,10 @@ def submit(s: JobService, token: str, cwd: Path, *args: str) -> int:
     r = s.allot(token, "submit", "--json", *args, cwd=cwd)
     assert r.returncode == 0, r.stdout + r.stderr
     return int(json.loads(r.stdout)["id"])
+
+
+def _at(text: object) -> float:
+    return datetime.fromisoformat(str(text)).timestamp()
 
 
 def sacct(cluster: SlurmCluster, s: JobService, wid: int) -> list[dict[str, str]]:
@@ -194,11 +204,14 @@ def test_cancel_cancels_the_slurm_job(
     assert r.returncode == 0, r.stderr
     w = ended(svc, bob, wid, 60)
     assert (w["status"], w["reason"]) == ("stopped", "cancelled by bob")
-    wait_for(
-        lambda: [j["State"].split()[0] for j in sacct(slurm_cluster, svc, wid)] == ["CANCELLED"],
+    # Allotment stops it as on every pool: SIGTERM, then SIGKILL after the grace period
+    # (Slurm's own cancel would wait its cluster-wide KillWait); Slurm records the signal.
+    (job,) = wait_for(
+        lambda: [j for j in sacct(slurm_cluster, svc, wid) if j["State"] != "RUNNING"],
         30,
-        what="sacct to show it cancelled",
+        what="sacct to show it ended",
     )
+    assert job["State"].split()[0] in ("CANCELLED", "FAILED") and job["ExitCode"] == "0:15", job
     assert not slurm_cluster.run("squeue", "-h", "-n", job_name(name_for(svc.data), wid))
 
 
@@ -217,12 +230,19 @@ def test_out_of_memory_is_reported_in_the_researchers_words(
 def test_the_time_limit_stops_a_job_with_that_reason(
     svc: JobService, hub: Hub, shared: Path, slurm_cluster: SlurmCluster
 ) -> None:
-    """Slurm enforces the limit itself (``--time``, in whole minutes; it checks every 30 s)."""
+    """Allotment stops it at its maximum runtime, as on every pool; Slurm's own ``--time`` is
+    that rounded up to whole minutes, a backstop for when the service is down."""
     carol = hub.token("carol")
     wid = submit(svc, carol, shared, "-p", "small", "--time", "1m", "--", "sleep", "600")
     w = ended(svc, carol, wid, 200)
-    assert w["status"] == "failed", w
-    assert "time limit" in str(w["reason"]), w
+    assert (w["status"], w["reason"]) == ("stopped", "reached its maximum runtime (1m)"), w
+    assert 60 <= _at(w["ended_at"]) - _at(w["started_at"]) < 70
+    (job,) = wait_for(
+        lambda: [j for j in sacct(slurm_cluster, svc, wid) if j["State"] != "RUNNING"],
+        30,
+        what="sacct to show it ended",
+    )
+    assert not slurm_cluster.run("squeue", "-h", "-n", job_name(name_for(svc.data), wid))
 
 
 def test_a_job_waiting_in_slurm_shows_slurms_reason(
