@@ -29,7 +29,7 @@ from allotment.config import parse_policy
 from allotment.controller.meter import Meter
 from allotment.db import workloads as transitions
 from allotment.db.engine import Database
-from allotment.db.ledger import Price, close_run, totals
+from allotment.db.ledger import ExternalCharge, Price, charge_externals, close_run, totals
 from allotment.db.policy_sync import apply_policy
 from allotment.db.tables import (
     WORKLOADS,
@@ -41,7 +41,14 @@ from allotment.db.tables import (
     UsageDay,
     User,
 )
-from allotment.domain.ledger import charge, elapsed_ms, span_start, to_micros
+from allotment.domain.ledger import (
+    charge,
+    elapsed_ms,
+    span_start,
+    split_at_midnight,
+    to_micros,
+)
+from allotment.domain.resources import Resources
 from allotment.domain.workloads import WorkloadState as S
 
 POSTGRES = os.environ.get("ALLOTMENT_TEST_POSTGRES")
@@ -414,3 +421,75 @@ def test_run_requeue_run_costs_exactly_the_two_runs(
     entries = world.entries(wid)
     no_overlap(entries, (charged_to, s2))
     assert sum(e.amount for e in entries) == cost(s1, charged_to) + cost(s2, e2)
+
+
+# -- the usage import's batch (``charge_externals``): the same rules as one at a time -------
+
+
+@pytest.mark.timeout(600)
+@settings(
+    max_examples=int(os.environ.get("LEDGER_EXAMPLES", "15")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    spans=st.lists(
+        st.tuples(st.integers(0, 3 * 86_400), st.integers(1, 2 * 86_400), st.integers(1, 4)),
+        min_size=1,
+        max_size=8,
+    ),
+    repeat=st.integers(0, 7),
+)
+def test_a_batch_of_external_spans_is_charged_as_one_at_a_time(
+    world: World, spans: list[tuple[int, int, int]], repeat: int
+) -> None:
+    """Any spans (over Berlin's midnights), some given twice in the batch and all again in a
+    second batch: each written once, each day's total the sum of its telescoped parts."""
+    world.at(world.clock.now() + timedelta(days=4))
+    base = world.clock.now()
+    batch = uuid.uuid4().hex[:8]
+    charges = [
+        ExternalCharge(
+            external_id=f"hpc:{batch}{i}:2026-01-01T00:00:00Z",
+            account_id=world.ids["account_id"],
+            user_id=world.ids["user_id"],
+            pool_id=world.ids["pool_id"],
+            start=base + timedelta(seconds=a),
+            end=base + timedelta(seconds=a + n),
+            requested=Resources.of(cpus),
+            rate=RATE * cpus,
+            share=cpus / 64,
+        )
+        for i, (a, n, cpus) in enumerate(spans)
+    ]
+    twice = charges + charges[: repeat % (len(charges) + 1)]
+    expected: dict[str, int] = {}
+    for c in charges:
+        before = 0
+        for day, upto in split_at_midnight(c.start, c.end, TZ):
+            part = charge(c.rate, upto) - before
+            before += part
+            expected[day.isoformat()] = expected.get(day.isoformat(), 0) + part
+
+    def days(s: Any) -> dict[str, int]:
+        rows = s.execute(
+            select(UsageDay.day, UsageDay.amount).where(
+                UsageDay.day >= (base - timedelta(days=1)).date()
+            )
+        )
+        out: dict[str, int] = {}
+        for d, amount in rows:
+            out[d.isoformat()] = out.get(d.isoformat(), 0) + amount
+        return out
+
+    before_days = world.run(world.db.run_read(days))
+
+    def go(s: Any) -> int:
+        return charge_externals(s, source="slurm", charges=twice, tz=TZ, now=base)
+
+    assert world.write(go) == len(charges)
+    assert world.write(go) == 0
+    world.consistent()
+    after = world.run(world.db.run_read(days))
+    delta = {d: after.get(d, 0) - before_days.get(d, 0) for d in after}
+    assert {d: v for d, v in delta.items() if v} == {d: v for d, v in expected.items() if v}

@@ -44,7 +44,12 @@ from allotment.clock import Clock
 from allotment.controller.quote import rates_of
 from allotment.controller.view import PolicyView, ViewCache, load_policy_view
 from allotment.db.engine import Database
-from allotment.db.ledger import LE, charge_external, external_marks, mark_external
+from allotment.db.ledger import (
+    ExternalCharge,
+    charge_externals,
+    external_marks,
+    mark_external,
+)
 from allotment.db.outage import OutageLog, classify
 from allotment.db.tables import Account, Pool, User
 from allotment.domain.resources import Resources
@@ -249,31 +254,27 @@ def _charge(
     session: Session, *, pieces: list[Piece], tz: str, now: datetime, stale_after: float
 ) -> int:
     """Charge the pieces not charged yet, and move the watermark, in one transaction."""
-    have: set[str] = set()
-    keys = [p.key for p in pieces]
-    for i in range(0, len(keys), 500):
-        chunk = keys[i : i + 500]
-        have.update(session.execute(select(LE.c.key).where(LE.c.key.in_(chunk))).scalars())
-    charged = 0
-    for p in pieces:
-        if p.key in have:
-            continue
-        charged += charge_external(
-            session,
-            source=SOURCE,
-            external_id=p.external_id,
-            account_id=p.account_id,
-            user_id=p.user_id,
-            pool_id=p.pool_id,
-            start=p.start,
-            end=p.end,
-            requested=p.resources,
-            rate=p.rate,
-            tz=tz,
-            now=now,
-            share=p.share,
-            measured=p.measured,
-        )
+    charged = charge_externals(
+        session,
+        source=SOURCE,
+        charges=[
+            ExternalCharge(
+                external_id=p.external_id,
+                account_id=p.account_id,
+                user_id=p.user_id,
+                pool_id=p.pool_id,
+                start=p.start,
+                end=p.end,
+                requested=p.resources,
+                rate=p.rate,
+                share=p.share,
+                measured=p.measured,
+            )
+            for p in pieces
+        ],
+        tz=tz,
+        now=now,
+    )
     mark_external(session, IMPORT, now, stale_after)
     return charged
 
