@@ -33,6 +33,7 @@ from tests.support.process import command_lines
 from tests.support.slurm import SlurmCluster
 
 POLICY = Path(__file__).with_name("slurm_policy.yaml")
+ARTEFACTS = Path(os.environ.get("ALLOTMENT_ARTEFACTS", "test-artefacts"))
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +44,18 @@ def slurm_hub(slurm_cluster: SlurmCluster) -> Iterator[HubUp]:
     os.chmod(root, 0o711)
     policy = root / "policy.yaml"
     policy.write_text(POLICY.read_text().replace("SLURM_CONF", str(slurm_cluster.conf)))
+    # The account the sessions are charged to, as the mirror makes it where the service
+    # mirrors accounts (an existing account is left as it is).
+    slurm_cluster.run("sacctmgr", "-i", "add", "account", "lab", check=False)
     hub = start_hub(root / "data", policy)
     try:
         yield hub
     finally:
         hub.stop()
-        slurm_cluster.run("scancel", "--full", "--state=PENDING,RUNNING", check=False)
+        slurm_cluster.run("scancel", "--state=PENDING,RUNNING", check=False)
+        # The hub's and the service's log, for a failure's story.
+        ARTEFACTS.mkdir(exist_ok=True)
+        shutil.copy(root / "data-up.log", ARTEFACTS / "slurm-session-up.log")
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -103,8 +110,11 @@ def _session(hub: HubUp, user: str) -> dict[str, Any]:
 
 
 def _lab_answers(c: httpx.Client, user: str) -> bool:
-    """JupyterLab's own API answers the user through the hub's proxy."""
+    """JupyterLab's own API answers the user through the hub's proxy (after the page has
+    logged the browser in to the server through the hub)."""
     try:
+        if not _xsrf(c, f"/user/{user}/"):
+            c.get(f"/user/{user}/lab")
         r = c.get(f"/user/{user}/api/status", headers={"X-XSRFToken": _xsrf(c, f"/user/{user}/")})
     except httpx.HTTPError:
         return False
@@ -154,7 +164,7 @@ def test_a_session_on_slurm_starts_survives_restarts_queues_and_is_lost_with_its
 
     # Her session starts as a Slurm job of her own POSIX account, on a node Slurm picked.
     _spawn(alice)
-    wait_for(lambda: _server(alice).get("ready"), seconds=180, what="alice's session")
+    _ready(hub, alice, "alice")
     s = _session(hub, "alice")
     assert s["status"] == "running" and s["node"] in cluster.nodes, s
     node = s["node"]
@@ -217,7 +227,7 @@ def test_a_session_on_slurm_starts_survives_restarts_queues_and_is_lost_with_its
     assert "Resources" in message or "Priority" in message, message
     assert _session(hub, "bob")["status"] in ("admitted", "starting")
     cluster.run("scancel", *fillers)
-    wait_for(lambda: _server(bob).get("ready"), seconds=120, what="bob's session")
+    _ready(hub, bob, "bob", 120)
     assert wait_for(lambda: _lab_answers(bob, "bob"), seconds=60, what="bob's JupyterLab")
 
     # Alice's node fails: her session is reported ended, with the reason, not left hanging.
@@ -235,6 +245,20 @@ def test_a_session_on_slurm_starts_survives_restarts_queues_and_is_lost_with_its
     finally:
         cluster.start_node(node)
         cluster.resume(node)
+
+
+def _ready(hub: HubUp, c: httpx.Client, user: str, seconds: float = 180) -> None:
+    """Wait until the hub says the user's server is ready; else fail with the session's
+    state and the spawner's log."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _server(c).get("ready"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(
+        f"{user}'s session is not ready after {seconds} s: {_session(hub, user)}\n"
+        + hub.log_tail(8000)
+    )
 
 
 def _health(hub: HubUp) -> bool:

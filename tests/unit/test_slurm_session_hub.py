@@ -83,3 +83,19 @@ def test_the_form_says_why_the_last_session_ended() -> None:
     )
     assert "Your last session ended: node &lt;n2&gt; stopped responding." in html
     assert "allot-notice" not in render_form(quote, service_url="/s/", token="t", refresh_seconds=5)
+
+
+def test_why_a_session_was_lost_outlives_the_spawner_the_hub_replaces() -> None:
+    from allotment.hub.spawner import AllotmentSpawner
+
+    lost = AllotmentSpawner()
+    lost.workload_id = 3
+    lost._ended = "Your last session ended: node n2 stopped responding (NODE_FAIL)."
+    lost.clear_state()  # the hub, after poll() found it ended
+    state = lost.get_state()
+    assert state == {"ended": lost._ended}
+    fresh = AllotmentSpawner()  # the hub's next spawner of that server, for the form
+    fresh.load_state(state)
+    assert (fresh.workload_id, fresh._ended) == (0, lost._ended)
+    fresh._ended = None  # a session started again
+    assert fresh.get_state() == {}

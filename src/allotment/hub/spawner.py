@@ -227,14 +227,19 @@ class AllotmentSpawner(Spawner):  # type: ignore[misc]
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.workload_id = int(state.get("workload") or 0)
+        self._ended = state.get("ended") or None
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()
         if self.workload_id:
             state["workload"] = self.workload_id
+        if self._ended:
+            # The hub makes a new spawner after a stop: the next form learns why from here.
+            state["ended"] = self._ended
         return state
 
     def clear_state(self) -> None:
+        # Why the session was lost outlives it (until the next one starts).
         super().clear_state()
         self.workload_id = 0
 
