@@ -191,12 +191,20 @@ def test_posix_names_lead_back_to_hub_users() -> None:
     assert "alice" not in found  # her own name is not hers unless the identity rules say so
     found = hub_users(users, existing=["alice", "mallory"])
     assert found["alice"] == 1 and "mallory" not in found
-    # The account's own mark is authoritative: this one was made for bob; a marked account
-    # made for a hub user this installation does not know is nobody's here.
-    gecos = {unix_name("alice"): mark("bob"), unix_name("carol"): mark("someone-else")}
-    found = hub_users(users, gecos)
+    # The account's own mark decides: this one was made for bob; a marked account made for a
+    # hub user this installation does not know is nobody's here; an account of that name
+    # without the mark is somebody else's (Allotment never takes one over).
+    local = {
+        unix_name("alice"): mark("bob"),
+        unix_name("carol"): mark("someone-else"),
+        unix_name("bob"): "Bob the admin",
+        "jupyter-dave": mark("dave"),
+    }
+    found = hub_users(users, local)
     assert found[unix_name("alice")] == 2
-    assert unix_name("carol") not in found
+    assert unix_name("carol") not in found and unix_name("bob") not in found
+    assert "jupyter-dave" not in found
+    assert found[unix_name("a" * 40)] == 3  # not known here: its name says whose it is
 
 
 def test_sacct_reads_allocations_of_everyone_every_run_by_relative_times() -> None:

@@ -20,7 +20,7 @@ import logging
 import pwd
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from allotment.backends.local.posix import MARK, refusal
+from allotment.backends.local.posix import refusal
 from allotment.backends.slurm import names
 from allotment.backends.slurm.usage import (
     SOURCE,
@@ -95,7 +95,10 @@ class Imported:
 @dataclass(frozen=True)
 class _Context:
     view: PolicyView
+    #: Accounts and pools; its users are filled in once the round's jobs are known.
     targets: Targets
+    #: Hub user name → id (the users table).
+    users: dict[str, int]
     since: datetime | None
 
 
@@ -165,7 +168,7 @@ class SlurmUsageImport:
         done.jobs = len(jobs)
         planned, done.skipped = plan(
             jobs,
-            context.targets,
+            replace(context.targets, users=_hub_users(context, {j.user for j in jobs})),
             now=at,
             entry_seconds=int(accounting.entry),
             since=context.since,
@@ -217,37 +220,26 @@ class SlurmUsageImport:
             for i, path in session.execute(select(Account.id, Account.path))
         }
         users = {name: i for i, name in session.execute(select(User.id, User.name))}
-        existing = policy.identity.existing_accounts
-        targets = Targets(
-            accounts=accounts,
-            users=hub_users(users, _gecos(), _existing(users, existing)),
-            pools=pools,
-        )
-        return _Context(view, targets, None if mark is None else mark - self.margin)
+        targets = Targets(accounts=accounts, users={}, pools=pools)
+        return _Context(view, targets, users, None if mark is None else mark - self.margin)
 
 
-def _gecos() -> dict[str, str]:
-    """The GECOS field of every account on this machine that Allotment made (its mark names
-    the hub user): the authoritative way back from a POSIX name."""
-    try:
-        return {e.pw_name: e.pw_gecos for e in pwd.getpwall() if e.pw_gecos.startswith(MARK)}
-    except OSError:
-        return {}
-
-
-def _existing(users: dict[str, int], rule: Any) -> Iterable[str]:
-    """Hub users whose own POSIX account the identity rules accept, as they would."""
-    if rule is None:
-        return []
-    out = []
-    for hub in users:
+def _hub_users(context: _Context, posix_names: Iterable[str]) -> dict[str, int]:
+    """The hub users behind the round's Slurm users (``usage.hub_users``), looking up only
+    those accounts (a site's directory may hold many more, and may not list them all)."""
+    local: dict[str, str] = {}
+    for name in posix_names:
         try:
-            entry = pwd.getpwnam(hub)
+            local[name] = pwd.getpwnam(name).pw_gecos
         except (KeyError, UnicodeEncodeError, ValueError):
             continue
-        if refusal(entry, hub, rule) is None:
-            out.append(hub)
-    return out
+    existing = []
+    rule = context.view.policy.identity.existing_accounts
+    if rule is not None:
+        for name in local:
+            if name in context.users and refusal(pwd.getpwnam(name), name, rule) is None:
+                existing.append(name)
+    return hub_users(context.users, local, existing)
 
 
 def _charge(

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from allotment.backends.local.posix import MARK, decode, legacy_unix_name, unix_name
+from allotment.backends.local.posix import MARK, decode, legacy_unix_name, mark, unix_name
 from allotment.backends.slurm import names
 from allotment.domain import ledger as rules
 from allotment.domain.costs import Rates
@@ -189,33 +189,39 @@ class Targets:
 
 def hub_users(
     users: Mapping[str, int],
-    gecos: Mapping[str, str] | None = None,
+    local: Mapping[str, str] | None = None,
     existing: Iterable[str] = (),
 ) -> dict[str, int]:
     """POSIX name → hub user id, the inverse of ``PosixAccounts.resolve``.
 
-    ``users``: hub name → id (the users table). An account Allotment made carries its hub
-    user in its GECOS field (``gecos``: POSIX name → GECOS, where this machine knows the
-    account), which is authoritative; otherwise the naming (``jupyter-<escaped name>``, and the
-    older hash of long names). ``existing``: hub names whose own POSIX account the identity
-    rules accept (``identity.existing_accounts``; the controller checks each as they do)."""
+    ``users``: hub name → id (the users table). ``local``: POSIX name → GECOS field of the
+    accounts this machine knows (the round's Slurm users). An account Allotment made carries
+    its hub user in its GECOS field, which decides; an account of Allotment's naming
+    (``jupyter-<escaped name>``, or the older hash of a long name) that this machine knows
+    without that mark is somebody else's (Allotment never takes one over); one it does not
+    know at all (the nodes' directory is elsewhere) goes by its name. ``existing``: hub names
+    whose own POSIX account the identity rules accept (``identity.existing_accounts``; the
+    controller checks each as they do)."""
+    local = local or {}
     out: dict[str, int] = {}
     for hub, uid in users.items():
-        out.setdefault(unix_name(hub), uid)
-        out.setdefault(legacy_unix_name(hub), uid)
+        for posix in (unix_name(hub), legacy_unix_name(hub)):
+            if local.get(posix, mark(hub)) == mark(hub):
+                out.setdefault(posix, uid)
     for hub in existing:
         if hub in users:
             out[hub] = users[hub]
-    for posix, field in (gecos or {}).items():
-        if field.startswith(MARK):
-            try:
-                hub = decode(field[len(MARK) :])
-            except (ValueError, UnicodeDecodeError):
-                continue
-            if hub in users:
-                out[posix] = users[hub]
-            else:  # made for a hub user this installation does not know
-                out.pop(posix, None)
+    for posix, field in local.items():
+        if not field.startswith(MARK):
+            continue
+        try:
+            hub = decode(field[len(MARK) :])
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if hub in users:
+            out[posix] = users[hub]
+        else:  # made for a hub user this installation does not know
+            out.pop(posix, None)
     return out
 
 
