@@ -24,7 +24,9 @@ from allotment.backends.slurm.commands import (
     parse_sbatch,
     parse_sinfo,
     parse_squeue,
+    parse_squeue_text,
     sbatch_argv,
+    squeue_argv,
 )
 from allotment.backends.slurm.runner import unreachable
 from allotment.backends.slurm.states import ended, observe, requeued_words, waiting_words
@@ -36,7 +38,12 @@ MIB = 2**20
 
 def jobs_of(name: str) -> dict[int, Job]:
     raw = (DATA / name).read_bytes()
-    parsed = parse_sacct(raw) if name.endswith(".txt") else parse_squeue(raw)
+    if name.startswith("b-squeue") and name.endswith(".txt"):
+        parsed = parse_squeue_text(raw)
+    elif name.endswith(".txt"):
+        parsed = parse_sacct(raw)
+    else:
+        parsed = parse_squeue(raw)
     return {j.job_id: j for j in parsed}
 
 
@@ -164,6 +171,37 @@ def test_squeue_gives_every_job_its_state_nodes_and_exit() -> None:
     assert (jobs[1100007].user, jobs[1100007].account) == ("grace", "hep")
 
 
+def test_squeue_text_gives_what_polling_needs_without_exit_statuses() -> None:
+    argv = squeue_argv()
+    assert argv[:4] == ["squeue", "-h", "-t", "all"] and argv[-1].endswith(",Name:")
+    jobs = jobs_of("b-squeue.txt")
+    assert (jobs[1203057].state, jobs[1203057].exit_code) == ("COMPLETED", None)
+    assert jobs[1203058].name == "b|pipe name" and jobs[1203058].reason == "NonZeroExitCode"
+    two = jobs[1203059]
+    assert (two.state, two.nodes, two.batch_host, two.time_limit) == (
+        "RUNNING",
+        ("n2", "n3"),
+        "n2",
+        90,
+    )
+    assert two.start >= two.submit > 0 and jobs[1203060].time_limit == 1440
+    big = jobs[1203061]
+    assert (big.state, big.reason, big.nodes, big.batch_host, big.start) == (
+        "PENDING",
+        "Resources",
+        (),
+        "",
+        0,
+    )
+    assert not big.started and two.started
+    assert (big.user, big.account, big.partition, big.priority) == (
+        "laneb-u1",
+        "lab",
+        "main",
+        33333,
+    )
+
+
 def test_pending_jobs_are_placed_by_priority_then_submission_per_partition() -> None:
     jobs = list(jobs_of("squeue_full.json").values())
     assert _positions(jobs) == {1100008: 1, 1100012: 2, 1100013: 3}
@@ -279,3 +317,7 @@ def test_a_running_job_back_in_the_queue_is_requeued_with_its_node_blamed() -> N
     rerun = Job(1100016, "requeued", "RUNNING", nodes=("n1",), restarts=1)
     assert observe(rerun, was_running=True, restarts=0, ran_on=["n3"]).requeued
     assert requeued_words(again) == "requeued by Slurm: it was put back in its queue"
+    # squeue's text has no restart count: a later start than the placement's tells instead.
+    later = Job(1100016, "requeued", "RUNNING", nodes=("n1",), start=2000)
+    assert observe(later, was_running=True, started_at=1000, ran_on=["n3"]).requeued
+    assert not observe(later, was_running=True, started_at=2000).requeued

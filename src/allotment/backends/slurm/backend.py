@@ -6,11 +6,12 @@ placement carries the job's name, ``allot.<installation>.<workload>``, from the 
 yielded before ``sbatch`` runs: a start resumed after a crash looks the name up (``squeue``,
 then ``sacct``) and never submits twice.
 
-Everything observed comes from one shared ``squeue --json`` snapshot (``Snapshot``), read at
-most once per ``poll_interval`` by everyone (``poll``, ``watch``, ``present``); a start
-waiting to see its job run may read it sooner, at most every ``start_gap`` seconds, still
-shared. Jobs gone from ``squeue`` (ended more than ``MinJobAge`` ago) are looked up in one
-``sacct`` call. A controller that does not answer raises ``SlurmUnavailable`` from every verb:
+Everything observed comes from one shared ``squeue`` snapshot (``Snapshot``), read at most
+once per ``poll_interval`` by everyone (``poll``, ``watch``, ``present``); a start waiting to
+see its job run may read it sooner, at most every ``start_gap`` seconds, still shared. The
+snapshot is ``squeue``'s text (``commands.squeue_argv``), not its JSON, which costs 15 times
+more (3 kB a job, whatever the filters); ended jobs, and jobs gone from ``squeue`` (ended more
+than ``MinJobAge`` ago), are read in full in one ``sacct`` call, each once. A controller that does not answer raises ``SlurmUnavailable`` from every verb:
 nothing is ever concluded from silence.
 """
 
@@ -54,6 +55,9 @@ MIB = 2**20
 #: An expected start further away than this is Slurm's "never, as things stand" (a job behind
 #: one without a time limit is expected a year later): not shown.
 ETA_HORIZON = 30 * 86400
+#: Seconds an end seen in ``squeue`` may wait for its ``sacct`` record before it is read from
+#: ``squeue --json`` instead (slurmdbd is slow or down).
+SACCT_LAG = 5.0
 #: Placement keys of one state of the start, dropped when the next one is yielded.
 _TRANSIENT = ("running", "queued", "waiting", "eta", "position")
 #: scancel's words for a job with nothing left to signal or cancel.
@@ -78,7 +82,7 @@ class PoolSettings:
 
 
 class Snapshot:
-    """Every job Slurm holds, as one ``squeue --json`` saw it: one call shared by all readers.
+    """Every job Slurm holds, as one ``squeue`` saw it: one call shared by all readers.
 
     ``get(max_age)`` answers from the last read when it is recent enough, else reads again;
     readers arriving during a read wait for it. Reads are at least ``min_gap`` seconds apart.
@@ -119,12 +123,9 @@ class Snapshot:
 
     async def _read(self) -> None:
         started, wall = time.monotonic(), time.time()
-        done = await self.runner.run(["squeue", "--json", "--all"])
+        done = await self.runner.run(cmd.squeue_argv())
         t = time.monotonic()
-        try:
-            jobs = await asyncio.to_thread(cmd.parse_squeue, done.stdout)
-        except Unanswered as e:
-            raise SlurmUnavailable(f"Slurm does not answer ({e})") from None
+        jobs = await asyncio.to_thread(cmd.parse_squeue_text, done.stdout)
         self.parse_seconds = time.monotonic() - t
         self.read_seconds = time.monotonic() - started
         by_id: dict[int, Job] = {}
@@ -193,6 +194,10 @@ class SlurmBackend(Backend):
         #: Workloads watched: (placement, callback, what was last seen of them).
         self._watched: dict[int, tuple[Placement, Callable[[int], None], tuple[Any, ...]]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        #: Ended jobs read in full (``_ends``), by job id.
+        self._ended: dict[int, Job] = {}
+        #: Ended jobs whose accounting record lags, since when (monotonic).
+        self._lagging: dict[int, float] = {}
         #: Grace periods of stops that had to force (workload → seconds): said once it ended.
         self._forced: dict[int, float] = {}
 
@@ -259,7 +264,7 @@ class SlurmBackend(Backend):
         while True:
             job = snap.jobs.get(job_id)
             if job is None and snap.taken_wall >= float(placement.get("submitted") or 0):
-                job = (await self._sacct([job_id])).get(job_id)  # ended long ago
+                job = ((await self._sacct([job_id])) or {}).get(job_id)  # ended long ago
             if job is not None and (
                 job.state in RUNNING or (job.state not in WAITING and job.started)
             ):
@@ -381,8 +386,8 @@ class SlurmBackend(Backend):
 
     # -- observe -----------------------------------------------------------------------------
 
-    async def _sacct(self, job_ids: Iterable[int]) -> dict[int, Job]:
-        """Jobs gone from ``squeue``, from accounting (one call); {} without accounting."""
+    async def _sacct(self, job_ids: Iterable[int]) -> dict[int, Job] | None:
+        """Jobs from accounting (one call); None without accounting."""
         ids = sorted(set(job_ids))
         if not ids:
             return {}
@@ -390,8 +395,47 @@ class SlurmBackend(Backend):
             done = await self.runner.run(cmd.sacct_argv(ids))
         except SlurmError as e:
             log.warning("sacct could not tell the end of jobs %s: %s", ids, e)
-            return {}
+            return None
         return {j.job_id: j for j in cmd.parse_sacct(done.stdout)}
+
+    async def _ends(self, job_ids: list[int], seen: Mapping[int, Job]) -> dict[int, Job]:
+        """Ended jobs in full (exit status, signal, who cancelled): from ``sacct`` (one call),
+        else from one ``squeue --json`` (3 kB a job, so only where accounting is off, or its
+        record lags more than ``SACCT_LAG`` behind). ``seen``: what the text snapshot says of
+        those it still lists; one left out of the answer is still being read (report it
+        alive). Ends are final: each is read once and kept until its workload is released."""
+        out = {j: self._ended[j] for j in job_ids if j in self._ended}
+        ask = [j for j in job_ids if j not in out]
+        accounted = False
+        if ask:
+            found = await self._sacct(ask)
+            accounted = found is not None
+            for jid, job in (found or {}).items():
+                if job.state not in WAITING and job.state not in RUNNING:
+                    out[jid] = job
+        now = time.monotonic()
+        lagging = []
+        for jid in ask:
+            if jid in out or jid not in seen:
+                continue
+            first = self._lagging.setdefault(jid, now)
+            if not accounted or now - first > SACCT_LAG:
+                lagging.append(jid)
+        if lagging:
+            done = await self.runner.run(["squeue", "--json"])
+            try:
+                every = {j.job_id: j for j in cmd.parse_squeue(done.stdout)}
+            except Unanswered as e:
+                raise SlurmUnavailable(f"Slurm does not answer ({e})") from None
+            for jid in lagging:
+                out[jid] = every.get(jid, seen[jid])
+        for jid in ask:
+            if jid in out:
+                self._ended[jid] = out[jid]
+                self._lagging.pop(jid, None)
+        if len(self._ended) > 100_000:
+            self._ended.clear()
+        return out
 
     async def poll(self, placements: Mapping[int, Placement]) -> dict[int, Observation]:
         snap = await self.snapshot.get(self.poll_interval)
@@ -414,12 +458,21 @@ class SlurmBackend(Backend):
                 out[w] = Observation(alive=True)  # submitted after this snapshot was read
             else:
                 missing.append(w)
-        if missing:
-            found = await self._sacct(int(placements[w]["job_id"]) for w in missing)
+        # The text snapshot has no exit statuses: ends are read in full (``_ends``), once.
+        over = [w for w, j in jobs.items() if j.state not in WAITING and j.state not in RUNNING]
+        if over or missing:
+            ids = [jobs[w].job_id for w in over] + [int(placements[w]["job_id"]) for w in missing]
+            full = await self._ends(ids, {jobs[w].job_id: jobs[w] for w in over})
+            for w in over:
+                if jobs[w].job_id in full:
+                    jobs[w] = full[jobs[w].job_id]
+                else:  # its end is still being read
+                    del jobs[w]
+                    out[w] = Observation(alive=True)
             for w in missing:
                 jid = int(placements[w]["job_id"])
-                if jid in found:
-                    jobs[w] = found[jid]
+                if jid in full:
+                    jobs[w] = full[jid]
                 else:
                     out[w] = Observation(
                         alive=False,
@@ -432,6 +485,7 @@ class SlurmBackend(Backend):
                 job,
                 was_running=bool(p.get("running")),
                 restarts=int(p.get("restarts") or 0),
+                started_at=int(p.get("started_at") or 0),
                 ran_on=list(p.get("nodes") or []),
                 memory=p.get("memory"),
             )
@@ -480,7 +534,7 @@ class SlurmBackend(Backend):
                 placement.get("eta"),
                 placement.get("position"),
             )
-        return ("run", int(placement.get("restarts") or 0))
+        return ("run", int(placement.get("started_at") or 0))
 
     def _seen(self, job: Job, snap: Snapshot) -> tuple[Any, ...] | None:
         """What a watcher compares; None: ended."""
@@ -488,7 +542,7 @@ class SlurmBackend(Backend):
             q = self._queued({}, job, snap)
             return ("wait", q["waiting"], q.get("eta"), q.get("position"))
         if job.state in RUNNING:
-            return ("run", job.restarts)
+            return ("run", job.start)
         return None
 
     def watch(self, workload: int, placement: Placement, ended: Callable[[int], None]) -> None:
@@ -603,6 +657,8 @@ class SlurmBackend(Backend):
 
     async def release(self, workload: int, placement: Placement) -> None:
         self._forced.pop(workload, None)
+        if placement.get("job_id") is not None:
+            self._ended.pop(int(placement["job_id"]), None)
         self._watched.pop(workload, None)
 
     # -- nodes -------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ answer, although the command exited 0: ``Unanswered``.
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import json
 import math
 import re
@@ -34,7 +36,9 @@ __all__ = [
     "parse_sbatch",
     "parse_sinfo",
     "parse_squeue",
+    "parse_squeue_text",
     "sacct_argv",
+    "squeue_argv",
     "sbatch_argv",
 ]
 
@@ -331,6 +335,76 @@ def parse_squeue(raw: bytes | str) -> list[Job]:
     return [_job(j) for j in data.get("jobs") or []]
 
 
+#: ``squeue -O`` fields, ``|``-separated, the job's name last (a name may hold a ``|``).
+SQUEUE_FIELDS = (
+    "JobID",
+    "State",
+    "Reason",
+    "NodeList",
+    "BatchHost",
+    "StartTime",
+    "SubmitTime",
+    "TimeLimit",
+    "UserName",
+    "Account",
+    "Partition",
+    "PriorityLong",
+    "Name",
+)
+
+
+def squeue_argv() -> list[str]:
+    """Every job Slurm holds (ended ones too, for ``MinJobAge``), as text: about 15 times
+    cheaper than ``squeue --json`` (which ignores every filter and prints 3 kB a job: 1.1 s
+    for 3,000 jobs against 0.07 s), at the price of exit statuses, which ``sacct`` gives."""
+    fields = ",".join(f"{f}:|" for f in SQUEUE_FIELDS[:-1]) + f",{SQUEUE_FIELDS[-1]}:"
+    return ["squeue", "-h", "-t", "all", "-O", fields]
+
+
+def _slurm_duration(text: str) -> int | None:
+    """Minutes (rounded up) from ``[D-]H:MM:SS`` or ``M:SS``; None for UNLIMITED and others."""
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text.strip())
+    if m is None:
+        return None
+    d, h, mi, sec = (int(x or 0) for x in m.groups())
+    return d * 1440 + h * 60 + mi + (1 if sec else 0)
+
+
+def parse_squeue_text(raw: bytes | str) -> list[Job]:
+    """Jobs of ``squeue_argv()``'s output. Exit statuses are not in it (None)."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    out = []
+    n = len(SQUEUE_FIELDS)
+    for line in text.splitlines():
+        cols = line.split("|", n - 1)
+        if len(cols) < n or not cols[0].strip().isdigit():
+            continue
+        jid, state, reason, nodelist, batch, start, submit, limit = cols[:8]
+        user, account, partition, priority, name = cols[8:]
+        nodes = expand_hostlist(nodelist.strip())
+        batch = batch.strip()
+        out.append(
+            Job(
+                job_id=int(jid),
+                name=name.rstrip("\n"),
+                state=state.strip().split()[0] if state.strip() else "",
+                reason=reason.strip(),
+                nodes=tuple(nodes),
+                batch_host="" if batch in ("n/a", "(null)", "None") else batch,
+                exit_code=None,
+                start=_sacct_time(start.strip()),
+                end=0,
+                submit=_sacct_time(submit.strip()),
+                time_limit=_slurm_duration(limit),
+                user=user.strip(),
+                account=account.strip(),
+                partition=partition.strip(),
+                priority=int(priority) if priority.strip().isdigit() else 0,
+            )
+        )
+    return out
+
+
 # -- sacct ---------------------------------------------------------------------------------------
 
 #: What ``sacct -P`` is asked for, in this order (``parse_sacct`` reads them so).
@@ -364,12 +438,12 @@ def sacct_argv(
     return argv
 
 
+@functools.lru_cache(maxsize=4096)
 def _sacct_time(text: str) -> int:
-    """Unix seconds from sacct's local ``2026-12-02T15:21:04`` (``Unknown``, ``None``: 0)."""
-    import datetime as _dt
-
+    """Unix seconds from Slurm's local ``2026-12-02T15:21:04`` (``Unknown``, ``N/A``: 0).
+    Cached: thousands of jobs share a handful of submission seconds."""
     try:
-        return int(_dt.datetime.fromisoformat(text).timestamp())
+        return int(dt.datetime.fromisoformat(text).timestamp())
     except ValueError:
         return 0
 

@@ -98,6 +98,9 @@ class Tree:
     ours: frozenset[str] = frozenset()
     #: Observed: the TRES Slurm counts (``sacctmgr show tres``); limits on others are left out.
     tres: frozenset[str] = frozenset(TRES_ORDER)
+    #: Observed: each user's default account (Slurm refuses to delete it while the user has
+    #: other associations).
+    defaults: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,13 @@ class Change:
 
     line: str
     argv: tuple[str, ...] = ()
+    #: The words of the other changes this one command makes (several accounts or users
+    #: with the same settings are added at once: each ``sacctmgr`` call costs ~0.5 s).
+    also: tuple[str, ...] = ()
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        return (self.line, *self.also)
 
 
 @dataclass(frozen=True)
@@ -425,7 +435,7 @@ def parse_associations(
 
 
 async def observe(runner: Runner, cluster: str, owner: str = OWNER) -> Tree:
-    """What Slurm's accounting holds for ``cluster`` (three ``sacctmgr`` calls)."""
+    """What Slurm's accounting holds for ``cluster`` (four ``sacctmgr`` calls)."""
     text = (
         await runner.run(
             [
@@ -456,12 +466,34 @@ async def observe(runner: Runner, cluster: str, owner: str = OWNER) -> Tree:
     for line in tres_text.splitlines():
         kind, _, name = line.partition("|")
         tres.add(f"{kind}/{name}" if name else kind)
+    default_text = (
+        await runner.run(
+            [
+                "sacctmgr",
+                "-P",
+                "-n",
+                "show",
+                "user",
+                f"cluster={cluster}",
+                "format=User,DefaultAccount",
+            ]
+        )
+    ).stdout.decode()
+    defaults = {
+        user: account
+        for line in default_text.splitlines()
+        if (parts := line.split("|"))
+        and len(parts) >= 2
+        and (user := parts[0])
+        and (account := parts[1])
+    }
     return Tree(
         cluster=cluster,
         accounts=accounts,
         users=users,
         ours=frozenset(ours & set(accounts)),
         tres=frozenset(tres),
+        defaults=defaults,
     )
 
 
@@ -564,10 +596,12 @@ def plan(want: Tree, have: Tree, has_usage: Collection[str], *, owner: str = OWN
     """The ``sacctmgr -i`` commands that make ``have`` hold ``want``, with their words; empty
     when it does. Accounts not Allotment's (``have.ours``) are never changed; an account
     Allotment no longer has is deleted only when it is not in ``has_usage`` and nothing
-    kept lies below it, else archived."""
+    kept lies below it, else archived. Accounts (and a user's associations) added with the
+    same settings are added by one command."""
     c = f"cluster={have.cluster}"
     base = ("sacctmgr", "-i")
     out: list[Change] = []
+    adds: dict[tuple[int, tuple[str, ...]], list[tuple[str, str]]] = {}
     for name in sorted(want.accounts, key=lambda n: (_depth(n), n)):
         a = _known(want.accounts[name], have.tres)
         old = have.accounts.get(name)
@@ -581,10 +615,7 @@ def plan(want: Tree, have: Tree, has_usage: Collection[str], *, owner: str = OWN
             continue
         if old is None:
             args, _ = _settings(replace(a, fairshare=None), None)
-            argv = (
-                *base, "add", "account", name, c, f"parent={a.parent}", f"fairshare={a.fairshare}",
-                f"organization={owner}", f"description=allotment account {name}", *args,
-            )  # fmt: skip
+            settings = (f"parent={a.parent}", f"fairshare={a.fairshare}", *args)
             extra = []
             if a.grp_tres:
                 extra.append(f"GrpTRES {_fmt(a.grp_tres)}")
@@ -593,11 +624,8 @@ def plan(want: Tree, have: Tree, has_usage: Collection[str], *, owner: str = OWN
             if a.grp_submit_jobs == 0:
                 extra.append("archived")
             more = "".join(f", {e}" for e in extra)
-            out.append(
-                Change(
-                    f"add account {name} (parent {a.parent}, fairshare {a.fairshare}{more})", argv
-                )
-            )
+            line = f"add account {name} (parent {a.parent}, fairshare {a.fairshare}{more})"
+            adds.setdefault((_depth(name), settings), []).append((name, line))
             continue
         if old.parent != a.parent:
             out.append(
@@ -611,7 +639,15 @@ def plan(want: Tree, have: Tree, has_usage: Collection[str], *, owner: str = OWN
         if args:
             argv = (*base, "modify", "account", "where", f"name={name}", c, "set", *args)
             out.append(Change("; ".join(words), argv))
+    for (_, settings), group in sorted(adds.items(), key=lambda kv: (kv[0][0], kv[1][0][0])):
+        names = ",".join(n for n, _ in group)
+        argv = (
+            *base, "add", "account", names, c, *settings, f"organization={owner}",
+            "description=made by Allotment",
+        )  # fmt: skip
+        out.append(Change(group[0][1], argv, tuple(line for _, line in group[1:])))
     managed = set(want.accounts) - (set(have.accounts) - set(have.ours))
+    user_adds: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for key in sorted(want.users):
         account, user = key
         if account not in managed:
@@ -620,12 +656,7 @@ def plan(want: Tree, have: Tree, has_usage: Collection[str], *, owner: str = OWN
         old = have.users.get(key)
         if old is None:
             args, _ = _settings(replace(u, fairshare=None), None)
-            out.append(
-                Change(
-                    f"add user {user} to {account}",
-                    (*base, "add", "user", user, f"account={account}", c, *args),
-                )
-            )
+            user_adds.setdefault((user, tuple(args)), []).append(account)
             continue
         args, words = _settings(u, old)
         if args:
@@ -634,19 +665,21 @@ def plan(want: Tree, have: Tree, has_usage: Collection[str], *, owner: str = OWN
                 *args,
             )  # fmt: skip
             out.append(Change("; ".join(words), argv))
+    for (user, limits), accounts in sorted(user_adds.items()):
+        lines = [f"add user {user} to {a}" for a in accounts]
+        argv = (*base, "add", "user", user, f"account={','.join(accounts)}", c, *limits)
+        out.append(Change(lines[0], argv, tuple(lines[1:])))
+    leaving: set[tuple[str, str]] = set()
     for key in sorted(have.users):
         account, user = key
         if account in want.accounts and account in have.ours and key not in want.users:
             if account in want.everyone or want.accounts[account].grp_submit_jobs == 0:
                 continue  # first-use associations of "*" accounts; archived accounts keep theirs
-            out.append(
-                Change(
-                    f"remove user {user} from {account}",
-                    (*base, "delete", "user", "where", f"name={user}", f"account={account}", c),
-                )
-            )
+            leaving.add(key)
     gone = [n for n in have.ours if n not in want.accounts]
     kept = set(want.accounts) | (set(have.accounts) - set(have.ours))
+    removals: list[Change] = []
+    deleted: set[str] = set()
     for name in sorted(gone, key=lambda n: (-_depth(n), n)):
         old = have.accounts[name]
         below = any(a.parent == name and a.account in kept for a in have.accounts.values())
@@ -654,7 +687,7 @@ def plan(want: Tree, have: Tree, has_usage: Collection[str], *, owner: str = OWN
             kept.add(name)
             if old.grp_submit_jobs != 0:
                 why = "it has usage" if name in has_usage else "an account below it has usage"
-                out.append(
+                removals.append(
                     Change(
                         f"archive account {name} ({why})",
                         (*base, "modify", "account", "where", f"name={name}", c, "set",
@@ -662,12 +695,47 @@ def plan(want: Tree, have: Tree, has_usage: Collection[str], *, owner: str = OWN
                     )
                 )  # fmt: skip
         else:
+            deleted.add(name)
+    if deleted:
+        # One command for all: Slurm refuses to delete a user's default account while the
+        # user has another association, even one deleted by the same plan a moment later.
+        order = sorted(deleted, key=lambda n: (-_depth(n), n))
+        words = [f"remove account {n}" for n in order]
+        argv = (*base, "delete", "account", "where", f"name={','.join(order)}", c)
+        removals.append(Change(words[0], argv, tuple(words[1:])))
+    out += _new_defaults(want, have, leaving, deleted, c)
+    for account, user in sorted(leaving):
+        out.append(
+            Change(
+                f"remove user {user} from {account}",
+                (*base, "delete", "user", "where", f"name={user}", f"account={account}", c),
+            )
+        )
+    return out + removals
+
+
+def _new_defaults(
+    want: Tree, have: Tree, leaving: set[tuple[str, str]], deleted: set[str], cluster: str
+) -> list[Change]:
+    """Slurm refuses to remove a user's default account while the user keeps others: move
+    the default first, to one the user keeps."""
+    out: list[Change] = []
+    after: dict[str, set[str]] = {}
+    for account, user in [*have.users, *want.users]:
+        if (account, user) not in leaving and account not in deleted:
+            after.setdefault(user, set()).add(account)
+    for user, default in sorted(have.defaults.items()):
+        if (default, user) not in leaving and default not in deleted:
+            continue
+        others = sorted(after.get(user, set()) - {default})
+        if others:
             out.append(
                 Change(
-                    f"remove account {name}",
-                    (*base, "delete", "account", "where", f"name={name}", c),
+                    f"set default account of {user} {default} → {others[0]}",
+                    ("sacctmgr", "-i", "modify", "user", "where", f"name={user}", cluster, "set",
+                     f"defaultaccount={others[0]}"),
                 )
-            )
+            )  # fmt: skip
     return out
 
 

@@ -210,19 +210,22 @@ def observe(
     job: Job,
     *,
     was_running: bool,
-    restarts: int,
+    restarts: int = 0,
+    started_at: int = 0,
     ran_on: Sequence[str] = (),
     memory: int | None = None,
 ) -> Observation:
-    """What a poll reports of ``job``. ``was_running``, ``restarts``, ``ran_on``: what its
-    placement says (a running placement whose job waits again, or restarted since, was
-    requeued; ``ran_on`` the nodes to blame); ``memory``: bytes per node it was given."""
+    """What a poll reports of ``job``. ``was_running``, ``restarts``, ``started_at``,
+    ``ran_on``: what its placement says (a running placement whose job waits again, or runs
+    again since a later start, was requeued; ``ran_on`` the nodes to blame); ``memory``:
+    bytes per node it was given."""
     if job.state in WAITING:
         if was_running or job.restarts > restarts:
             return Observation(alive=True, requeued=True, reason=requeued_words(job, ran_on))
         return Observation(alive=True)
     if job.state in RUNNING:
-        if job.restarts > restarts:
+        again = job.restarts > restarts or (was_running and 0 < started_at < job.start)
+        if again:
             return Observation(alive=True, requeued=True, reason=requeued_words(job, ran_on))
         return Observation(alive=True)
     return ended(job, memory=memory)
