@@ -336,6 +336,27 @@ def test_closing_twice_or_without_a_charge_writes_nothing(world: World) -> None:
     world.consistent()
 
 
+def test_an_ended_workloads_charge_is_left_as_it_is(world: World) -> None:
+    """A late requeue of a workload that has ended (its charge closed): nothing is written and
+    the closed charge stays, so that the meter never takes its recent start for a new run."""
+    world.at(world.clock.now() + timedelta(minutes=5))
+    wid = world.submit()
+    world.start(wid)
+    world.at(world.clock.now() + timedelta(minutes=3))
+    world.end(wid)
+    world.meter_pass()
+    cost_before = sum(e.amount for e in world.entries(wid))
+    now = world.clock.now()
+    written = world.write(
+        lambda s: close_run(s, wid, at=now, now=now, tz=TZ, entry_seconds=ENTRY, price_of=None)
+    )
+    assert written == 0
+    world.at(now + timedelta(minutes=1))
+    world.meter_pass()
+    assert sum(e.amount for e in world.entries(wid)) == cost_before == charge(RATE, 180_000)
+    world.consistent()
+
+
 def test_the_days_of_a_closed_run_are_the_meters(world: World) -> None:
     """Closed across Berlin's midnight: each day gets what ran in it, as a pass would give."""
     world.at(world.clock.now() + timedelta(days=1))

@@ -895,11 +895,11 @@ def close_run(
     ).first()
     if row is None and price_of is not None:
         row = _open_one(session, workload_id, price_of)
-    if row is None:
+    if row is None or row.closed:
+        # Closed: its workload ended and its last entry is written. The row stays, or the
+        # meter would find a recent start without a charge and charge the run again.
         return 0
-    written = 0
-    if not row.closed:
-        written = _close_one(session, dialect, row, at, now, tz, entry_seconds)
+    written = _close_one(session, dialect, row, at, now, tz, entry_seconds)
     session.execute(OC.delete().where(OC.c.workload_id == workload_id))
     return written
 
