@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from allotment.backends.base import Backend
 from allotment.backends.registry import backends_for
+from allotment.backends.slurm.backend import SlurmBackend
 from allotment.clock import Clock
 from allotment.controller.budgets import BudgetWatch
 from allotment.controller.capacity import read_capacity
@@ -32,6 +33,8 @@ from allotment.controller.notify import Notifier
 from allotment.controller.nudge import NudgeListener
 from allotment.controller.reconciler import Reconciler, Row, read_rows
 from allotment.controller.scheduling import SchedulingLoop
+from allotment.controller.slurm_mirror import SlurmMirror
+from allotment.controller.slurm_usage import SlurmUsageImport
 from allotment.controller.view import PolicyView, load_policy_view
 from allotment.controller.watch import Watch
 from allotment.controller.workers import Workers
@@ -103,6 +106,9 @@ class Controller:
         #: queueing some.
         self.notifier = Notifier(db, clock)
         self._tasks: list[asyncio.Task[None]] = []
+        #: Where a Slurm backend runs (``_slurm_tasks``): its accounts mirror and usage import.
+        self.slurm_mirror: SlurmMirror | None = None
+        self.slurm_import: SlurmUsageImport | None = None
         self._lock: ControllerLock | None = None
         #: Submissions taken by API processes without the controller reach it through this.
         self._nudges = NudgeListener(settings.data_dir, self.scheduling.nudge)
@@ -148,7 +154,7 @@ class Controller:
                 )
         await self.recover()
         self._nudges.open()
-        self._tasks = [
+        self._tasks = self._slurm_tasks() + [
             asyncio.create_task(self.scheduling.run(), name="scheduling"),
             asyncio.create_task(self.watch.run(), name="watch"),
             asyncio.create_task(self.budget_watch.run(), name="budget-watch"),
@@ -162,6 +168,20 @@ class Controller:
         ]
         log.info("controller started; backends: %s", ", ".join(self.backends) or "none")
         return True
+
+    def _slurm_tasks(self) -> list[asyncio.Task[None]]:
+        """Where Slurm pools run: the mirror of accounts into Slurm and the import of jobs
+        submitted to it directly (each looks at the policy in force on every pass)."""
+        slurm = self.backends.get("slurm")
+        if not isinstance(slurm, SlurmBackend):
+            return []
+        installation = installation_of(self.settings.installation, self.settings.data_dir)
+        self.slurm_mirror = SlurmMirror(self.db, self.clock, installation, slurm.runner)
+        self.slurm_import = SlurmUsageImport(self.db, self.clock, slurm.runner)
+        return [
+            asyncio.create_task(self.slurm_mirror.run(), name="slurm-mirror"),
+            asyncio.create_task(self.slurm_import.run(), name="slurm-import"),
+        ]
 
     async def stop(self) -> None:
         """Stop the loops; running workloads keep running and are found again next start."""
