@@ -130,11 +130,11 @@ async def test_apply_mirrors_the_tree_once_and_a_change_of_shares_as_one_change(
         f"slurm: add account {root} (parent root, fairshare 60)",
         f"slurm: add account {lab} (parent {root}, fairshare 40)",
         f"slurm: add account {proj} (parent {lab}, fairshare 1)",
+        f"slurm: add user {alice} to {lab}",
+        f"slurm: add user {bob} to {proj}",
         # dean manages the root: he may charge everything below it, as in Allotment.
         f"slurm: add user {dean} to {root}",
-        f"slurm: add user {alice} to {lab}",
         f"slurm: add user {dean} to {lab}",
-        f"slurm: add user {bob} to {proj}",
         f"slurm: add user {dean} to {proj}",
     ]
     assert tree(slurm_cluster, root) == [

@@ -64,7 +64,7 @@ def applied(want: Tree) -> Tree:
 
 
 def lines(changes: list[Any]) -> list[str]:
-    return [c.line for c in changes]
+    return [line for c in changes for line in c.lines]
 
 
 def test_the_tree_follows_the_accounts_with_their_shares_parents_first() -> None:
@@ -78,11 +78,41 @@ def test_the_tree_follows_the_accounts_with_their_shares_parents_first() -> None
     ]
     assert got[1].argv == (
         "sacctmgr", "-i", "add", "account", "inst.lab", "cluster=c1", "parent=inst",
-        "fairshare=40", "organization=allotment:test", "description=allotment account inst.lab",
+        "fairshare=40", "organization=allotment:test", "description=made by Allotment",
     )  # fmt: skip
     assert got[3].argv == (
         "sacctmgr", "-i", "add", "user", "jupyter-alice", "account=inst.lab", "cluster=c1",
     )  # fmt: skip
+
+
+def test_accounts_and_associations_with_the_same_settings_are_added_by_one_command() -> None:
+    rows = [AccountRow("inst", 60), *(AccountRow(f"inst/p{i}") for i in range(3))]
+    members = [Member(f"inst/p{i}", "alice", "jupyter-alice") for i in range(3)]
+    got = plan(desired(policy(), rows, members, cluster=CLUSTER), Tree(CLUSTER), set())
+    assert [c.argv[2:5] for c in got] == [
+        ("add", "account", "inst"),
+        ("add", "account", "inst.p0,inst.p1,inst.p2"),
+        ("add", "user", "jupyter-alice"),
+    ]
+    assert got[2].argv[5] == "account=inst.p0,inst.p1,inst.p2"
+    assert lines(got)[-3:] == [f"add user jupyter-alice to inst.p{i}" for i in range(3)]
+
+
+def test_a_users_default_account_moves_before_it_goes() -> None:
+    want = desired(
+        policy(), ROWS, [ALICE, Member("inst", "alice", "jupyter-alice")], cluster=CLUSTER
+    )
+    have = replace(applied(want), defaults={"jupyter-alice": "inst.lab"})
+    smaller = desired(policy(), ROWS, [Member("inst", "alice", "jupyter-alice")], cluster=CLUSTER)
+    got = plan(smaller, have, set())
+    assert lines(got) == [
+        "set default account of jupyter-alice inst.lab → inst",
+        "remove user jupyter-alice from inst.lab",
+    ]
+    assert got[0].argv[-1] == "defaultaccount=inst"
+    # All her associations go: nothing to move the default to, and none is moved.
+    got = plan(desired(policy(), ROWS[:1], [], cluster=CLUSTER), have, set())
+    assert not [x for x in lines(got) if "default" in x]
 
 
 def test_applying_twice_changes_nothing() -> None:
@@ -169,8 +199,17 @@ def test_an_account_with_usage_is_archived_one_without_is_removed() -> None:
         "archive account inst.lab (an account below it has usage)",
     ]
     got = plan(smaller, have, set(), owner=OWNER)
-    assert lines(got) == ["remove account inst.lab.proj", "remove account inst.lab"]
-    assert got[1].argv[2:] == ("delete", "account", "where", "name=inst.lab", "cluster=c1")
+    assert lines(got) == [
+        # Slurm refuses to take a user's last association (their default account) away.
+        "remove user jupyter-alice (no account left)",
+        "remove account inst.lab.proj",
+        "remove account inst.lab",
+    ]
+    assert got[0].argv[2:] == ("delete", "user", "name=jupyter-alice")
+    # One command: Slurm checks default accounts per command.
+    assert got[1].argv[2:] == (
+        "delete", "account", "where", "name=inst.lab.proj,inst.lab", "cluster=c1",
+    )  # fmt: skip
 
 
 def test_accounts_allotment_did_not_make_are_never_touched() -> None:
@@ -196,9 +235,15 @@ def test_members_who_go_lose_their_association_except_where_everyone_may_charge(
     none = desired(policy(), ROWS, [], cluster=CLUSTER)
     got = plan(none, applied(want), set(), owner=OWNER)
     assert lines(got) == ["remove user jupyter-alice from inst.lab"]
-    assert got[0].argv[2:] == (
-        "delete", "user", "where", "name=jupyter-alice", "account=inst.lab", "cluster=c1",
-    )  # fmt: skip
+    # Her only association: the user goes whole (Slurm refuses to take the last one away).
+    assert got[0].argv[2:] == ("delete", "user", "name=jupyter-alice")
+    # Where she keeps another, only the one association goes.
+    at_inst = Member("inst", "alice", "jupyter-alice")
+    both = applied(desired(policy(), ROWS, [ALICE, at_inst], cluster=CLUSTER))
+    got = plan(desired(policy(), ROWS, [at_inst], cluster=CLUSTER), both, set())
+    assert [c.argv[2:] for c in got] == [
+        ("delete", "user", "where", "name=jupyter-alice", "account=inst.lab", "cluster=c1"),
+    ]
     everyone = desired(policy(), ROWS, [], cluster=CLUSTER, everyone=["inst/lab"])
     assert plan(everyone, applied(want), set(), owner=OWNER) == []
 

@@ -346,8 +346,9 @@ async def apply(runner: SlurmRunner, changes: list[Change]) -> tuple[list[str], 
             raise
         except SlurmError as e:
             failed = True
-            log.error("slurm: could not %s: %s", change.line, e.stderr or e)
+            log.error("slurm: could not %s: %s", "; ".join(change.lines), e.stderr or e)
             continue
-        log.info("slurm: %s", change.line)
-        done.append(change.line)
+        for line in change.lines:
+            log.info("slurm: %s", line)
+        done.extend(change.lines)
     return done, failed

@@ -33,6 +33,11 @@ __all__ = ["router"]
 router = APIRouter(tags=["policy"])
 
 
+#: At most this many ``sacctmgr`` commands run within an apply's request (each takes ~0.5 s);
+#: more are left to the controller's mirror, which runs them in the background.
+INLINE_CHANGES = 40
+
+
 class _DryRun(Exception):
     """Raised inside the write session to roll a dry run back."""
 
@@ -96,16 +101,23 @@ async def _mirror(
     if inputs is None:
         return [], []
     runner = runner_for(inputs.policy)
+    later: list[str] = []
     try:
         changes, _, _ = await slurm_plan(inputs, runner, _owner(state))
-        if run:
+        commands = [c for c in changes if c.argv]
+        if run and len(commands) <= INLINE_CHANGES:
             done, _ = await apply(runner, changes)
         else:
-            done = [c.line for c in changes if c.argv]
+            done = [line for c in commands for line in c.lines]
+            if run:
+                later.append(
+                    f"slurm: {len(commands)} sacctmgr commands to run: the controller's mirror "
+                    "runs them within a minute (`allot config check --slurm` shows what is left)"
+                )
     except (SlurmUnavailable, SlurmError) as e:
         return [], [f"Slurm's accounts are not mirrored yet ({e}); they will be when it answers"]
     conflicts = [c.line for c in changes if not c.argv]
-    return [f"slurm: {line}" for line in done], [f"slurm: {line}" for line in conflicts]
+    return [f"slurm: {line}" for line in done], [f"slurm: {x}" for x in conflicts] + later
 
 
 class SlurmDrift(BaseModel):
@@ -141,7 +153,7 @@ async def slurm_drift(caller: CallerDep, state: StateDep) -> SlurmDrift:
         sinfo = await runner.run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT])
     except SlurmUnavailable as e:
         raise InvalidRequest(f"Slurm does not answer: {e}") from None
-    accounts = [c.line for c in changes if c.argv] if policy.slurm.mirror else []
+    accounts = [line for c in changes if c.argv for line in c.lines] if policy.slurm.mirror else []
     conflicts = [c.line for c in changes if not c.argv] if policy.slurm.mirror else []
     pools = pool_drift(policy, sinfo.stdout.decode())
     return SlurmDrift(

@@ -703,27 +703,36 @@ def plan(want: Tree, have: Tree, has_usage: Collection[str], *, owner: str = OWN
         words = [f"remove account {n}" for n in order]
         argv = (*base, "delete", "account", "where", f"name={','.join(order)}", c)
         removals.append(Change(words[0], argv, tuple(words[1:])))
-    out += _new_defaults(want, have, leaving, deleted, c)
+    defaults, last = _new_defaults(want, have, leaving, deleted, c)
+    out += defaults
     for account, user in sorted(leaving):
-        out.append(
-            Change(
-                f"remove user {user} from {account}",
-                (*base, "delete", "user", "where", f"name={user}", f"account={account}", c),
+        if user not in last:
+            out.append(
+                Change(
+                    f"remove user {user} from {account}",
+                    (*base, "delete", "user", "where", f"name={user}", f"account={account}", c),
+                )
             )
-        )
+    for user in sorted(last):
+        # Slurm refuses to remove a user's last association (their default account) but
+        # removes the user whole.
+        words = [f"remove user {user} from {a}" for a, u in sorted(leaving) if u == user]
+        words = words or [f"remove user {user} (no account left)"]
+        out.append(Change(words[0], (*base, "delete", "user", f"name={user}"), tuple(words[1:])))
     return out + removals
 
 
 def _new_defaults(
     want: Tree, have: Tree, leaving: set[tuple[str, str]], deleted: set[str], cluster: str
-) -> list[Change]:
-    """Slurm refuses to remove a user's default account while the user keeps others: move
-    the default first, to one the user keeps."""
+) -> tuple[list[Change], set[str]]:
+    """Slurm refuses to remove a user's default account while the user keeps others: the
+    changes that move it first, to one the user keeps; and the users who keep none."""
     out: list[Change] = []
     after: dict[str, set[str]] = {}
     for account, user in [*have.users, *want.users]:
         if (account, user) not in leaving and account not in deleted:
             after.setdefault(user, set()).add(account)
+    last = {u for _, u in have.users if u not in after}
     for user, default in sorted(have.defaults.items()):
         if (default, user) not in leaving and default not in deleted:
             continue
@@ -736,7 +745,7 @@ def _new_defaults(
                      f"defaultaccount={others[0]}"),
                 )
             )  # fmt: skip
-    return out
+    return out, last
 
 
 def ensure_user(
