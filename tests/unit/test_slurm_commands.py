@@ -1,6 +1,16 @@
 """The Slurm backend's pure parts on what real Slurm 22.05 printed (``tests/data/slurm``):
 sbatch's arguments and script, the parsers of squeue, sacct and sinfo, and the words a
-researcher reads for each state and reason."""
+researcher reads for each state and reason.
+
+Besides lane A's recordings (``README.md`` there), the ``b-`` files come from a 3-node cluster
+of ``scripts/slurm`` (accounting on), jobs of user ``laneb-u1`` charged to ``lab``:
+``b-squeue-ends.json`` is ``squeue --json`` once ``true`` (1200002), ``exit 7`` (1200003),
+``kill -9 $$`` (1200004), a 300 MB allocation under ``--mem 64M`` (1200005) and ``--time 1``
+(1200006, TIMEOUT) had ended; ``b-sacct.txt`` is ``sacct -P -n -X -D -o <SACCT_FIELDS>`` of
+those and later ones (1200031: cancelled by root while running, 1200008: while pending);
+``b-squeue.txt`` is ``squeue_argv()``'s output with a completed job, a failed one whose name
+holds a ``|``, jobs running on one and two nodes and two pending (Resources, Priority).
+"""
 
 from __future__ import annotations
 

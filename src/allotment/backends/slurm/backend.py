@@ -684,8 +684,9 @@ class SlurmBackend(Backend):
 
     async def capacity(self) -> list[NodeCapacity]:
         """Every node of the pools' partitions with what it has (nothing when it takes no work
-        now: drained, down, not responding) and Slurm's word for its state."""
-        nodes = await self._read_nodes(0.0)
+        now: drained, down, not responding) and Slurm's word for its state; one ``sinfo``
+        per poll interval at most, whoever asks."""
+        nodes = await self._read_nodes(self.poll_interval)
         parts = {s.partition for s in self.pools.values()}
         out = []
         for n in nodes.values():
