@@ -192,7 +192,19 @@ def plain_latency(slurm: Plain, runs: int, cwd: Path) -> dict[str, Any]:
     }
 
 
-def allotment_drain(c: httpx.Client, jobs: int, cwd: Path) -> dict[str, Any]:
+def _calls(log: Path, since: int) -> tuple[int, dict[str, int]]:
+    """(lines now, calls by command since line ``since``) of the wrappers' log."""
+    lines = log.read_text().splitlines()
+    out: dict[str, int] = {}
+    for line in lines[since:]:
+        parts = line.split()
+        if len(parts) >= 2:
+            out[parts[1]] = out.get(parts[1], 0) + 1
+    return len(lines), out
+
+
+def allotment_drain(c: httpx.Client, jobs: int, cwd: Path, log: Path) -> dict[str, Any]:
+    mark, _ = _calls(log, 0)
     t0 = time.monotonic()
     r = c.post(
         "workloads",
@@ -218,7 +230,7 @@ def allotment_drain(c: httpx.Client, jobs: int, cwd: Path) -> dict[str, Any]:
     failed = c.get("workloads", params={"array": first, "status": ["failed"], "limit": 3})
     assert not failed.json()["items"], failed.text
     return {"jobs": jobs, "submit_s": round(submitted, 3), "wall_s": round(wall, 2),
-            "jobs_per_s": round(jobs / wall, 2)}  # fmt: skip
+            "jobs_per_s": round(jobs / wall, 2), "slurm_calls": _calls(log, mark)[1]}  # fmt: skip
 
 
 def plain_drain(slurm: Plain, jobs: int, array: bool) -> dict[str, Any]:
@@ -241,6 +253,7 @@ def _wrappers(directory: Path, log: Path) -> Path:
     """Slurm's commands, each a wrapper that logs its call (time and first arguments) and
     execs the real one: the service's `slurm.bin_dir`."""
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
     for name in COMMANDS:
         real = shutil.which(name, path="/usr/bin:/bin") or f"/usr/bin/{name}"
         w = directory / name
@@ -424,9 +437,12 @@ def run(
     (work / "hub").mkdir()
     hub = Hub(work / "hub", ["alice"], admins=[])
     hub.start()
-    log = work / "slurm-calls.log"
+    # Where the users' sbatch (run as them) can reach the wrappers and append to the log.
+    calls = Path(tempfile.mkdtemp(prefix="allot-bench-slurm-calls-", dir="/var/tmp"))
+    calls.chmod(0o755)
+    log = calls / "slurm-calls.log"
     try:
-        with _service(work, hub, cluster, _wrappers(work / "bin", log)) as s:
+        with _service(work, hub, cluster, _wrappers(calls / "bin", log)) as s:
             token = hub.token("alice")
             with s.client(token) as c:
                 allotment_latency(c, 3, cwd)  # warm: POSIX account, association, caches
@@ -442,7 +458,7 @@ def run(
                     "allotment": [], "plain_array": [], "plain_loop": [],
                 }  # fmt: skip
                 for _ in range(repeats):  # alternating, each alone on the cluster
-                    drains["allotment"].append(allotment_drain(c, jobs, cwd))
+                    drains["allotment"].append(allotment_drain(c, jobs, cwd, log))
                     drains["plain_array"].append(plain_drain(slurm, jobs, array=True))
                     drains["plain_loop"].append(plain_drain(slurm, jobs, array=False))
                     print({k: v[-1] for k, v in drains.items()}, flush=True)
@@ -480,6 +496,7 @@ def run(
         stop_cluster(cluster)
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(cwd, ignore_errors=True)
+        shutil.rmtree(calls, ignore_errors=True)
     return {
         "benchmark": "overhead on top of Slurm: latency, drain, polling cost",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
