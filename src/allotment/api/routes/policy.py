@@ -105,7 +105,10 @@ async def _mirror(
     try:
         changes, _, _ = await slurm_plan(inputs, runner, _owner(state))
         commands = [c for c in changes if c.argv]
-        if run and len(commands) <= INLINE_CHANGES:
+        mirror = state.controller.slurm_mirror if state.controller is not None else None
+        if run and len(commands) <= INLINE_CHANGES and mirror is not None:
+            done = await mirror.sync_once()  # the controller's own pass: never two at once
+        elif run and len(commands) <= INLINE_CHANGES:
             done, _ = await apply(runner, changes)
         else:
             done = [line for c in commands for line in c.lines]
