@@ -22,6 +22,7 @@ from allotment.backends.base import LaunchSpec, Observation, Placement
 from allotment.backends.slurm.backend import SlurmBackend
 from allotment.backends.slurm.runner import SlurmUnavailable
 from allotment.domain.resources import Resources
+from tests.backends.conftest import slurm_backend
 
 MIB = 2**20
 
@@ -238,3 +239,36 @@ async def test_capacity_reports_every_node_with_its_state(
         assert nodes["n3"].resources == Resources()
     finally:
         cluster.resume("n3")
+
+
+async def test_gpus_are_given_as_gres_where_slurm_has_them_untyped(
+    request: pytest.FixtureRequest, shared: Path, new_id: Callable[[], int], tmp_path: Path
+) -> None:
+    cluster_of(request)  # skips where no cluster can run
+    from tests.support.slurm import start_cluster, stop_cluster
+
+    gpus = start_cluster(nodes=1, gpus=2)  # plain gpu:2 on n1: no model in Slurm
+    try:
+        gpus.run("sacctmgr", "-i", "add", "account", "lab", check=False)
+        b = slurm_backend(str(gpus.conf), tmp_path / "state", gpu_models={"n1": "a100"})
+        try:
+            (node,) = await b.capacity()
+            assert node.resources.gpus == {"a100": 2}
+            wid = new_id()
+            s = LaunchSpec(
+                wid,
+                "alice",
+                "lab",
+                ["sh", "-c", "echo $CUDA_VISIBLE_DEVICES"],
+                Resources.of(1, 256 * MIB, {"a100": 1}),
+                workdir=str(shared),
+            )
+            p = await placed(b, s)
+            seen = await until(b, wid, p, lambda o: not o.alive)
+            assert (seen.exit_code, seen.failed) == (0, False)
+            out = await b.read_output(wid, p, "stdout", 0, 100)
+            assert out is not None and out.data is not None and out.data.strip() in (b"0", b"1")
+        finally:
+            await b.close()
+    finally:
+        stop_cluster(gpus)

@@ -100,6 +100,24 @@ def test_sbatch_gets_every_option_of_the_workload_split_per_node() -> None:
     assert ["--export", "NONE"] == argv[argv.index("--export") : argv.index("--export") + 2]
 
 
+def test_gpus_are_asked_for_by_model_or_as_plain_gpus_where_slurm_has_no_types() -> None:
+    spec = LaunchSpec(3, "a", "l", ["x"], Resources.of(2, 0, {"a100": 2, "h100": 1}))
+
+    def gres(typed: bool) -> str:
+        argv = sbatch_argv(
+            spec,
+            Submission("i", "l", gpu_types=typed),
+            job_name="j",
+            workdir="/",
+            stdout="/o",
+            stderr="/e",
+        )
+        return argv[argv.index("--gres") + 1]
+
+    assert gres(True) == "gpu:a100:2,gpu:h100:1"
+    assert gres(False) == "gpu:3"
+
+
 def test_a_session_is_never_requeued_and_a_small_one_gets_whole_cpus() -> None:
     spec = LaunchSpec(1, "a", "lab", ["jupyterhub-singleuser"], Resources.of(0.5), kind="session")
     argv = sbatch_argv(

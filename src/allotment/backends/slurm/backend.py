@@ -164,6 +164,9 @@ class SlurmBackend(Backend):
     associate
         Add a user's association to the account on first use (``sacctmgr``, as root), where
         ``sbatch`` refuses the account.
+    gpu_models
+        Each node's GPU model as the policy declares it, where it declares one: Slurm's plain
+        ``gpu:N`` on such a node is reported as N of that model.
     """
 
     name = "slurm"
@@ -180,8 +183,10 @@ class SlurmBackend(Backend):
         start_wait: float = 1.0,
         start_gap: float = 0.25,
         associate: bool = True,
+        gpu_models: Mapping[str, str] | None = None,
     ) -> None:
         self.runner = runner
+        self.gpu_models = dict(gpu_models or {})
         self.accounts = accounts
         self.installation = check_name(installation)
         self.pools = dict(pools)
@@ -321,7 +326,10 @@ class SlurmBackend(Backend):
                 f"{placement['user']} as when workload {spec.workload} was first started"
             )
         settings = PoolSettings(placement.get("partition"), placement.get("qos"))
-        how = Submission(self.installation, placement["account"], settings.partition, settings.qos)
+        typed = await self._gpu_types(settings.partition) if spec.resources.gpus else True
+        how = Submission(
+            self.installation, placement["account"], settings.partition, settings.qos, typed
+        )
         argv = cmd.sbatch_argv(
             spec,
             how,
@@ -674,6 +682,19 @@ class SlurmBackend(Backend):
             self._nodes_read = time.monotonic()
         return self._nodes
 
+    async def _gpu_types(self, partition: str | None) -> bool:
+        """Whether the partition's GPUs are typed by model in Slurm (``gpu:a100:4``), as the
+        policy names them; False where every GPU there is plain ``gpu:N``."""
+        nodes = await self._read_nodes(self.poll_interval)
+        keys = {
+            key
+            for n in nodes.values()
+            if partition is None or partition in n.partitions
+            for key in n.gres
+            if key.split(":")[0] == "gpu"
+        }
+        return not keys or any(":" in key for key in keys)
+
     async def _address(self, node: str) -> str:
         """The node's ``NodeAddr`` (read from ``sinfo`` when first needed)."""
         if not node:
@@ -697,7 +718,8 @@ class SlurmBackend(Backend):
             for key, count in n.gres.items():
                 kind, _, model = key.partition(":")
                 if kind == "gpu":
-                    gpus[model or "gpu"] = gpus.get(model or "gpu", 0) + count
+                    model = model or self.gpu_models.get(n.name, "gpu")
+                    gpus[model] = gpus.get(model, 0) + count
             has = Resources.of(n.cpus, n.memory * MIB, gpus) if usable else Resources()
             out.append(NodeCapacity(n.name, has, state=word, reason=n.reason))
         return out
@@ -783,6 +805,13 @@ def slurm_backend(policy: Policy, data_dir: Path, installation: str) -> SlurmBac
     }
     if not pools:
         return None
+    models = {
+        node.name: next(iter(node.gpus))
+        for name, spec in policy.pools.items()
+        if spec.backend == "slurm"
+        for node in spec.nodes
+        if len(node.gpus) == 1
+    }
     settings = policy.slurm
     runner = SlurmRunner(settings.conf, settings.bin_dir, float(settings.command_timeout))
     accounts = PosixAccounts(existing=policy.identity.existing_accounts)
@@ -792,4 +821,5 @@ def slurm_backend(policy: Policy, data_dir: Path, installation: str) -> SlurmBac
         installation=installation,
         pools=pools,
         poll_interval=float(settings.poll_interval),
+        gpu_models=models,
     )

@@ -58,6 +58,9 @@ class Submission:
     account: str
     partition: str | None = None
     qos: str | None = None
+    #: The partition's GPUs carry their model as GRES type (``gpu:a100:4``); False where
+    #: they are plain ``gpu:4`` (then a model's GPUs are asked for as any GPUs).
+    gpu_types: bool = True
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,12 @@ class NodeInfo:
 # -- submission ------------------------------------------------------------------------------
 
 
-def _gpu_request(gpus: Mapping[str, int], nodes: int) -> str | None:
-    """``--gres`` for GPUs by model, per node; None for none."""
+def _gpu_request(gpus: Mapping[str, int], nodes: int, typed: bool = True) -> str | None:
+    """``--gres`` for GPUs by model, per node; None for none. ``typed`` False: the models'
+    counts together, as untyped GPUs."""
+    if not typed:
+        total = sum(n for n in gpus.values() if n > 0)
+        return f"gpu:{math.ceil(total / nodes)}" if total else None
     parts = []
     for model, n in sorted(gpus.items()):
         if n <= 0:
@@ -184,7 +191,7 @@ def sbatch_argv(
         argv += ["--partition", how.partition]
     if how.qos:
         argv += ["--qos", how.qos]
-    gres = _gpu_request(spec.resources.gpus, nodes)
+    gres = _gpu_request(spec.resources.gpus, nodes, how.gpu_types)
     if gres:
         argv += ["--gres", gres]
     if spec.max_runtime is not None:
