@@ -588,6 +588,12 @@ class AllotmentClient:
         body = PolicyIn(text=text, filename=filename, dry_run=dry_run)
         return ApplyResult.model_validate(self._call("PUT", "policy", json=body.model_dump()))
 
+    def slurm_drift(self) -> dict[str, Any]:
+        """Where Slurm differs from the policy in force (``GET policy/slurm``, administrators):
+        accounts the mirror would change, conflicts it may not touch, pools unlike ``sinfo``."""
+        found: dict[str, Any] = self._call("GET", "policy/slurm")
+        return found
+
 
 class AsyncAllotmentClient:
     """Asynchronous client for code that runs in an event loop (the hub's spawner): the calls

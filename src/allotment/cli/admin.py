@@ -77,7 +77,7 @@ def check(
 def _check_slurm(url: str | None, token: str | None) -> None:
     """Print where Slurm differs from the policy in force; exit 1 when it does."""
     with client(url, token) as c:
-        drift = run(lambda: c._call("GET", "policy/slurm"))
+        drift = run(c.slurm_drift)
     sections = (
         ("accounts", "Slurm's accounts differ (the mirror makes these changes):"),
         ("conflicts", "Allotment may not change these (fix them in Slurm):"),
