@@ -272,3 +272,29 @@ async def test_gpus_are_given_as_gres_where_slurm_has_them_untyped(
             await b.close()
     finally:
         stop_cluster(gpus)
+
+
+async def test_running_jobs_are_measured_in_one_sstat(
+    slurm: SlurmBackend, shared: Path, new_id: Callable[[], int]
+) -> None:
+    busy, idle = new_id(), new_id()
+    spin = (
+        "a = bytearray(80 * 2**20)\nimport time\nt = time.time()\nwhile time.time() - t < 30: pass"
+    )
+    placements = {
+        busy: await placed(slurm, spec(busy, ["python3", "-c", spin], shared)),
+        idle: await placed(slurm, spec(idle, ["sleep", "30"], shared)),
+    }
+    before = slurm.runner.calls["sstat"]
+    deadline = time.monotonic() + 20
+    while True:
+        seen = await slurm.measure(placements)
+        got = seen.get(busy)
+        if got is not None and (got.peak_memory or 0) >= 80 * MIB and (got.cpu_seconds or 0) >= 1:
+            break
+        assert time.monotonic() < deadline, f"not measured: {seen}"
+        await asyncio.sleep(1)
+    assert slurm.runner.calls["sstat"] - before >= 1
+    assert idle in seen and (seen[idle].peak_memory or 0) < 80 * MIB
+    for w, p in placements.items():
+        await slurm.stop(w, p, grace=5)

@@ -35,6 +35,7 @@ from allotment.backends.slurm.commands import (
     parse_sinfo,
     parse_squeue,
     parse_squeue_text,
+    parse_sstat,
     sbatch_argv,
     squeue_argv,
 )
@@ -271,6 +272,19 @@ def test_sacct_text_gives_true_exit_codes_and_who_cancelled() -> None:
     assert jobs[1200008].nodes == () and not jobs[1200008].started
     assert jobs[1200031].extra == {"cancelled_by_uid": 0}
     assert jobs[1200002].start > 0 and jobs[1200002].submit <= jobs[1200002].start
+
+
+def test_sstat_gives_cpu_over_steps_and_the_largest_step() -> None:
+    # What sstat -a -P -n -o JobID,TRESUsageInTot printed for a busy job and a sleeping one.
+    raw = (
+        "1210072.batch|cpu=00:00:01,energy=0,fs/disk=4273,mem=54088K,pages=0,vmem=54092K\n"
+        "1210072.0|cpu=01:02.500,mem=1.5G\n"
+        "1210073.batch|cpu=00:00:00,energy=0,fs/disk=4109,mem=216K,pages=0,vmem=216K\n"
+    )
+    assert parse_sstat(raw) == {
+        1210072: (63.5, int(1.5 * 2**30)),
+        1210073: (0.0, 216 * 1024),
+    }
 
 
 # -- sinfo ------------------------------------------------------------------------------------------

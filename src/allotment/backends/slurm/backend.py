@@ -44,6 +44,7 @@ from allotment.backends.slurm.names import job_name, slurm_account, workload_of
 from allotment.backends.slurm.runner import SlurmError, SlurmRunner, SlurmUnavailable
 from allotment.backends.slurm.states import RUNNING, WAITING, ended, observe, waiting_words
 from allotment.config.models import Policy
+from allotment.domain.ledger import Measured
 from allotment.domain.resources import Resources
 from allotment.installation import check_name
 
@@ -508,6 +509,26 @@ class SlurmBackend(Backend):
                     f"{grace:g} s grace period",
                 )
             out[w] = seen
+        return out
+
+    async def measure(self, placements: Mapping[int, Placement]) -> dict[int, Measured]:
+        """CPU seconds and peak memory of running jobs, from one ``sstat`` (Slurm samples
+        them every ``JobAcctGatherFrequency``). A job that ended meanwhile is left out."""
+        ids = {
+            int(p["job_id"]): w
+            for w, p in placements.items()
+            if p.get("job_id") is not None and p.get("running")
+        }
+        if not ids:
+            return {}
+        try:
+            done = await self.runner.run(cmd.sstat_argv(sorted(ids)), check=False)
+        except SlurmUnavailable:
+            return {}
+        out: dict[int, Measured] = {}
+        for jid, (cpu, peak) in cmd.parse_sstat(done.stdout).items():
+            if jid in ids and (cpu is not None or peak is not None):
+                out[ids[jid]] = Measured(cpu_seconds=cpu, peak_memory=peak)
         return out
 
     async def present(self) -> set[int]:

@@ -412,6 +412,60 @@ def parse_squeue_text(raw: bytes | str) -> list[Job]:
     return out
 
 
+# -- sstat ---------------------------------------------------------------------------------------
+
+
+def sstat_argv(job_ids: Sequence[int]) -> list[str]:
+    """One ``sstat`` for the running steps of every job given (``-a``: the batch step too)."""
+    return [
+        "sstat",
+        "-a",
+        "-P",
+        "-n",
+        "-j",
+        ",".join(map(str, job_ids)),
+        "-o",
+        "JobID,TRESUsageInTot",
+    ]
+
+
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def cpu_time(text: str) -> float | None:
+    """Seconds from Slurm's ``[D-][HH:]MM:SS[.mmm]``; None where it is not one."""
+    m = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)", text.strip())
+    if m is None:
+        return None
+    d, h, mi = (int(x or 0) for x in m.groups()[:3])
+    return d * 86400 + h * 3600 + mi * 60 + float(m.group(4))
+
+
+def parse_sstat(raw: bytes | str) -> dict[int, tuple[float | None, int | None]]:
+    """Per job: (CPU seconds over its steps, the largest memory of a step in bytes)."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    out: dict[int, tuple[float | None, int | None]] = {}
+    for line in text.splitlines():
+        step, _, tres = line.partition("|")
+        jid = step.split(".")[0].split("_")[0]
+        if not jid.isdigit():
+            continue
+        usage = dict(part.split("=", 1) for part in tres.split(",") if "=" in part)
+        cpu = cpu_time(usage.get("cpu", ""))
+        mem_text = usage.get("mem", "")
+        mem = None
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", mem_text)
+        if m:
+            mem = int(float(m.group(1)) * _UNITS.get(m.group(2), 1))
+        before_cpu, before_mem = out.get(int(jid), (None, None))
+        if cpu is not None:
+            before_cpu = (before_cpu or 0.0) + cpu
+        if mem is not None:
+            before_mem = max(before_mem or 0, mem)
+        out[int(jid)] = (before_cpu, before_mem)
+    return out
+
+
 # -- sacct ---------------------------------------------------------------------------------------
 
 #: What ``sacct -P`` is asked for, in this order (``parse_sacct`` reads them so).
