@@ -231,7 +231,7 @@ class SlurmBackend(Backend):
                 found = await self._find(placement)
                 if found is not None:
                     placement["job_id"] = found
-                    yield placement
+                    yield dict(placement)
         else:
             account = await self.accounts.resolve(spec.user)
             settings = self._settings(spec)
@@ -253,10 +253,10 @@ class SlurmBackend(Backend):
                 "stderr": os.path.join(workdir, spec.stderr or f"allot-{spec.workload}.err"),
                 "created": time.time(),
             }
-            yield placement  # persisted before anything is submitted
+            yield dict(placement)  # persisted before anything is submitted
         if placement.get("job_id") is None:
             placement["job_id"] = await self._submit(spec, placement)
-            yield placement  # the job id, persisted before anything else can fail
+            yield dict(placement)  # the job id, persisted before anything else can fail
         async for last in self._until_started(int(placement["job_id"]), placement, waited):
             yield last
 
@@ -265,7 +265,6 @@ class SlurmBackend(Backend):
     ) -> AsyncIterator[Placement]:
         """The running placement, or a queued one after ``wait`` seconds."""
         deadline = time.monotonic() + wait
-        since = time.monotonic()
         snap = await self.snapshot.get(self.poll_interval if wait == 0 else 0.0)
         while True:
             job = snap.jobs.get(job_id)
@@ -287,8 +286,7 @@ class SlurmBackend(Backend):
             if time.monotonic() >= deadline:
                 yield self._queued(placement, job, snap)
                 return
-            since = snap.taken
-            snap = await self.snapshot.newer_than(since)
+            snap = await self.snapshot.newer_than(snap.taken)
 
     async def _running(self, placement: Mapping[str, Any], job: Job) -> dict[str, Any]:
         node = job.first_node
