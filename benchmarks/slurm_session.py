@@ -103,7 +103,7 @@ class BatchHub:
                 c.JupyterHub.spawner_class = "batchspawner.MultiSlurmSpawner"
                 c.MultiSlurmSpawner.daemon_resolver = {addresses!r}
                 # No sudo here: runuser, as root, keeps the environment as sudo -E does.
-                c.MultiSlurmSpawner.exec_prefix = "runuser -u {{username}} --"
+                c.MultiSlurmSpawner.exec_prefix = "/usr/sbin/runuser -u {{username}} --"
                 c.MultiSlurmSpawner.req_partition = "main"
                 c.MultiSlurmSpawner.req_nprocs = "1"
                 c.MultiSlurmSpawner.req_memory = "1G"
