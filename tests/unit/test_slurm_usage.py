@@ -110,6 +110,25 @@ def test_jobs_any_installation_submitted_are_never_imported(jobs: list[SlurmJob]
     assert len(planned) == 2  # "allot.lab.x" and "my allot.lab.1" are nobody's workload names
 
 
+def test_a_name_alone_does_not_make_a_job_a_workload(jobs: list[SlurmJob]) -> None:
+    """The controller checks a name against its own workloads' jobs: a direct job named
+    like a workload (to go uncharged) is imported like any other."""
+    [ok] = by_id(jobs, 1100002)
+    fields = {f: getattr(ok, f) for f in SlurmJob.__slots__}
+    mine = SlurmJob(**{**fields, "name": "allot.lab.42"})  # type: ignore[arg-type]
+    posing = SlurmJob(**{**fields, "name": "allot.lab.43", "job_id": 9})  # type: ignore[arg-type]
+    targets = Targets(accounts={"astro": 1}, users={"ada": 10}, pools=(MAIN,))
+    planned, skipped = plan(
+        [mine, posing],
+        targets,
+        now=at(1796229999),
+        entry_seconds=3600,
+        ours=lambda j: (j.name, j.job_id) == ("allot.lab.42", ok.job_id),
+    )
+    assert skipped == {"ours": 1}
+    assert {p.external_id for p in planned} == {posing.external_id}
+
+
 def test_a_finished_job_is_charged_through_its_end_a_running_one_by_whole_spans() -> None:
     s = datetime(2026, 12, 2, 10, 40, 5, tzinfo=UTC)
     hour = timedelta(hours=1)

@@ -177,7 +177,9 @@ class Controller:
             return []
         installation = installation_of(self.settings.installation, self.settings.data_dir)
         self.slurm_mirror = SlurmMirror(self.db, self.clock, installation, slurm.runner)
-        self.slurm_import = SlurmUsageImport(self.db, self.clock, slurm.runner)
+        self.slurm_import = SlurmUsageImport(
+            self.db, self.clock, slurm.runner, installation=installation
+        )
         return [
             asyncio.create_task(self.slurm_mirror.run(), name="slurm-mirror"),
             asyncio.create_task(self.slurm_import.run(), name="slurm-import"),

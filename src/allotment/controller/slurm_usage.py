@@ -33,6 +33,7 @@ from allotment.backends.slurm import names
 from allotment.backends.slurm.usage import (
     SOURCE,
     Piece,
+    SlurmJob,
     SlurmPool,
     Targets,
     hub_users,
@@ -51,7 +52,7 @@ from allotment.db.ledger import (
     mark_external,
 )
 from allotment.db.outage import OutageLog, classify
-from allotment.db.tables import Account, Pool, User
+from allotment.db.tables import Account, Pool, User, Workload
 from allotment.domain.resources import Resources
 from allotment.scheduler.usage import dominant_share
 
@@ -116,12 +117,16 @@ class SlurmUsageImport:
         clock: Clock,
         runner: _Runner,
         *,
+        installation: str | None = None,
         margin: timedelta = timedelta(hours=1),
         lookback: timedelta = timedelta(days=1),
     ) -> None:
         self.db = db
         self.clock = clock
         self.runner = runner
+        #: The installation whose workloads' jobs are charged by its meter, not imported; None
+        #: trusts any job named like an installation's (``names.OURS``).
+        self.installation = installation
         self.margin = margin
         self.lookback = lookback
         self.interval = DEFAULT_INTERVAL
@@ -166,6 +171,13 @@ class SlurmUsageImport:
         done.sacct_seconds = time.monotonic() - mono
         jobs = parse_sacct(completed.stdout)
         done.jobs = len(jobs)
+        ours = None
+        if self.installation is not None:
+            mine = await self.db.run_read(partial(self._own_jobs, jobs=jobs))
+
+            def ours(job: SlurmJob) -> bool:
+                return (job.name, job.job_id) in mine
+
         planned, done.skipped = plan(
             jobs,
             replace(context.targets, users=_hub_users(context, {j.user for j in jobs})),
@@ -173,6 +185,7 @@ class SlurmUsageImport:
             entry_seconds=int(accounting.entry),
             since=context.since,
             dominant_share=dominant_share,
+            ours=ours,
         )
         done.planned = len(planned)
         mono = time.monotonic()
@@ -190,6 +203,28 @@ class SlurmUsageImport:
         if done.charged:
             log.info("imported %d spans of %d Slurm jobs", done.charged, done.jobs)
         return done
+
+    def _own_jobs(self, session: Session, *, jobs: Sequence[SlurmJob]) -> set[tuple[str, int]]:
+        """(name, job id) of the jobs that are this installation's workloads: named after one
+        and recorded in its placement. A name alone proves nothing (a user may call a job
+        submitted directly ``allot.x.7``): such a job is imported like any other."""
+        assert self.installation is not None
+        named = {}
+        for job in jobs:
+            wid = names.workload_of(job.name, self.installation)
+            if wid is not None:
+                named[wid] = job
+        if not named:
+            return set()
+        rows = session.execute(
+            select(Workload.id, Workload.placement).where(Workload.id.in_(list(named)))
+        )
+        out = set()
+        for wid, placement in rows:
+            job = named[wid]
+            if placement and str((placement or {}).get("job_id")) == str(job.job_id):
+                out.add((job.name, job.job_id))
+        return out
 
     def _read(self, session: Session, *, at: datetime) -> _Context | None:
         view = load_policy_view(session, self._views)

@@ -275,13 +275,17 @@ def plan(
     entry_seconds: int,
     since: datetime | None = None,
     dominant_share: Callable[[Resources, Resources], float] | None = None,
+    ours: Callable[[SlurmJob], bool] | None = None,
 ) -> tuple[list[Piece], dict[str, int]]:
     """The pieces to charge of ``jobs``, and how many jobs were left out and why (``ours``,
     ``account``, ``user``, ``partition``, ``not started``).
 
     ``since``: spans that ended at or before it were charged by an earlier import (the
     watermark less its margin) and are not planned again. ``dominant_share(requested,
-    capacity) -> float`` gives fair share's usage per second (none without it)."""
+    capacity) -> float`` gives fair share's usage per second (none without it). ``ours(job)``
+    says whether a job is a workload an installation charges itself; by default, any job
+    named like one (``names.OURS``), which a user could imitate: the controller passes a check
+    of the name against its own workloads' jobs."""
     out: list[Piece] = []
     skipped: dict[str, int] = {}
 
@@ -289,7 +293,7 @@ def plan(
         skipped[why] = skipped.get(why, 0) + 1
 
     for job in jobs:
-        if names.OURS.match(job.name):
+        if ours(job) if ours is not None else names.OURS.match(job.name):
             skip("ours")
             continue
         account = targets.accounts.get(job.account)
