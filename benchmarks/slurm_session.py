@@ -18,6 +18,7 @@ that starts the server until JupyterLab's main area is on screen. Alternating ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.hub import free_port
-from tests.support.hubup import CHROMIUM, CHROMIUM_ARGS, HubUp, start_hub
+from tests.support.hubup import CHROMIUM, CHROMIUM_ARGS, HubUp, _processes_mentioning, start_hub
 from tests.support.slurm import SlurmCluster, start_cluster, stop_cluster
 
 from benchmarks.harness import commit, machine
@@ -198,6 +199,12 @@ def _start_hub(data: Path, policy: Path) -> HubUp:
     try:
         return start_hub(data, policy)
     except RuntimeError:
+        # What the failed start left running (its service, its proxy) must not share the
+        # data directory with the next.
+        for pid in _processes_mentioning(str(data / "allotment.yaml"), str(data / "hub")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        time.sleep(3)
         return start_hub(data, policy)
 
 
