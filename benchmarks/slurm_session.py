@@ -128,6 +128,8 @@ class BatchHub:
         )
         env_vars = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
         env_vars["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env_vars["PATH"]
+        # batchspawner runs squeue and scancel in the hub's own environment.
+        env_vars["SLURM_CONF"] = str(cluster.conf)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(root / "jupyterhub_config.py")],
             cwd=root,
