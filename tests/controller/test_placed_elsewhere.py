@@ -145,3 +145,33 @@ async def test_a_backend_that_does_not_answer_is_said_and_nothing_is_lost(
     backend.down = False
     await fast.eventually(wid, lambda w: w["reason"] == backend.waiting, seconds=15)
     assert backend.submissions[wid] == 1
+
+
+async def test_a_run_requeued_before_any_meter_pass_is_still_charged(
+    fast: Fast, backend: Queues
+) -> None:
+    """A run shorter than a meter pass has no open charge yet: its charge is opened from its
+    start and closed in the transaction that requeues it (a user could otherwise run free by
+    having Slurm requeue their job within the minute)."""
+    wid = await fast.submit("work")
+    await fast.eventually(wid, lambda w: w["status"] == "starting")
+    backend.begin(wid, "n1")
+    await fast.until(wid, "running")
+    fast.clock.advance(20)
+    backend.requeue(wid, "requeued by the fake: node n1 stopped responding")
+    await fast.eventually(wid, lambda w: w["status"] == "starting")
+    async with fast.controller.db.read() as s:
+        charged = (await s.execute(select(LedgerEntry.amount))).scalars().all()
+    assert sum(charged) == 20_000  # 3.6 an hour, 20 seconds
+
+
+async def test_an_account_made_through_the_api_may_not_take_anothers_slurm_name(
+    fast: Fast,
+) -> None:
+    async with fast.client() as c:
+        for name, parent in (("x", "lab"), ("x.y", "lab")):
+            r = await c.post("accounts", json={"name": name, "parent": parent})
+            assert r.status_code == 201, r.text
+        r = await c.post("accounts", json={"name": "y", "parent": "lab/x"})
+    assert r.status_code == 409
+    assert "Slurm as account 'lab.x.y', which 'lab/x.y' already is" in r.json()["detail"]

@@ -157,8 +157,10 @@ def test_the_script_sets_exactly_its_environment_and_runs_the_command_in_its_pla
 def test_sbatch_parsable_output_is_read_with_or_without_a_cluster() -> None:
     assert parse_sbatch(b"1200010\n") == 1200010
     assert parse_sbatch(b"1200011;allottest\n") == 1200011
-    with pytest.raises(ValueError):
-        parse_sbatch(b"")
+    for tampered in (b"", b"1200010\n4242\n", b"4242 1200010\n", b"-1\n", b"12;a b\n"):
+        # sbatch runs as the user, who could write into its output: one id or nothing.
+        with pytest.raises(ValueError):
+            parse_sbatch(tampered)
 
 
 # -- hostlists and exit statuses ---------------------------------------------------------------

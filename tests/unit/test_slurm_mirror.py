@@ -205,7 +205,7 @@ def test_an_account_with_usage_is_archived_one_without_is_removed() -> None:
         "remove account inst.lab.proj",
         "remove account inst.lab",
     ]
-    assert got[0].argv[2:] == ("delete", "user", "name=jupyter-alice")
+    assert got[0].argv[2:] == ("delete", "user", "where", "name=jupyter-alice", "cluster=c1")
     # One command: Slurm checks default accounts per command.
     assert got[1].argv[2:] == (
         "delete", "account", "where", "name=inst.lab.proj,inst.lab", "cluster=c1",
@@ -236,7 +236,7 @@ def test_members_who_go_lose_their_association_except_where_everyone_may_charge(
     got = plan(none, applied(want), set(), owner=OWNER)
     assert lines(got) == ["remove user jupyter-alice from inst.lab"]
     # Her only association: the user goes whole (Slurm refuses to take the last one away).
-    assert got[0].argv[2:] == ("delete", "user", "name=jupyter-alice")
+    assert got[0].argv[2:] == ("delete", "user", "where", "name=jupyter-alice", "cluster=c1")
     # Where she keeps another, only the one association goes.
     at_inst = Member("inst", "alice", "jupyter-alice")
     both = applied(desired(policy(), ROWS, [ALICE, at_inst], cluster=CLUSTER))

@@ -131,6 +131,10 @@ def launch_spec(row: Row) -> LaunchSpec:
     )
 
 
+class _Moved(Exception):
+    """The workload moved on before a write that expected it where it was: roll it back."""
+
+
 class Reconciler:
     def __init__(
         self,
@@ -241,13 +245,18 @@ class Reconciler:
         now = self.clock.now()
 
         def move(session: Session) -> bool:
-            if not requeue(session.connection(), w.id, placement, seen.reason, now):
-                return False
+            # The run's charge first, while its start is on record (a run shorter than a
+            # meter pass has no open charge yet: it is charged from that start), then the move,
+            # which forgets the start; a move that no longer applies undoes both.
             if self.close_charge is not None:
                 self.close_charge(session, w.id, now)
+            if not requeue(session.connection(), w.id, placement, seen.reason, now):
+                raise _Moved
             return True
 
-        if not await self.db.run_write(move):
+        try:
+            await self.db.run_write(move)
+        except _Moved:
             return None
         log.info("workload %s: %s", w.id, seen.reason)
         self.freed()

@@ -209,11 +209,11 @@ class SlurmUsageImport:
         and recorded in its placement. A name alone proves nothing (a user may call a job
         submitted directly ``allot.x.7``): such a job is imported like any other."""
         assert self.installation is not None
-        named = {}
+        named: dict[int, list[SlurmJob]] = {}
         for job in jobs:
             wid = names.workload_of(job.name, self.installation)
             if wid is not None:
-                named[wid] = job
+                named.setdefault(wid, []).append(job)  # another user may use the name too
         if not named:
             return set()
         rows = session.execute(
@@ -221,9 +221,8 @@ class SlurmUsageImport:
         )
         out = set()
         for wid, placement in rows:
-            job = named[wid]
-            if placement and str((placement or {}).get("job_id")) == str(job.job_id):
-                out.add((job.name, job.job_id))
+            recorded = str((placement or {}).get("job_id"))
+            out |= {(j.name, j.job_id) for j in named[wid] if str(j.job_id) == recorded}
         return out
 
     def _read(self, session: Session, *, at: datetime) -> _Context | None:

@@ -396,6 +396,11 @@ def submission(
                 f"{'' if len(pool.nodes) == 1 else 's'}; you asked for {nodes}. A job spans "
                 "several nodes only on a cluster's pool (`backend: slurm`)."
             )
+        if pool.backend != "slurm":
+            raise InvalidRequest(
+                f"Pool '{pool.name}' runs each workload on one machine ({pool.backend}); a "
+                "job spans several nodes only on a cluster's pool (`backend: slurm`)."
+            )
         # The size is per node, as in Slurm; the workload holds (and is charged) the total.
         size = Resources(
             size.millicpus * nodes,

@@ -15,9 +15,10 @@ from sqlalchemy.orm import aliased
 
 from allotment.api.deps import Caller, CallerDep, StateDep
 from allotment.api.views import account_out
+from allotment.backends.slurm.names import slurm_account
 from allotment.db import repository as repo
 from allotment.db.audit import record
-from allotment.db.tables import Account, Membership, User
+from allotment.db.tables import Account, Membership, Pool, User
 from allotment.domain.accounts import is_within
 from allotment.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from allotment.schemas import (
@@ -264,6 +265,23 @@ async def patch_account(
     return out
 
 
+async def _check_slurm_name(session: AsyncSession, path: str) -> None:
+    """Where Slurm pools exist, accounts are mirrored under flat names (``physics/lab-a`` is
+    ``physics.lab-a``): a new path may not take the Slurm name of another account (the
+    policy file's check says the same of the file's accounts)."""
+    pools = (await session.execute(select(Pool.backend).where(Pool.archived_at.is_(None)))).all()
+    if not any(backend == "slurm" for (backend,) in pools):
+        return
+    mine = slurm_account(path)
+    for (other,) in await session.execute(select(Account.path)):
+        if other != path and slurm_account(other) == mine:
+            raise Conflict(
+                f"'{path}' would be mirrored into Slurm as account '{mine}', which "
+                f"'{other}' already is (a path's '/' becomes '.'); choose a name without that "
+                "clash."
+            )
+
+
 @router.post("/accounts", response_model=AccountOut, status_code=201)
 async def create_account(body: AccountCreate, caller: CallerDep, state: StateDep) -> AccountOut:
     """Create a sub-account (managers of the parent or above; roots: administrators).
@@ -289,6 +307,7 @@ async def create_account(body: AccountCreate, caller: CallerDep, state: StateDep
         path = f"{parent.path}/{body.name}" if parent else body.name
         if len(path) > MAX_PATH:
             raise InvalidRequest(f"The path would be {len(path)} characters; at most {MAX_PATH}.")
+        await _check_slurm_name(session, path)
         taken = await repo.account_by_ref(session, body.name)
         if taken is not None and _restorable(taken, parent):
             out = _restore(session, taken, body, parent, caller.name, now)

@@ -270,6 +270,13 @@ class SlurmBackend(Backend):
             job = snap.jobs.get(job_id)
             if job is None and snap.taken_wall >= float(placement.get("submitted") or 0):
                 job = ((await self._sacct([job_id])) or {}).get(job_id)  # ended long ago
+            if job is not None and not _belongs(job, placement):
+                raise SlurmError(
+                    ["sbatch"],
+                    0,
+                    f"sbatch reported job {job_id}, which is {job.user}'s {job.name!r}, not "
+                    "this workload's: nothing is done to it",
+                )
             if job is not None and (
                 job.state in RUNNING or (job.state not in WAITING and job.started)
             ):
@@ -378,8 +385,9 @@ class SlurmBackend(Backend):
         name = str(placement["job_name"])
         created = float(placement.get("created", 0)) - 2.0  # sacct counts whole seconds
         snap = await self.snapshot.get(0.0)
+        user = str(placement.get("user") or "")
         for job in snap.by_name.get(name, []):
-            if job.submit >= created:
+            if job.submit >= created and _belongs(job, placement):
                 return job.job_id
         try:
             done = await self.runner.run(cmd.sacct_argv(names=[name], since=_sacct_since(created)))
@@ -387,7 +395,7 @@ class SlurmBackend(Backend):
             log.debug("sacct could not look for %s: %s", name, e)
             return None
         for job in cmd.parse_sacct(done.stdout):
-            if job.name == name and job.submit >= created:
+            if job.name == name and job.submit >= created and (not user or job.user == user):
                 return job.job_id
         return None
 
@@ -638,11 +646,17 @@ class SlurmBackend(Backend):
 
     async def _state(self, job_id: int) -> str | None:
         """The job's state now, read for it alone (stops wait on one job); None: unknown."""
+        found = await self._owned_state(job_id)
+        return found[0] if found else None
+
+    async def _owned_state(self, job_id: int) -> tuple[str, str, str] | None:
+        """The job's state, name and user now; None: unknown."""
         done = await self.runner.run(
-            ["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T"], check=False
+            ["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T|%j|%u"], check=False
         )
         text = done.stdout.decode(errors="replace").strip()
-        return text.split()[0] if text else None
+        parts = text.splitlines()[0].split("|") if text else []
+        return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
 
     async def _wait_left(self, job_id: int, seconds: float) -> bool:
         """Wait until the job is neither waiting nor running (completing included)."""
@@ -665,8 +679,24 @@ class SlurmBackend(Backend):
                 return
             jid = found
         job_id = int(jid)
-        state = await self._state(job_id)
-        if state is None or (state not in WAITING and state not in RUNNING):
+        seen = await self._owned_state(job_id)
+        if seen is None:
+            return
+        state, name, user = seen
+        if name != placement.get("job_name") or (
+            placement.get("user") and user != placement["user"]
+        ):
+            # The service signals as root: never a job that is not this workload's (a job id
+            # recorded from a tampered sbatch output, or a name another user imitated).
+            log.error(
+                "workload %s: job %s is %s's %r, not this workload's; it is not stopped",
+                workload,
+                job_id,
+                user,
+                name,
+            )
+            return
+        if state not in WAITING and state not in RUNNING:
             return
         if state in WAITING:
             await self._cancel(job_id, "end")
@@ -800,6 +830,13 @@ def _positions(jobs: Iterable[Job]) -> dict[int, int]:
         queue.sort(key=lambda j: (-j.priority, j.submit, j.job_id))
         out.update((j.job_id, i) for i, j in enumerate(queue, 1))
     return out
+
+
+def _belongs(job: Job, placement: Mapping[str, Any]) -> bool:
+    """Whether ``job`` is the one ``placement`` submitted: its name and its user (a name alone
+    can be imitated by anyone who may call ``sbatch``)."""
+    user = placement.get("user")
+    return job.name == placement.get("job_name") and (not user or not job.user or job.user == user)
 
 
 def _sacct_since(unix: float) -> str:

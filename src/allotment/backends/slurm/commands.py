@@ -217,14 +217,19 @@ def batch_script(spec: LaunchSpec, home: str, user: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+_SBATCH_ID = re.compile(r"(\d+)(?:;[A-Za-z0-9_.-]+)?")
+
+
 def parse_sbatch(stdout: bytes) -> int:
-    """The job id ``sbatch --parsable`` printed (``123`` or ``123;cluster``)."""
-    text = stdout.decode(errors="replace").strip().splitlines()
-    for line in reversed(text):
-        first = line.split(";")[0].strip()
-        if first.isdigit():
-            return int(first)
-    raise ValueError(f"sbatch printed no job id: {stdout[:200]!r}")
+    """The job id ``sbatch --parsable`` printed (``123`` or ``123;cluster``), and nothing
+    else: sbatch runs as the user, who could write into its output, so anything but exactly
+    one such line is refused rather than guessed at (the backend also checks the job it names
+    is the workload's before acting on it as root)."""
+    lines = [line.strip() for line in stdout.decode(errors="replace").splitlines() if line.strip()]
+    m = _SBATCH_ID.fullmatch(lines[0]) if len(lines) == 1 else None
+    if m is None:
+        raise ValueError(f"sbatch did not print one job id: {stdout[:200]!r}")
+    return int(m.group(1))
 
 
 # -- hostlists and exit statuses ----------------------------------------------------------------

@@ -714,11 +714,13 @@ def plan(want: Tree, have: Tree, has_usage: Collection[str], *, owner: str = OWN
                 )
             )
     for user in sorted(last):
-        # Slurm refuses to remove a user's last association (their default account) but
-        # removes the user whole.
+        # Slurm refuses to remove a user's last association (their default account) by
+        # account, but removes all of the user's on this cluster, and the user only where no
+        # other cluster of a shared slurmdbd has one (never ``name=`` alone: every cluster's).
         words = [f"remove user {user} from {a}" for a, u in sorted(leaving) if u == user]
         words = words or [f"remove user {user} (no account left)"]
-        out.append(Change(words[0], (*base, "delete", "user", f"name={user}"), tuple(words[1:])))
+        argv = (*base, "delete", "user", "where", f"name={user}", c)
+        out.append(Change(words[0], argv, tuple(words[1:])))
     return out + removals
 
 
