@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -73,6 +74,33 @@ class Completed:
     seconds: float
 
 
+def untrusted(path: str) -> str | None:
+    """Why root must not run or read ``path`` (a Slurm program, ``slurm.conf``), or None.
+
+    The service runs Slurm's commands as root with the policy's ``slurm.bin_dir`` and
+    ``slurm.conf``: a file or directory on the way that someone else may write would let them
+    choose what root runs (a program, a ``PluginDir``). Each must belong to root (or the
+    service's own user) and be writable by nobody else; a directory writable by all is allowed
+    only with its sticky bit (``/tmp``, ``/var/tmp``), where others cannot replace what is
+    root's."""
+    me = os.geteuid()
+    here = os.path.abspath(path)
+    while True:
+        try:
+            st = os.stat(here)
+        except OSError as e:
+            return f"{here}: {e.strerror}"
+        sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if st.st_uid not in (0, me):
+            return f"{here} belongs to uid {st.st_uid}, not to root"
+        if st.st_mode & 0o022 and not (sticky and here != os.path.abspath(path)):
+            return f"{here} may be written by others (mode {stat.S_IMODE(st.st_mode):o})"
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
 def unreachable(stderr: str) -> bool:
     """Whether Slurm's message says its controller (or database daemon) did not answer."""
     low = stderr.lower()
@@ -108,17 +136,29 @@ class SlurmRunner:
         if found is not None:
             return found
         dirs = [self.bin_dir] if self.bin_dir else [DEFAULT_BIN]
+        found = None
         for d in dirs:
             path = os.path.join(d, name)
             if os.access(path, os.X_OK):
-                self._programs[name] = path
-                return path
-        which = None if self.bin_dir else shutil.which(name)
-        if which is None:
-            where = self.bin_dir or f"{DEFAULT_BIN} or PATH"
-            raise SlurmUnavailable(f"{name} is not installed here (looked in {where})")
-        self._programs[name] = os.path.abspath(which)
-        return self._programs[name]
+                found = path
+                break
+        if found is None:
+            which = None if self.bin_dir else shutil.which(name)
+            if which is None:
+                where = self.bin_dir or f"{DEFAULT_BIN} or PATH"
+                raise SlurmUnavailable(f"{name} is not installed here (looked in {where})")
+            found = os.path.abspath(which)
+        for checked in (found, *([self.conf] if self.conf else [])):
+            why = untrusted(checked)
+            if why is not None:
+                raise SlurmError(
+                    (name,),
+                    1,
+                    f"refusing to run Slurm's {name} as the service: {why}. Make it root's and "
+                    "writable by root alone (slurm.bin_dir and slurm.conf in the policy).",
+                )
+        self._programs[name] = found
+        return found
 
     def environment(self, user: PosixAccount | None = None) -> dict[str, str]:
         """The whole environment of a command: nothing of the service's."""
