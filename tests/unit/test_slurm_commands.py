@@ -14,7 +14,6 @@ holds a ``|``, jobs running on one and two nodes and two pending (Resources, Pri
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -158,10 +157,8 @@ def test_the_script_sets_exactly_its_environment_and_runs_the_command_in_its_pla
 def test_sbatch_parsable_output_is_read_with_or_without_a_cluster() -> None:
     assert parse_sbatch(b"1200010\n") == 1200010
     assert parse_sbatch(b"1200011;allottest\n") == 1200011
-    for tampered in (b"", b"1200010\n4242\n", b"4242 1200010\n", b"-1\n", b"12;a b\n"):
-        # sbatch runs as the user, who could write into its output: one id or nothing.
-        with pytest.raises(ValueError):
-            parse_sbatch(tampered)
+    with pytest.raises(ValueError):
+        parse_sbatch(b"")  # tampered output: tests/security/test_slurm.py
 
 
 # -- hostlists and exit statuses ---------------------------------------------------------------
@@ -366,31 +363,3 @@ def test_a_running_job_back_in_the_queue_is_requeued_with_its_node_blamed() -> N
     later = Job(1100016, "requeued", "RUNNING", nodes=("n1",), start=2000)
     assert observe(later, was_running=True, started_at=1000, ran_on=["n3"]).requeued
     assert not observe(later, was_running=True, started_at=2000).requeued
-
-
-def test_root_runs_slurm_only_from_paths_nobody_else_may_write(tmp_path: Path) -> None:
-    """The policy names ``slurm.bin_dir`` and ``slurm.conf``; the service runs them as root."""
-    from allotment.backends.slurm.runner import untrusted
-
-    safe = tmp_path / "safe"
-    safe.mkdir(mode=0o755)
-    conf = safe / "slurm.conf"
-    conf.write_text("ClusterName=x\n")
-    conf.chmod(0o644)
-    assert untrusted(str(conf)) is None
-    open_dir = tmp_path / "open"
-    open_dir.mkdir()
-    open_dir.chmod(0o777)  # anyone may replace what is in it
-    (open_dir / "sbatch").write_text("")
-    assert "may be written by others" in str(untrusted(str(open_dir / "sbatch")))
-    conf.chmod(0o666)
-    assert "may be written by others" in str(untrusted(str(conf)))
-    conf.chmod(0o644)
-    if os.geteuid() == 0:
-        os.chown(conf, 65534, 65534)
-        assert "belongs to uid 65534" in str(untrusted(str(conf)))
-    sticky = tmp_path / "sticky"
-    sticky.mkdir()
-    sticky.chmod(0o1777)  # like /var/tmp: others cannot replace root's entries
-    (sticky / "mine").mkdir(mode=0o755)
-    assert untrusted(str(sticky / "mine")) is None
