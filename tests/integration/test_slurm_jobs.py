@@ -188,7 +188,7 @@ def test_two_nodes_run_one_srun_task_on_each(
     assert (w["status"], w["exit_code"], w["nodes"]) == ("stopped", 0, 2), w
     hosts = svc.allot(alice, "logs", str(wid)).stdout.split()
     assert len(hosts) == 2 and len(set(hosts)) == 2 and set(hosts) <= set(slurm_cluster.nodes)
-    (job,) = sacct(slurm_cluster, svc, wid)
+    (job,) = wait_for(lambda: sacct(slurm_cluster, svc, wid), 30, what="sacct to know it")
     assert job["NNodes"] == "2"
     # The size is per node, as in Slurm: the workload holds (and is charged) both.
     assert w["cpus"] == 2
