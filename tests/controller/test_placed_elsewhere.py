@@ -175,3 +175,23 @@ async def test_an_account_made_through_the_api_may_not_take_anothers_slurm_name(
         r = await c.post("accounts", json={"name": "y", "parent": "lab/x"})
     assert r.status_code == 409
     assert "Slurm as account 'lab.x.y', which 'lab/x.y' already is" in r.json()["detail"]
+
+
+async def test_work_that_started_and_ended_between_two_looks_ran_and_is_charged(
+    fast: Fast, backend: Queues
+) -> None:
+    """A short job Slurm started and ended before the controller looked again: it is
+    recorded as having run (started, then ended with its exit status), never as a job that
+    ended in the queue, and its run is charged."""
+    backend.watches = False  # nobody is told until the controller looks
+    wid = await fast.submit("work")
+    await fast.eventually(wid, lambda w: w["reason"] == backend.waiting)
+    backend.begin(wid, "n3")
+    fast.clock.advance(30)
+    backend.finish(wid, 0)
+    await fast.abandon()
+    await fast.restart()  # looks again: finds it queued in its records, ended in the backend
+    await fast.until(wid, "running")
+    await fast.poll_once()
+    w = await fast.until(wid, "stopped")
+    assert (w["exit_code"], w["node"]) == (0, "n3") and w["started_at"] is not None

@@ -447,13 +447,16 @@ class Queues(FakeBackend):
             if wid in self.queued:
                 yield self._queued(resume)
                 return
-            if p is not None and p.alive:
-                node = self._nodes[wid]
-                found = {**resume, "pid": p.pid, "node": node, "host": f"{node}.fake"}
-                found.pop("waiting", None)
-                yield {**found, "queued": False, "running": False}
-                yield {**found, "queued": False, "running": True}
+            if p is None:
+                yield self._queued(resume)  # gone before it started: ``poll`` tells its end
                 return
+            # It started (and may have ended since: it ran all the same).
+            node = self._nodes[wid]
+            found = {**resume, "pid": p.pid, "node": node, "host": f"{node}.fake"}
+            found.pop("waiting", None)
+            yield {**found, "queued": False, "running": False}
+            yield {**found, "queued": False, "running": True}
+            return
         self.attempts[wid] = 1
         workdir = spec.workdir or "/home/" + spec.user
         placement: dict[str, Any] = {

@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Concatenate, ParamSpec
 
 from sqlalchemy import Connection, bindparam, select
@@ -131,6 +131,20 @@ def launch_spec(row: Row) -> LaunchSpec:
     )
 
 
+#: How far back a backend's own start time is believed (a job Slurm started before it was
+#: seen): within the meter's slack, so that the run is still found and charged from there.
+START_BELIEVED = timedelta(minutes=4)
+
+
+def _started(placement: Placement | None, now: datetime) -> datetime:
+    """When it started: the backend's word where it gives one (``"started_at"``, Unix
+    seconds: Slurm's start, up to a poll interval before it was seen), else now."""
+    at = (placement or {}).get("started_at")
+    if not isinstance(at, int | float) or at <= 0:
+        return now
+    return min(now, max(datetime.fromtimestamp(at, tz=now.tzinfo), now - START_BELIEVED))
+
+
 class _Moved(Exception):
     """The workload moved on before a write that expected it where it was: roll it back."""
 
@@ -210,14 +224,19 @@ class Reconciler:
         if target >= S.STOPPING or status == S.STOPPING:
             await self._stop(row, backend)
         elif status == S.STARTING and (w.placement or {}).get("queued"):
-            # Waiting in the backend's own queue: ended there before it started (cancelled in
-            # Slurm, failed at launch), or resumed, which finds it and never submits again.
-            seen = (await backend.poll({w.id: w.placement or {}}))[w.id]
-            if not seen.alive:
-                await self._ended(row, backend, seen, S.STARTING)
-                return None
+            # Waiting in the backend's own queue: resumed, which never submits again and says
+            # whether it started (even where it has ended since: it ran, so it is recorded
+            # running, with the backend's start, and charged); one that ended there before it
+            # started (cancelled in Slurm, failed at launch) ends here.
             placement = await self._start(row, backend)
-            return None if placement is None else (backend, placement)
+            if placement is None:
+                return None
+            if placement.get("queued"):
+                seen = (await backend.poll({w.id: placement}))[w.id]
+                if not seen.alive:
+                    await self._ended(row, backend, seen, S.STARTING)
+                    return None
+            return backend, placement
         elif status in (S.ADMITTED, S.STARTING):
             placement = await self._start(row, backend)
             if placement is None and primed is not None:
@@ -316,8 +335,15 @@ class Reconciler:
             return placement
         node = str(placement.get("node") or "") if placement is not None else ""
         where = node or w.node
+        now = self.clock.now()
         await self._write(
-            to_running, w.id, f"running on {where}", self.clock.now(), placement, node or None
+            to_running,
+            w.id,
+            f"running on {where}",
+            _started(placement, now),
+            placement,
+            node or None,
+            now,
         )
         failpoint("running")
         if placement is not None:

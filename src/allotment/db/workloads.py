@@ -138,17 +138,20 @@ def to_running(
     now: datetime,
     placement: Mapping[str, Any] | None = None,
     node: str | None = None,
+    updated: datetime | None = None,
 ) -> bool:
     """STARTING → RUNNING, with the running workload's placement where the backend gave one,
     and the node it chose where it places work itself. Not guarded on the target: a workload
-    told to stop while starting is running all the same, and is stopped from there."""
+    told to stop while starting is running all the same, and is stopped from there.
+    ``now`` is when it started (a backend that places work itself may say it started a
+    moment before it was seen); ``updated``, when this is written (default: ``now``)."""
     values: dict[str, Any] = {
         "status": int(S.RUNNING),
         "started_at": now,
         "reason": reason,
         "position": None,
         "expected_start": None,
-        "updated_at": now,
+        "updated_at": updated or now,
     }
     if placement is not None:
         values["placement"] = dict(placement)
