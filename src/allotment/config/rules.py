@@ -9,7 +9,6 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from allotment.backends.slurm.names import slurm_account
 from allotment.config.models import Policy, PoolSpec, QuotaSpec, SizeSpec
 from allotment.config.resolve import (
     account_paths,
@@ -21,6 +20,7 @@ from allotment.config.resolve import (
 from allotment.domain.accounts import find_cycle
 from allotment.domain.quantities import format_bytes
 from allotment.domain.resources import Resources
+from allotment.domain.slurm import slurm_account
 
 __all__ = ["Finding", "check"]
 
@@ -184,7 +184,7 @@ def _check_pools(policy: Policy) -> list[Finding]:
 
 
 def _check_slurm_names(policy: Policy) -> list[Finding]:
-    """Accounts are mirrored into Slurm as flat names (``backends/slurm/names.py``): two
+    """Accounts are mirrored into Slurm as flat names (``domain/slurm.py``): two
     paths that would share one name cannot both be."""
     if not any(p.backend == "slurm" for p in policy.pools.values()):
         return []

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from allotment.backends.local.posix import legacy_unix_name, mark, refusal, unix_name
+from allotment.backends.identity import legacy_unix_name, mark, refusal, unix_name
 from allotment.backends.slurm.mirror import (
     OWNER,
     AccountRow,

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from allotment.backends.local.posix import refusal
+from allotment.backends.identity import refusal
 from allotment.backends.slurm import names
 from allotment.backends.slurm.usage import (
     SOURCE,

@@ -15,11 +15,11 @@ from sqlalchemy.orm import aliased
 
 from allotment.api.deps import Caller, CallerDep, StateDep
 from allotment.api.views import account_out
-from allotment.backends.slurm.names import slurm_account
 from allotment.db import repository as repo
 from allotment.db.audit import record
 from allotment.db.tables import Account, Membership, Pool, User
 from allotment.domain.accounts import is_within
+from allotment.domain.slurm import slurm_account
 from allotment.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from allotment.schemas import (
     AccountArchived,

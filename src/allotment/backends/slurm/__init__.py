@@ -1,5 +1,2 @@
 """The Slurm backend: Slurm places and starts the work of its pools' partitions; Allotment
-admits it on policy, submits it as each user, follows it, mirrors accounts and imports usage.
-
-Keep this module free of imports: ``config.rules`` imports ``names`` from here, and the
-backend itself imports the configuration."""
+admits it on policy, submits it as each user, follows it, mirrors accounts and imports usage."""
