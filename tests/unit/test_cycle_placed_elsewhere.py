@@ -85,3 +85,18 @@ def test_admitted_work_never_exceeds_the_users_limit(
     assert all(d.node == "" for d in out if isinstance(d, Admit))
     assert busy + sum(sizes[i] for i in admitted) <= max(limit, busy)
     assert {d.workload for d in out} == set(range(len(sizes)))
+
+
+def test_what_is_admitted_counts_against_the_budget_of_the_next() -> None:
+    # One CPU for 100 s costs 100/3600 at 1 an hour: room for one and a half.
+    budget = BudgetLimit("a", None, left=1.5 * 100 / 3600, reason="a has spent its budget")
+    out = schedule(
+        snapshot(
+            [pending(1), pending(2)],
+            placed_elsewhere=ELSEWHERE,
+            budgets=[budget],
+            rates={"p": Rates(cpu=1.0)},
+        )
+    )
+    assert out[0] == Admit(1, "")
+    assert isinstance(out[1], Hold)

@@ -273,3 +273,18 @@ def test_the_size_is_per_node_and_the_workload_holds_the_total() -> None:
     )
     w = sub.workload
     assert (w.nodes, w.millicpus, w.memory) == (3, 6000, 3 * G)
+
+
+def test_only_a_slurm_pool_takes_a_multi_node_job() -> None:
+    elsewhere = Pool(4, "other", tuple(Node(f"n{i}", Resources.of(4, 8 * G)) for i in (1, 2)))
+    catalog = Catalog(CATALOG.accounts, {"other": elsewhere}, {})
+    with pytest.raises(InvalidRequest) as e:
+        submission(
+            Body(account="physics/lab-a", pool="other", cpus=1, memory="1G", nodes=2),
+            MEMBER,
+            catalog,
+            NOW,
+            None,
+            lambda pool, path: None,
+        )
+    assert "runs each workload on one machine (local)" in str(e.value)
