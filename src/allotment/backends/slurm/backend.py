@@ -864,6 +864,10 @@ def _call(callback: Callable[[int], None], workload: int) -> None:
         log.exception("watch callback for workload %d", workload)
 
 
+#: Where Slurm's commands read their configuration when nothing else says (Debian's).
+DEFAULT_CONF = "/etc/slurm/slurm.conf"
+
+
 def slurm_backend(policy: Policy, data_dir: Path, installation: str) -> SlurmBackend | None:
     """The backend for the policy's Slurm pools, or None when it has none."""
     pools = {
@@ -873,6 +877,18 @@ def slurm_backend(policy: Policy, data_dir: Path, installation: str) -> SlurmBac
     }
     if not pools:
         return None
+    settings = policy.slurm
+    conf = settings.conf or os.environ.get("SLURM_CONF") or DEFAULT_CONF
+    if not os.path.exists(conf):
+        # No cluster configured on this machine: its pools wait, saying which backend this
+        # service does not run, rather than fail every start.
+        log.warning(
+            "pools %s use Slurm, but there is no %s here (slurm.conf in the policy); they "
+            "wait until a service with Slurm runs them",
+            ", ".join(sorted(pools)),
+            conf,
+        )
+        return None
     models = {
         node.name: next(iter(node.gpus))
         for name, spec in policy.pools.items()
@@ -880,7 +896,6 @@ def slurm_backend(policy: Policy, data_dir: Path, installation: str) -> SlurmBac
         for node in spec.nodes
         if len(node.gpus) == 1
     }
-    settings = policy.slurm
     runner = SlurmRunner(settings.conf, settings.bin_dir, float(settings.command_timeout))
     accounts = PosixAccounts(existing=policy.identity.existing_accounts)
     return SlurmBackend(
