@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from allotment.backends.fake import FakeBackend
+from allotment.backends.local.posix import PosixAccount
 from allotment.backends.slurm.runner import Completed, SlurmRunner, SlurmUnavailable
 from tests.controller.conftest import Fast
 
@@ -52,7 +53,7 @@ class FakeSlurm(SlurmRunner):
         self,
         argv: Sequence[str],
         *,
-        user: str | None = None,
+        user: PosixAccount | None = None,
         stdin: bytes | None = None,
         check: bool = True,
     ) -> Completed:

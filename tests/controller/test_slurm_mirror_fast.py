@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pwd
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,6 @@ import pytest
 
 from allotment.backends.identity import mark, unix_name
 from allotment.backends.slurm.runner import Completed, SlurmUnavailable
-from allotment.controller import slurm_mirror
 from allotment.controller.slurm_mirror import SlurmMirror
 from tests.controller.conftest import Fast
 
@@ -75,8 +76,9 @@ def fake_getpwnam(name: str) -> FakePasswd:
 @pytest.fixture(autouse=True)
 def accounts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Root's view of the hub users' POSIX accounts, without creating any."""
-    monkeypatch.setattr(slurm_mirror.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(slurm_mirror.pwd, "getpwnam", fake_getpwnam)
+    # ``slurm_mirror`` calls these through the modules: patched there, for this test only.
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(pwd, "getpwnam", fake_getpwnam)
 
 
 @dataclass

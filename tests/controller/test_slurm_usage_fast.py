@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pwd
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +21,6 @@ from sqlalchemy import func, select, update
 from allotment.backends.identity import mark
 from allotment.backends.slurm.runner import Completed, SlurmUnavailable
 from allotment.backends.slurm.usage import SOURCE
-from allotment.controller import slurm_usage
 from allotment.controller.slurm_usage import SlurmUsageImport
 from allotment.db.tables import Account, LedgerEntry, User, Workload
 from tests.controller.conftest import Fast
@@ -76,7 +76,7 @@ def fake_getpwnam(name: str) -> FakePasswd:
 
 @pytest.fixture(autouse=True)
 def accounts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(slurm_usage.pwd, "getpwnam", fake_getpwnam)
+    monkeypatch.setattr(pwd, "getpwnam", fake_getpwnam)  # as ``slurm_usage`` calls it
 
 
 @dataclass
