@@ -199,6 +199,8 @@ class SlurmBackend(Backend):
         self._nodes_read = float("-inf")
         #: Workloads watched: (placement, callback, what was last seen of them).
         self._watched: dict[int, tuple[Placement, Callable[[int], None], tuple[Any, ...]]] = {}
+        #: When each watched workload's state was last handed on (``ESTIMATES_EVERY``).
+        self._told: dict[int, float] = {}
         self._watcher: asyncio.Task[None] | None = None
         #: Ended jobs read in full (``_ends``), by job id.
         self._ended: dict[int, Job] = {}
@@ -586,6 +588,7 @@ class SlurmBackend(Backend):
         if placement.get("job_id") is None:
             return
         self._watched[workload] = (placement, ended, self._signature(placement))
+        self._told[workload] = time.monotonic()
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
@@ -614,7 +617,16 @@ class SlurmBackend(Backend):
                 if seen is None:
                     gone.append(w)
                     continue
+                if (
+                    seen[:2] == before[:2]
+                    and time.monotonic() - self._told.get(w, 0.0) < ESTIMATES_EVERY
+                ):
+                    # Only its expected start or place moved: said every ESTIMATES_EVERY, not
+                    # every cycle (each is a reconcile and a write; with hundreds queued
+                    # behind a moving head they took a core).
+                    continue
                 self._watched[w] = (p, callback, seen)
+                self._told[w] = time.monotonic()
                 _call(callback, w)
             if gone:
                 # Their ends, read in full in one sacct for all of them, before anyone asks:
@@ -630,6 +642,7 @@ class SlurmBackend(Backend):
                         await self._ends(list(ended), ended)
             for w in gone:
                 _p, callback, _ = self._watched.pop(w)
+                self._told.pop(w, None)
                 _call(callback, w)
             await asyncio.sleep(self.poll_interval)
 
@@ -729,6 +742,7 @@ class SlurmBackend(Backend):
         if placement.get("job_id") is not None:
             self._ended.pop(int(placement["job_id"]), None)
         self._watched.pop(workload, None)
+        self._told.pop(workload, None)
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -863,6 +877,10 @@ def _call(callback: Callable[[int], None], workload: int) -> None:
     except Exception:
         log.exception("watch callback for workload %d", workload)
 
+
+#: Seconds between two reports of a queued job whose expected start or place alone moved (as
+#: the scheduler projects its own held work on a slower timer than it decides).
+ESTIMATES_EVERY = 30.0
 
 #: Where Slurm's commands read their configuration when nothing else says (Debian's).
 DEFAULT_CONF = "/etc/slurm/slurm.conf"
