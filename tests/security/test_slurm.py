@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +21,11 @@ from allotment.backends.slurm.backend import SlurmBackend
 from allotment.backends.slurm.commands import parse_sbatch
 from allotment.backends.slurm.runner import untrusted
 from allotment.domain.resources import Resources
-from tests.backends.conftest import ROOT, new_id, slurm_backend, slurm_conf
+from tests.backends.conftest import new_id, slurm
 
-__all__ = ["new_id"]  # the fixture, for the tests below
+__all__ = ["new_id", "slurm"]  # the fixtures, for the tests below
 
 MIB = 2**20
-
-
-@pytest.fixture
-async def slurm(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SlurmBackend]:
-    if not ROOT:
-        pytest.skip("the Slurm backend submits as each user's POSIX account: needs root")
-    b = slurm_backend(slurm_conf(request), tmp_path / "state")
-    try:
-        yield b
-    finally:
-        for wid in await b.present():
-            await b.reap(wid)
-        await b.close()
 
 
 def spec(wid: int, command: list[str], workdir: Path, **kw: Any) -> LaunchSpec:
