@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from allotment.backends.identity import mark, unix_name
-from allotment.backends.slurm.runner import Completed, SlurmUnavailable
+from allotment.backends.slurm.runner import Completed, SlurmError, SlurmUnavailable
 from allotment.controller.slurm_mirror import SlurmMirror
 from tests.controller.conftest import Fast
 
@@ -96,6 +96,8 @@ class FakeSacctmgr:
     )
     commands: list[tuple[str, ...]] = field(default_factory=list)
     down: bool = False
+    #: Users whose ``add user`` Slurm refuses (as it does a user slurmctld does not know).
+    refused: set[str] = field(default_factory=set)
 
     async def run(
         self,
@@ -109,6 +111,8 @@ class FakeSacctmgr:
         self.commands.append(argv)
         if self.down:
             raise SlurmUnavailable("sacctmgr: error: Unable to connect to database")
+        if argv[2:4] == ("add", "user") and argv[4] in self.refused:
+            raise SlurmError(argv, 1, f" There is no uid for user '{argv[4]}'")
         return Completed(argv, 0, self.answer(argv).encode(), b"", 0.01)
 
     def changes(self) -> list[tuple[str, ...]]:
@@ -249,3 +253,18 @@ async def test_slurm_unavailable_is_said_once_and_the_pass_tried_again(
             await asyncio.wait([task], timeout=0.05)
     assert said(caplog, "Slurm answers again: accounts are mirrored")
     assert len(slurm.changes()) == 5
+
+
+async def test_a_refused_command_is_logged_and_the_others_are_done(
+    fast: Fast, caplog: pytest.LogCaptureFixture
+) -> None:
+    grace = unix_name("grace")
+    slurm = FakeSacctmgr(refused={grace})
+    mirror = SlurmMirror(fast.controller.db, fast.clock, INSTALLATION, slurm)  # type: ignore[arg-type]
+    done = await mirror.sync_once()
+    assert f"add user {grace} to physics.hep" not in done
+    assert f"add user {unix_name('ada')} to physics.astro" in done
+    assert said(caplog, f"could not add user {grace} to physics.hep")
+    slurm.refused.clear()  # the next pass adds what is still missing, and only that
+    slurm.commands.clear()
+    assert await mirror.sync_once() == [f"add user {grace} to physics.hep"]
