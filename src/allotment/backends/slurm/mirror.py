@@ -337,6 +337,10 @@ def _budgets(
     return out
 
 
+#: The largest ``GrpTRESMins`` mirrored (2**53: the largest whole number a float holds exactly).
+MOST_MINUTES = float(2**53)
+
+
 def _budget_minutes(
     policy: Policy, pools: Sequence[str], money: float, cap: QuotaSpec | None
 ) -> dict[str, int]:
@@ -364,8 +368,10 @@ def _budget_minutes(
     out: dict[str, int] = {}
     for key, (n, r) in parts.items():
         if r > 0 and n > 0:
-            minutes = n * hours * 60
-            out[key] = math.floor(minutes * 1024 if key == "mem" else minutes)  # mem in MiB
+            minutes = n * hours * 60 * (1024 if key == "mem" else 1)  # mem in MiB-minutes
+            # A price so small that the budget buys more than Slurm can count (or infinitely
+            # much) is as good as no limit: the largest whole number a float holds exactly.
+            out[key] = math.floor(min(minutes, MOST_MINUTES))
     return out
 
 
