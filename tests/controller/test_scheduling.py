@@ -104,6 +104,7 @@ async def test_a_job_after_another_waits_for_its_success(fast: Fast) -> None:
         "pending",
         f"waiting for workload {first} to end successfully",
     )
+    await fast.until(first, "running")  # held back from the queue is not yet started
     fast.backend.finish(first, 0)
     await fast.until(then, "running")
 
