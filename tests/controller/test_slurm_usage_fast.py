@@ -138,6 +138,7 @@ async def test_recorded_jobs_are_charged_once(fast: Fast) -> None:
 
 async def test_a_job_of_a_workload_is_not_imported_one_named_like_it_is(fast: Fast) -> None:
     wid = await fast.submit("work", account="astro")
+    await fast.until(wid, "running")  # its start written: the placement set below stays
     async with fast.controller.db.write() as s:
         await s.execute(
             update(Workload).where(Workload.id == wid).values(placement={"job_id": 1100002})
