@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from allotment.config import rules
 from allotment.config.models import Policy
 from allotment.config.resolve import account_paths, profile_gpus, resolve_account
 from allotment.db.audit import record
@@ -115,9 +114,8 @@ async def apply_policy(
 async def identity_warnings(session: AsyncSession, policy: Policy) -> list[str]:
     """What ``policy`` changes for hub users who ran as existing POSIX accounts of their own
     name (as every version before this rule did): without ``identity.existing_accounts``,
-    their next workloads run as accounts Allotment creates instead. With it, what else the
-    policy allows but is worth a word (``config.rules.advice``)."""
-    advice = rules.advice(policy)
+    their next workloads run as accounts Allotment creates instead."""
+    advice: list[str] = []
     if policy.identity.existing_accounts is not None:
         return advice
     rows = await session.execute(

@@ -9,9 +9,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from allotment.api.deps import AppState, CallerDep, StateDep
+from allotment.backends.slurm.backend import slurm_configured
 from allotment.backends.slurm.mirror import SINFO_FORMAT, pool_drift
 from allotment.backends.slurm.runner import SlurmError, SlurmUnavailable
-from allotment.config import parse_policy
+from allotment.config import parse_policy, rules
 from allotment.config.models import Policy
 from allotment.controller.slurm_mirror import (
     Inputs,
@@ -74,6 +75,8 @@ async def put_policy(body: PolicyIn, caller: CallerDep, state: StateDep) -> Appl
                 session, policy, actor=caller.name, now=state.clock.now()
             )
             warnings = await identity_warnings(session, policy)
+            if slurm_configured(policy):
+                warnings += rules.advice(policy)  # what Slurm pools need of the site
             if mirrored(policy):
                 # What the database would hold, read inside the apply (a dry run included).
                 inputs = await session.run_sync(read_inputs, policy)
@@ -98,8 +101,8 @@ async def _mirror(
     """Slurm's side of an apply: the ``sacctmgr`` changes it needs (made, unless ``run`` is
     False), as ``slurm: …`` lines, and a warning where Slurm cannot be asked now (the
     controller's mirror makes them when it answers)."""
-    if inputs is None:
-        return [], []
+    if inputs is None or not slurm_configured(inputs.policy):
+        return [], []  # no Slurm here: its pools wait, nothing to mirror
     runner = runner_for(inputs.policy)
     later: list[str] = []
     try:
@@ -154,8 +157,8 @@ async def slurm_drift(caller: CallerDep, state: StateDep) -> SlurmDrift:
     try:
         changes, want, _ = await slurm_plan(inputs, runner, _owner(state))
         sinfo = await runner.run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT])
-    except SlurmUnavailable as e:
-        raise InvalidRequest(f"Slurm does not answer: {e}") from None
+    except (SlurmUnavailable, SlurmError) as e:
+        raise InvalidRequest(f"Slurm could not be asked: {e}") from None
     accounts = [line for c in changes if c.argv for line in c.lines] if policy.slurm.mirror else []
     conflicts = [c.line for c in changes if not c.argv] if policy.slurm.mirror else []
     pools = pool_drift(policy, sinfo.stdout.decode())

@@ -886,6 +886,17 @@ ESTIMATES_EVERY = 30.0
 DEFAULT_CONF = "/etc/slurm/slurm.conf"
 
 
+def slurm_conf(policy: Policy) -> str:
+    """The ``slurm.conf`` Slurm's commands read for ``policy``."""
+    return policy.slurm.conf or os.environ.get("SLURM_CONF") or DEFAULT_CONF
+
+
+def slurm_configured(policy: Policy) -> bool:
+    """Whether this machine has the Slurm cluster the policy's Slurm pools name (its
+    ``slurm.conf``): without it they wait, and nothing is mirrored or said of Slurm."""
+    return os.path.exists(slurm_conf(policy))
+
+
 def slurm_backend(policy: Policy, data_dir: Path, installation: str) -> SlurmBackend | None:
     """The backend for the policy's Slurm pools, or None when it has none."""
     pools = {
@@ -896,7 +907,7 @@ def slurm_backend(policy: Policy, data_dir: Path, installation: str) -> SlurmBac
     if not pools:
         return None
     settings = policy.slurm
-    conf = settings.conf or os.environ.get("SLURM_CONF") or DEFAULT_CONF
+    conf = slurm_conf(policy)
     if not os.path.exists(conf):
         # No cluster configured on this machine: its pools wait, saying which backend this
         # service does not run, rather than fail every start.
