@@ -290,11 +290,15 @@ async def test_running_jobs_are_measured_in_one_sstat(
     while True:
         seen = await slurm.measure(placements)
         got = seen.get(busy)
-        if got is not None and (got.peak_memory or 0) >= 80 * MIB and (got.cpu_seconds or 0) >= 1:
+        busy_seen = (
+            got is not None and (got.peak_memory or 0) >= 80 * MIB and (got.cpu_seconds or 0) >= 1
+        )
+        # A start ends queued: the idle job may begin a Slurm scheduling pass after the busy one.
+        if busy_seen and idle in seen:
             break
         assert time.monotonic() < deadline, f"not measured: {seen}"
         await asyncio.sleep(1)
     assert slurm.runner.calls["sstat"] - before >= 1
-    assert idle in seen and (seen[idle].peak_memory or 0) < 80 * MIB
+    assert (seen[idle].peak_memory or 0) < 80 * MIB
     for w, p in placements.items():
         await slurm.stop(w, p, grace=5)
