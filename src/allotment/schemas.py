@@ -17,6 +17,15 @@ __all__ = [
     "AccountOut",
     "AccountPatch",
     "AuditOut",
+    "DaskAdapt",
+    "DaskClusterCreate",
+    "DaskClusterOut",
+    "DaskCredentials",
+    "DaskScale",
+    "DaskSchedulerOrders",
+    "DaskSchedulerReport",
+    "DaskWorkerSize",
+    "MeterCluster",
     "ApplyResult",
     "FieldProblem",
     "Me",
@@ -427,6 +436,8 @@ class MeterOut(_Out):
     #: When it will be stopped by its maximum runtime, if it has one.
     stops_at: datetime | None
     warnings: list[str]
+    #: Dask clusters the session owns, running: their workers and cost per hour.
+    clusters: list[MeterCluster] = []
 
 
 class UsageRowOut(_Out):
@@ -522,3 +533,153 @@ class BudgetOut(_Out):
     )
     blocked: bool = Field(description="Spent (with any overdraft): new work is held.")
     reason: str | None = Field(description="What a held workload is told; empty unless blocked.")
+
+
+# --- Dask clusters (allotment.dask.AllotmentCluster, `allot dask`, api/routes/dask.py) ---
+
+DaskClusterState = Literal["starting", "running", "stopping", "stopped", "failed"]
+
+
+class DaskAdapt(BaseModel):
+    """Adaptive bounds: the scheduler asks for workers as its load needs, within these."""
+
+    model_config = ConfigDict(extra="forbid")
+    minimum: int = Field(0, ge=0, le=10_000)
+    maximum: int = Field(ge=0, le=10_000)
+
+
+class DaskScale(BaseModel):
+    """A fixed number of workers (ends adaptive scaling)."""
+
+    model_config = ConfigDict(extra="forbid")
+    workers: int = Field(ge=0, le=10_000)
+
+
+class DaskClusterCreate(BaseModel):
+    """A new Dask cluster. Its workers' size starts from a profile and may be adjusted within
+    its options, as a session's."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Text | None = Field(
+        None, max_length=63, description="Unique among your running clusters. Default: made up."
+    )
+    account: Text | None = Field(None, max_length=1000, description="Account to charge.")
+    profile: Text | None = Field(
+        None, max_length=255, description="Workers' profile. Default: the policy's `dask.profile`."
+    )
+    cpus: float | None = Field(None, gt=0, le=100_000, description="CPUs of each worker.")
+    memory: NumberOrText | None = Field(None, description="Memory of each worker, e.g. `4G`.")
+    gpus: int | None = Field(None, ge=0, le=4096, description="GPUs of each worker.")
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="Threads of each worker. Default: its CPUs, rounded up."
+    )
+    python: Text = Field(
+        max_length=4096,
+        description="Absolute path of the interpreter the scheduler and workers run: the "
+        "notebook's own (`sys.executable`), so that they have its packages.",
+    )
+    versions: dict[Annotated[Text, Field(max_length=64)], Annotated[Text, Field(max_length=64)]] = (
+        Field(
+            {},
+            max_length=16,
+            description="The client's versions of `python`, `dask` and `distributed`: the "
+            "scheduler and workers must match them.",
+        )
+    )
+    workers: int = Field(0, ge=0, le=10_000, description="Workers to start with.")
+    adapt: DaskAdapt | None = Field(None, description="Scale adaptively within these bounds.")
+    shutdown_on_close: bool = Field(
+        True, description="Stop it when its client stops heartbeating. False: it outlives it."
+    )
+    session: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_ID,
+        description="Your session (its workload id, `ALLOT_WORKLOAD_ID`) that owns it: the "
+        "cluster stops when that session ends.",
+    )
+
+
+class DaskWorkerSize(_Out):
+    cpus: float
+    memory: int
+    gpus: int
+    threads: int
+
+
+class DaskClusterOut(_Out):
+    id: int
+    name: str
+    user: str
+    account: str
+    profile: str
+    state: DaskClusterState
+    reason: str
+    worker: DaskWorkerSize
+    #: Workers asked for (by `scale`, or by the scheduler within `adapt`).
+    workers: int
+    adapt: DaskAdapt | None
+    #: Workers running, and asked for but not yet running (waiting in the queue or starting).
+    running: int
+    requested: int
+    #: Why the first waiting worker waits, and when it is expected to start.
+    waiting_reason: str | None = None
+    expected_start: datetime | None = None
+    #: The scheduler's workload.
+    scheduler: int | None
+    #: The scheduler's comm address (`tls://host:port`) once it runs.
+    address: str | None
+    #: The dashboard through the hub-authenticated proxy (only its owner may open it).
+    dashboard_link: str | None
+    session: int | None
+    shutdown_on_close: bool
+    #: What the scheduler and its running workers cost per hour together.
+    cost_per_hour: float
+    currency: str
+    idle_since: datetime | None
+    created_at: datetime
+    ended_at: datetime | None
+
+
+class DaskCredentials(_Out):
+    """What a client needs to connect: the cluster's own certificate and key (only its owner
+    gets them)."""
+
+    address: str | None
+    tls_cert: str
+    tls_key: str
+
+
+class DaskSchedulerReport(BaseModel):
+    """What a cluster's scheduler tells the service (with the cluster's own token)."""
+
+    model_config = ConfigDict(extra="forbid")
+    address: Text = Field(max_length=1024, description="Comm address, `tls://host:port`.")
+    dashboard: Text | None = Field(None, max_length=1024, description="`https://host:port`.")
+    #: Workers connected, by name (each worker's name is its workload id).
+    workers: list[Annotated[Text, Field(max_length=64)]] = Field([], max_length=100_000)
+    clients: int = Field(0, ge=0, description="Clients connected (the scheduler's own excluded).")
+    tasks: int = Field(0, ge=0, description="Tasks not yet finished.")
+    #: Workers the scheduler would run for its load (`Scheduler.adaptive_target()`).
+    adaptive_target: int = Field(0, ge=0)
+    #: Workers it could close without losing data, best first (`workers_to_close()`).
+    idle_workers: list[Annotated[Text, Field(max_length=64)]] = Field([], max_length=100_000)
+    versions: dict[Annotated[Text, Field(max_length=64)], Annotated[Text, Field(max_length=64)]] = (
+        Field({}, max_length=16)
+    )
+
+
+class DaskSchedulerOrders(_Out):
+    """The service's answer to a report: workers to retire gracefully, by name."""
+
+    retire: list[str] = []
+    #: Seconds until the next report.
+    report_every: float = 5.0
+
+
+class MeterCluster(_Out):
+    """A Dask cluster a session's meter adds to its own line."""
+
+    name: str
+    workers: int
+    cost_per_hour: float

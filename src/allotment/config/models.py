@@ -24,6 +24,7 @@ __all__ = [
     "AccountingSpec",
     "AllocationSpec",
     "BudgetSpec",
+    "DaskSpec",
     "Bytes",
     "Duration",
     "LimitSpec",
@@ -511,6 +512,44 @@ class NotificationsSpec(_Spec):
     webhooks: list[WebhookSpec] = Field([], description="Signed HTTP POSTs of every alert.")
 
 
+class DaskSpec(_Spec):
+    """Dask clusters made from notebooks (`allotment.dask.AllotmentCluster`): where their
+    schedulers run, how big they may grow, and when they are stopped."""
+
+    profile: str | None = Field(
+        None,
+        description="Profile a cluster's workers start from when the client names none. "
+        "None: the client must name one.",
+    )
+    scheduler_profile: str | None = Field(
+        None,
+        description="Profile a cluster's scheduler runs on (its pool must be one whose "
+        "workers' pools can reach it). None: the first profile on a `local` pool, at "
+        "`scheduler_cpus` and `scheduler_memory`.",
+    )
+    scheduler_cpus: float = Field(1.0, gt=0, description="CPUs of each cluster's scheduler.")
+    scheduler_memory: Bytes = Field(
+        "1G", validate_default=True, description="Memory of each cluster's scheduler."
+    )
+    max_workers: int = Field(
+        64, ge=1, le=10_000, description="Most workers one cluster may ask for."
+    )
+    clusters_per_user: int = Field(
+        5, ge=0, le=1000, description="Most clusters one user may have running at once."
+    )
+    idle_timeout: Duration = Field(
+        "30m",
+        validate_default=True,
+        description="Stop a cluster this long without a client and without a task. `0`: never.",
+    )
+    owner_grace: Duration = Field(
+        "60s",
+        validate_default=True,
+        description="Stop a cluster this long after the notebook (kernel or session) that "
+        "owns it stopped heartbeating, unless it was made with `shutdown_on_close=False`.",
+    )
+
+
 class SlurmSpec(_Spec):
     """How Allotment drives a Slurm cluster (pools with `backend: slurm`; docs/slurm.md)."""
 
@@ -584,3 +623,4 @@ class Policy(_Spec):
         NotificationsSpec(), description="Budget alerts by e-mail and webhook."
     )
     slurm: SlurmSpec = Field(SlurmSpec(), description="Slurm pools' cluster (`backend: slurm`).")
+    dask: DaskSpec = Field(DaskSpec(), description="Dask clusters made from notebooks.")

@@ -37,6 +37,7 @@ __all__ = [
     "Base",
     "BudgetAlert",
     "BudgetRow",
+    "DaskCluster",
     "Heartbeat",
     "LedgerEntry",
     "Membership",
@@ -212,6 +213,8 @@ class Workload(Base):
     array_index: Mapped[int | None] = mapped_column(Integer, default=None)
     #: Start only after this workload has ended successfully (Slurm's afterok).
     after_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    #: The Dask cluster a ``dask-scheduler`` or ``dask-worker`` belongs to.
+    cluster_id: Mapped[int | None] = mapped_column(BigInteger, default=None, index=True)
     #: Node the scheduler placed it on.
     node: Mapped[str | None] = mapped_column(String(255), default=None)
     #: The backend's checkpoints (process id and start time, cgroup, GPUs…): what the
@@ -465,3 +468,68 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(Text)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class DaskCluster(Base):
+    """A Dask cluster: its scheduler and workers are workloads (``Workload.cluster_id``).
+
+    Holds the cluster's TLS credentials (a self-signed certificate and key made for it alone:
+    only its owner's clients, its scheduler and its workers hold them) and the SHA-256 of the
+    token its scheduler reports with. Never deleted: an ended cluster keeps its row.
+    """
+
+    __tablename__ = "dask_clusters"
+    __table_args__ = (
+        Index("ix_dask_clusters_user_id_name", "user_id", "name"),
+        Index("ix_dask_clusters_state", "state"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    #: Unique among one user's clusters that have not ended (the API checks).
+    name: Mapped[str] = mapped_column(String(63))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    #: The profile its workers start from (its pool is where they run).
+    profile_id: Mapped[int] = mapped_column(ForeignKey("profiles.id"))
+    #: ``ClusterState``.
+    state: Mapped[int] = mapped_column(SmallInteger)
+    #: Why it is in its state, for the researcher ("stopped: idle for 30 min").
+    reason: Mapped[str] = mapped_column(Text, default="")
+    #: Each worker's size within the profile's options: ``{"cpus", "memory", "gpus",
+    #: "threads"}``.
+    worker: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: The interpreter its scheduler and workers run (the notebook's own, by default).
+    python: Mapped[str] = mapped_column(Text)
+    #: Versions of Python, dask and distributed the client reported at creation.
+    versions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Workers asked for by `scale` (or, while adaptive, last asked by the scheduler, clamped).
+    workers: Mapped[int] = mapped_column(Integer, default=0)
+    #: Adaptive bounds; None: not adaptive.
+    adapt_minimum: Mapped[int | None] = mapped_column(Integer, default=None)
+    adapt_maximum: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: The scheduler's workload (None until the controller has made it).
+    scheduler_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    #: The session that owns it (stopped after a grace when that session ends); None: made
+    #: outside a session.
+    session_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    #: False: it outlives the client that made it (``shutdown_on_close=False``).
+    shutdown_on_close: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: The scheduler's comm address (``tls://host:port``) and dashboard (``https://host:port``)
+    #: once it has reported them.
+    address: Mapped[str | None] = mapped_column(Text, default=None)
+    dashboard: Mapped[str | None] = mapped_column(Text, default=None)
+    #: PEM of its certificate (also its own CA) and key. Secret: never logged, only returned
+    #: to its owner.
+    tls_cert: Mapped[str] = mapped_column(Text)
+    tls_key: Mapped[str] = mapped_column(Text)
+    #: SHA-256 of the token its scheduler authenticates its reports with.
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    #: Last heartbeat of the client object that owns it, and of its scheduler.
+    client_seen_at: Mapped[datetime | None] = mapped_column(default=None)
+    scheduler_seen_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: Since when it has had no client and no task, as its scheduler reports; None: busy.
+    idle_since: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
