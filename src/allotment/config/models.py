@@ -542,6 +542,12 @@ class DaskSpec(_Spec):
         validate_default=True,
         description="Stop a cluster this long without a client and without a task. `0`: never.",
     )
+    service_url: str | None = Field(
+        None,
+        description="URL a cluster's scheduler reports to the service at (its API's root, "
+        "e.g. `http://10.0.0.5:8750/services/allotment/`). Default: where `allot serve` "
+        "listens, on loopback.",
+    )
     owner_grace: Duration = Field(
         "60s",
         validate_default=True,

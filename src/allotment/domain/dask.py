@@ -16,6 +16,7 @@ __all__ = [
     "ClusterState",
     "check_cluster_name",
     "clamp_workers",
+    "dashboard_path",
 ]
 
 #: A cluster's name: what `AllotmentCluster.connect(name)` and `allot dask` take.
@@ -57,3 +58,9 @@ def check_cluster_name(name: str) -> str:
 def clamp_workers(wanted: int, minimum: int, maximum: int) -> int:
     """The number of workers to run: ``wanted`` within ``[minimum, maximum]``."""
     return max(minimum, min(maximum, wanted))
+
+
+def dashboard_path(base_url: str, cluster_id: int) -> str:
+    """Where a cluster's dashboard is served through the service's authenticated proxy (the
+    scheduler serves it under this same prefix, so its links need no rewriting)."""
+    return f"/{base_url.strip('/')}/dask/{cluster_id}/dashboard".replace("//", "/")
