@@ -83,7 +83,8 @@ def test_the_admin_token_is_looked_for_where_the_search_path_says(tmp_path: Path
     installed = tmp_path / "installed"  # a local service's data directory, as `allot up` makes
     installed.mkdir()
     (installed / "admin-token").write_text("a-token\n")
-    env = {"ALLOTMENT_URL": f"http://127.0.0.1:{free_port()}/"}
+    # Retrying for 2 s (not 30) is enough to show it tried the token it found.
+    env = {"ALLOTMENT_URL": f"http://127.0.0.1:{free_port()}/", "ALLOTMENT_RETRY_SECONDS": "2"}
     found = allot("whoami", env={**env, "ALLOTMENT_SEARCH_PATH": f"{tmp_path}/none:{installed}"})
     assert "Cannot reach Allotment" in found.stderr  # it had a token, and tried it
     assert "no token" in allot("whoami", env=env).stderr  # empty: looked nowhere
@@ -105,10 +106,15 @@ def test_discover_looks_only_where_it_is_told(tmp_path: Path) -> None:
 
 def test_unreachable_service_is_explained() -> None:
     r = allot(
-        "whoami", env={"ALLOTMENT_URL": f"http://127.0.0.1:{free_port()}/", "ALLOTMENT_TOKEN": "x"}
+        "whoami",
+        env={
+            "ALLOTMENT_URL": f"http://127.0.0.1:{free_port()}/",
+            "ALLOTMENT_TOKEN": "x",
+            "ALLOTMENT_RETRY_SECONDS": "2",
+        },
     )
     assert r.returncode == 1
-    assert "Cannot reach Allotment" in r.stderr
+    assert "Cannot reach Allotment" in r.stderr and "retrying for up to 2 s" in r.stderr
 
 
 @pytest.fixture(scope="module")
