@@ -209,6 +209,50 @@ def meter_pass(
     return done
 
 
+#: What opening a workload's charge reads of it (and of its pool).
+_STARTED = (
+    W.account_id,
+    W.user_id,
+    W.pool_id,
+    W.profile_id,
+    W.millicpus,
+    W.memory,
+    W.gpus,
+    W.started_at,
+    Pool.backend,
+)
+
+
+def _open_values(workload_id: int, w: Any, price_of: PriceOf) -> dict[str, Any]:
+    """The row of a new open charge of a started workload ``w`` (``_STARTED``'s columns),
+    from its start, nothing charged yet."""
+    requested = Resources(w.millicpus, w.memory, w.gpus or {})
+    price = price_of(w.pool_id, requested)
+    ms = rules.epoch_ms(w.started_at)
+    return {
+        "workload_id": workload_id,
+        "account_id": w.account_id,
+        "user_id": w.user_id,
+        "pool_id": w.pool_id,
+        "profile_id": w.profile_id,
+        "source": w.backend or "",
+        "millicpus": w.millicpus,
+        "memory": w.memory,
+        "gpus": dict(w.gpus or {}),
+        "gpu_count": requested.gpu_count,
+        "rate": price.rate,
+        "share": price.share,
+        "span_start": w.started_at,
+        "charged_through": w.started_at,
+        "start_ms": ms,
+        "through_ms": ms,
+        "end_ms": None,
+        "ends_at": None,
+        "amount": 0,
+        "closed": False,
+    }
+
+
 def _open_new(
     session: Session, now: datetime, since: datetime | None, price_of: PriceOf
 ) -> tuple[int, datetime | None]:
@@ -221,51 +265,13 @@ def _open_new(
     else:
         recent = W.started_at >= since - SLACK
     rows = session.execute(
-        select(
-            W.id,
-            W.account_id,
-            W.user_id,
-            W.pool_id,
-            W.profile_id,
-            W.millicpus,
-            W.memory,
-            W.gpus,
-            W.started_at,
-            Pool.backend,
-        )
+        select(W.id, *_STARTED)
         .outerjoin(Pool, Pool.id == W.pool_id)
         .where(started, recent, ~exists().where(OC.c.workload_id == W.id))
     ).all()
     if not rows:
         return 0, None
-    values = []
-    for r in rows:
-        requested = Resources(r.millicpus, r.memory, r.gpus or {})
-        price = price_of(r.pool_id, requested)
-        values.append(
-            {
-                "workload_id": r.id,
-                "account_id": r.account_id,
-                "user_id": r.user_id,
-                "pool_id": r.pool_id,
-                "profile_id": r.profile_id,
-                "source": r.backend or "",
-                "millicpus": r.millicpus,
-                "memory": r.memory,
-                "gpus": dict(r.gpus or {}),
-                "gpu_count": requested.gpu_count,
-                "rate": price.rate,
-                "share": price.share,
-                "span_start": r.started_at,
-                "charged_through": r.started_at,
-                "start_ms": rules.epoch_ms(r.started_at),
-                "through_ms": rules.epoch_ms(r.started_at),
-                "end_ms": None,
-                "ends_at": None,
-                "amount": 0,
-                "closed": False,
-            }
-        )
+    values = [_open_values(r.id, r, price_of) for r in rows]
     session.execute(insert(OC), values)
     return len(values), min(r.started_at for r in rows)
 
@@ -907,50 +913,14 @@ def close_run(
 def _open_one(session: Session, workload_id: int, price_of: PriceOf) -> Any:
     """An open charge from the workload's start, as a pass would have opened it."""
     w = session.execute(
-        select(
-            W.account_id,
-            W.user_id,
-            W.pool_id,
-            W.profile_id,
-            W.millicpus,
-            W.memory,
-            W.gpus,
-            W.started_at,
-            Pool.backend,
-        )
+        select(*_STARTED)
         .outerjoin(Pool, Pool.id == W.pool_id)
         .where(W.id == workload_id, W.started_at.is_not(None))
     ).first()
     if w is None:
         return None
-    requested = Resources(w.millicpus, w.memory, w.gpus or {})
-    price = price_of(w.pool_id, requested)
-    ms = rules.epoch_ms(w.started_at)
-    values = {
-        "workload_id": workload_id,
-        "account_id": w.account_id,
-        "user_id": w.user_id,
-        "pool_id": w.pool_id,
-        "profile_id": w.profile_id,
-        "source": w.backend or "",
-        "millicpus": w.millicpus,
-        "memory": w.memory,
-        "gpus": dict(w.gpus or {}),
-        "gpu_count": requested.gpu_count,
-        "rate": price.rate,
-        "share": price.share,
-        "span_start": w.started_at,
-        "charged_through": w.started_at,
-        "start_ms": ms,
-        "through_ms": ms,
-        "end_ms": None,
-        "ends_at": None,
-        "amount": 0,
-        "closed": False,
-        "used_cpu_seconds": None,
-        "peak_memory": None,
-        "gpu_utilisation": None,
-    }
+    values = _open_values(workload_id, w, price_of)
+    values.update(used_cpu_seconds=None, peak_memory=None, gpu_utilisation=None)
     session.execute(insert(OC).values(**values))
     return SimpleNamespace(**values)
 
