@@ -1,0 +1,1 @@
+"""Placeholder: the scheduler program (being written)."""

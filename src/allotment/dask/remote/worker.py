@@ -1,0 +1,1 @@
+"""Placeholder: the worker program (being written)."""
