@@ -19,6 +19,7 @@ from allotment.domain.accounts import ancestors
 from allotment.domain.budgets import beyond_text, over_budget
 from allotment.domain.quantities import format_bytes
 from allotment.domain.resources import Resources
+from allotment.domain.workloads import WorkloadKind
 from allotment.scheduler.decisions import Admit, Decision, Hold, Preempt, Reject
 from allotment.scheduler.gcpause import gc_paused
 from allotment.scheduler.ordering import order_queue
@@ -430,9 +431,13 @@ class _Cycle:
         self.decisions.append(Admit(p.id, ""))
 
     def preempt_for(self, p: Pending, owner: str | None) -> bool:
-        """Step 5: free a node for ``p`` by stopping borrowers there; True when planned."""
+        """Step 5: free a node for ``p`` by stopping borrowers there; True when planned.
+
+        Dask workers go first: a node that stopping borrowed Dask workers alone frees is
+        chosen before any node where a session or a job would be stopped, and on the node
+        chosen they are stopped before anything else."""
         snap = self.snap
-        victims_by_node: dict[str, list[tuple[float, int, Resources]]] = defaultdict(list)
+        victims_by_node: dict[str, list[tuple[bool, float, int, Resources]]] = defaultdict(list)
         for r in snap.running:
             if r.pool != p.pool or r.id in self.preempting:
                 continue
@@ -446,37 +451,46 @@ class _Cycle:
                 or not self.totals.alloc[(r_owner or "", r.pool)].fits_in(alloc.quota)
             )
             if borrowing:
-                victims_by_node[r.node].append((r.priority, r.id, r.resources))
-        for n in self.nodes[p.pool]:
-            free = n.free
-            chosen = []
-            for _, rid, res in sorted(victims_by_node.get(n.spec.name, [])):
-                if p.resources.fits_in(free):
-                    break
-                free = free + res
-                chosen.append(rid)
-            if chosen and p.resources.fits_in(free):
-                for rid in chosen:
-                    self.preempting.add(rid)
-                    self.decisions.append(
-                        Preempt(
-                            rid,
-                            p.id,
-                            snap.preemption_grace,
-                            f"preempted: account {owner} needs its guaranteed resources back",
-                        )
-                    )
-                self.reservations.setdefault(
-                    p.pool,
-                    _Reservation(
-                        p.id,
-                        n.spec.name,
-                        snap.now + snap.preemption_grace,
-                        subtract(free, p.resources),
-                    ),
-                )
-                return True
+                worker = r.kind == WorkloadKind.DASK_WORKER
+                victims_by_node[r.node].append((not worker, r.priority, r.id, r.resources))
+        passes = (
+            [True, False]
+            if any(not v[0] for vs in victims_by_node.values() for v in vs)
+            else [False]
+        )
+        for workers_only in passes:
+            for n in self.nodes[p.pool]:
+                free = n.free
+                chosen = []
+                for other, _, rid, res in sorted(victims_by_node.get(n.spec.name, [])):
+                    if p.resources.fits_in(free) or (workers_only and other):
+                        break
+                    free = free + res
+                    chosen.append(rid)
+                if chosen and p.resources.fits_in(free):
+                    self._preempt(p, owner, n.spec.name, chosen, free)
+                    return True
         return False
+
+    def _preempt(
+        self, p: Pending, owner: str | None, node: str, victims: list[int], free: Resources
+    ) -> None:
+        """Stop ``victims`` for ``p``, which then holds the reservation of ``node``."""
+        snap = self.snap
+        for rid in victims:
+            self.preempting.add(rid)
+            self.decisions.append(
+                Preempt(
+                    rid,
+                    p.id,
+                    snap.preemption_grace,
+                    f"preempted: account {owner} needs its guaranteed resources back",
+                )
+            )
+        self.reservations.setdefault(
+            p.pool,
+            _Reservation(p.id, node, snap.now + snap.preemption_grace, subtract(free, p.resources)),
+        )
 
     def run(self) -> list[Decision]:
         snap = self.snap

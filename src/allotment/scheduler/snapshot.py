@@ -97,6 +97,10 @@ class Running:
     #: Stepped down by a spent budget: a victim candidate for an owner reclaiming its
     #: guarantee, like a borrower, whatever its account's allocation.
     preemptible: bool = False
+    #: Its ``WorkloadKind`` (``"dask-worker"``…); empty where unknown (trace replay). Dask
+    #: workers are preempted before anything else: Dask moves their data and another worker
+    #: takes their place, where a session or a job loses its work.
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
