@@ -29,6 +29,11 @@ from allotment.schemas import (
     AuditOut,
     BudgetIn,
     BudgetOut,
+    DaskAdapt,
+    DaskClusterCreate,
+    DaskClusterOut,
+    DaskCredentials,
+    DaskScale,
     Me,
     MembershipOut,
     Page,
@@ -312,6 +317,24 @@ def _cancelled_already(w: WorkloadOut, conflict: ApiError) -> WorkloadOut:
     raise conflict
 
 
+def _dask_path(name: str, action: str = "") -> str:
+    """A cluster's URL path (its name percent-encoded: the API says what is wrong with it)."""
+    return f"dask/clusters/{quote(name, safe='')}" + (f"/{action}" if action else "")
+
+
+def _dask_params(ended: bool, user: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"ended": "true"} if ended else {}
+    if user is not None:
+        params["user"] = user
+    return params
+
+
+def _dask_clusters(data: Any) -> list[DaskClusterOut]:
+    """Clusters from a list, or from one page of them."""
+    items = data["items"] if isinstance(data, dict) else data
+    return [DaskClusterOut.model_validate(c) for c in items or []]
+
+
 def _headers(token: str | None, acting_for: str | None) -> dict[str, str]:
     headers = {"Authorization": f"token {token}"} if token else {}
     if acting_for is not None:
@@ -578,6 +601,49 @@ class AllotmentClient:
         )
         return BudgetOut.model_validate(data)
 
+    # -- Dask clusters (allotment.dask.AllotmentCluster, `allot dask`) -----------------------
+
+    def dask_clusters(
+        self, *, ended: bool = False, user: str | None = None
+    ) -> list[DaskClusterOut]:
+        """Your Dask clusters that have not ended (``ended``: those too); an administrator
+        may name another ``user``'s."""
+        return _dask_clusters(self._call("GET", "dask/clusters", params=_dask_params(ended, user)))
+
+    def create_dask_cluster(self, request: DaskClusterCreate) -> DaskClusterOut:
+        """A new cluster: its scheduler is queued like any workload (state ``starting``)."""
+        data = self._call("POST", "dask/clusters", json=request.model_dump(exclude_none=True))
+        return DaskClusterOut.model_validate(data)
+
+    def dask_cluster(self, name: str) -> DaskClusterOut:
+        return DaskClusterOut.model_validate(self._call("GET", _dask_path(name)))
+
+    def dask_credentials(self, name: str) -> DaskCredentials:
+        """The cluster's own TLS certificate and key, which its clients connect with (its
+        owner only). Keep them in memory: never write them where others read."""
+        return DaskCredentials.model_validate(self._call("GET", _dask_path(name, "credentials")))
+
+    def scale_dask_cluster(self, name: str, workers: int) -> DaskClusterOut:
+        """Ask for ``workers`` workers (ends adaptive scaling)."""
+        body = DaskScale(workers=workers).model_dump()
+        data = self._call("POST", _dask_path(name, "scale"), json=body, idempotent=True)
+        return DaskClusterOut.model_validate(data)
+
+    def adapt_dask_cluster(self, name: str, *, minimum: int = 0, maximum: int) -> DaskClusterOut:
+        """Let the scheduler ask for workers as its load needs, within the bounds."""
+        body = DaskAdapt(minimum=minimum, maximum=maximum).model_dump()
+        data = self._call("POST", _dask_path(name, "adapt"), json=body, idempotent=True)
+        return DaskClusterOut.model_validate(data)
+
+    def stop_dask_cluster(self, name: str) -> DaskClusterOut:
+        """Stop its workers and its scheduler."""
+        data = self._call("POST", _dask_path(name, "stop"), idempotent=True)
+        return DaskClusterOut.model_validate(data)
+
+    def dask_heartbeat(self, name: str) -> None:
+        """Tell the service a client of the cluster still lives (``shutdown_on_close``)."""
+        self._call("POST", _dask_path(name, "heartbeat"), idempotent=True)
+
     # -- policy -------------------------------------------------------------------------
 
     def policy(self) -> dict[str, Any]:
@@ -641,7 +707,7 @@ class AsyncAllotmentClient:
                 answer = e
             step = self._retrying._next(attempts, self._http.base_url, method, safe, answer)
             if isinstance(step, httpx.Response):
-                return step.json()
+                return step.json() if step.content else None
             await asyncio.sleep(step)
 
     async def quote(
@@ -696,3 +762,52 @@ class AsyncAllotmentClient:
             if not _may_have_cancelled(e):
                 raise
             return _cancelled_already(await self.workload(workload_id), e)
+
+    # -- Dask clusters (allotment.dask.AllotmentCluster, `allot dask`) -----------------------
+
+    async def dask_clusters(
+        self, *, ended: bool = False, user: str | None = None
+    ) -> list[DaskClusterOut]:
+        """Your Dask clusters that have not ended (``ended``: those too); an administrator
+        may name another ``user``'s."""
+        return _dask_clusters(
+            await self._call("GET", "dask/clusters", params=_dask_params(ended, user))
+        )
+
+    async def create_dask_cluster(self, request: DaskClusterCreate) -> DaskClusterOut:
+        """A new cluster: its scheduler is queued like any workload (state ``starting``)."""
+        data = await self._call("POST", "dask/clusters", json=request.model_dump(exclude_none=True))
+        return DaskClusterOut.model_validate(data)
+
+    async def dask_cluster(self, name: str) -> DaskClusterOut:
+        return DaskClusterOut.model_validate(await self._call("GET", _dask_path(name)))
+
+    async def dask_credentials(self, name: str) -> DaskCredentials:
+        """The cluster's own TLS certificate and key, which its clients connect with (its
+        owner only). Keep them in memory: never write them where others read."""
+        return DaskCredentials.model_validate(
+            await self._call("GET", _dask_path(name, "credentials"))
+        )
+
+    async def scale_dask_cluster(self, name: str, workers: int) -> DaskClusterOut:
+        """Ask for ``workers`` workers (ends adaptive scaling)."""
+        body = DaskScale(workers=workers).model_dump()
+        data = await self._call("POST", _dask_path(name, "scale"), json=body, idempotent=True)
+        return DaskClusterOut.model_validate(data)
+
+    async def adapt_dask_cluster(
+        self, name: str, *, minimum: int = 0, maximum: int
+    ) -> DaskClusterOut:
+        """Let the scheduler ask for workers as its load needs, within the bounds."""
+        body = DaskAdapt(minimum=minimum, maximum=maximum).model_dump()
+        data = await self._call("POST", _dask_path(name, "adapt"), json=body, idempotent=True)
+        return DaskClusterOut.model_validate(data)
+
+    async def stop_dask_cluster(self, name: str) -> DaskClusterOut:
+        """Stop its workers and its scheduler."""
+        data = await self._call("POST", _dask_path(name, "stop"), idempotent=True)
+        return DaskClusterOut.model_validate(data)
+
+    async def dask_heartbeat(self, name: str) -> None:
+        """Tell the service a client of the cluster still lives (``shutdown_on_close``)."""
+        await self._call("POST", _dask_path(name, "heartbeat"), idempotent=True)

@@ -9,6 +9,7 @@ from allotment.cli import backup, jobs, usage, user
 from allotment.cli.account import account_app
 from allotment.cli.admin import config_app
 from allotment.cli.budget import budget_app
+from allotment.cli.dask import dask_app
 from allotment.cli.serve import serve
 from allotment.cli.simulate import simulate
 from allotment.cli.up import up
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.add_typer(config_app, name="config")
 app.add_typer(account_app, name="account")
 app.add_typer(budget_app, name="budget")
+app.add_typer(dask_app, name="dask")
 user.register(app)
 jobs.register(app)
 backup.register(app)

@@ -1,1 +1,8 @@
-"""Per-user Dask clusters: none yet. The package holds their place in the layout (DESIGN §7)."""
+"""Dask clusters run by Allotment: ``AllotmentCluster`` (its scheduler and workers are your
+workloads, admitted within your account's quota and charged to it). docs/dask.md."""
+
+from __future__ import annotations
+
+from allotment.dask.cluster import AllotmentCluster, ClusterFailed
+
+__all__ = ["AllotmentCluster", "ClusterFailed"]
