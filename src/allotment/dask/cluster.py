@@ -278,6 +278,8 @@ class AllotmentCluster(Cluster):
             address, connection_args=self.security.get_connection_args("client")
         )
         await super()._start()
+        # Cluster's start reads a name from the scheduler's metadata: the service's is the one.
+        self.name = info.name
 
     async def _running(self) -> DaskClusterOut:
         """The cluster once its scheduler runs; ``ClusterFailed`` with the service's reason
@@ -338,7 +340,8 @@ class AllotmentCluster(Cluster):
         return self.sync(self._scale, n)
 
     async def _scale(self, n: int) -> None:
-        self.info = await self._live_api().scale_dask_cluster(self.name, n)
+        api, name = self._live()
+        self.info = await api.scale_dask_cluster(name, n)
 
     def adapt(self, minimum: int = 0, maximum: int = 0, **kwargs: Any) -> Any:  # type: ignore[override]
         """Let the scheduler ask for workers as its load needs, between ``minimum`` and
@@ -348,13 +351,14 @@ class AllotmentCluster(Cluster):
         return self.sync(self._adapt, minimum, maximum)
 
     async def _adapt(self, minimum: int, maximum: int) -> None:
-        api = self._live_api()
-        self.info = await api.adapt_dask_cluster(self.name, minimum=minimum, maximum=maximum)
+        api, name = self._live()
+        self.info = await api.adapt_dask_cluster(name, minimum=minimum, maximum=maximum)
 
-    def _live_api(self) -> AsyncAllotmentClient:
-        if self._api is None:
+    def _live(self) -> tuple[AsyncAllotmentClient, str]:
+        """The API client and the cluster's name in the service, once it started."""
+        if self._api is None or self.info is None:
             raise RuntimeError("the cluster has not started: await it first")
-        return self._api
+        return self._api, self.info.name
 
     # -- closing --------------------------------------------------------------------------
 
