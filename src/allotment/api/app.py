@@ -25,6 +25,7 @@ from allotment.api.routes import (
     audit,
     budgets,
     catalog,
+    dask,
     health,
     me,
     meter,
@@ -114,6 +115,10 @@ class Settings:
     max_request_body: int = 2**20
     #: ``service.installation``; None: derived from ``data_dir`` (``allotment.installation``).
     installation: str | None = None
+    #: Where this service listens (``http://host:port/services/allotment/``): where Dask
+    #: schedulers report when the policy's ``dask.service_url`` is unset. None: loopback at
+    #: `allot serve`'s default port.
+    listen_url: str | None = None
 
 
 def settings_from_policy(policy: Policy, *, apply: bool = True) -> Settings:
@@ -209,6 +214,7 @@ def app_from_environment() -> FastAPI:
         admin_token_file=False,
         prepared=True,
         controller=os.environ.get("ALLOTMENT_CONTROLLER", "1") == "1",
+        listen_url=os.environ.get("ALLOTMENT_LISTEN_URL") or None,
     )
     return create_app(settings)
 
@@ -279,6 +285,10 @@ def create_app(
     app.include_router(audit.router, prefix=f"{base}/api")
     app.include_router(metrics.router, prefix=f"{base}/api")
     app.include_router(budgets.router, prefix=f"{base}/api")
+    app.include_router(dask.router, prefix=f"{base}/api")
+    app.state.dask_site = dask.DaskSite(
+        settings.base_url, settings.listen_url or f"http://127.0.0.1:8750{base}/"
+    )
     install_dashboard(app, base, data_dir=settings.data_dir, hub_api_url=settings.hub_api_url)
     document_problems(app)
     return app

@@ -78,6 +78,9 @@ def serve(
     host = host or hub_url.hostname or "127.0.0.1"
     port = port or hub_url.port or 8750
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    # Where Dask schedulers report when the policy's dask.service_url is unset.
+    listen = f"[{shown_host}]" if ":" in shown_host else shown_host
+    settings = dataclasses.replace(settings, listen_url=f"http://{listen}:{port}{base}/")
     console.print(
         f"Allotment {__version__} on [bold]http://{shown_host}:{port}{base}/[/]\n"
         f"  API docs:    http://{shown_host}:{port}{base}/api/docs\n"
@@ -133,6 +136,7 @@ def serve(
         if config is not None:
             os.environ["ALLOTMENT_CONFIG"] = str(config.resolve())
         os.environ["ALLOTMENT_CONTROLLER"] = "0"
+        os.environ["ALLOTMENT_LISTEN_URL"] = settings.listen_url or ""
         uvicorn.run(
             "allotment.api.app:app_from_environment",
             factory=True,
