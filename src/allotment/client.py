@@ -640,9 +640,11 @@ class AllotmentClient:
         data = self._call("POST", _dask_path(name, "stop"), idempotent=True)
         return DaskClusterOut.model_validate(data)
 
-    def dask_heartbeat(self, name: str) -> None:
-        """Tell the service a client of the cluster still lives (``shutdown_on_close``)."""
-        self._call("POST", _dask_path(name, "heartbeat"), idempotent=True)
+    def dask_heartbeat(self, name: str) -> DaskClusterOut:
+        """Tell the service a client of the cluster still lives (``shutdown_on_close``);
+        answers the cluster as it is."""
+        data = self._call("POST", _dask_path(name, "heartbeat"), idempotent=True)
+        return DaskClusterOut.model_validate(data)
 
     # -- policy -------------------------------------------------------------------------
 
@@ -808,6 +810,8 @@ class AsyncAllotmentClient:
         data = await self._call("POST", _dask_path(name, "stop"), idempotent=True)
         return DaskClusterOut.model_validate(data)
 
-    async def dask_heartbeat(self, name: str) -> None:
-        """Tell the service a client of the cluster still lives (``shutdown_on_close``)."""
-        await self._call("POST", _dask_path(name, "heartbeat"), idempotent=True)
+    async def dask_heartbeat(self, name: str) -> DaskClusterOut:
+        """Tell the service a client of the cluster still lives (``shutdown_on_close``);
+        answers the cluster as it is."""
+        data = await self._call("POST", _dask_path(name, "heartbeat"), idempotent=True)
+        return DaskClusterOut.model_validate(data)

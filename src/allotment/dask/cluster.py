@@ -327,8 +327,9 @@ class AllotmentCluster(Cluster):
                 continue
             try:
                 if self.shutdown_on_close or self.info.shutdown_on_close:
-                    await self._api.dask_heartbeat(self.info.name)
-                self.info = await self._api.dask_cluster(self.info.name)
+                    self.info = await self._api.dask_heartbeat(self.info.name)
+                else:
+                    self.info = await self._api.dask_cluster(self.info.name)
             except ApiError as e:
                 logger.warning("Dask cluster %s: heartbeat failed: %s", self.info.name, e)
 
@@ -374,8 +375,7 @@ class AllotmentCluster(Cluster):
                 if self.shutdown_on_close and self.info is not None:
                     self.info = await self._api.stop_dask_cluster(self.info.name)
             except ApiError as e:
-                if e.status != 409:  # 409: it had ended or was stopping already
-                    logger.warning("Dask cluster %s: stop failed: %s", self.name, e)
+                logger.warning("Dask cluster %s: stop failed: %s", self.name, e)
             finally:
                 await self._api.aclose()
         await super()._close()
