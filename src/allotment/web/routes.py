@@ -1,7 +1,8 @@
 """Wires the dashboard into the service: its pages under ``<base>/dashboard/``, the hub's
 OAuth callback at ``<base>/oauth_callback`` (what the hub registers for the service), its
-static files (templates' script, style and the vendored Chart.js), and ``<base>/`` (where
-the hub's Services menu links) sending the browser to the dashboard."""
+static files (templates' script, style and the vendored Chart.js), Dask clusters' dashboards
+for their owners (``dask_proxy.py``), and ``<base>/`` (where the hub's Services menu links)
+sending the browser to the dashboard."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from allotment.web import account, forms, pages
+from allotment.web import account, dask_proxy, forms, pages
 from allotment.web.context import (
     SESSION_COOKIE,
     STATE_COOKIE,
@@ -42,6 +43,8 @@ def install_dashboard(app: FastAPI, base: str, *, data_dir: Path | None, hub_api
     app.mount(f"{root}/static", StaticFiles(directory=STATIC), name="dashboard-static")
     for module in (pages, account, forms):
         app.include_router(module.router, prefix=root)
+    # Dask dashboards under <base>/dask/<id>/dashboard/: the scheduler serves its pages there.
+    app.include_router(dask_proxy.router, prefix=base)
 
     @app.get(f"{base}/", include_in_schema=False)
     async def service_root() -> Response:
