@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -374,3 +376,14 @@ def test_summary_says_what_waits_and_why() -> None:
 class _Bare(StubDaskApi):
     def __init__(self) -> None:
         self.clusters, self.start_as, self.address = {}, "queued", "tls://x:1"
+
+
+def test_importing_it_loads_nothing_of_the_server() -> None:
+    """A notebook's ``import allotment.dask`` needs only the client (and costs no more)."""
+    code = (
+        "import sys, allotment.dask; print(sorted(m for m in sys.modules if m.startswith("
+        "('allotment.api', 'allotment.db', 'allotment.controller', 'allotment.backends', "
+        "'sqlalchemy', 'fastapi'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -330,8 +330,11 @@ class AllotmentCluster(Cluster):
                     self.info = await self._api.dask_heartbeat(self.info.name)
                 else:
                     self.info = await self._api.dask_cluster(self.info.name)
-            except ApiError as e:
+            except Exception as e:  # the next one may get through: keep beating
                 logger.warning("Dask cluster %s: heartbeat failed: %s", self.info.name, e)
+                continue
+            if self.info.state in ("stopped", "failed"):
+                return  # ended (stopped, culled or failed): nothing left to keep alive
 
     # -- scaling (done by the service, within your account's quota) --------------------------
 
