@@ -122,11 +122,13 @@ def client_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-def _refusal(request: Request, status: int, title: str, detail: str, **headers: str) -> Response:
+def _refusal(
+    request: Request, status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> Response:
     """An error page for a browser, problem details for anything else."""
     if "text/html" in request.headers.get("accept", ""):
         response: Response = error_page(dashboard_of(request), status, title, detail)
-        response.headers.update(headers)
+        response.headers.update(headers or {})
         return response
     return problem_response(Problem(title=title, status=status, detail=detail), headers)
 
@@ -194,7 +196,7 @@ async def _upstream(request: Request, cluster_id: str, rest: str) -> Upstream | 
             "Cluster starting",
             f"Dask cluster {row.name!r} is starting: its dashboard appears once its scheduler "
             "runs. Reload in a few seconds.",
-            retry_after="5",
+            {"Retry-After": "5"},
         )
     if origin.scheme != "https" or not origin.hostname or origin.path not in ("", "/"):
         return _refusal(
