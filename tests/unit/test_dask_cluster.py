@@ -11,17 +11,21 @@ they will against the service; L6's end-to-end tests run them against the real o
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import dask.array as da
+import httpx
 import pytest
 from distributed import Client, Scheduler, Worker
 from distributed.security import Security
@@ -31,6 +35,8 @@ from allotment.client import AllotmentClient, ApiError
 from allotment.dask import AllotmentCluster, ClusterFailed
 from allotment.dask.display import summary
 from allotment.schemas import DaskClusterCreate, DaskClusterOut
+from tests.support.hub import free_port
+from tests.support.process import allot_serve, clean_env
 
 TOKEN = "stub-token-of-alice"
 PREFIX = "/services/allotment/api/"
@@ -173,8 +179,8 @@ class StandIn:
     """A real scheduler with one worker over mutual TLS, on a loop of its own: the stand-in
     for the cluster's own scheduler (no cluster manager watches it but the one tested)."""
 
-    def __init__(self) -> None:
-        self.security = Security.temporary()
+    def __init__(self, security: Security | None = None) -> None:
+        self.security: Any = security or Security.temporary()
         self.address = ""
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -387,3 +393,87 @@ def test_importing_it_loads_nothing_of_the_server() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- against the service's own endpoints (api/routes/dask.py), where they exist ----------------
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("allotment.api.routes.dask") is None,
+    reason="the service's Dask endpoints (api/routes/dask.py) are not there yet",
+)
+def test_against_the_service_it_waits_connects_with_its_credentials_and_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`allot serve` without a controller: the cluster waits as STARTING (its scheduler is
+    queued), the test plays the scheduler with the credentials the service made (and reports
+    with the cluster's token, which only its scheduler's environment holds), and the cluster
+    connects, computes and is stopped on close."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/services/allotment/"
+    with allot_serve(port, clean_env(ALLOTMENT_DATA_DIR=str(tmp_path)), "--no-controller"):
+        admin = (tmp_path / "admin-token").read_text().strip()
+        for name in ("JUPYTERHUB_API_TOKEN", "ALLOT_WORKLOAD_ID"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("ALLOTMENT_URL", url)
+        monkeypatch.setenv("ALLOTMENT_TOKEN", admin)
+        with pytest.raises(TimeoutError, match="did not start within 1 s. It is pending"):
+            AllotmentCluster(name="late", account="lab-a", profile="small", timeout=1)
+        with AllotmentClient(url, admin) as c:
+            assert c.dask_cluster("late").state == "stopping"  # not left behind
+        made: dict[str, Any] = {}
+        thread = threading.Thread(target=_make, args=(made,), daemon=True)
+        thread.start()
+        with AllotmentClient(url, admin) as c:
+            assert asyncio.run(_until(lambda: _exists(c, "real"), 60)), made
+            creds = c.dask_credentials("real")
+            assert creds.address is None and "BEGIN CERTIFICATE" in creds.tls_cert
+            cluster_id = c.dask_cluster("real").id
+        stand_in = StandIn(Security(
+            require_encryption=True, tls_ca_file=creds.tls_cert,
+            tls_scheduler_cert=creds.tls_cert, tls_scheduler_key=creds.tls_key,
+            tls_worker_cert=creds.tls_cert, tls_worker_key=creds.tls_key,
+            tls_client_cert=creds.tls_cert, tls_client_key=creds.tls_key,
+        ))  # fmt: skip
+        try:
+            token = _cluster_token(tmp_path / "allotment.sqlite", cluster_id)
+            r = httpx.post(
+                url + "api/dask/report",
+                headers={"Authorization": f"token {token}"},
+                json={"address": stand_in.address, "versions": cluster_module.versions()},
+            )
+            assert r.status_code == 200, r.text
+            thread.join(60)
+            cluster = made["cluster"]
+            assert isinstance(cluster, AllotmentCluster), made
+            with cluster, Client(cluster) as client:
+                assert cluster.scheduler_address == stand_in.address
+                assert client.submit(sum, [1, 2, 3]).result() == 6
+                assert cluster.dashboard_link == ""  # no dashboard reported
+            with AllotmentClient(url, admin) as c:
+                assert c.dask_cluster("real").state == "stopping"
+                assert c.dask_cluster("real").reason.startswith("stopped by")
+        finally:
+            stand_in.close()
+
+
+def _make(made: dict[str, Any]) -> None:
+    try:
+        made["cluster"] = AllotmentCluster(name="real", account="lab-a", profile="small")
+    except Exception as e:  # shown by the test's assertion
+        made["error"] = e
+
+
+def _exists(c: AllotmentClient, name: str) -> bool:
+    return any(k.name == name for k in c.dask_clusters())
+
+
+def _cluster_token(database: Path, cluster_id: int) -> str:
+    """The token the service put in the cluster's scheduler's environment (nowhere else)."""
+    with sqlite3.connect(database) as db:
+        (env,) = db.execute(
+            "SELECT env FROM workloads WHERE cluster_id = ? AND kind = 'dask-scheduler'",
+            (cluster_id,),
+        ).fetchone()
+    token: str = json.loads(env)["ALLOT_DASK_TOKEN"]
+    return token
