@@ -42,7 +42,7 @@ from allotment.db.outage import OutageLog, classify
 from allotment.db.tables import BudgetRow, Profile, Workload
 from allotment.domain.budgets import MICROS, ask_text
 from allotment.domain.costs import Rates
-from allotment.domain.workloads import ACTIVE
+from allotment.domain.workloads import ACTIVE, WorkloadKind
 from allotment.scheduler import (
     Admit,
     BudgetLimit,
@@ -51,6 +51,7 @@ from allotment.scheduler import (
     NodeState,
     Preempt,
     Reject,
+    Running,
     Snapshot,
     schedule,
 )
@@ -123,6 +124,30 @@ def read_budgets(session: Session, view: PolicyView, now: datetime) -> Budgets:
         )
     rates = {pool: rates_of(view.policy, pool) for pool in view.policy.pools} if limits else {}
     return Budgets(limits, stepped, rates)
+
+
+def _dask_workers(session: Session) -> Collection[int]:
+    """Active Dask workers: the first victims of a preemption (``scheduler.cycle``)."""
+    return (
+        session.execute(
+            select(Workload.id).where(
+                Workload.status.in_([int(s) for s in ACTIVE]),
+                Workload.kind == WorkloadKind.DASK_WORKER,
+            )
+        )
+        .scalars()
+        .all()
+    )
+
+
+def _marked(r: Running, stepped: Collection[int], dask_workers: Collection[int]) -> Running:
+    """``r`` with what the scheduler's preemption needs beyond its row: stepped down by a
+    budget (preemptible), a Dask worker (preempted first)."""
+    if r.id in stepped:
+        r = replace(r, preemptible=True)
+    if r.id in dask_workers:
+        r = replace(r, kind=WorkloadKind.DASK_WORKER)
+    return r
 
 
 @dataclass(frozen=True)
@@ -250,6 +275,8 @@ class SchedulingLoop:
         self._budgets_stale = False
 
         reread = False
+        #: Active Dask workers (read only while work waits: only it preempts).
+        dask_workers: set[int] = set()
 
         def read(
             session: Session,
@@ -267,6 +294,8 @@ class SchedulingLoop:
                 if view is None:
                     return None, None, None, None
                 live = load_live(session, view, now, self._queue)
+            if live.pending:
+                dask_workers.update(_dask_workers(session))
             refresh = (
                 self._factors is None
                 or mono - self._factors_at >= view.policy.scheduling.fair_share_interval
@@ -303,11 +332,7 @@ class SchedulingLoop:
             now=now.timestamp(),
             accounts=view.accounts,
             nodes=[n for n in await self._schedulable(view) if n.pool in driven],
-            running=[
-                replace(r, preemptible=True) if r.id in stepped else r
-                for r in live.running
-                if r.pool in driven
-            ],
+            running=[_marked(r, stepped, dask_workers) for r in live.running if r.pool in driven],
             pending=pending,
             user_limits=view.user_limits,
             default_limits=view.default_limits,

@@ -26,6 +26,7 @@ from allotment.backends.slurm.backend import SlurmBackend
 from allotment.clock import Clock
 from allotment.controller.budgets import BudgetWatch
 from allotment.controller.capacity import read_capacity
+from allotment.controller.dask_clusters import DaskClusters
 from allotment.controller.heartbeat import keep_beating
 from allotment.controller.lock import ControllerLock, take_lock
 from allotment.controller.meter import Meter
@@ -87,7 +88,7 @@ class Controller:
             capacity=lambda: read_capacity(self.backends),
             placed_elsewhere=self._placed_elsewhere,
         )
-        self.reconciler = Reconciler(db, self.backends, clock, freed=self.scheduling.nudge)
+        self.reconciler = Reconciler(db, self.backends, clock, freed=self._freed)
         self.workers = Workers(self.queue, self.reconciler)
         self.watch = Watch(db, clock, self.backends, self.queue.add, settings.poll_interval)
         #: Raises budget alerts and stops (or steps down) the running work of a spent budget
@@ -105,13 +106,16 @@ class Controller:
         #: Delivers budget alerts' e-mails and webhooks (``notify.py``); ``nudge()`` it after
         #: queueing some.
         self.notifier = Notifier(db, clock)
+        #: Keeps each Dask cluster's workers at what it asks for, and stops clusters whose
+        #: owner went away or that sit idle (``dask_clusters.py``); ``nudge()`` reaches it.
+        self.dask = DaskClusters(db, clock, wake=self.queue.add, nudge=self.scheduling.nudge)
         self._tasks: list[asyncio.Task[None]] = []
         #: Where a Slurm backend runs (``_slurm_tasks``): its accounts mirror and usage import.
         self.slurm_mirror: SlurmMirror | None = None
         self.slurm_import: SlurmUsageImport | None = None
         self._lock: ControllerLock | None = None
         #: Submissions taken by API processes without the controller reach it through this.
-        self._nudges = NudgeListener(settings.data_dir, self.scheduling.nudge)
+        self._nudges = NudgeListener(settings.data_dir, self.nudge)
 
     def _driven(self, view: PolicyView) -> Collection[str]:
         return [pool for pool, backend in view.backends.items() if backend in self.backends]
@@ -161,6 +165,7 @@ class Controller:
             asyncio.create_task(self.meter.run(), name="meter"),
             asyncio.create_task(keep_beating(self.db, self.scheduling), name="heartbeat"),
             asyncio.create_task(self.notifier.run(), name="notify"),
+            asyncio.create_task(self.dask.run(), name="dask-clusters"),
             *(
                 asyncio.create_task(self.workers.run(), name=f"reconcile-{i}")
                 for i in range(self.settings.workers)
@@ -202,8 +207,14 @@ class Controller:
             self._lock = None
 
     def nudge(self) -> None:
-        """Something changed (a submission, a cancel): schedule soon."""
+        """Something changed (a submission, a cancel, a Dask cluster): schedule soon."""
         self.scheduling.nudge()
+        self.dask.nudge()
+
+    def _freed(self) -> None:
+        """A workload ended: its room may go to another, and its cluster may replace it."""
+        self.scheduling.nudge()
+        self.dask.nudge()
 
     def _admitted(self, workload: int, row: Row | None) -> None:
         if row is not None:
