@@ -9,6 +9,7 @@ would do to a cluster's workloads (start them, end them) is written to the datab
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -262,6 +263,18 @@ async def test_a_name_is_unique_among_live_clusters_and_clusters_per_user_hold(
             (listed[1]["id"], "starting"),
             (first["id"], "stopped"),
         ]
+
+
+async def test_creations_at_once_keep_to_the_limits(dask_service: Service) -> None:
+    """Checked one after the other per user, however many arrive together (PostgreSQL's
+    concurrent transactions included)."""
+    async with dask_service.admin() as c:
+        same = await asyncio.gather(*(c.post("dask/clusters", json=cluster()) for _ in range(3)))
+        assert sorted(r.status_code for r in same) == [201, 409, 409]
+        names = [f"c{i}" for i in range(4)]
+        many = await asyncio.gather(*(c.post("dask/clusters", json=cluster(name=n)) for n in names))
+        assert sorted(r.status_code for r in many) == [201, 409, 409, 409]
+        assert len((await c.get("dask/clusters")).json()) == 2
 
 
 async def test_a_made_up_name_when_none_is_given(service: Service) -> None:
