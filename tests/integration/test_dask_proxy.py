@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dask
@@ -32,8 +32,9 @@ from distributed import Scheduler, Security
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from allotment.db.tables import Account, DaskCluster, Profile, User
+from allotment.db.tables import Account, DaskCluster, Pool, Profile, User, Workload
 from allotment.domain.dask import ClusterState, dashboard_path
+from allotment.domain.workloads import WorkloadState
 from allotment.web.context import SESSION_COOKIE
 from tests.support.hub import Hub
 from tests.support.hubup import CHROMIUM, CHROMIUM_ARGS
@@ -114,6 +115,9 @@ async def insert_cluster(
     *,
     state: ClusterState = ClusterState.RUNNING,
     dashboard: str | None = None,
+    name: str | None = None,
+    workers: int = 0,
+    ended_at: datetime | None = None,
 ) -> int:
     """A cluster row, as the API and the scheduler's first report would leave it."""
     now = datetime.now(UTC)
@@ -126,7 +130,7 @@ async def insert_cluster(
             await session.execute(select(Profile.id).where(Profile.name == "small"))
         ).scalar_one()
         row = DaskCluster(
-            name=f"era5-{time.monotonic_ns()}",
+            name=name or f"era5-{time.monotonic_ns()}",
             user_id=user_id,
             account_id=account,
             profile_id=profile,
@@ -135,13 +139,14 @@ async def insert_cluster(
             worker={"cpus": 1, "memory": 2**30, "gpus": 0, "threads": 1},
             python="/usr/bin/python3",
             versions={},
-            workers=0,
+            workers=workers,
             tls_cert=cert,
             tls_key=key,
             token_sha256=f"{time.monotonic_ns():064x}",
             dashboard=dashboard,
             created_at=now,
             updated_at=now,
+            ended_at=ended_at,
         )
         session.add(row)
         await session.flush()
@@ -243,7 +248,11 @@ async def test_owner_gets_status_its_assets_and_live_plots(
     async with running_cluster(proxy, "alice", tmp_path / "dask") as cluster:
         cookie = proxy.cookie(hub.token("alice", READ))
         async with proxy.client(cookie) as c:
-            page = await c.get(cluster.path + "/status")
+            me = await c.get(BASE + "dashboard/")
+            link = re.search(r'<a href="([^"]+)"[^>]*>open</a>', me.text)
+            assert link, "the Me page links the cluster's dashboard"
+            page = await c.get(link.group(1))
+            assert page.url.path == cluster.path + "/status"
             assert page.status_code == 200, page.text
             assert page.headers["content-type"].startswith("text/html")
             assert "Bokeh" in page.text
@@ -320,3 +329,66 @@ async def test_a_scheduler_that_has_gone_is_a_clear_502(
     assert r.status_code == 502
     assert r.headers["content-type"] == "application/problem+json"
     assert "did not answer" in r.json()["detail"]
+
+
+async def test_me_page_lists_ones_own_clusters(proxy: Proxy, hub: Hub) -> None:
+    cert, key = new_credentials()
+    now = proxy.service.clock.now()  # what the page compares with
+    running = await insert_cluster(
+        proxy.service, "alice", cert, key, name="era5", workers=2, dashboard="https://h:1"
+    )
+    await insert_cluster(
+        proxy.service, "alice", cert, key, name="fresh", state=ClusterState.STARTING
+    )
+    await insert_cluster(
+        proxy.service,
+        "alice",
+        cert,
+        key,
+        name="idle",
+        state=ClusterState.STOPPED,
+        dashboard="https://h:2",
+        ended_at=now - timedelta(hours=2),
+    )
+    await insert_cluster(
+        proxy.service,
+        "alice",
+        cert,
+        key,
+        name="last-week",
+        state=ClusterState.STOPPED,
+        ended_at=now - timedelta(days=7),
+    )
+    async with proxy.service.app.state.allotment.db.write() as session:
+        cluster = await session.get(DaskCluster, running)
+        assert cluster is not None
+        for status in (WorkloadState.RUNNING, WorkloadState.PENDING):
+            session.add(
+                Workload(
+                    kind="dask-worker",
+                    name="era5-worker",
+                    user_id=cluster.user_id,
+                    account_id=cluster.account_id,
+                    pool_id=(await session.execute(select(Pool.id))).scalar_one(),
+                    millicpus=1000,
+                    memory=2**30,
+                    gpus={},
+                    target=int(WorkloadState.RUNNING),
+                    status=int(status),
+                    cluster_id=running,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+    async with proxy.client(proxy.cookie(hub.token("alice", READ))) as c:
+        page = (await c.get(BASE + "dashboard/")).text
+    start = page.index("<tbody>", page.index('id="dask-clusters"'))
+    rows = re.findall(r"<tr>(.*?)</tr>", page[start : page.index("</tbody>", start)], re.S)
+    names = [re.findall(r'class="name">([^<]+)<', r) for r in rows]
+    assert names == [["idle"], ["fresh"], ["era5"]]  # newest first; last week's is gone
+    idle, fresh, era5 = rows
+    assert "1 / 2" in era5 and f'href="{dashboard_path(BASE, running)}/status"' in era5
+    assert "starting" in fresh and "href" not in fresh  # no dashboard yet
+    assert "stopped" in idle and "href" not in idle  # its dashboard ended with it
+    async with proxy.client(proxy.cookie(hub.token("bob", READ))) as c:
+        assert "dask-clusters" not in (await c.get(BASE + "dashboard/")).text

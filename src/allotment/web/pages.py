@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from allotment.controller.view import usage
-from allotment.db.tables import Account, Membership, User
+from allotment.db.tables import Account, DaskCluster, Membership, User, Workload
+from allotment.domain.dask import ClusterState, dashboard_path
+from allotment.domain.workloads import WorkloadState
 from allotment.scheduler.fairshare import fair_share_factors, level_fs
 from allotment.web import reads
 from allotment.web.access import can_view_account
@@ -34,6 +38,72 @@ WINDOWS = (7, 30, 90, 365)
 def window(request: Request, default: int = 30) -> int:
     raw = request.query_params.get("days", "")
     return int(raw) if raw.isdigit() and int(raw) in WINDOWS else default
+
+
+@dataclass(frozen=True)
+class ClusterLine:
+    """One of the caller's Dask clusters on the Me page."""
+
+    name: str
+    account: str
+    state: ClusterState
+    reason: str
+    #: Workers asked for, and running now.
+    workers: int
+    running: int
+    created_at: datetime
+    ended_at: datetime | None
+    #: Through the service's proxy (only the owner may open it); None while it has none.
+    dashboard: str | None
+
+
+#: Ended clusters stay on the Me page this long (then only the API's ``?ended=true`` lists them).
+ENDED_SHOWN = timedelta(days=1)
+
+
+async def dask_clusters(
+    session: AsyncSession, user_id: int, base: str, now: datetime
+) -> list[ClusterLine]:
+    """The caller's clusters that run, and those that ended in the last day, newest first."""
+    running = (
+        select(func.count())
+        .where(
+            Workload.cluster_id == DaskCluster.id,
+            Workload.kind == "dask-worker",
+            Workload.status == int(WorkloadState.RUNNING),
+        )
+        .scalar_subquery()
+    )
+    rows = (
+        await session.execute(
+            select(DaskCluster, Account.path, running)
+            .join(Account, Account.id == DaskCluster.account_id)
+            .where(
+                DaskCluster.user_id == user_id,
+                or_(DaskCluster.ended_at.is_(None), DaskCluster.ended_at > now - ENDED_SHOWN),
+            )
+            .order_by(DaskCluster.id.desc())
+            .limit(50)
+        )
+    ).all()
+    lines = []
+    for c, account, workers_running in rows:
+        state = ClusterState(c.state)
+        live = c.dashboard is not None and not state.ended
+        lines.append(
+            ClusterLine(
+                name=c.name,
+                account=account,
+                state=state,
+                reason=c.reason,
+                workers=c.workers,
+                running=int(workers_running),
+                created_at=c.created_at,
+                ended_at=c.ended_at,
+                dashboard=dashboard_path(base, c.id) + "/status" if live else None,
+            )
+        )
+    return lines
 
 
 @router.get("/")
@@ -59,6 +129,9 @@ async def me(request: Request) -> Response:
                 )
             ).all()
         )
+        clusters = await dask_clusters(
+            session, caller.user_id, page.board.base, page.state.clock.now()
+        )
     spending = sorted(
         ((paths.get(a, "?"), month.get(a, 0), year.get(a, 0)) for a in set(month) | set(year)),
         key=lambda s: s[0],
@@ -78,6 +151,7 @@ async def me(request: Request) -> Response:
         spending=slice_of(spending, page_number(request.query_params.get("spage"))),
         accounts=accounts,
         month=today.strftime("%B %Y"),
+        clusters=clusters,
     )
 
 
