@@ -36,6 +36,7 @@ from allotment.domain.dask import dashboard_path
 from allotment.domain.dask_commands import Launch, scheduler_launch, worker_launch
 from allotment.domain.resources import Resources
 from allotment.interpreters import python_for_everyone, runnable_by_everyone
+from allotment.schemas import DaskSchedulerOrders, DaskSchedulerReport
 from tests.backends.conftest import ROOT, local_backend
 from tests.backends.test_contract import ended, started
 from tests.support.process import command_lines
@@ -57,7 +58,10 @@ class ReportStub:
     """A stand-in for the service's ``api/dask/report``: records reports, answers orders."""
 
     reports: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    orders: dict[str, Any] = field(default_factory=lambda: {"retire": [], "report_every": 1})
+    orders: DaskSchedulerOrders = field(
+        default_factory=lambda: DaskSchedulerOrders(retire=[], report_every=1)
+    )
+    invalid: list[str] = field(default_factory=list)
     server: http.server.ThreadingHTTPServer | None = None
 
     def start(self) -> str:
@@ -69,7 +73,12 @@ class ReportStub:
                 stub.reports.append(
                     (self.path + " " + self.headers["Authorization"], json.loads(body))
                 )
-                answer = json.dumps(stub.orders).encode()
+                # What the service's endpoint takes and answers (its schemas).
+                try:
+                    DaskSchedulerReport.model_validate(stub.reports[-1][1])
+                except ValueError as e:
+                    stub.invalid.append(str(e))
+                answer = stub.orders.model_dump_json().encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
@@ -251,6 +260,7 @@ async def test_reports_arrive_with_the_address_clients_tasks_and_versions(
         assert busy["adaptive_target"] >= 1
         assert await future == 4
         await cluster.stub.wait_for(lambda r: r["tasks"] == 0 and r["clients"] == 1)
+    assert not cluster.stub.invalid, "every report is a valid DaskSchedulerReport"
 
 
 async def test_the_command_line_holds_no_secret(cluster: Cluster) -> None:
@@ -342,7 +352,7 @@ async def test_sigterm_on_a_worker_moves_its_data_without_recomputing(cluster: C
 
 async def test_the_scheduler_retires_the_workers_the_service_names(cluster: Cluster) -> None:
     ((wid, placement),) = cluster.workers.items()
-    cluster.stub.orders = {"retire": [str(wid)], "report_every": 1}
+    cluster.stub.orders = DaskSchedulerOrders(retire=[str(wid)], report_every=1)
     seen = await ended(cluster.backend, wid, placement, seconds=60)
     assert seen.exit_code == 0 and not seen.failed, seen.reason
     await cluster.stub.wait_for(lambda r: r["workers"] == [])
