@@ -550,3 +550,19 @@ def test_grace_under_a_minute_reads_in_seconds() -> None:
     c = facts([member(1, WorkloadState.RUNNING, "dask-scheduler")], 0, shutdown_on_close=True)
     p = plan(c, Rules(owner_grace=30), T0 + timedelta(seconds=30))
     assert p.stop is not None and p.stop.endswith("for 30 s)")
+
+
+def test_a_gpu_worker_gets_the_profiles_model_else_the_pools() -> None:
+    from allotment.config.models import ProfileSpec
+    from allotment.db.dask_control import _gpus
+
+    pool = {"nodes": [{"name": "g1", "cpus": 8, "memory": "64G", "gpus": {"a100": 4}}]}
+    named = ProfileSpec.model_validate(
+        {"pool": "gpu", "size": {"cpus": 1, "memory": "1G", "gpus": {"h100": 1}}}
+    )
+    counted = ProfileSpec.model_validate({"pool": "gpu", "size": {"cpus": 1, "memory": "1G"}})
+    assert _gpus(named, pool, 2) == {"h100": 2}
+    assert _gpus(counted, pool, 1) == {"a100": 1}
+    assert _gpus(counted, pool, 0) == {}
+    plain = {"nodes": [{"name": "n1", "cpus": 8, "memory": "64G"}]}
+    assert _gpus(counted, plain, 1) == {}

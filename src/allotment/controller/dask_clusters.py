@@ -197,12 +197,21 @@ class PassResult:
     cancelled: list[int] = field(default_factory=list)
 
 
-def _decide(session: Session, now: datetime, views: ViewCache) -> tuple[list[Plan], list[int]]:
+@dataclass(frozen=True)
+class _Decided:
+    #: Plans that do something, and the clusters they are for (by id).
+    plans: list[Plan]
+    clusters: dict[int, ClusterFacts]
+    #: Dask workloads to stop: their cluster has ended.
+    orphans: list[int]
+
+
+def _decide(session: Session, now: datetime, views: ViewCache) -> _Decided:
     view = load_policy_view(session, views)
     rules = Rules.of(view.policy.dask) if view is not None else Rules()
-    clusters = live_clusters(session, now, RECENT)
-    plans = [p for p in (plan(c, rules, now) for c in clusters) if not p.empty]
-    return plans, orphans(session)
+    clusters = {c.id: c for c in live_clusters(session, now, RECENT)}
+    plans = [p for p in (plan(c, rules, now) for c in clusters.values()) if not p.empty]
+    return _Decided(plans, clusters, orphans(session))
 
 
 class DaskClusters:
@@ -255,8 +264,8 @@ class DaskClusters:
         """One pass over every cluster that has not ended."""
         async with self._one:
             now = self.clock.now()
-            plans, orphaned = await self.db.run_read(partial(_decide, now=now, views=self._views))
-            if not plans and not orphaned:
+            found = await self.db.run_read(partial(_decide, now=now, views=self._views))
+            if not found.plans and not found.orphans:
                 return PassResult()
             done = await self.db.run_write(partial(self._apply, now=now))
         for wid in done.cancelled:
@@ -267,12 +276,11 @@ class DaskClusters:
 
     def _apply(self, session: Session, now: datetime) -> PassResult:
         """Decide again, inside the write transaction, and write it all there."""
-        plans, orphaned = _decide(session, now, self._views)
-        clusters = {c.id: c for c in live_clusters(session, now, RECENT)} if plans else {}
+        found = _decide(session, now, self._views)
         conn = session.connection()
         done = PassResult()
-        for p in plans:
-            c = clusters[p.cluster]
+        for p in found.plans:
+            c = found.clusters[p.cluster]
             if p.stop is not None:
                 if not to_stopping(conn, c.id, p.stop, now):
                     continue  # stopped meanwhile, for a reason of its own: the next pass
@@ -286,7 +294,7 @@ class DaskClusters:
             if p.end is not None and to_ended(conn, c.id, p.end, now):
                 log.info("Dask cluster %s (%s) ended %s", c.id, c.name, p.end.label)
                 done.ended.append(c.id)
-        for wid in orphaned:
+        for wid in found.orphans:
             if workloads.request_stop(conn, wid, "stopped: its Dask cluster has ended", now):
                 log.warning("stopping workload %s: its Dask cluster has ended", wid)
                 done.cancelled.append(wid)

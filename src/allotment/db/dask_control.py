@@ -137,7 +137,7 @@ def live_clusters(session: Session, now: datetime, recent: float = 600.0) -> lis
         .where(
             Workload.cluster_id.in_(ids),
             or_(
-                Workload.status.not_in([int(s) for s in TERMINAL]),
+                Workload.status.in_([int(s) for s in WorkloadState if s not in TERMINAL]),
                 Workload.kind == WorkloadKind.DASK_SCHEDULER,
                 Workload.ended_at >= since,
             ),
@@ -204,8 +204,9 @@ def orphans(session: Session) -> list[int]:
             select(Workload.id)
             .outerjoin(DaskCluster, DaskCluster.id == Workload.cluster_id)
             .where(
+                # Named states, not "not ended": the index on status finds the few.
+                Workload.status.in_([int(s) for s in WorkloadState if s not in TERMINAL]),
                 Workload.kind.in_([str(k) for k in _DASK_KINDS]),
-                Workload.status.not_in([int(s) for s in TERMINAL]),
                 Workload.target == int(WorkloadState.RUNNING),
                 or_(DaskCluster.id.is_(None), DaskCluster.state.in_([int(s) for s in ENDED])),
             )
