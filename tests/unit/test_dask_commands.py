@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
+from allotment.backends.base import LaunchSpec
+from allotment.backends.slurm.commands import batch_script
 from allotment.domain.dask_commands import Launch, program_text, scheduler_launch, worker_launch
+from allotment.domain.resources import Resources
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIcert\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIIkey\n-----END PRIVATE KEY-----\n"
@@ -134,3 +137,13 @@ def test_the_bootstrap_runs_the_program_from_the_environment_as_main() -> None:
         [sys.executable, *launch.command[1:]], env=env, capture_output=True, text=True
     )
     assert "<allotment-dask-worker>" in done.stderr and "ZeroDivisionError" in done.stderr
+
+
+def test_a_slurm_job_knows_its_workload_id_as_a_local_one_does() -> None:
+    """A Dask worker's name is ``$ALLOT_WORKLOAD_ID``, on every backend."""
+    launch = worker()
+    spec = LaunchSpec(4711, "a", "lab/x", launch.command, Resources.of(2, 2**30), env=launch.env)
+    script = batch_script(spec, "/home/a", "a").decode()
+    assert "export ALLOT_WORKLOAD_ID=4711\n" in script
+    assert "export ALLOT_ACCOUNT=lab/x\n" in script
+    assert KEY.splitlines()[1] in script, "the secrets travel in the script, not in argv"

@@ -204,6 +204,8 @@ def batch_script(spec: LaunchSpec, home: str, user: str) -> bytes:
     env = {"HOME": home, "USER": user, "LOGNAME": user, "PATH": "/usr/local/bin:/usr/bin:/bin"}
     threads = str(max(1, math.ceil(spec.resources.millicpus / 1000 / max(1, spec.nodes))))
     env.update(OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    # What the local backend sets too: a Dask worker's name is its workload id.
+    env.update(ALLOT_WORKLOAD_ID=str(spec.workload), ALLOT_ACCOUNT=spec.account)
     env.update(spec.env)
     # sbatch --export=NONE leaves SLURM_EXPORT_ENV=NONE in the job, and srun reads it: every
     # step (``srun hostname``) would start with an empty environment, without PATH.
