@@ -260,6 +260,12 @@ async def test_owner_gets_status_its_assets_and_live_plots(
             assert scripts, "the page loads Bokeh's scripts"
             asset = await c.get(httpx.URL(page.url).join(scripts[0]))
             assert asset.status_code == 200 and len(asset.content) > 1000
+            # What the JupyterLab Dask extension reads (from the browser, with the cookie).
+            plots = await c.get(cluster.path + "/individual-plots.json")
+            assert plots.status_code == 200
+            # Its plots' addresses are under the dashboard's, which it joins them to.
+            plot = next(u for u in plots.json().values() if u.startswith("/individual-"))
+            assert (await c.get(cluster.path + plot)).status_code == 200
             # The scheduler's own redirect from the prefix stays on the service.
             bare = await c.get(cluster.path + "/", follow_redirects=False)
             assert bare.status_code in (301, 302)

@@ -8,6 +8,10 @@ that the caller owns the cluster, it forwards the request and presents the certi
 them, trusting only the cluster's own certificate (it is its own CA; no host name is
 checked: the scheduler's address is whatever host it runs on).
 
+Only the owner, not an administrator either: the pages come from the owner's own program
+(their scheduler, their environment) and run in the browser on the service's origin, so
+another person opening them would run the owner's code with their own login.
+
 Paths go through unchanged: the scheduler serves under the same prefix
 (``domain.dask.dashboard_path``), so Bokeh's links and WebSocket addresses need no rewriting.
 Cookies and ``Authorization`` never reach the scheduler (the user's program runs there), and
