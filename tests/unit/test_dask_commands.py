@@ -5,13 +5,16 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from allotment.backends.base import LaunchSpec
 from allotment.backends.slurm.commands import batch_script
+from allotment.cli.environments import DASK_CONFIG, light_client_files
 from allotment.domain.dask_commands import Launch, program_text, scheduler_launch, worker_launch
 from allotment.domain.resources import Resources
 
@@ -147,3 +150,25 @@ def test_a_slurm_job_knows_its_workload_id_as_a_local_one_does() -> None:
     assert "export ALLOT_WORKLOAD_ID=4711\n" in script
     assert "export ALLOT_ACCOUNT=lab/x\n" in script
     assert KEY.splitlines()[1] in script, "the secrets travel in the script, not in argv"
+
+
+def test_the_session_environments_light_client_imports_on_its_own(tmp_path: Path) -> None:
+    """What ``allot up`` copies into the session environment (``light_client_files``) is
+    enough to make an AllotmentCluster, without the rest of the service."""
+    for relative, source in light_client_files().items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, tmp_path / relative)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from allotment.dask.cluster import AllotmentCluster\n"
+        "import allotment, allotment.client, allotment.schemas\n"
+        "assert allotment.__file__.startswith(sys.argv[1]), allotment.__file__\n"
+        "import importlib.util as u\n"
+        "print(u.find_spec('allotment.db') is None, u.find_spec('allotment.api') is None)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
+    assert "allotment.dask.cluster" in DASK_CONFIG["labextension"]["factory"]["module"]

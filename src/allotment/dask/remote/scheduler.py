@@ -27,10 +27,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from importlib import metadata
 from typing import Any
 
 import dask
-import distributed
 from distributed import Scheduler
 from distributed.security import Security
 from distributed.utils import get_ip
@@ -47,11 +47,12 @@ GIVE_UP_AFTER = 60.0
 
 
 def versions() -> dict[str, str]:
-    """What the service compares with the client's versions."""
+    """What the service compares with the versions the client reported (read the same way,
+    from the installed distributions)."""
     return {
         "python": platform.python_version(),
-        "dask": str(dask.__version__),  # type: ignore[attr-defined]
-        "distributed": str(distributed.__version__),  # type: ignore[attr-defined]
+        "dask": metadata.version("dask"),
+        "distributed": metadata.version("distributed"),
     }
 
 
