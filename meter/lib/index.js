@@ -13,6 +13,20 @@ function money(x, currency) {
   return x.toFixed(2) + " " + currency;
 }
 
+// The Dask clusters this session owns, in one phrase: "+ 8 Dask workers: 1.20 credits/h"
+// (their schedulers' cost included); "" when it owns none.
+function daskLine(clusters, currency) {
+  if (!clusters || clusters.length === 0) return "";
+  let workers = 0;
+  let perHour = 0;
+  for (const c of clusters) {
+    workers += c.workers;
+    perHour += c.cost_per_hour;
+  }
+  const noun = workers === 1 ? " Dask worker: " : " Dask workers: ";
+  return "+ " + workers + noun + money(perHour, currency) + "/h";
+}
+
 class Meter extends Widget {
   constructor() {
     super();
@@ -49,6 +63,8 @@ class Meter extends Widget {
       const left = d.budget.left - d.cost_per_hour * hours;
       text += " · " + money(left, d.currency) + " left in " + d.budget.account;
     }
+    const dask = daskLine(d.clusters, d.currency);
+    if (dask) text += " " + dask;
     const warn = d.warnings && d.warnings.length > 0;
     this.node.textContent = (warn ? "⚠ " : "") + text;
     this.node.style.color = warn ? "var(--jp-error-color1, #c5221f)" : "";
