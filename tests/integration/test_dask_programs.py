@@ -327,6 +327,13 @@ async def test_the_dashboard_requires_the_clusters_client_certificate(
     status, body = await asyncio.to_thread(_get, url, owner)
     assert status == 200 and b"bokeh" in body.lower()
 
+    # Served under the service's origin: it proxies nothing from elsewhere.
+    port = cluster.dashboard.rsplit(":", 1)[1]
+    proxied = cluster.dashboard + dashboard_path("/hub/", CLUSTER) + f"/proxy/{port}/127.0.0.1/"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        await asyncio.to_thread(_get, proxied, owner)
+    assert refused.value.code == 404
+
 
 async def test_sigterm_on_a_worker_moves_its_data_without_recomputing(cluster: Cluster) -> None:
     marker = cluster.shared / "runs"

@@ -113,6 +113,14 @@ class AllotmentScheduler(Scheduler):
         served.verify_mode = ssl.CERT_REQUIRED
 
 
+def routes() -> list[str]:
+    """The dashboard's routes, less the proxy to any host and port (with jupyter-server-proxy
+    installed, ``/proxy/PORT/HOST/``): the service serves the dashboard under its own origin,
+    where a page fetched from anywhere must never appear."""
+    configured = dask.config.get("distributed.scheduler.http.routes")
+    return [r for r in configured if r != "distributed.http.proxy"]
+
+
 def dashboard_port(scheduler: Scheduler) -> int:
     """The port the dashboard listens on (``start_http_server`` sets it)."""
     return int(scheduler.http_server.port)  # type: ignore[attr-defined]
@@ -210,6 +218,7 @@ async def main() -> None:
             "distributed.scheduler.dashboard.tls.cert": None,
             "distributed.scheduler.dashboard.tls.key": None,
             "distributed.scheduler.dashboard.tls.ca-file": None,
+            "distributed.scheduler.http.routes": routes(),
         }
     )
     AllotmentScheduler.dashboard_ssl = dashboard_context(cert, key)
