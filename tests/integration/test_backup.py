@@ -35,10 +35,12 @@ from allotment.db.tables import (
     Base,
     BudgetAlert,
     BudgetRow,
+    DaskCluster,
     Heartbeat,
     LedgerEntry,
     Notification,
     OpenCharge,
+    Profile,
     UsageDay,
     User,
 )
@@ -175,6 +177,34 @@ def _money(session: Session) -> None:
     session.flush()
 
 
+def _dask_cluster(session: Session) -> None:
+    """A Dask cluster (issue 16) whose scheduler is the pending workload."""
+    now = datetime.now(UTC)
+    w = session.execute(
+        select(WORKLOADS.c.id, WORKLOADS.c.user_id, WORKLOADS.c.account_id).where(
+            WORKLOADS.c.status == int(S.PENDING)
+        )
+    ).one()
+    session.add(
+        DaskCluster(
+            name="era5",
+            user_id=w.user_id,
+            account_id=w.account_id,
+            profile_id=session.scalars(select(Profile.id).order_by(Profile.id)).first(),
+            state=0,
+            worker={"cpus": 1.0, "memory": 2**30, "gpus": 0, "threads": 1},
+            python="/usr/bin/python3",
+            tls_cert="-----BEGIN CERTIFICATE-----",
+            tls_key="-----BEGIN PRIVATE KEY-----",
+            token_sha256="0" * 64,
+            scheduler_id=w.id,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    session.flush()
+
+
 @pytest.fixture
 async def installation(
     database_url: str, tmp_path: Path
@@ -195,6 +225,7 @@ async def installation(
             session.add(Heartbeat(name="scheduling", at=datetime.now(UTC), stale_after=30.0))
             session.flush()
         _money(session)
+        _dask_cluster(session)
 
     await db.run_write(fill)
     env = clean_env(ALLOTMENT_DATA_DIR=str(data), ALLOTMENT_DATABASE_URL=database_url)

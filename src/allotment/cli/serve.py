@@ -72,6 +72,9 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    # aiosqlite logs every statement's parameters at DEBUG: workloads' environments, Dask
+    # clusters' keys. Secrets are never logged, whatever the level.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     base = settings.base_url.rstrip("/")
     # Under JupyterHub (a managed service) the hub says where it expects us.
     hub_url = urlsplit(os.environ.get("JUPYTERHUB_SERVICE_URL", ""))

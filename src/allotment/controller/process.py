@@ -189,6 +189,9 @@ def main() -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    # aiosqlite logs every statement's parameters at DEBUG: workloads' environments, Dask
+    # clusters' keys. Secrets are never logged, whatever the level.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     # A failpoint is a power cut: the whole service goes, not just this process.
     failpoints.on_kill = lambda: os.kill(parent, signal.SIGKILL)
     fd = os.environ.get(STATUS_FD)
