@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,8 +35,10 @@ from distributed import Scheduler, Security
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from allotment.api.dask_credentials import new_cluster_secrets
 from allotment.db.tables import Account, DaskCluster, Pool, Profile, User, Workload
 from allotment.domain.dask import ClusterState, dashboard_path
+from allotment.domain.dask_commands import scheduler_launch
 from allotment.domain.workloads import WorkloadState
 from allotment.web.context import SESSION_COOKIE
 from tests.support.hub import Hub
@@ -102,9 +107,10 @@ async def proxy_service(database_url: str, data: Path, hub: Hub) -> AsyncIterato
 
 
 def new_credentials() -> tuple[str, str]:
-    """A cluster's certificate (its own CA, CN dask-internal) and key, as the API makes them."""
-    security = Security.temporary()  # type: ignore[no-untyped-call]
-    return str(security.tls_scheduler_cert), str(security.tls_scheduler_key)
+    """A cluster's certificate (its own CA, CN dask-internal) and key, made by the API's own
+    maker."""
+    secrets = new_cluster_secrets()
+    return secrets.tls_cert, secrets.tls_key
 
 
 async def insert_cluster(
@@ -118,6 +124,7 @@ async def insert_cluster(
     name: str | None = None,
     workers: int = 0,
     ended_at: datetime | None = None,
+    token_sha256: str | None = None,
 ) -> int:
     """A cluster row, as the API and the scheduler's first report would leave it."""
     now = datetime.now(UTC)
@@ -142,7 +149,7 @@ async def insert_cluster(
             workers=workers,
             tls_cert=cert,
             tls_key=key,
-            token_sha256=f"{time.monotonic_ns():064x}",
+            token_sha256=token_sha256 or f"{time.monotonic_ns():064x}",
             dashboard=dashboard,
             created_at=now,
             updated_at=now,
@@ -398,3 +405,45 @@ async def test_me_page_lists_ones_own_clusters(proxy: Proxy, hub: Hub) -> None:
     assert "stopped" in idle and "href" not in idle  # its dashboard ended with it
     async with proxy.client(proxy.cookie(hub.token("bob", READ))) as c:
         assert "dask-clusters" not in (await c.get(BASE + "dashboard/")).text
+
+
+async def test_the_scheduler_program_reports_and_its_owner_opens_its_dashboard(
+    proxy: Proxy, hub: Hub, tmp_path: Path
+) -> None:
+    """The contract end to end: the real scheduler program (its command and environment as
+    the service builds them) reports its dashboard to the service's report endpoint, and the
+    owner then opens it through the proxy."""
+    made = new_cluster_secrets()
+    cluster_id = await insert_cluster(
+        proxy.service,
+        "alice",
+        made.tls_cert,
+        made.tls_key,
+        state=ClusterState.STARTING,
+        token_sha256=made.token_sha256,
+    )
+    path = dashboard_path(BASE, cluster_id)
+    launch = scheduler_launch(
+        cluster_id=cluster_id, name="era5", python=sys.executable,
+        service_url=proxy.url + BASE, token=made.token, tls_cert=made.tls_cert,
+        tls_key=made.tls_key, dashboard_prefix=path,
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    log = open(tmp_path / "scheduler.log", "wb")  # noqa: SIM115
+    program = subprocess.Popen(
+        launch.command, env={**env, **launch.env}, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        async with proxy.client(proxy.cookie(hub.token("alice", READ))) as c:
+            for _ in range(600):  # until its first report (the cluster runs)
+                r = await c.get(path + "/status")
+                if r.status_code != 503:
+                    break
+                assert program.poll() is None, (tmp_path / "scheduler.log").read_text()
+                await asyncio.sleep(0.1)
+            assert r.status_code == 200, r.text
+            assert "Bokeh" in r.text
+    finally:
+        program.terminate()
+        program.wait(30)
+        log.close()
