@@ -62,6 +62,8 @@ class ReportStub:
         default_factory=lambda: DaskSchedulerOrders(retire=[], report_every=1)
     )
     invalid: list[str] = field(default_factory=list)
+    #: Answer every report with this status instead (0: answer it).
+    refuse: int = 0
     server: http.server.ThreadingHTTPServer | None = None
 
     def start(self) -> str:
@@ -70,6 +72,11 @@ class ReportStub:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if stub.refuse:
+                    self.send_response(stub.refuse)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 stub.reports.append(
                     (self.path + " " + self.headers["Authorization"], json.loads(body))
                 )
@@ -355,6 +362,17 @@ async def test_sigterm_on_a_worker_moves_its_data_without_recomputing(cluster: C
         assert len(await held) == 10_000
         assert set((await c.who_has(held))[held.key]) == {by_name[str(staying)]}
         assert marker.read_text() == "ran\n", "the data moved: the task did not run again"
+
+
+async def test_the_scheduler_keeps_reporting_through_a_service_outage(cluster: Cluster) -> None:
+    before = len(cluster.stub.reports)
+    for status in (503, 404):  # down; then a mistaken "unknown cluster", briefly
+        cluster.stub.refuse = status
+        await asyncio.sleep(3)
+    cluster.stub.refuse = 0
+    assert len(cluster.stub.reports) == before, "refused reports are not recorded"
+    back = await cluster.stub.wait_for(lambda r: True, seconds=30)
+    assert back["address"] == cluster.address
 
 
 async def test_the_scheduler_retires_the_workers_the_service_names(cluster: Cluster) -> None:
