@@ -408,6 +408,53 @@ async def test_an_owner_reclaiming_its_share_preempts_a_dask_worker_first(fast: 
     assert w["status"] == "pending" and w["reason"]
 
 
+async def test_through_the_api_create_report_adapt_scale_and_stop(fast: Fast) -> None:
+    import sys
+    from importlib.metadata import version
+
+    versions = {
+        "python": "{}.{}.{}".format(*sys.version_info[:3]),
+        "dask": version("dask"),
+        "distributed": version("distributed"),
+    }
+    body = {"name": "era5", "account": "lab", "profile": "small", "python": sys.executable}
+    async with fast.client() as c:
+        r = await c.post(
+            "dask/clusters",
+            json={**body, "versions": versions, "adapt": {"minimum": 1, "maximum": 3}},
+        )
+        assert r.status_code == 201, r.text
+        cid, sched = r.json()["id"], r.json()["scheduler"]
+        await fast.until(sched, "running")
+        async with fast.controller.db.read() as s:
+            env = (await s.execute(select(Workload.env).where(Workload.id == sched))).scalar_one()
+        assert env is not None
+        reporter = {"Authorization": f"token {env['ALLOT_DASK_TOKEN']}"}
+        said = {"address": ADDRESS, "versions": versions, "clients": 1, "tasks": 50}
+        # The scheduler asks for ten workers: adaptive within 1-3, three it gets.
+        r = await c.post("dask/report", json={**said, "adaptive_target": 10}, headers=reporter)
+        assert r.status_code == 200, r.text
+        await step(fast)
+        assert len(await live(fast, cid)) == 3
+        r = await c.post("dask/report", json={**said, "adaptive_target": 0}, headers=reporter)
+        await step(fast)
+        assert len(await live(fast, cid)) == 1
+        r = await c.post("dask/clusters/era5/scale", json={"workers": 2})
+        assert r.status_code == 200, r.text
+        await step(fast)
+        for w in await live(fast, cid):
+            await fast.until(w.id, "running")
+        out = (await c.get("dask/clusters/era5")).json()
+        assert (out["state"], out["running"], out["requested"]) == ("running", 2, 0)
+        r = await c.post("dask/clusters/era5/stop")
+        assert r.status_code == 200, r.text
+        c_row = await settle(fast, cid)
+        assert ClusterState(c_row.state) == ClusterState.STOPPED
+        out = (await c.get("dask/clusters/era5", params={"ended": "true"})).json()
+        assert out["state"] == "stopped" and out["reason"].startswith("stopped by ")
+    assert fast.backend.running() == []
+
+
 # -- crashes and repeats ----------------------------------------------------------------------
 
 
