@@ -175,11 +175,15 @@ async def reporting(scheduler: Scheduler, url: str, token: str, host: str) -> No
     being briefly unreachable only delays the next report."""
     every = 5.0
     denied_since: float | None = None
+    retiring: set[str] = set()
     while scheduler.status.name not in ("closing", "closed", "failed"):
         try:
             status, orders = await asyncio.to_thread(post, url, token, report(scheduler, host))
         except (OSError, ValueError) as e:
             log.warning("could not report to the service: %s", type(e).__name__)
+            status, orders = 0, None
+        except Exception:  # never stop reporting: the service would take it for dead
+            log.exception("could not report to the service")
             status, orders = 0, None
         if status in (401, 403, 404):
             denied_since = denied_since or time.monotonic()
@@ -191,10 +195,13 @@ async def reporting(scheduler: Scheduler, url: str, token: str, host: str) -> No
             denied_since = None
         if status == 200 and isinstance(orders, dict):
             every = min(60.0, max(1.0, float(orders.get("report_every") or 5.0)))
-            retire = [str(n) for n in orders.get("retire") or []]
             known = {str(ws.name) for ws in scheduler.workers.values()}
-            if retire := [n for n in retire if n in known]:
+            retiring &= known  # those gone are done
+            # Named again in every answer until they are gone: retire each once.
+            asked = [str(n) for n in orders.get("retire") or []]
+            if retire := [n for n in asked if n in known and n not in retiring]:
                 log.info("retiring workers %s as the service asks", ", ".join(retire))
+                retiring.update(retire)
                 names: list[Any] = retire
                 asyncio.ensure_future(scheduler.retire_workers(names=names, close_workers=True))
         elif status not in (0, 200):
