@@ -4,17 +4,21 @@ Against a real dask.distributed scheduler (HTTPS dashboard requiring the cluster
 certificate) and the service served by uvicorn: another user, the administrator and the hub's
 spawner acting for the owner are refused (403, HTTP and WebSocket), no login goes to the hub's
 login, a page of another site cannot open the plots' WebSocket, and the scheduler's port
-itself refuses a TLS client without the cluster's certificate or with another cluster's.
+itself refuses a TLS client without the cluster's certificate or with another cluster's (and
+another account of the machine, with curl).
 A stub scheduler that echoes what it gets shows that the caller's cookies and tokens never
 reach it (the user's own code runs there) and that its cookies never reach the browser.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import shutil
 import ssl
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -160,6 +164,16 @@ async def test_the_scheduler_port_refuses_clients_without_the_certificate(
         good = _client_tls(cluster.cert, cluster.cert, cluster.key)
         async with httpx.AsyncClient(verify=good, trust_env=False) as c:
             assert (await c.get(url)).status_code == 200
+        # Another account of the machine, with the usual tool and no certificate, gets nothing.
+        if os.geteuid() == 0 and shutil.which("curl"):
+            tried = await asyncio.to_thread(
+                subprocess.run,
+                ["runuser", "-u", "nobody", "--", "curl", "-sk", "--max-time", "20", url],
+                capture_output=True,
+                text=True,
+            )
+            # 35/55/56: refused in or right after the TLS handshake (not 7: it connected).
+            assert tried.returncode in (35, 55, 56) and "Bokeh" not in tried.stdout, tried
 
 
 class _Echo(RequestHandler):
