@@ -249,6 +249,14 @@ async def proxy(database_url: str, tmp_path: Path, hub: Hub) -> AsyncIterator[Pr
         yield p
 
 
+@pytest.fixture
+async def proxy_once(tmp_path: Path, hub: Hub) -> AsyncIterator[Proxy]:
+    """On SQLite alone: for what does not depend on the database (a browser, a program)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'allotment.sqlite'}"
+    async with proxy_service(url, tmp_path / "data", hub) as p:
+        yield p
+
+
 async def test_owner_gets_status_its_assets_and_live_plots(
     proxy: Proxy, hub: Hub, tmp_path: Path
 ) -> None:
@@ -305,7 +313,8 @@ async def test_owner_gets_status_its_assets_and_live_plots(
             assert content["doc"]["roots"], "the document holds the status page's plots"
 
 
-async def test_chromium_renders_a_plot(proxy: Proxy, hub: Hub, tmp_path: Path) -> None:
+async def test_chromium_renders_a_plot(proxy_once: Proxy, hub: Hub, tmp_path: Path) -> None:
+    proxy = proxy_once
     if not Path(CHROMIUM).exists():
         pytest.skip("needs Debian's chromium (scripts/test installs it)")
     from playwright.async_api import async_playwright
@@ -408,11 +417,12 @@ async def test_me_page_lists_ones_own_clusters(proxy: Proxy, hub: Hub) -> None:
 
 
 async def test_the_scheduler_program_reports_and_its_owner_opens_its_dashboard(
-    proxy: Proxy, hub: Hub, tmp_path: Path
+    proxy_once: Proxy, hub: Hub, tmp_path: Path
 ) -> None:
     """The contract end to end: the real scheduler program (its command and environment as
     the service builds them) reports its dashboard to the service's report endpoint, and the
     owner then opens it through the proxy."""
+    proxy = proxy_once
     made = new_cluster_secrets()
     cluster_id = await insert_cluster(
         proxy.service,
