@@ -193,6 +193,13 @@ def ensure_environment(prefix: Path, *, quiet: bool = True) -> Path:
         shutil.copytree(
             meter, prefix / "share" / "jupyter" / "labextensions" / "@allotment" / "meter"
         )
+    # The Dask extension checks a dashboard from the browser, with the hub login the proxied
+    # dashboard needs (from the Jupyter server, with no login, it would always look inactive).
+    lab_settings = prefix / "share" / "jupyter" / "lab" / "settings"
+    lab_settings.mkdir(parents=True, exist_ok=True)
+    (lab_settings / "overrides.json").write_text(
+        json.dumps({"dask-labextension:plugin": {"browserDashboardCheck": True}})
+    )
     # No "official Jupyter news?" prompt: sessions should not reach out to the internet.
     labconfig = prefix / "etc" / "jupyter" / "labconfig"
     labconfig.mkdir(parents=True, exist_ok=True)

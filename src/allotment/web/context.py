@@ -166,7 +166,8 @@ def login_redirect(request: Request, board: Dashboard) -> Response:
     return response
 
 
-def _token(request: Request, board: Dashboard) -> str | None:
+def login_token(request: Request, board: Dashboard) -> str | None:
+    """The hub token of a request's login: an Authorization header's, else the cookie's."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() in ("token", "bearer") and value.strip():
@@ -182,7 +183,7 @@ async def open_page(request: Request) -> Page | Response:
     """The page's caller, or the answer instead of the page: a login, or an error page."""
     board = dashboard_of(request)
     state: AppState = request.app.state.allotment
-    token = _token(request, board)
+    token = login_token(request, board)
     if token is None:
         return login_redirect(request, board)
     try:

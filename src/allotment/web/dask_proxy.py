@@ -44,7 +44,7 @@ from allotment.db.tables import DaskCluster
 from allotment.domain.dask import ClusterState
 from allotment.errors import PublicError, Unauthenticated
 from allotment.schemas import Problem
-from allotment.web.context import _token, dashboard_of, error_page, login_redirect
+from allotment.web.context import dashboard_of, error_page, login_redirect, login_token
 
 __all__ = ["router"]
 
@@ -150,7 +150,7 @@ async def _upstream(request: Request, cluster_id: str, rest: str) -> Upstream | 
     state: AppState = request.app.state.allotment
     if not cluster_id.isdigit() or len(cluster_id) > 18 or rest[:1] not in ("", "/"):
         return _refusal(request, 404, "Not found", "There is no such page.")
-    token = _token(request, board)
+    token = login_token(request, board)
     if token is None:
         return login_redirect(request, board)
     try:
