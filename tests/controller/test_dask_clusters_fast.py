@@ -316,7 +316,8 @@ async def test_a_starting_cluster_stops_with_nothing_but_its_scheduler(fast: Fas
 async def test_its_session_ending_stops_it_after_the_grace(fast: Fast) -> None:
     session = await fast.session()
     await fast.until(session, "running")
-    cid, _, _ = await running_cluster(fast, 1, session=session)
+    cid, _, _ = await running_cluster(fast, 1, session=session, shutdown_on_close=True)
+    kept, _, _ = await running_cluster(fast, 1, session=session, shutdown_on_close=False)
     await fast.cancel(session)
     await fast.until(session, "stopped")
     fast.clock.advance(59)
@@ -327,6 +328,8 @@ async def test_its_session_ending_stops_it_after_the_grace(fast: Fast) -> None:
     c = await settle(fast, cid)
     assert ClusterState(c.state) == ClusterState.STOPPED
     assert c.reason == f"stopped: its session (workload {session}) ended"
+    # Asked to outlive its notebook, it outlives its session too (until it sits idle).
+    assert ClusterState((await cluster_row(fast, kept)).state) == ClusterState.RUNNING
 
 
 async def test_a_client_that_stops_heartbeating_stops_its_cluster(fast: Fast) -> None:
@@ -577,7 +580,13 @@ def test_the_rules_are_read_from_the_policy() -> None:
 
 
 def test_a_session_that_is_gone_counts_as_ended() -> None:
-    c = facts([member(1, WorkloadState.RUNNING, "dask-scheduler")], 0, session_id=42)
+    c = facts(
+        [member(1, WorkloadState.RUNNING, "dask-scheduler")],
+        0,
+        session_id=42,
+        shutdown_on_close=True,
+        client_seen_at=T0 + timedelta(days=1),
+    )
     assert plan(c, Rules(), T0 + timedelta(seconds=59)).stop is None
     assert plan(c, Rules(), T0 + timedelta(seconds=60)).stop == (
         "stopped: its session (workload 42) ended"

@@ -139,7 +139,10 @@ def stop_reason(c: ClusterFacts, rules: Rules, now: datetime) -> str | None:
     """Why a starting or running cluster is stopped now (its owner went away, or it is
     idle); None while it goes on."""
     grace = rules.owner_grace
-    if c.session_id is not None and (c.session_status is None or c.session_status in TERMINAL):
+    # Kept with ``shutdown_on_close=False``, it outlives its notebook and its session both;
+    # only the idle timeout (below) then stops it.
+    ended = c.session_status is None or c.session_status in TERMINAL
+    if c.shutdown_on_close and c.session_id is not None and ended:
         since = c.session_ended_at or c.created_at
         if (now - since).total_seconds() >= grace:
             return f"stopped: its session (workload {c.session_id}) ended"
