@@ -141,7 +141,7 @@ def _missing(python: Path) -> str:
     return ", ".join(wrong)
 
 
-def policy_text(idle_timeout: str = "20s", owner_grace: str = "4s") -> str:
+def policy_text(idle_timeout: str = "20s", owner_grace: str = "15s") -> str:
     return POLICY.format(idle_timeout=idle_timeout, owner_grace=owner_grace)
 
 
