@@ -44,7 +44,7 @@ def _dataset() -> xr.Dataset:
     """A temperature-like field: a seasonal cycle, a gradient with latitude, and noise."""
     time = pd.date_range("2020-01-01", periods=DAYS, freq="D")
     rng = np.random.default_rng(16)
-    season = 10 * np.sin(2 * np.pi * (time.dayofyear.to_numpy() / 365.25))
+    season = 10 * np.sin(2 * np.pi * (time.day_of_year.to_numpy() / 365.25))
     lat = np.linspace(-89.5, 89.5, LAT)
     base = 15 + 15 * np.cos(np.deg2rad(lat))
     t = (
@@ -64,18 +64,19 @@ def _dataset() -> xr.Dataset:
 NOTEBOOK = """\
 import os, sys
 import xarray as xr
+from distributed import Client
 from allotment.dask import AllotmentCluster
 
 source, target = sys.argv[1], sys.argv[2]
 with AllotmentCluster(profile="dask", account="lab", name="climate", workers=3, cpus=1,
                       memory="2G", timeout=180) as cluster, Client(cluster) as client:
     client.wait_for_workers(3, timeout=180)
-    ds = xr.open_zarr(source)
+    ds = xr.open_zarr(source, consolidated=False)
     climatology = ds.t2m.groupby("time.month").mean("time")
     anomaly = (ds.t2m.groupby("time.month") - climatology).rename("anomaly")
     clim = climatology.compute()
-    xr.Dataset({"anomaly": anomaly}).to_zarr(target, mode="w")
-    clim.to_dataset(name="climatology").to_zarr(target + "-clim", mode="w")
+    xr.Dataset({"anomaly": anomaly}).to_zarr(target, mode="w", consolidated=False)
+    clim.to_dataset(name="climatology").to_zarr(target + "-clim", mode="w", consolidated=False)
 print("done")
 """
 
@@ -85,9 +86,13 @@ def test_monthly_climatology_and_anomaly_on_the_cluster(svc: DaskService, shared
     source = shared / "era.zarr"
     expected = _dataset()
     assert expected.t2m.nbytes > 250 * 2**20
-    expected.chunk({"time": 92, "lat": 90, "lon": 180}).to_zarr(source, mode="w")
+    expected.chunk({"time": 92, "lat": 90, "lon": 180}).to_zarr(
+        source, mode="w", consolidated=False
+    )
     # alice's account exists once something of hers ran.
-    made = svc.job.allot(svc.token("alice"), "submit", "-p", "dask", "--wait", "--", "true")
+    made = svc.job.allot(
+        svc.token("alice"), "submit", "-p", "dask", "--wait", "--", "true", cwd=shared
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     alice = pwd.getpwnam("jupyter-alice")
     home = Path(alice.pw_dir)
@@ -114,8 +119,8 @@ def test_monthly_climatology_and_anomaly_on_the_cluster(svc: DaskService, shared
     assert ran.returncode == 0 and ran.stdout.strip() == "done", ran.stdout + ran.stderr[-4000:]
 
     assert target.stat().st_uid == alice.pw_uid
-    anomaly = xr.open_zarr(target).anomaly.to_numpy()
-    climatology = xr.open_zarr(str(target) + "-clim").climatology.to_numpy()
+    anomaly = xr.open_zarr(target, consolidated=False).anomaly.to_numpy()
+    climatology = xr.open_zarr(str(target) + "-clim", consolidated=False).climatology.to_numpy()
     t = expected.t2m.to_numpy().astype(np.float64)
     months = expected.time.dt.month.to_numpy()
     clim = np.stack([t[months == m].mean(axis=0) for m in range(1, 13)])
