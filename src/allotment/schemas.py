@@ -540,6 +540,11 @@ class BudgetOut(_Out):
 DaskClusterState = Literal["starting", "running", "stopping", "stopped", "failed"]
 
 
+#: A package's name or version as Dask reports them (``2026.8.0``, ``3.12.1.final.0``): they
+#: reach reasons that terminals show, so no other character.
+VersionText = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._+-]+$")]
+
+
 class DaskAdapt(BaseModel):
     """Adaptive bounds: the scheduler asks for workers as its load needs, within these."""
 
@@ -578,13 +583,11 @@ class DaskClusterCreate(BaseModel):
         description="Absolute path of the interpreter the scheduler and workers run: the "
         "notebook's own (`sys.executable`), so that they have its packages.",
     )
-    versions: dict[Annotated[Text, Field(max_length=64)], Annotated[Text, Field(max_length=64)]] = (
-        Field(
-            {},
-            max_length=16,
-            description="The client's versions of `python`, `dask` and `distributed`: the "
-            "scheduler and workers must match them.",
-        )
+    versions: dict[VersionText, VersionText] = Field(
+        {},
+        max_length=16,
+        description="The client's versions of `python`, `dask` and `distributed`: the "
+        "scheduler and workers must match them.",
     )
     workers: int = Field(0, ge=0, le=10_000, description="Workers to start with.")
     adapt: DaskAdapt | None = Field(None, description="Scale adaptively within these bounds.")
@@ -664,9 +667,7 @@ class DaskSchedulerReport(BaseModel):
     adaptive_target: int = Field(0, ge=0)
     #: Workers it could close without losing data, best first (`workers_to_close()`).
     idle_workers: list[Annotated[Text, Field(max_length=64)]] = Field([], max_length=100_000)
-    versions: dict[Annotated[Text, Field(max_length=64)], Annotated[Text, Field(max_length=64)]] = (
-        Field({}, max_length=16)
-    )
+    versions: dict[VersionText, VersionText] = Field({}, max_length=16)
 
 
 class DaskSchedulerOrders(_Out):

@@ -17,13 +17,20 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select, update
 
 from allotment.controller import dask_clusters
-from allotment.controller.dask_clusters import FAILURE_STREAK, PassResult, Rules, plan
+from allotment.controller.dask_clusters import (
+    FAILURE_STREAK,
+    REPORT_TIMEOUT,
+    PassResult,
+    Rules,
+    plan,
+)
 from allotment.db import dask_control
 from allotment.db.dask_control import ClusterFacts, Member
-from allotment.db.tables import Account, DaskCluster, Profile, User, Workload
+from allotment.db.tables import Account, DaskCluster, Membership, Profile, User, Workload
 from allotment.domain.dask import ClusterState
 from allotment.domain.workloads import WorkloadState
 from tests.controller.conftest import Fast
@@ -70,6 +77,7 @@ async def make_cluster(
     workers: int = 0,
     session: int | None = None,
     shutdown_on_close: bool = False,
+    admin: bool = False,
 ) -> tuple[int, int]:
     """A cluster of alice's and its scheduler's workload, as ``POST dask/clusters`` makes
     them: (cluster id, scheduler id)."""
@@ -91,6 +99,7 @@ async def make_cluster(
             workers=workers,
             session_id=session,
             shutdown_on_close=shutdown_on_close,
+            admin=admin,
             tls_cert="-----BEGIN CERTIFICATE-----",
             tls_key="-----BEGIN PRIVATE KEY----- secret",
             token_sha256=hashlib.sha256(secrets.token_bytes(16)).hexdigest(),
@@ -113,6 +122,7 @@ async def make_cluster(
             status=int(WorkloadState.PENDING),
             reason="waiting for the scheduler",
             command=["/usr/bin/python3", "-c", "scheduler"],
+            env={"ALLOT_DASK_TLS_KEY": "-----BEGIN PRIVATE KEY----- secret"},
             max_runtime=None,
             idempotency_key=None,
             cluster_id=c.id,
@@ -351,6 +361,7 @@ async def test_a_client_that_stops_heartbeating_stops_its_cluster(fast: Fast) ->
 async def test_shutdown_on_close_false_outlives_its_client(fast: Fast) -> None:
     cid, _, ids = await running_cluster(fast, 1, shutdown_on_close=False)
     fast.clock.advance(86_400)  # a day without a heartbeat, busy (never idle)
+    await report(fast, cid)  # its scheduler still reports
     await step(fast)
     c = await cluster_row(fast, cid)
     assert ClusterState(c.state) == ClusterState.RUNNING
@@ -359,15 +370,19 @@ async def test_shutdown_on_close_false_outlives_its_client(fast: Fast) -> None:
 
 async def test_an_idle_cluster_is_culled_with_the_reason(fast: Fast) -> None:
     cid, _, _ = await running_cluster(fast, 1)
-    await report(fast, cid, idle_since=fast.clock.now())
+    idle = fast.clock.now()
+    await report(fast, cid, idle_since=idle)
     fast.clock.advance(29 * 60)
+    await report(fast, cid, idle_since=idle)  # still idle (it reports every few seconds)
     await step(fast)
     assert ClusterState((await cluster_row(fast, cid)).state) == ClusterState.RUNNING
-    await report(fast, cid, idle_since=None)  # a task came: busy again
     fast.clock.advance(29 * 60)
+    await report(fast, cid, idle_since=None)  # a task came: busy again
     await step(fast)
-    await report(fast, cid, idle_since=fast.clock.now())
+    idle = fast.clock.now()
+    await report(fast, cid, idle_since=idle)
     fast.clock.advance(30 * 60)
+    await report(fast, cid, idle_since=idle)
     await step(fast)
     c = await settle(fast, cid)
     assert ClusterState(c.state) == ClusterState.STOPPED
@@ -622,3 +637,68 @@ def test_a_gpu_worker_gets_the_profiles_model_else_the_pools() -> None:
     assert _gpus(counted, pool, 0) == {}
     plain = {"nodes": [{"name": "n1", "cpus": 8, "memory": "64G"}]}
     assert _gpus(counted, plain, 1) == {}
+
+
+# -- a scheduler gone quiet, an owner who may no longer charge, secrets after the end ---------
+
+
+async def test_a_scheduler_that_stops_reporting_fails_its_cluster(fast: Fast) -> None:
+    cid, _, _ = await running_cluster(fast, 1)
+    fast.clock.advance(REPORT_TIMEOUT - 1)
+    await step(fast)
+    assert ClusterState((await cluster_row(fast, cid)).state) == ClusterState.RUNNING
+    fast.clock.advance(2)
+    await step(fast)
+    c = await settle(fast, cid)
+    assert ClusterState(c.state) == ClusterState.FAILED
+    assert c.reason.startswith("failed: its scheduler stopped reporting to the service")
+
+
+def test_silence_before_the_controller_watched_is_not_the_schedulers() -> None:
+    c = facts(
+        [member(1, WorkloadState.RUNNING, "dask-scheduler")],
+        0,
+        state=ClusterState.RUNNING,
+        address="tls://127.0.0.1:1",
+        scheduler_seen_at=T0,
+    )
+    back = T0 + timedelta(hours=1)  # the service was down for an hour
+    wait = timedelta(seconds=REPORT_TIMEOUT)
+    assert plan(c, Rules(), back + wait / 2, watching_since=back).stop is None
+    assert (plan(c, Rules(), back + wait, watching_since=back).stop or "").startswith(
+        "failed: its scheduler stopped reporting"
+    )
+
+
+def test_a_scheduler_that_never_reports_fails_its_cluster() -> None:
+    sched = Member(1, "dask-scheduler", WorkloadState.RUNNING, WorkloadState.RUNNING, "", T0, None)
+    c = facts([sched], 0, state=ClusterState.STARTING)
+    wait = timedelta(seconds=2 * REPORT_TIMEOUT)
+    assert plan(c, Rules(), T0 + wait - timedelta(seconds=1)).stop is None
+    assert "`dask.service_url`" in (plan(c, Rules(), T0 + wait).stop or "")
+
+
+async def test_an_owner_who_may_no_longer_charge_the_account_has_it_stopped(fast: Fast) -> None:
+    cid, _, _ = await running_cluster(fast, 1)
+    kept, _, _ = await running_cluster(fast, 1, name="admins", admin=True)
+    async with fast.controller.db.write() as s:
+        alice = (await s.execute(select(User.id).where(User.name == "alice"))).scalar_one()
+        await s.execute(sa_delete(Membership).where(Membership.user_id == alice))
+    await step(fast)
+    c = await settle(fast, cid)
+    assert ClusterState(c.state) == ClusterState.STOPPED
+    assert c.reason.startswith("stopped: its owner may no longer charge its account")
+    # An administrator's right to charge came from the hub, not from a membership.
+    assert ClusterState((await cluster_row(fast, kept)).state) == ClusterState.RUNNING
+
+
+async def test_an_ended_cluster_keeps_no_secret(fast: Fast) -> None:
+    cid, sched, ids = await running_cluster(fast, 2)
+    await write(fast, cid, state=int(ClusterState.STOPPING), reason="stopped by alice")
+    c = await settle(fast, cid)
+    assert c.tls_key == "" and c.tls_cert
+    async with fast.controller.db.read() as s:
+        envs = (
+            await s.execute(select(Workload.env).where(Workload.id.in_([sched, *ids])))
+        ).scalars()
+        assert all(env is None for env in envs)

@@ -6,8 +6,11 @@ owner's clients all present it and trust only it, so a client holding another cl
 certificate is refused at the TLS handshake. It is made here, by the service, so that the
 scheduler's command line never carries it and only its owner is ever given it.
 
-The token is what the cluster's scheduler authenticates its reports with; only its SHA-256 is
-stored, like an admin token's.
+The token is what the cluster's scheduler authenticates its reports with. The cluster's row
+holds only its SHA-256, like an admin token's; the token itself, like the key, travels in the
+environment of the scheduler's workload (stored with it, as a session's hub token is, because a
+restarted service must be able to start it again), and both are erased from every row once the
+cluster has ended (``db.dask_control.to_ended``).
 """
 
 from __future__ import annotations

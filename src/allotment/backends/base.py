@@ -51,7 +51,8 @@ class LaunchSpec:
     stdout: str | None = None
     stderr: str | None = None
     #: Variables the submitter asked for, on top of the clean environment the backend builds.
-    env: Mapping[str, str] = field(default_factory=dict)
+    #: Secrets travel here (a session's hub token, a Dask cluster's key): never in a repr.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
     #: Seconds before the backend may kill it; None: no limit.
     max_runtime: int | None = None
     #: What it is (``session``, ``job``, ``dask-worker``…): a backend may treat them apart

@@ -63,6 +63,10 @@ FAILURE_STREAK = 5
 SHORT_RUN = 60.0
 #: Workers that ended this recently are read to find a streak.
 RECENT = 600.0
+#: A running cluster whose scheduler has not reported for this long (it reports every 5 s)
+#: has hung or lost its way to the service: it fails rather than hold its workers for ever.
+#: A scheduler that runs this long twice over without a first report fails too.
+REPORT_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +139,41 @@ def failure(c: ClusterFacts) -> str | None:
     return None
 
 
+def silence(c: ClusterFacts, now: datetime, watching_since: datetime | None) -> str | None:
+    """Why a cluster whose scheduler does not report fails now; None while it reports.
+
+    Silence is counted from ``watching_since`` at the earliest (the controller's start): a
+    service that was down heard no report, through no fault of the scheduler's."""
+
+    def quiet(since: datetime) -> float:
+        if watching_since is not None:
+            since = max(since, watching_since)
+        return (now - since).total_seconds()
+
+    sched = c.scheduler
+    if c.state == ClusterState.RUNNING and c.scheduler_seen_at is not None:
+        if quiet(c.scheduler_seen_at) >= REPORT_TIMEOUT:
+            return (
+                "failed: its scheduler stopped reporting to the service (nothing for "
+                f"{_duration(REPORT_TIMEOUT)}): it hung, or cannot reach the service"
+            )
+    elif c.state == ClusterState.STARTING and sched is not None and sched.started_at is not None:
+        if sched.status == S.RUNNING and quiet(sched.started_at) >= 2 * REPORT_TIMEOUT:
+            return (
+                "failed: its scheduler runs but never reported to the service (it must reach "
+                "the service at the policy's `dask.service_url`)"
+            )
+    return None
+
+
 def stop_reason(c: ClusterFacts, rules: Rules, now: datetime) -> str | None:
-    """Why a starting or running cluster is stopped now (its owner went away, or it is
-    idle); None while it goes on."""
+    """Why a starting or running cluster is stopped now (its owner went away, may no longer
+    charge its account, or it is idle); None while it goes on."""
+    if not c.may_charge:
+        return (
+            "stopped: its owner may no longer charge its account (no longer a member of it, "
+            "or it was archived)"
+        )
     grace = rules.owner_grace
     # Kept with ``shutdown_on_close=False``, it outlives its notebook and its session both;
     # only the idle timeout (below) then stops it.
@@ -171,12 +207,15 @@ def resize(c: ClusterFacts, rules: Rules) -> tuple[int, dict[int, str]]:
     return 0, {m.id: reason for m in extra}
 
 
-def plan(c: ClusterFacts, rules: Rules, now: datetime) -> Plan:
-    """What to do with cluster ``c`` now (pure)."""
+def plan(
+    c: ClusterFacts, rules: Rules, now: datetime, watching_since: datetime | None = None
+) -> Plan:
+    """What to do with cluster ``c`` now (pure); ``watching_since``: when the controller
+    began watching (silence before it is not the scheduler's)."""
     p = Plan(c.id)
     reason = c.reason
     if c.state in (ClusterState.STARTING, ClusterState.RUNNING):
-        found = failure(c) or stop_reason(c, rules, now)
+        found = failure(c) or silence(c, now, watching_since) or stop_reason(c, rules, now)
         if found is None:
             if c.state == ClusterState.RUNNING and c.address is not None:
                 p.add, p.cancel = resize(c, rules)
@@ -209,11 +248,15 @@ class _Decided:
     orphans: list[int]
 
 
-def _decide(session: Session, now: datetime, views: ViewCache) -> _Decided:
+def _decide(
+    session: Session, now: datetime, views: ViewCache, watching_since: datetime | None
+) -> _Decided:
     view = load_policy_view(session, views)
     rules = Rules.of(view.policy.dask) if view is not None else Rules()
     clusters = {c.id: c for c in live_clusters(session, now, RECENT)}
-    plans = [p for p in (plan(c, rules, now) for c in clusters.values()) if not p.empty]
+    plans = [
+        p for p in (plan(c, rules, now, watching_since) for c in clusters.values()) if not p.empty
+    ]
     return _Decided(plans, clusters, orphans(session))
 
 
@@ -238,6 +281,8 @@ class DaskClusters:
         self.nudge_scheduler = nudge
         self.interval = interval
         self._views: ViewCache = {}
+        #: When its first pass ran: a scheduler's silence before it is not held against it.
+        self.watching_since: datetime | None = None
         self._poke = asyncio.Event()
         self._one = asyncio.Lock()
         self.outage = OutageLog("Dask clusters' loop", "passes failed", log)
@@ -267,7 +312,11 @@ class DaskClusters:
         """One pass over every cluster that has not ended."""
         async with self._one:
             now = self.clock.now()
-            found = await self.db.run_read(partial(_decide, now=now, views=self._views))
+            if self.watching_since is None:
+                self.watching_since = now
+            found = await self.db.run_read(
+                partial(_decide, now=now, views=self._views, watching_since=self.watching_since)
+            )
             if not found.plans and not found.orphans:
                 return PassResult()
             done = await self.db.run_write(partial(self._apply, now=now))
@@ -279,7 +328,7 @@ class DaskClusters:
 
     def _apply(self, session: Session, now: datetime) -> PassResult:
         """Decide again, inside the write transaction, and write it all there."""
-        found = _decide(session, now, self._views)
+        found = _decide(session, now, self._views, self.watching_since)
         conn = session.connection()
         done = PassResult()
         for p in found.plans:

@@ -19,7 +19,16 @@ from sqlalchemy import Connection, Table, and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from allotment.config.models import PoolSpec, ProfileSpec
-from allotment.db.tables import WORKLOADS, DaskCluster, Pool, Profile, Workload
+from allotment.db.tables import (
+    WORKLOADS,
+    Account,
+    DaskCluster,
+    Membership,
+    Pool,
+    Profile,
+    Workload,
+)
+from allotment.domain.accounts import is_within
 from allotment.domain.dask import ClusterState
 from allotment.domain.dask_commands import worker_launch
 from allotment.domain.submission import WAITING
@@ -95,6 +104,11 @@ class ClusterFacts:
     #: Its scheduler, its workers that have not ended, and those that ended lately (the
     #: controller looks for workers that keep failing), oldest first.
     members: tuple[Member, ...]
+    #: Its scheduler's last report (None: none yet).
+    scheduler_seen_at: datetime | None = None
+    #: Its owner may still charge its account (a member of it or a manager above it, or an
+    #: administrator when it was made; the account not archived).
+    may_charge: bool = True
     #: Secrets: never in a repr, a log or an answer but the owner's credentials.
     tls_cert: str = field(repr=False, default="")
     tls_key: str = field(repr=False, default="")
@@ -157,6 +171,7 @@ def live_clusters(session: Session, now: datetime, recent: float = 600.0) -> lis
                 ended,
             )
         )
+    charging = _may_charge(session, found)
     owners = [c.session_id for c in found if c.session_id is not None]
     sessions = {
         wid: (WorkloadState(status), ended)
@@ -188,11 +203,46 @@ def live_clusters(session: Session, now: datetime, recent: float = 600.0) -> lis
                 created_at=c.created_at,
                 session_status=owner[0] if owner else None,
                 session_ended_at=owner[1] if owner else None,
+                scheduler_seen_at=c.scheduler_seen_at,
+                may_charge=c.id in charging,
                 members=tuple(members[c.id]),
                 tls_cert=c.tls_cert,
                 tls_key=c.tls_key,
             )
         )
+    return out
+
+
+def _may_charge(session: Session, found: list[DaskCluster]) -> set[int]:
+    """The clusters (of ``found``) whose owner may still charge their account, as
+    ``Principal.can_submit_to`` decides: a member or manager of it, or a manager of an account
+    above it; an administrator's cluster always (its right came from the hub's scopes, which
+    the controller cannot see); and never on an archived account."""
+    accounts = {
+        aid: (path, archived)
+        for aid, path, archived in session.execute(
+            select(Account.id, Account.path, Account.archived_at.is_not(None)).where(
+                Account.id.in_({c.account_id for c in found})
+            )
+        )
+    }
+    held: dict[int, list[tuple[str, str]]] = {}
+    for uid, path, role in session.execute(
+        select(Membership.user_id, Account.path, Membership.role)
+        .join(Account, Account.id == Membership.account_id)
+        .where(Membership.user_id.in_({c.user_id for c in found}))
+    ):
+        held.setdefault(uid, []).append((path, role))
+    out = set()
+    for c in found:
+        path, archived = accounts.get(c.account_id, ("", True))
+        if archived:
+            continue
+        roles = held.get(c.user_id, [])
+        direct = any(p == path and r in ("member", "manager") for p, r in roles)
+        above = any(r == "manager" and is_within(path, p) for p, r in roles)
+        if c.admin or direct or above:
+            out.add(c.id)
     return out
 
 
@@ -231,13 +281,24 @@ def to_ended(conn: Connection, cluster_id: int, state: ClusterState, now: dateti
     """STOPPING → STOPPED or FAILED, for good: every workload of it has ended."""
     if not state.ended:
         raise ValueError(f"a cluster ends as stopped or failed, not {state.label}")
-    return bool(
+    ended = conn.execute(
+        update(CLUSTERS)
+        .where(C.id == cluster_id, C.state == int(ClusterState.STOPPING))
+        # Its key is needed no more (credentials are refused once it has ended): it goes.
+        .values(state=int(state), ended_at=now, updated_at=now, tls_key="")
+    ).rowcount
+    if ended:
+        # Nor do its workloads' environments (the key, the scheduler's token): every one of
+        # them has ended, and none starts again.
         conn.execute(
-            update(CLUSTERS)
-            .where(C.id == cluster_id, C.state == int(ClusterState.STOPPING))
-            .values(state=int(state), ended_at=now, updated_at=now)
-        ).rowcount
-    )
+            update(WORKLOADS)
+            .where(
+                WORKLOADS.c.cluster_id == cluster_id,
+                WORKLOADS.c.status.in_([int(s) for s in TERMINAL]),
+            )
+            .values(env=None)
+        )
+    return bool(ended)
 
 
 def _gpus(profile: ProfileSpec, pool: dict[str, Any], count: int) -> dict[str, int]:

@@ -515,6 +515,9 @@ class DaskCluster(Base):
     session_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     #: False: it outlives the client that made it (``shutdown_on_close=False``).
     shutdown_on_close: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Made by an administrator, who may charge any account: kept whatever the owner's
+    #: memberships (anyone else's cluster stops once its owner may no longer charge it).
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
     #: The scheduler's comm address (``tls://host:port``) and dashboard (``https://host:port``)
     #: once it has reported them.
     address: Mapped[str | None] = mapped_column(Text, default=None)

@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import ssl
 import tempfile
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 from fastapi import APIRouter, Request, WebSocket
@@ -48,6 +49,7 @@ from allotment.web.context import dashboard_of, error_page, login_redirect, logi
 
 __all__ = ["router"]
 
+log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 
 #: Under the service's base path; ``rest`` is empty or starts with "/".
@@ -93,8 +95,9 @@ DROPPED = frozenset(
 #: How long the scheduler may take to accept a connection, and to answer.
 CONNECT_SECONDS = 10.0
 READ_SECONDS = 120.0
-#: Largest WebSocket message taken from the scheduler (Bokeh's own default limit is 20 MB).
-MAX_MESSAGE = 64 * 2**20
+#: Largest WebSocket message taken from the scheduler (Bokeh's own default limit is 20 MB;
+#: its dashboard's messages are far smaller): a scheduler cannot make the service hold more.
+MAX_MESSAGE = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,19 @@ def _refusal(
     return problem_response(Problem(title=title, status=status, detail=detail), headers)
 
 
+def _climbs(target: str) -> bool:
+    """Whether a path has a dot segment, written or encoded (``..``, ``%2e%2e``, ``..%2f``):
+    forwarded as it is, a cache in front of the hub that tidies paths could file the
+    scheduler's answer under another page of the site. (Encoded slashes alone stay: Dask's
+    pages name workers by their escaped address, ``info/worker/tls%3A%2F%2F…``.)"""
+    path = target.split("?", 1)[0]
+    return any(
+        part in (".", "..")
+        for segment in path.split("/")
+        for part in unquote(segment).replace("\\", "/").split("/")
+    )
+
+
 def _raw_target(request: Request) -> str:
     raw = request.scope.get("raw_path")
     path = raw.decode("latin-1") if raw else quote(request.scope["path"])
@@ -148,7 +164,12 @@ async def _upstream(request: Request, cluster_id: str, rest: str) -> Upstream | 
     """The cluster's dashboard if the caller owns it and it runs; else the answer."""
     board = dashboard_of(request)
     state: AppState = request.app.state.allotment
-    if not cluster_id.isdigit() or len(cluster_id) > 18 or rest[:1] not in ("", "/"):
+    if (
+        not cluster_id.isdigit()
+        or len(cluster_id) > 18
+        or rest[:1] not in ("", "/")
+        or _climbs(_raw_target(request))
+    ):
         return _refusal(request, 404, "Not found", "There is no such page.")
     token = login_token(request, board)
     if token is None:
@@ -223,11 +244,14 @@ async def _upstream(request: Request, cluster_id: str, rest: str) -> Upstream | 
 
 
 def _unreachable(request: Request, cluster_id: str, why: str) -> Response:
+    # Why, only in the log: told apart (refused, timed out…), answers would map the ports
+    # the service can reach for whoever reports a dashboard.
+    log.info("Dask cluster %s: its dashboard did not answer (%s)", cluster_id, why)
     return _refusal(
         request,
         502,
         "Dashboard unavailable",
-        f"The scheduler of Dask cluster #{cluster_id} did not answer ({why}). It may be "
+        f"The scheduler of Dask cluster #{cluster_id} did not answer. It may be "
         "starting, busy or gone; reload in a few seconds, or see the cluster's state with "
         "`allot dask list`.",
     )
@@ -242,8 +266,21 @@ def _response_headers(upstream: httpx.Response, origin: str) -> list[tuple[bytes
             continue
         if lower == "location" and value.startswith(origin):
             value = value[len(origin) :] or "/"  # the browser stays on the service
+        if lower == "cache-control":
+            continue  # replaced below: one user's page is never a shared cache's
         kept.append((lower.encode("latin-1"), value.encode("latin-1")))
+    kept.append((b"cache-control", _private(upstream.headers.get("cache-control", ""))))
     return kept
+
+
+def _private(cache_control: str) -> bytes:
+    """The scheduler's caching, for the owner's browser alone."""
+    kept = [
+        d.strip()
+        for d in cache_control.split(",")
+        if d.strip() and d.strip().split("=")[0].lower() not in ("public", "private", "s-maxage")
+    ]
+    return ", ".join(["private", *kept]).encode("latin-1")
 
 
 @router.api_route(PATH, methods=METHODS)

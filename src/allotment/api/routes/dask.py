@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, cast
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sqlalchemy import insert
@@ -375,6 +376,7 @@ async def create_cluster(
             adapt_maximum=adapt[1] if adapt else None,
             session_id=body.session,
             shutdown_on_close=body.shutdown_on_close,
+            admin=caller.principal.is_admin,
             tls_cert=made.tls_cert,
             tls_key=made.tls_key,
             token_sha256=made.token_sha256,
@@ -470,6 +472,10 @@ async def credentials(
     """The cluster's own TLS certificate and key: what a client connects with. Only its
     owner gets them, with a token that may submit (they run code as the owner)."""
     _may(caller, "connect to a Dask cluster")
+    if caller.via_spawner:
+        # The hub acts for users to start their sessions; it never needs to join their
+        # clusters (as the dashboard proxy refuses it too).
+        raise Forbidden("A cluster's credentials go to its owner's own tokens only.")
     async with state.db.read() as session:
         row = await _own(session, caller, name)
     c = row.cluster
@@ -612,6 +618,23 @@ def _check_addresses(body: DaskSchedulerReport) -> None:
     if body.dashboard is not None and not body.dashboard.startswith("https://"):
         raise InvalidRequest(
             f"A cluster's dashboard is served over https:// only, not {body.dashboard!r}."
+        )
+    # The service's proxy connects to the dashboard: only on the scheduler's own host, never
+    # wherever a report points it (the service would knock on other machines' doors).
+    comm, board = urlsplit(body.address.replace("tls://", "https://", 1)), None
+    if body.dashboard is not None:
+        board = urlsplit(body.dashboard)
+    try:
+        valid = comm.hostname is not None and comm.port is not None
+        same = board is None or (board.hostname == comm.hostname and board.port is not None)
+    except ValueError:
+        valid = same = False
+    if not valid:
+        raise InvalidRequest(f"A scheduler's address is tls://host:port, not {body.address!r}.")
+    if not same:
+        raise InvalidRequest(
+            "A cluster's dashboard is served on its scheduler's own host "
+            f"({comm.hostname}), at https://host:port; not {body.dashboard!r}."
         )
 
 

@@ -38,6 +38,7 @@ def upgrade() -> None:
         sa.Column("scheduler_id", sa.BigInteger(), nullable=True),
         sa.Column("session_id", sa.BigInteger(), nullable=True),
         sa.Column("shutdown_on_close", sa.Boolean(), nullable=False),
+        sa.Column("admin", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("address", sa.Text(), nullable=True),
         sa.Column("dashboard", sa.Text(), nullable=True),
         sa.Column("tls_cert", sa.Text(), nullable=False),
