@@ -9,10 +9,14 @@ the controller that launches these workloads are tested with the API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import http.server
 import itertools
 import json
 import os
+import pwd
+import re
 import shutil
 import ssl
 import subprocess
@@ -31,6 +35,7 @@ import pytest
 from distributed import Client, Security
 
 from allotment.backends.base import LaunchSpec, Placement
+from allotment.backends.identity import unix_name
 from allotment.backends.local.backend import LocalBackend
 from allotment.domain.dask import dashboard_path
 from allotment.domain.dask_commands import Launch, scheduler_launch, worker_launch
@@ -340,6 +345,35 @@ async def test_the_dashboard_requires_the_clusters_client_certificate(
     with pytest.raises(urllib.error.HTTPError) as refused:
         await asyncio.to_thread(_get, proxied, owner)
     assert refused.value.code == 404
+
+
+def _listening_ports(uid: int) -> set[int]:
+    """TCP ports that processes of ``uid`` listen on (``ss``, as root sees every process)."""
+    out = subprocess.run(["ss", "-ltnpH"], check=True, capture_output=True, text=True).stdout
+    ports = set()
+    for line in out.splitlines():
+        local = line.split()[3]
+        for pid in re.findall(r"pid=(\d+)", line):
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(f"/proc/{pid}").st_uid == uid:
+                    ports.add(int(local.rsplit(":", 1)[1]))
+    return ports
+
+
+async def test_no_port_of_the_cluster_serves_anyone_without_its_certificate(
+    cluster: Cluster,
+) -> None:
+    """The scheduler's comm and dashboard, and each worker's comm and HTTP (health) port."""
+    uid = pwd.getpwnam(unix_name(USER)).pw_uid
+    ports = _listening_ports(uid)
+    assert len(ports) >= 2 + 2 * len(cluster.workers), ports
+    anonymous = ssl.create_default_context(cadata=cluster.cert)
+    anonymous.check_hostname = False
+    for port in sorted(ports):
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            await asyncio.to_thread(_get, f"https://127.0.0.1:{port}/health", anonymous)
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/health", anonymous)
 
 
 async def test_sigterm_on_a_worker_moves_its_data_without_recomputing(cluster: Cluster) -> None:

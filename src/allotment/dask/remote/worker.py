@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 from typing import Any
 
 import dask
@@ -37,6 +38,29 @@ def security(cert: str, key: str) -> Security:
         kwargs[f"tls_{role}_cert"] = cert
         kwargs[f"tls_{role}_key"] = key
     return Security(**kwargs)  # type: ignore[no-untyped-call]
+
+
+class AllotmentWorker(Worker):
+    """A worker whose HTTP port (its health check) asks for the cluster's client certificate,
+    like every other port of the cluster: nobody else on the machine can use it. The context
+    is given to the HTTP server as it is made, before the event loop can accept anything."""
+
+    http_ssl: ssl.SSLContext | None = None
+
+    def start_http_server(
+        self,
+        routes: Any,
+        dashboard_address: Any,
+        default_port: int = 0,
+        ssl_options: Any = None,
+    ) -> None:
+        super().start_http_server(  # type: ignore[no-untyped-call]
+            routes, dashboard_address, default_port, ssl_options=type(self).http_ssl
+        )
+        served = self.http_server.ssl_options
+        if not isinstance(served, ssl.SSLContext):
+            raise RuntimeError("the worker's HTTP port would be served without TLS")
+        served.verify_mode = ssl.CERT_REQUIRED
 
 
 def resources(text: str) -> dict[str, float]:
@@ -56,18 +80,21 @@ async def main() -> int:
     dask.config.set(
         {
             "distributed.comm.require-encryption": True,
-            # Only a health check, on the loopback interface: the scheduler's dashboard (behind
-            # the cluster's certificate) is where people look.
+            # Only a health check, on the loopback interface and behind the cluster's
+            # certificate: the scheduler's dashboard is where people look.
             "distributed.worker.http.routes": ["distributed.http.health"],
         }
     )
-    worker = Worker(
+    secured = security(cert, key)
+    # distributed's own server-side context for the worker: the cluster's CA, CERT_REQUIRED.
+    AllotmentWorker.http_ssl = secured.get_listen_args("worker")["ssl_context"]  # type: ignore[no-untyped-call]
+    worker = AllotmentWorker(
         env["ALLOT_DASK_SCHEDULER"],
         name=env.get("ALLOT_WORKLOAD_ID") or None,
         nthreads=int(env.get("ALLOT_DASK_THREADS") or 1),
         memory_limit=memory if memory > 0 else "auto",
         resources=resources(env.get("ALLOT_DASK_RESOURCES", "")) or None,
-        security=security(cert, key),
+        security=secured,
         protocol="tls",
         dashboard=False,
         dashboard_address="127.0.0.1:0",
