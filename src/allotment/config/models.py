@@ -551,8 +551,11 @@ class DaskSpec(_Spec):
     owner_grace: Duration = Field(
         "60s",
         validate_default=True,
+        # The cluster object heartbeats every 10 s: less than two beats would stop live ones.
+        ge=20,
         description="Stop a cluster this long after the notebook (kernel or session) that "
-        "owns it stopped heartbeating, unless it was made with `shutdown_on_close=False`.",
+        "owns it stopped heartbeating, unless it was made with `shutdown_on_close=False`. At "
+        "least 20 s: the client heartbeats every 10 s.",
     )
 
 
