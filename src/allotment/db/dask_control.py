@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from allotment.config.models import PoolSpec, ProfileSpec
+from allotment.db.dask import CLUSTERS, ENDED, LIVE, C
 from allotment.db.tables import (
     WORKLOADS,
     Account,
@@ -46,10 +47,6 @@ __all__ = [
     "to_stopping",
 ]
 
-CLUSTERS = cast(Table, DaskCluster.__table__)
-C = CLUSTERS.c
-LIVE = (ClusterState.STARTING, ClusterState.RUNNING, ClusterState.STOPPING)
-ENDED = (ClusterState.STOPPED, ClusterState.FAILED)
 _DASK_KINDS = (WorkloadKind.DASK_SCHEDULER, WorkloadKind.DASK_WORKER)
 
 
