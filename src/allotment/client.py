@@ -610,9 +610,14 @@ class AllotmentClient:
         may name another ``user``'s."""
         return _dask_clusters(self._call("GET", "dask/clusters", params=_dask_params(ended, user)))
 
-    def create_dask_cluster(self, request: DaskClusterCreate) -> DaskClusterOut:
-        """A new cluster: its scheduler is queued like any workload (state ``starting``)."""
-        data = self._call("POST", "dask/clusters", json=request.model_dump(exclude_none=True))
+    def create_dask_cluster(
+        self, request: DaskClusterCreate, *, idempotency_key: str | None = None
+    ) -> DaskClusterOut:
+        """A new cluster: its scheduler is queued like any workload (state ``starting``). With
+        ``idempotency_key`` a lost answer is retried safely (the same key: the same cluster)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = request.model_dump(exclude_none=True)
+        data = self._call("POST", "dask/clusters", json=body, headers=headers)
         return DaskClusterOut.model_validate(data)
 
     def dask_cluster(self, name: str) -> DaskClusterOut:
@@ -776,9 +781,14 @@ class AsyncAllotmentClient:
             await self._call("GET", "dask/clusters", params=_dask_params(ended, user))
         )
 
-    async def create_dask_cluster(self, request: DaskClusterCreate) -> DaskClusterOut:
-        """A new cluster: its scheduler is queued like any workload (state ``starting``)."""
-        data = await self._call("POST", "dask/clusters", json=request.model_dump(exclude_none=True))
+    async def create_dask_cluster(
+        self, request: DaskClusterCreate, *, idempotency_key: str | None = None
+    ) -> DaskClusterOut:
+        """A new cluster: its scheduler is queued like any workload (state ``starting``). With
+        ``idempotency_key`` a lost answer is retried safely (the same key: the same cluster)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = request.model_dump(exclude_none=True)
+        data = await self._call("POST", "dask/clusters", json=body, headers=headers)
         return DaskClusterOut.model_validate(data)
 
     async def dask_cluster(self, name: str) -> DaskClusterOut:

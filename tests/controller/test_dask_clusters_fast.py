@@ -453,10 +453,20 @@ async def test_through_the_api_create_report_adapt_scale_and_stop(fast: Fast) ->
         r = await c.post("dask/report", json={**said, "adaptive_target": 10}, headers=reporter)
         assert r.status_code == 200, r.text
         await step(fast)
-        assert len(await live(fast, cid)) == 3
-        r = await c.post("dask/report", json={**said, "adaptive_target": 0}, headers=reporter)
+        three = [w.id for w in await live(fast, cid)]
+        assert len(three) == 3
+        for wid in three:
+            await fast.until(wid, "running")
+        # Scaled down to one: the idle worker the scheduler names goes first, then the
+        # newest; names that are no workload of it are passed over.
+        idle = ["tcp://10.0.0.9:1234", "\u0663", str(three[0])]
+        r = await c.post(
+            "dask/report",
+            json={**said, "adaptive_target": 0, "idle_workers": idle},
+            headers=reporter,
+        )
         await step(fast)
-        assert len(await live(fast, cid)) == 1
+        assert [w.id for w in await live(fast, cid)] == [three[1]]
         r = await c.post("dask/clusters/era5/scale", json={"workers": 2})
         assert r.status_code == 200, r.text
         await step(fast)
@@ -474,6 +484,34 @@ async def test_through_the_api_create_report_adapt_scale_and_stop(fast: Fast) ->
 
 
 # -- crashes and repeats ----------------------------------------------------------------------
+
+
+async def test_a_creation_retried_with_its_key_gets_the_same_cluster(fast: Fast) -> None:
+    import sys
+
+    body = {"name": "era5", "account": "lab", "profile": "small", "python": sys.executable}
+    key = {"Idempotency-Key": "3f1c2b9e-retry"}
+    async with fast.client() as c:
+        first = await c.post("dask/clusters", json=body, headers=key)
+        assert first.status_code == 201, first.text
+        again = await c.post("dask/clusters", json=body, headers=key)
+        assert again.status_code == 200, again.text
+        assert again.json()["id"] == first.json()["id"]
+        assert again.json()["scheduler"] == first.json()["scheduler"]
+        # Without the key the same request is a second cluster of the same name: refused.
+        r = await c.post("dask/clusters", json=body)
+        assert r.status_code == 409 and "already have a Dask cluster called 'era5'" in r.text
+        # A key that submitted a job makes no cluster.
+        job = {"command": ["true"], "account": "lab", "profile": "small"}
+        r = await c.post("workloads", json=job, headers={"Idempotency-Key": "job-1"})
+        assert r.status_code == 201, r.text
+        other = {**body, "name": "other"}
+        r = await c.post("dask/clusters", json=other, headers={"Idempotency-Key": "job-1"})
+        assert r.status_code == 409, r.text
+        assert "was used to submit workload" in r.json()["detail"]
+    async with fast.controller.db.read() as s:
+        made = (await s.execute(select(DaskCluster.id))).scalars().all()
+    assert made == [first.json()["id"]]
 
 
 async def test_a_pass_that_fails_midway_writes_nothing_and_the_next_does_it_once(
@@ -562,26 +600,38 @@ _STATES = st.sampled_from(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_STATES, max_size=12), st.integers(0, 20), st.integers(1, 10))
+@given(
+    st.lists(_STATES, max_size=12),
+    st.integers(0, 20),
+    st.integers(1, 10),
+    st.lists(st.integers(1, 16), unique=True, max_size=8),
+)
 def test_a_plan_brings_live_workers_to_what_is_asked(
-    states: list[WorkloadState], asked: int, maximum: int
+    states: list[WorkloadState], asked: int, maximum: int, idle: list[int]
 ) -> None:
     scheduler = member(1, WorkloadState.RUNNING, "dask-scheduler")
     workers = [member(i + 2, s) for i, s in enumerate(states)]
-    c = facts([scheduler, *workers], asked)
+    c = facts([scheduler, *workers], asked, idle_workers=tuple(idle))
     p = plan(c, Rules(max_workers=maximum), T0)
     want = min(asked, maximum)
     assert p.stop is None and p.end is None
     assert len(workers) + p.add - len(p.cancel) == want
     assert not (p.add and p.cancel)
     assert 1 not in p.cancel  # never the scheduler
-    # Those stopped are the least advanced, and among the running, the newest.
+    # Those stopped are the least advanced, then those the scheduler named idle (in its
+    # order), then the newest.
+    rank = {wid: i for i, wid in enumerate(idle)}
+
+    def order(w: Member) -> tuple[int, int, int]:
+        return (w.status, rank.get(w.id, len(idle)), -w.id)
+
     kept = [w for w in workers if w.id not in p.cancel]
     for gone in (w for w in workers if w.id in p.cancel):
-        assert all((gone.status, -gone.id) <= (k.status, -k.id) for k in kept)
+        assert all(order(gone) <= order(k) for k in kept)
     # Deciding again after doing it changes nothing.
     after = [*kept, *(member(100 + i, WorkloadState.PENDING) for i in range(p.add))]
-    assert plan(facts([scheduler, *after], asked), Rules(max_workers=maximum), T0).empty
+    again = facts([scheduler, *after], asked, idle_workers=tuple(idle))
+    assert plan(again, Rules(max_workers=maximum), T0).empty
 
 
 def test_the_rules_are_read_from_the_policy() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import unquote
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy import select
 
 from allotment.api.auth import (
@@ -42,7 +42,15 @@ from allotment.domain.accounts import Membership
 from allotment.domain.permissions import Principal, Scope, expand_scopes
 from allotment.errors import Forbidden, InvalidRequest, Unauthenticated
 
-__all__ = ["AppState", "Caller", "CallerDep", "StateDep", "UserContext", "caller_for_token"]
+__all__ = [
+    "AppState",
+    "Caller",
+    "CallerDep",
+    "IdempotencyKey",
+    "StateDep",
+    "UserContext",
+    "caller_for_token",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,3 +311,16 @@ async def caller_for_token(state: AppState, token: str, request: Request) -> Cal
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+#: The ``Idempotency-Key`` header of a creation: a retry with the same key gets what the
+#: first request made (status 200) instead of a second one.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[!-~]+$",
+        description="1-128 visible ASCII characters, e.g. a UUID.",
+    ),
+]

@@ -7,8 +7,8 @@ and decides for each with the pure rules below (``plan``):
 
 - a running cluster with fewer live workers than it asks for gets new worker workloads, which
   wait in the queue like any other work; one with more has the extra ones stopped, those not
-  yet running first, then the newest (a stopped worker retires gracefully: Dask moves its
-  data). A worker that died is replaced the same way. Workers are never made before the
+  yet running first, then the idle ones its scheduler named, then the newest (a stopped
+  worker retires gracefully: Dask moves its data). A worker that died is replaced the same way. Workers are never made before the
   cluster runs: they need its scheduler's address.
 - a cluster whose scheduler ended, or whose workers keep failing as they start, fails;
 - one whose session ended, whose client stopped heartbeating (unless it was made with
@@ -197,12 +197,16 @@ def stop_reason(c: ClusterFacts, rules: Rules, now: datetime) -> str | None:
 
 def resize(c: ClusterFacts, rules: Rules) -> tuple[int, dict[int, str]]:
     """Workers to add, or workers to stop (with the reason), for a running cluster: those
-    not yet running first (the least advanced first), then the newest."""
+    not yet running first (the least advanced first), then those its scheduler would close
+    first (idle, holding little data: Dask's own ``workers_to_close``), then the newest."""
     want = max(0, min(c.workers, rules.max_workers))
     live = c.live_workers
     if len(live) < want:
         return want - len(live), {}
-    extra = sorted(live, key=lambda m: (m.status, -m.id))[: len(live) - want]
+    idle = {wid: rank for rank, wid in enumerate(c.idle_workers)}
+    extra = sorted(live, key=lambda m: (m.status, idle.get(m.id, len(idle)), -m.id))[
+        : len(live) - want
+    ]
     reason = f"stopped: cluster '{c.name}' scaled down to {_workers(want)}"
     return 0, {m.id: reason for m in extra}
 

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Generator
 from contextlib import suppress
 from importlib.metadata import version
@@ -254,7 +255,11 @@ class AllotmentCluster(Cluster):
         self.status = Status.starting
         self._api = AsyncAllotmentClient(self._url, self._token)
         if self._request is not None:
-            self.info = await self._api.create_dask_cluster(self._request)
+            # A fresh key per cluster: the client retries a creation whose answer was lost
+            # (a restarting service) without making a second cluster.
+            self.info = await self._api.create_dask_cluster(
+                self._request, idempotency_key=str(uuid.uuid4())
+            )
             self._log(
                 f"Cluster {self.info.name} asked for (scheduler workload {self.info.scheduler})"
             )

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.db.tables import Account, DaskCluster, Pool, Profile, User, Workload
 from allotment.domain.dask import ClusterState
-from allotment.domain.workloads import TERMINAL, WorkloadState
+from allotment.domain.workloads import TERMINAL, WorkloadKind, WorkloadState
 
 __all__ = [
     "CLUSTERS",
@@ -31,6 +31,7 @@ __all__ = [
     "ClusterWorkload",
     "cluster_by_name",
     "cluster_by_token",
+    "cluster_made_with_key",
     "live_clusters",
     "list_clusters",
     "lock_user",
@@ -131,6 +132,28 @@ async def cluster_by_name(session: AsyncSession, user_id: int, name: str) -> Clu
         )
     )
     return rows[0] if rows else None
+
+
+async def cluster_made_with_key(
+    session: AsyncSession, user_id: int, key: str
+) -> ClusterRow | int | None:
+    """What the user's earlier request with idempotency key ``key`` made: the cluster (the key
+    is kept on its scheduler's workload), the id of a workload that is no cluster's
+    scheduler (the key was used to submit that), or None: nothing yet."""
+    found = (
+        await session.execute(
+            select(Workload.id, Workload.kind, Workload.cluster_id).where(
+                Workload.user_id == user_id, Workload.idempotency_key == key
+            )
+        )
+    ).first()
+    if found is None:
+        return None
+    wid, kind, cluster_id = found
+    if kind != WorkloadKind.DASK_SCHEDULER or cluster_id is None:
+        return int(wid)
+    rows = _rows(await session.execute(_select().where(DaskCluster.id == cluster_id)))
+    return rows[0] if rows else int(wid)
 
 
 async def cluster_by_token(session: AsyncSession, token_sha256: str) -> DaskCluster | None:
@@ -258,16 +281,18 @@ async def record_report(
     address: str,
     dashboard: str | None,
     idle_since: datetime | None,
+    idle_workers: list[int],
     workers: int | None,
     now: datetime,
 ) -> bool:
     """What its scheduler reported, while the cluster is live: where it listens, since when
-    it is idle, and (adaptive) the workers it asks for, already clamped. ``workers`` None
-    leaves them alone; so does a cluster that is stopping."""
+    it is idle, the workers it would close first, and (adaptive) the workers it asks for,
+    already clamped. ``workers`` None leaves them alone; so does a cluster that is stopping."""
     values: dict[str, Any] = {
         "address": address,
         "dashboard": dashboard,
         "idle_since": idle_since,
+        "idle_workers": idle_workers,
         "scheduler_seen_at": now,
         "updated_at": now,
     }

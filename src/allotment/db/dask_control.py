@@ -103,6 +103,8 @@ class ClusterFacts:
     members: tuple[Member, ...]
     #: Its scheduler's last report (None: none yet).
     scheduler_seen_at: datetime | None = None
+    #: Worker workloads its scheduler would close first (idle, little data), best first.
+    idle_workers: tuple[int, ...] = ()
     #: Its owner may still charge its account (a member of it or a manager above it, or an
     #: administrator when it was made; the account not archived).
     may_charge: bool = True
@@ -201,6 +203,7 @@ def live_clusters(session: Session, now: datetime, recent: float = 600.0) -> lis
                 session_status=owner[0] if owner else None,
                 session_ended_at=owner[1] if owner else None,
                 scheduler_seen_at=c.scheduler_seen_at,
+                idle_workers=tuple(int(i) for i in c.idle_workers or ()),
                 may_charge=c.id in charging,
                 members=tuple(members[c.id]),
                 tls_cert=c.tls_cert,

@@ -533,6 +533,9 @@ class DaskCluster(Base):
     scheduler_seen_at: Mapped[datetime | None] = mapped_column(default=None)
     #: Since when it has had no client and no task, as its scheduler reports; None: busy.
     idle_since: Mapped[datetime | None] = mapped_column(default=None)
+    #: Worker workloads its scheduler would close first (no task, little data), best first, as
+    #: it last reported: a scale-down stops these before busy ones.
+    idle_workers: Mapped[list[int]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     ended_at: Mapped[datetime | None] = mapped_column(default=None)

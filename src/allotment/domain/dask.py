@@ -17,6 +17,7 @@ __all__ = [
     "check_cluster_name",
     "clamp_workers",
     "dashboard_path",
+    "idle_worker_ids",
 ]
 
 #: A cluster's name: what `AllotmentCluster.connect(name)` and `allot dask` take.
@@ -64,3 +65,16 @@ def dashboard_path(base_url: str, cluster_id: int) -> str:
     """Where a cluster's dashboard is served through the service's authenticated proxy (the
     scheduler serves it under this same prefix, so its links need no rewriting)."""
     return f"/{base_url.strip('/')}/dask/{cluster_id}/dashboard".replace("//", "/")
+
+
+def idle_worker_ids(names: list[str], limit: int) -> list[int]:
+    """The workloads among a scheduler's idle workers (Dask names them by workload id), best
+    first, at most ``limit``: names that are no workload id (a worker someone else started
+    with the cluster's credentials) are left out."""
+    found: list[int] = []
+    for name in names:
+        if len(found) >= limit:
+            break
+        if name.isascii() and name.isdigit() and len(name) <= 18 and int(name) not in found:
+            found.append(int(name))
+    return found

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from allotment.api.auth import token_sha256
 from allotment.api.dask_credentials import DASK_TOKEN_PREFIX, new_cluster_secrets
-from allotment.api.deps import AppState, Caller, CallerDep, StateDep
+from allotment.api.deps import AppState, Caller, CallerDep, IdempotencyKey, StateDep
 from allotment.config.models import DaskSpec, Policy
 from allotment.controller.quote import rates_of
 from allotment.controller.view import load_policy_view
@@ -39,7 +39,13 @@ from allotment.db.dask import ClusterRow, ClusterWorkload
 from allotment.db.tables import WORKLOADS, DaskCluster, Workload
 from allotment.domain.accounts import is_within
 from allotment.domain.bounds import check_cpus, check_memory
-from allotment.domain.dask import ClusterState, check_cluster_name, clamp_workers, dashboard_path
+from allotment.domain.dask import (
+    ClusterState,
+    check_cluster_name,
+    clamp_workers,
+    dashboard_path,
+    idle_worker_ids,
+)
 from allotment.domain.dask_commands import scheduler_launch
 from allotment.domain.permissions import Scope
 from allotment.domain.profiles import choose_size, fits_some_node
@@ -315,12 +321,28 @@ async def _own_session(session: AsyncSession, caller: Caller, workload_id: int) 
         )
 
 
-@router.post("/dask/clusters", status_code=201, response_model=DaskClusterOut)
+@router.post(
+    "/dask/clusters",
+    status_code=201,
+    response_model=DaskClusterOut,
+    responses={
+        200: {"model": DaskClusterOut, "description": "An earlier request with this key made it."}
+    },
+)
 async def create_cluster(
-    body: DaskClusterCreate, caller: CallerDep, state: StateDep, site: SiteDep
+    body: DaskClusterCreate,
+    caller: CallerDep,
+    state: StateDep,
+    site: SiteDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> DaskClusterOut:
     """A new Dask cluster: its scheduler waits in the queue like any workload (`starting`);
-    its workers are asked for once it runs."""
+    its workers are asked for once it runs.
+
+    Send an `Idempotency-Key` header to make retries safe: a repeated key returns the cluster
+    the first request made (status 200, as it is now) instead of being told its name is taken.
+    """
     _may(caller, "create Dask clusters")
     now = state.clock.now()
     catalog = await state.catalog()
@@ -348,6 +370,17 @@ async def create_cluster(
     made = new_cluster_secrets(now)
     async with state.db.write() as session:
         await clusters.lock_user(session, caller.user_id)
+        if idempotency_key is not None:
+            earlier = await clusters.cluster_made_with_key(session, caller.user_id, idempotency_key)
+            if isinstance(earlier, ClusterRow):
+                response.status_code = 200
+                (out,) = await _answers(session, state, site, [earlier])
+                return out
+            if earlier is not None:
+                raise Conflict(
+                    f"This Idempotency-Key was used to submit workload {earlier}; send a new "
+                    "key with each new cluster."
+                )
         if body.session is not None:
             await _own_session(session, caller, body.session)
         live = await clusters.live_clusters(session, caller.user_id)
@@ -407,7 +440,7 @@ async def create_cluster(
             gpus={},
             command=launch.command,
             max_runtime=None,
-            idempotency_key=None,
+            idempotency_key=idempotency_key,
             created_at=now,
             updated_at=now,
             env=launch.env,
@@ -677,6 +710,7 @@ async def scheduler_report(
                 address=body.address,
                 dashboard=body.dashboard,
                 idle_since=idle_since,
+                idle_workers=idle_worker_ids(body.idle_workers, spec.max_workers),
                 workers=workers,
                 now=now,
             )

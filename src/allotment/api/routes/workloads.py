@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from allotment.api.deps import AppState, Caller, CallerDep, StateDep
+from allotment.api.deps import AppState, Caller, CallerDep, IdempotencyKey, StateDep
 from allotment.api.pending import Reservation
 from allotment.api.views import workload_out, workload_out_of
 from allotment.backends.registry import private_path
@@ -114,15 +114,7 @@ async def create_workload(
     caller: CallerDep,
     state: StateDep,
     response: Response,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=128,
-            pattern=r"^[!-~]+$",
-            description="1-128 visible ASCII characters, e.g. a UUID.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> WorkloadOut | Response:
     """Record a new workload; it waits as `pending` until the scheduler admits it.
 

@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("client_seen_at", T, nullable=True),
         sa.Column("scheduler_seen_at", T, nullable=True),
         sa.Column("idle_since", T, nullable=True),
+        sa.Column("idle_workers", sa.JSON(), nullable=False, server_default="[]"),
         sa.Column("created_at", T, nullable=False),
         sa.Column("updated_at", T, nullable=False),
         sa.Column("ended_at", T, nullable=True),
