@@ -30,16 +30,18 @@ from allotment.controller.process import (
 from allotment.db.engine import Database
 
 #: Reads its settings, keeps them in argv[2], reports argv[1] (unless "silent") and then
-#: waits for SIGTERM (exit 0), or exits at once with argv[3] when given.
+#: waits for SIGTERM (exit 0, from its start), or exits at once with argv[3] when given.
 STAND_IN = """
 import os, signal, sys, time
+# Like the real controller, ready for SIGTERM before it says it started: a test may send it
+# as soon as it has read the line.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 settings = sys.stdin.read()
 open(sys.argv[2], "w").write(settings)
 if sys.argv[1] != "silent":
     os.write(int(os.environ["ALLOTMENT_CONTROLLER_STATUS_FD"]), (sys.argv[1] + "\\n").encode())
 if len(sys.argv) > 3:
     sys.exit(int(sys.argv[3]))
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 while True:
     time.sleep(1)
 """
