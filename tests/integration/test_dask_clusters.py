@@ -2,13 +2,14 @@
 """Dask clusters end to end: a real `allot serve`, `AllotmentCluster` as a notebook calls it,
 real dask.distributed schedulers and workers running as the hub users' own POSIX accounts in
 cgroups (tests/support/dask.py), tokens from a real JupyterHub. One service for the module;
-the policy's timers are short (idle 20 s, owner grace 15 s: longer than the client's 10 s heartbeat) so that the culler acts within a
-test.
+the policy's timers are short (idle 20 s; owner grace 20 s, the least the policy allows, twice
+the client's 10 s heartbeat) so that the culler acts within a test.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -23,8 +24,16 @@ import pytest
 from distributed import Client
 from distributed.security import Security
 
+from allotment.backends.local.posix import unix_name
 from tests.backends.conftest import ROOT
-from tests.support.dask import DaskService, DaskUnavailable, dask_service, running
+from tests.support.dask import (
+    DaskService,
+    DaskUnavailable,
+    cluster_ports,
+    dask_service,
+    probe_as,
+    running,
+)
 from tests.support.hub import Hub
 from tests.support.jobs import wait_for
 from tests.support.process import clean_env
@@ -155,6 +164,12 @@ def test_another_user_can_neither_connect_nor_see_nor_steer_nor_open_the_dashboa
             Client(address, security=Security.temporary(), timeout=10, set_as_default=False)
         with pytest.raises((OSError, TimeoutError, ValueError)):
             Client(address.replace("tls://", "tcp://"), timeout=10, set_as_default=False)
+        # The same from a process of bob's own POSIX account, and no port of the cluster (the
+        # scheduler's comm and dashboard, the worker's comm and HTTP) serves bob anything.
+        ports = cluster_ports(pwd.getpwnam(unix_name("alice")).pw_uid)
+        assert len(ports) >= 4, ports
+        said = probe_as("bob", svc.python, address, ports)
+        assert said == ["refused"] * (1 + 2 * len(ports)), said
         # The API says nothing of it to bob.
         with svc.api("bob") as bob:
             assert all(c["name"] != "mine" for c in bob.get("dask/clusters").json())
@@ -220,7 +235,7 @@ def test_two_clusters_of_one_account_never_exceed_its_quota_together(
 @pytest.mark.timeout(180)
 def test_a_killed_kernel_leaves_no_cluster_after_the_grace(svc: DaskService) -> None:
     """The notebook's process is killed outright: nothing closes the cluster, its heartbeats
-    stop, and the service stops it once the owner's grace (15 s here) is over."""
+    stop, and the service stops it once the owner's grace (20 s here) is over."""
     program = (
         "import os, sys, time\n"
         "from allotment.dask import AllotmentCluster\n"

@@ -9,17 +9,14 @@ the controller that launches these workloads are tested with the API.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import http.server
 import itertools
 import json
 import os
 import pwd
-import re
 import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,10 +37,10 @@ from allotment.backends.local.backend import LocalBackend
 from allotment.domain.dask import dashboard_path
 from allotment.domain.dask_commands import Launch, scheduler_launch, worker_launch
 from allotment.domain.resources import Resources
-from allotment.interpreters import python_for_everyone, runnable_by_everyone
 from allotment.schemas import DaskSchedulerOrders, DaskSchedulerReport
 from tests.backends.conftest import ROOT, local_backend
 from tests.backends.test_contract import ended, started
+from tests.support.dask import DaskUnavailable, cluster_ports, dask_environment
 from tests.support.process import command_lines
 
 pytestmark = [
@@ -164,33 +161,16 @@ def spec(wid: int, launch: Launch, kind: str, workdir: Path) -> LaunchSpec:
     )
 
 
-def python_for_the_user(where: Path) -> str:
-    """An interpreter the test user can run that imports this process's dask and distributed:
-    a virtual environment of a Python everyone can run, seeing our site-packages (the tests'
-    own interpreter often lies under /root)."""
-    import distributed
-
-    site = Path(distributed.__file__).resolve().parent.parent
-    if not runnable_by_everyone(site):
-        pytest.skip(f"{site} is not readable by other users")
-    subprocess.run([python_for_everyone(), "-m", "venv", "--without-pip", str(where)], check=True)
-    python = where / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    Path(purelib, "allotment-test-dask.pth").write_text(f"{site}\n")
-    for path in [where, *where.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod(path.stat().st_mode | 0o044 | (0o011 if path.is_dir() else 0))
-    return str(python)
-
-
 @pytest.fixture(scope="module")
 async def cluster() -> AsyncIterator[Cluster]:
     shared = Path(tempfile.mkdtemp(prefix="allot-dask-", dir="/var/tmp"))
     shared.chmod(0o1777)
-    python = python_for_the_user(shared / "env")
+    # The interpreter the service would give a notebook's cluster, outside /tmp (a workload
+    # has a private /tmp, and the tests' own environment may lie there).
+    try:
+        python = str(dask_environment())
+    except DaskUnavailable as e:
+        pytest.skip(str(e))
     backend = local_backend(shared / "state")
     stub = ReportStub()
     url = stub.start()
@@ -347,25 +327,12 @@ async def test_the_dashboard_requires_the_clusters_client_certificate(
     assert refused.value.code == 404
 
 
-def _listening_ports(uid: int) -> set[int]:
-    """TCP ports that processes of ``uid`` listen on (``ss``, as root sees every process)."""
-    out = subprocess.run(["ss", "-ltnpH"], check=True, capture_output=True, text=True).stdout
-    ports = set()
-    for line in out.splitlines():
-        local = line.split()[3]
-        for pid in re.findall(r"pid=(\d+)", line):
-            with contextlib.suppress(FileNotFoundError):
-                if os.stat(f"/proc/{pid}").st_uid == uid:
-                    ports.add(int(local.rsplit(":", 1)[1]))
-    return ports
-
-
 async def test_no_port_of_the_cluster_serves_anyone_without_its_certificate(
     cluster: Cluster,
 ) -> None:
     """The scheduler's comm and dashboard, and each worker's comm and HTTP (health) port."""
     uid = pwd.getpwnam(unix_name(USER)).pw_uid
-    ports = _listening_ports(uid)
+    ports = cluster_ports(uid)
     assert len(ports) >= 2 + 2 * len(cluster.workers), ports
     anonymous = ssl.create_default_context(cadata=cluster.cert)
     anonymous.check_hostname = False

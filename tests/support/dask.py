@@ -12,9 +12,13 @@ Tokens come from a real JupyterHub (``tests/support/hub.py``), as in ``tests/sup
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import hashlib
 import json
+import os
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +29,9 @@ from typing import Any
 
 import httpx
 
+from allotment.api.dask_credentials import new_cluster_secrets
 from allotment.backends.local.cgroups import prefix_of
+from allotment.backends.local.posix import PosixAccounts
 from allotment.cli.environments import _wanted, ensure_environment
 from allotment.installation import name_for
 from tests.support.hub import Hub, free_port
@@ -141,7 +147,7 @@ def _missing(python: Path) -> str:
     return ", ".join(wrong)
 
 
-def policy_text(idle_timeout: str = "20s", owner_grace: str = "15s") -> str:
+def policy_text(idle_timeout: str = "20s", owner_grace: str = "20s") -> str:
     return POLICY.format(idle_timeout=idle_timeout, owner_grace=owner_grace)
 
 
@@ -277,3 +283,88 @@ def dask_stack(directory: Path, *, bench: bool = False) -> Iterator[DaskService]
             yield svc
     finally:
         hub.stop()
+
+
+def cluster_ports(uid: int) -> set[int]:
+    """TCP ports that Dask processes of ``uid`` (a cluster's scheduler and workers, named
+    ``allotment-dask-…`` in their argv) listen on, as root's ``ss`` sees them."""
+    out = subprocess.run(["ss", "-ltnpH"], check=True, capture_output=True, text=True).stdout
+    ports = set()
+    for line in out.splitlines():
+        local = line.split()[3]
+        for pid in re.findall(r"pid=(\d+)", line):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if os.stat(f"/proc/{pid}").st_uid != uid:
+                    continue
+                if b"allotment-dask-" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    ports.add(int(local.rsplit(":", 1)[1]))
+    return ports
+
+
+#: Run as another POSIX user of the machine: connect to a cluster's scheduler with the TLS
+#: credentials of another cluster (``PROBE_CERT``, ``PROBE_KEY``: as that user's own cluster
+#: would have), then knock on each port over HTTPS without a client certificate and over plain
+#: HTTP. Prints one word per attempt: "refused", or what it reached (any HTTP
+#: answer, an error status included, counts as reached).
+PROBE = """
+import os, ssl, sys, urllib.error, urllib.request
+from distributed import Client
+from distributed.security import Security
+address, ports = sys.argv[1], sys.argv[2:]
+cert, key = os.environ["PROBE_CERT"], os.environ["PROBE_KEY"]
+security = Security(
+    tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key, require_encryption=True
+)
+try:
+    Client(address, security=security, timeout=10, set_as_default=False)
+    print("connected")
+except Exception:
+    print("refused")
+tls = ssl.create_default_context()
+tls.check_hostname = False
+tls.verify_mode = ssl.CERT_NONE
+for port in ports:
+    for scheme, context in (("https", tls), ("http", None)):
+        try:
+            urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health", context=context, timeout=10)
+            print(f"served:{scheme}:{port}")
+        except urllib.error.HTTPError as e:  # an answer all the same (404, 403, ...)
+            print(f"answered:{e.code}:{scheme}:{port}")
+        except Exception:
+            print("refused")
+"""
+
+
+def probe_as(hub_user: str, python: Path, address: str, ports: set[int]) -> list[str]:
+    """What :data:`PROBE` reached, run as ``hub_user``'s own POSIX account (made as Allotment
+    makes it, if that user has run nothing yet)."""
+    account = asyncio.run(PosixAccounts().resolve(hub_user))
+    assert account.uid != 0
+    theirs = new_cluster_secrets()
+    argv = [
+        "setpriv",
+        f"--reuid={account.uid}",
+        f"--regid={account.gid}",
+        "--clear-groups",
+        str(python),
+        "-c",
+        PROBE,
+        address,
+        *(str(p) for p in sorted(ports)),
+    ]
+    ran = subprocess.run(
+        argv,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(account.home),
+            "LANG": "C.UTF-8",
+            "PROBE_CERT": theirs.tls_cert,
+            "PROBE_KEY": theirs.tls_key,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    return ran.stdout.split()
