@@ -8,8 +8,8 @@ and decides for each with the pure rules below (``plan``):
 - a running cluster with fewer live workers than it asks for gets new worker workloads, which
   wait in the queue like any other work; one with more has the extra ones stopped, those not
   yet running first, then the idle ones its scheduler named, then the newest (a stopped
-  worker retires gracefully: Dask moves its data). A worker that died is replaced the same way. Workers are never made before the
-  cluster runs: they need its scheduler's address.
+  worker retires gracefully: Dask moves its data). A worker that died is replaced the same
+  way. Workers are never made before the cluster runs: they need its scheduler's address.
 - a cluster whose scheduler ended, or whose workers keep failing as they start, fails;
 - one whose session ended, whose client stopped heartbeating (unless it was made with
   ``shutdown_on_close=False``) or that was idle for ``dask.idle_timeout`` is stopped;
