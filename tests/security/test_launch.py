@@ -188,10 +188,12 @@ async def test_a_workloads_tmp_and_shm_are_its_own_and_die_with_it(
     write = (
         f"echo private > /tmp/{mine} && "
         f"head -c 50000000 /dev/zero > /dev/shm/{mine} && "
-        f"ls -A /tmp > {shared}/alice-tmp; sleep 30"
+        # Renamed into place once written: the test must never read a listing half made.
+        f"ls -A /tmp > {shared}/alice-tmp.part && mv {shared}/alice-tmp.part {shared}/alice-tmp;"
+        " sleep 30"
     )
     pa = (await started(local, job(alice, "alice", ["sh", "-c", write], shared, resources=r)))[-1]
-    for _ in range(100):
+    for _ in range(600):
         if (shared / "alice-tmp").exists():
             break
         await asyncio.sleep(0.05)
