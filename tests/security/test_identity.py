@@ -11,6 +11,7 @@ databases.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -243,6 +244,17 @@ async def test_an_account_made_under_the_old_short_hash_stays_its_users(locals_:
     assert await _resolve(hub_name) == old
     # Another hub user whose legacy name collides gets no use of it: the mark is not theirs.
     assert pwd.getpwnam(old).pw_gecos == "allotment " + escape(hub_name)
+
+
+@root_only
+async def test_two_installations_creating_one_account_at_once_both_get_it() -> None:
+    """Two services on one machine (or two test processes) saw a new hub user at the same
+    moment: the slower ``useradd`` failed ("already exists") and its workload with it."""
+    name = unix_name("racer")
+    subprocess.run(["/usr/sbin/userdel", "--remove", name], capture_output=True, check=False)
+    many = await asyncio.gather(*(PosixAccounts(create=True).resolve("racer") for _ in range(4)))
+    assert {a.name for a in many} == {name}
+    assert len({a.uid for a in many}) == 1
 
 
 @pytest.mark.jupyterhub

@@ -142,13 +142,17 @@ def _groups(entry: pwd.struct_passwd) -> list[int]:
         return [entry.pw_gid]
 
 
+#: useradd's exit status for "username already in use" (shadow-utils).
+USERADD_NAME_IN_USE = 9
+
 #: How long a found account is used without looking it up again.
 REMEMBER_SECONDS = 30.0
 
 
 class PosixAccounts:
     """Finds or creates the account for each hub user; one at a time (``useradd`` locks
-    ``/etc/passwd`` and two creations of the same user must not race)."""
+    ``/etc/passwd`` and two creations of the same user must not race). Another process (another
+    installation) creating the same account at once is not an error: the one it made is used."""
 
     def __init__(
         self,
@@ -241,6 +245,16 @@ class PosixAccounts:
             cwd="/",
         )
         _, err = await proc.communicate()
+        if proc.returncode == USERADD_NAME_IN_USE:
+            # Another process made it first (another installation on this machine): it is
+            # used only if it carries this hub user's mark, as any found account.
+            entry = pwd.getpwnam(name)
+            if entry.pw_gecos != mark(hub_name):
+                raise PermissionError(
+                    f"POSIX account {name!r} was just created, but not by Allotment for hub "
+                    f"user {hub_name!r}; refusing to run {hub_name!r}'s workloads as it."
+                )
+            return _account(entry)
         if proc.returncode != 0:
             raise OSError(f"useradd {name} failed: {err.decode().strip()}")
         os.chmod(home, 0o700)
