@@ -12,6 +12,11 @@
                   since every workload has a /tmp of its own.
 ``slurm_cluster`` a real Slurm cluster (session-wide): nodes n1..n3, accounting on
                   (``tests/support/slurm.py``).
+
+``scripts/test`` runs the suite in two processes (pytest-xdist, ``--dist loadgroup``). Each
+test file is one unit of work, so a module's fixtures start once; every test of the Slurm
+cluster is one unit, and so is every test of the browser tests' ``allot up``, so that each
+starts once per run, not once per process. The units that take longest go first.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -37,6 +44,9 @@ POSTGRES = os.environ.get("ALLOTMENT_TEST_POSTGRES")
 HUB_USERS = [
     "alice", "bob", "carol", "dave", "dean", "erin", "frank", "mallory", "hubadmin",
     "scraper",  # holds custom:allotment:metrics (tests/support/hub.py)
+    # Each runs jobs for one test only, which checks that none of the account's processes is
+    # left: no other test (in another pytest-xdist process) runs anything as them.
+    "outlives", "reasons",
 ]  # fmt: skip
 
 
@@ -124,3 +134,55 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         yield cluster
     finally:
         stop_cluster(cluster)
+
+
+#: Fixtures started once per process that take long to start or run many slow tests: every test
+#: using one is sent to the same process (an ``xdist_group`` of the fixture's name).
+ONE_PROCESS = ("slurm_cluster", "hub_up")
+#: Where the slow tests are (real processes, real daemons): sent first, so that no process
+#: is left alone at the end with a long file while the other idles.
+SLOW_FIRST = ("tests/e2e/", "tests/integration/", "tests/backends/", "tests/security/")
+
+
+def _group(item: pytest.Item) -> str:
+    names = getattr(item, "fixturenames", ())
+    for fixture in ONE_PROCESS:
+        if fixture in names:
+            return fixture
+    return item.path.relative_to(Path(__file__).parent).with_suffix("").as_posix()
+
+
+def _order(item: pytest.Item) -> int:
+    group = _group(item)
+    if group in ONE_PROCESS:
+        return ONE_PROCESS.index(group)
+    for i, place in enumerate(SLOW_FIRST):
+        if f"tests/{group}".startswith(place):
+            return len(ONE_PROCESS) + i
+    return len(ONE_PROCESS) + len(SLOW_FIRST)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n``), the units of work described above and their order; the
+    order within a unit is kept. Without it, nothing changes."""
+    # In a worker pytest-xdist sets ``dist`` to "no" and keeps ``loadgroup``.
+    if config.getoption("dist", "no") == "no" and not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item)))
+    items.sort(key=_order)  # stable: each file's own order is kept
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest 9.2 with pytest-xdist up to 3.8 silently stops grouping (pytest-dev/pytest-xdist
+    #1386): the Slurm cluster and ``allot up`` would start in both processes. Say so instead."""
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    pytest_version = Version(pytest.__version__)
+    if pytest_version >= Version("9.2.dev0") and Version(version("pytest-xdist")) <= Version("3.8"):
+        raise pytest.UsageError(
+            f"pytest {pytest_version} and pytest-xdist {version('pytest-xdist')} do not group "
+            "tests (pytest-dev/pytest-xdist#1386): install the versions pyproject.toml allows "
+            "(scripts/install test), or run without -n"
+        )

@@ -219,14 +219,15 @@ def test_a_workload_past_its_maximum_runtime_is_stopped(
 
 
 def test_no_process_outlives_its_users_jobs(svc: JobService, hub: Hub, shared: Path) -> None:
-    """A job that daemonises a child: once it ends, nothing of it is left running."""
-    alice = hub.token("alice")
-    wid = submit(svc, alice, shared, "-p", "small", "--", "sh", "-c", "setsid sleep 300 & exit 0")
-    assert ended(svc, alice, wid)["exit_code"] == 0
+    """A job that daemonises a child: once it ends, nothing of it is left running. (As a user
+    no other test runs anything as, so that any process of theirs is this job's.)"""
+    token = hub.token("outlives")
+    wid = submit(svc, token, shared, "-p", "small", "--", "sh", "-c", "setsid sleep 300 & exit 0")
+    assert ended(svc, token, wid)["exit_code"] == 0
     wait_for(lambda: not cgroup_left(wid, svc.data), 10, what="the control groups to go")
-    uid = pwd.getpwnam("jupyter-alice").pw_uid
+    uid = pwd.getpwnam("jupyter-outlives").pw_uid
     wait_for(
         lambda: not processes_of(uid),
         10,
-        what="jupyter-alice's processes to go",
+        what="jupyter-outlives's processes to go",
     )

@@ -34,13 +34,13 @@ pytestmark = [
     pytest.mark.skipif(not ROOT, reason="runs workloads as other POSIX accounts: needs root"),
 ]
 
-USER = "dean"
+USER = "reasons"  # no other test runs anything as this user (tests/conftest.py)
 
 
 @pytest.fixture
 def svc(tmp_path: Path, hub: Hub) -> Iterator[JobService]:
     policy = policy_file(tmp_path)
-    policy.write_text(policy.read_text().replace("[alice, bob, carol]", f"[{USER}]"))
+    policy.write_text(policy.read_text().replace("[alice, bob, carol, outlives]", f"[{USER}]"))
     with job_service(free_port(), tmp_path / "data", None, hub.api_url, policy) as s:
         yield s
 

@@ -1,7 +1,7 @@
 """A real `allot serve` running workloads on this machine, for execution tests and benchmarks.
 
 The policy is one local pool (this machine: 2 CPUs, 4 GiB, two declared a100s, a named fake)
-with lab members alice, bob and carol; tokens come from a real JupyterHub.
+with lab members alice, bob, carol and outlives; tokens come from a real JupyterHub.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.support.process import allot_serve, clean_env
 POLICY = """\
 accounts:
   lab:
-    members: [alice, bob, carol]
+    members: [alice, bob, carol, outlives]
 pools:
   box:
     backend: local
