@@ -137,18 +137,34 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 
 
 #: Fixtures started once per process that take long to start or run many slow tests: every test
-#: using one is sent to the same process (an ``xdist_group`` of the fixture's name).
+#: using one is sent to the same process (an ``xdist_group`` of the fixture's name). Every test
+#: of Slurm goes with the session's cluster, so that no two clusters start or stop at once.
 ONE_PROCESS = ("slurm_cluster", "hub_up")
 #: Where the slow tests are (real processes, real daemons): sent first, so that no process
 #: is left alone at the end with a long file while the other idles.
 SLOW_FIRST = ("tests/e2e/", "tests/integration/", "tests/backends/", "tests/security/")
 
 
-def _group(item: pytest.Item) -> str:
+def _uses_slurm(item: pytest.Item) -> bool:
+    """Whether the test starts or reaches a Slurm cluster: by its fixtures, by the contract
+    suite's ``slurm`` backend, or by being a Slurm file (which may ask for the cluster at run
+    time, ``request.getfixturevalue``, or start one of its own)."""
     names = getattr(item, "fixturenames", ())
-    for fixture in ONE_PROCESS:
-        if fixture in names:
-            return fixture
+    callspec = getattr(item, "callspec", None)
+    fast = item.path.parent.name in ("unit", "controller")
+    return (
+        "slurm_cluster" in names
+        or "slurm" in names
+        or (callspec is not None and callspec.params.get("backend") == "slurm")
+        or ("slurm" in item.path.name and not fast)
+    )
+
+
+def _group(item: pytest.Item) -> str:
+    if _uses_slurm(item):
+        return "slurm_cluster"
+    if "hub_up" in getattr(item, "fixturenames", ()):
+        return "hub_up"
     return item.path.relative_to(Path(__file__).parent).with_suffix("").as_posix()
 
 

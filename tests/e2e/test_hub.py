@@ -58,14 +58,19 @@ def _stop(page: Any, hub: HubUp) -> None:
     page.wait_for_selector("#start", state="visible", timeout=120_000)
 
 
-def _singleuser_uid(user: str) -> int | None:
-    """Owner of the jupyterhub-singleuser process serving ``user``."""
+def _singleuser_uid(hub: HubUp, user: str) -> int | None:
+    """Owner of the jupyterhub-singleuser process serving ``user`` for ``hub`` (not another
+    hub's: the Slurm session test's may run at the same time, for a user of the same name)."""
+    api = f":{hub.args[hub.args.index('--hub-port') + 1]}/hub/api".encode()
     for pid, cmd in command_lines():
         argv = cmd.split(b"\0")[:2]  # the server itself, not the launcher that names it
         if not any(a.endswith(b"/jupyterhub-singleuser") for a in argv):
             continue
         try:
-            if f"JUPYTERHUB_USER={user}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes():
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if f"JUPYTERHUB_USER={user}".encode() in environ and any(
+                e.startswith(b"JUPYTERHUB_API_URL=") and api in e for e in environ
+            ):
                 return os.stat(f"/proc/{pid}").st_uid
         except OSError:
             continue
@@ -132,7 +137,7 @@ def test_launch_run_isolate_queue_and_stop(hub_up: HubUp, browser: Any, artefact
         "small",
         "lab",
     )
-    account = pwd.getpwuid(wait_for(lambda: _singleuser_uid("alice"), what="alice's server"))
+    account = pwd.getpwuid(wait_for(lambda: _singleuser_uid(hub, "alice"), what="alice's server"))
     assert account.pw_name in ("alice", "jupyter-alice")
     assert stat.S_IMODE(os.stat(account.pw_dir).st_mode) == 0o700
 
@@ -167,4 +172,4 @@ def test_launch_run_isolate_queue_and_stop(hub_up: HubUp, browser: Any, artefact
         lambda: {_session_of(hub, u)["status"] for u in ("alice", "bob", "carol")} == {"stopped"},
         seconds=60,
     )
-    assert _singleuser_uid("alice") is None
+    assert _singleuser_uid(hub, "alice") is None

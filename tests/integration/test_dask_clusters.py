@@ -9,7 +9,6 @@ the client's 10 s heartbeat) so that the culler acts within a test.
 from __future__ import annotations
 
 import os
-import pwd
 import signal
 import subprocess
 import sys
@@ -24,7 +23,6 @@ import pytest
 from distributed import Client
 from distributed.security import Security
 
-from allotment.backends.local.posix import unix_name
 from tests.backends.conftest import ROOT
 from tests.support.dask import (
     DaskService,
@@ -166,7 +164,11 @@ def test_another_user_can_neither_connect_nor_see_nor_steer_nor_open_the_dashboa
             Client(address.replace("tls://", "tcp://"), timeout=10, set_as_default=False)
         # The same from a process of bob's own POSIX account, and no port of the cluster (the
         # scheduler's comm and dashboard, the worker's comm and HTTP) serves bob anything.
-        ports = cluster_ports(pwd.getpwnam(unix_name("alice")).pw_uid)
+        workloads = [
+            info["scheduler"],
+            *(w["id"] for w in _workers(svc, "alice", "mine", ["running"])),
+        ]
+        ports = cluster_ports(pid for w in workloads for pid in svc.pids(int(w)))
         assert len(ports) >= 4, ports
         said = probe_as("bob", svc.python, address, ports)
         assert said == ["refused"] * (1 + 2 * len(ports)), said

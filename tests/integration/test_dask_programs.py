@@ -14,7 +14,6 @@ import http.server
 import itertools
 import json
 import os
-import pwd
 import shutil
 import ssl
 import sys
@@ -32,7 +31,6 @@ import pytest
 from distributed import Client, Security
 
 from allotment.backends.base import LaunchSpec, Placement
-from allotment.backends.identity import unix_name
 from allotment.backends.local.backend import LocalBackend
 from allotment.domain.dask import dashboard_path
 from allotment.domain.dask_commands import Launch, scheduler_launch, worker_launch
@@ -331,8 +329,11 @@ async def test_no_port_of_the_cluster_serves_anyone_without_its_certificate(
     cluster: Cluster,
 ) -> None:
     """The scheduler's comm and dashboard, and each worker's comm and HTTP (health) port."""
-    uid = pwd.getpwnam(unix_name(USER)).pw_uid
-    ports = cluster_ports(uid)
+    groups = cluster.backend.cgroups
+    assert groups is not None
+    ports = cluster_ports(
+        pid for w in [cluster.scheduler, *cluster.workers] for pid in groups.procs(w)
+    )
     assert len(ports) >= 2 + 2 * len(cluster.workers), ports
     anonymous = ssl.create_default_context(cadata=cluster.cert)
     anonymous.check_hostname = False

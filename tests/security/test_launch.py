@@ -224,9 +224,15 @@ async def test_a_workloads_tmp_and_shm_are_its_own_and_die_with_it(
     assert "allot-shm" not in mounts and str(tmp) not in mounts
 
 
-def _segments() -> set[str]:
-    """Ids of the machine's System V shared memory segments."""
-    return {line.split()[1] for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]}
+def _segments(user: str) -> set[str]:
+    """Ids of the machine's System V shared memory segments owned by ``user``'s account (only
+    theirs: a PostgreSQL another test starts or stops meanwhile makes or removes its own)."""
+    try:
+        uid = str(pwd.getpwnam(user).pw_uid)
+    except KeyError:
+        return set()  # no account yet (its first job makes it): none of its segments either
+    rows = (line.split() for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:])
+    return {row[1] for row in rows if row[7] == uid}
 
 
 async def test_system_v_shared_memory_is_the_workloads_own_and_dies_with_it(
@@ -234,7 +240,7 @@ async def test_system_v_shared_memory_is_the_workloads_own_and_dies_with_it(
 ) -> None:
     """Review finding: a segment from ``shmget`` outlived its job, owned by the user, outside
     every cgroup's accounting. Each workload has an IPC namespace of its own now."""
-    before = _segments()
+    before = _segments("jupyter-alice")
     wid = new_id()
     # Create a segment and stay attached (an unattached one goes at once: shm_rmid_forced).
     script = (
@@ -254,11 +260,11 @@ async def test_system_v_shared_memory_is_the_workloads_own_and_dies_with_it(
             break
         await asyncio.sleep(0.05)
     assert "8388608" in (shared / "seen").read_text()  # it made one, in its own namespace
-    assert _segments() == before  # the machine's never saw it
+    assert _segments("jupyter-alice") == before  # the machine's never saw it
     seen = await ended(local, wid, p)
     assert seen.exit_code == 0, seen.reason
     await local.release(wid, p)
-    assert _segments() == before
+    assert _segments("jupyter-alice") == before
 
 
 async def test_a_command_exiting_with_a_set_up_failures_status_is_not_taken_for_one(

@@ -17,10 +17,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -285,17 +284,20 @@ def dask_stack(directory: Path, *, bench: bool = False) -> Iterator[DaskService]
         hub.stop()
 
 
-def cluster_ports(uid: int) -> set[int]:
-    """TCP ports that Dask processes of ``uid`` (a cluster's scheduler and workers, named
-    ``allotment-dask-…`` in their argv) listen on, as root's ``ss`` sees them."""
+def cluster_ports(pids: Iterable[int]) -> set[int]:
+    """TCP ports that the Dask processes among ``pids`` (a cluster's scheduler and workers, as
+    their workloads' groups list them; named ``allotment-dask-…`` in their argv) listen on, as
+    root's ``ss`` sees them. Not every Dask process of the user: another test's cluster of the
+    same user may run meanwhile."""
+    mine = set(pids)
     out = subprocess.run(["ss", "-ltnpH"], check=True, capture_output=True, text=True).stdout
     ports = set()
     for line in out.splitlines():
         local = line.split()[3]
-        for pid in re.findall(r"pid=(\d+)", line):
+        for pid in map(int, re.findall(r"pid=(\d+)", line)):
+            if pid not in mine:
+                continue
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                if os.stat(f"/proc/{pid}").st_uid != uid:
-                    continue
                 if b"allotment-dask-" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     ports.add(int(local.rsplit(":", 1)[1]))
     return ports
