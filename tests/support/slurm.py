@@ -119,6 +119,13 @@ class SlurmCluster:
             time.sleep(0.2)
         raise TimeoutError(f"{node} is {state!r} after {timeout} s, not one of {sorted(states)}")
 
+    def cancel_all(self) -> None:
+        """Cancels every job of the cluster, by its id (``scancel`` with a state alone names
+        no job, and cancels nothing)."""
+        ids = self.run("squeue", "-h", "-o", "%i").split()
+        if ids:
+            self.run("scancel", "--full", *ids, check=False)
+
     def wait_idle(self, timeout: float = 60) -> None:
         """Waits until no job is pending, running or completing and every node is idle."""
         deadline = time.monotonic() + timeout
