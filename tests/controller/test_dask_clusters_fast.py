@@ -509,6 +509,13 @@ async def test_a_creation_retried_with_its_key_gets_the_same_cluster(fast: Fast)
         r = await c.post("dask/clusters", json=other, headers={"Idempotency-Key": "job-1"})
         assert r.status_code == 409, r.text
         assert "was used to submit workload" in r.json()["detail"]
+        # And the other way: a key that made a cluster submits no job (nor hands back the
+        # cluster's scheduler as if it were the job).
+        r = await c.post("workloads", json=job, headers=key)
+        assert r.status_code == 409, r.text
+        detail = r.json()["detail"]
+        assert f"scheduler is workload {first.json()['scheduler']}" in detail, detail
+        assert "used to create a Dask cluster" in detail
     async with fast.controller.db.read() as s:
         made = (await s.execute(select(DaskCluster.id))).scalars().all()
     assert made == [first.json()["id"]]

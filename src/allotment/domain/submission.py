@@ -21,7 +21,7 @@ from allotment.domain.permissions import Principal
 from allotment.domain.profiles import Node, ProfileOffer, choose_size, fits_some_node
 from allotment.domain.quantities import parse_bytes, parse_duration
 from allotment.domain.resources import Resources
-from allotment.domain.workloads import WorkloadState, parse_array
+from allotment.domain.workloads import DASK_KINDS, WorkloadState, parse_array
 from allotment.errors import Conflict, Forbidden, InvalidRequest, NotFound
 
 __all__ = [
@@ -233,7 +233,7 @@ def check_kind(submitter: Submitter, kind: str) -> None:
             "Sessions are started from JupyterHub, whose spawner builds their command: start "
             "one from the hub's home page. Submit batch work as a `job`."
         )
-    if kind in ("dask-scheduler", "dask-worker"):
+    if kind in DASK_KINDS:
         raise InvalidRequest(
             f"A {kind} is not submitted through `POST workloads`: Dask clusters get an endpoint "
             "of their own that builds their commands. Submit batch work as a `job`."

@@ -12,6 +12,7 @@ from enum import IntEnum, StrEnum
 
 __all__ = [
     "ACTIVE",
+    "DASK_KINDS",
     "MAX_ARRAY",
     "MAX_ARRAY_INDEX",
     "TERMINAL",
@@ -30,6 +31,10 @@ class WorkloadKind(StrEnum):
     JOB = "job"
     DASK_SCHEDULER = "dask-scheduler"
     DASK_WORKER = "dask-worker"
+
+
+#: The kinds a Dask cluster is made of: only ``dask/clusters`` creates them.
+DASK_KINDS = frozenset({WorkloadKind.DASK_SCHEDULER, WorkloadKind.DASK_WORKER})
 
 
 class WorkloadState(IntEnum):

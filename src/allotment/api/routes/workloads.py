@@ -21,7 +21,7 @@ from allotment.db import workloads as transitions
 from allotment.db.tables import WORKLOADS, Pool
 from allotment.domain.permissions import Scope
 from allotment.domain.submission import PoolRef, sentence, submission
-from allotment.domain.workloads import WorkloadState, can_cancel
+from allotment.domain.workloads import DASK_KINDS, WorkloadState, can_cancel
 from allotment.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from allotment.schemas import MAX_ID, Kind, Page, WorkloadCreate, WorkloadOut
 
@@ -70,6 +70,18 @@ def _pending_reservation(
     return state.pending.reserve(caller.user_id, adding, cap, count)
 
 
+def _replayed(earlier: repo.WorkloadRow) -> WorkloadOut:
+    """The answer to a repeated Idempotency-Key: the workload it made. A key that made a Dask
+    cluster (whose scheduler is a workload too) made nothing of this endpoint's: a conflict,
+    as ``POST dask/clusters`` answers a key that submitted a workload."""
+    if earlier.workload.kind in DASK_KINDS:
+        raise Conflict(
+            "This Idempotency-Key was used to create a Dask cluster (its scheduler is workload "
+            f"{earlier.workload.id}); send a new key with each new submission."
+        )
+    return workload_out(earlier)
+
+
 async def _create_array(
     state: AppState, caller: Caller, indices: list[int], values: dict[str, Any], response: Response
 ) -> WorkloadOut:
@@ -81,7 +93,7 @@ async def _create_array(
                 earlier = await repo.workload_by_key(session, caller.user_id, key)
                 if earlier is not None:
                     response.status_code = 200
-                    return workload_out(earlier)
+                    return _replayed(earlier)
             first = await session.run_sync(
                 lambda s: transitions.insert_pending(s.connection(), values, indices)
             )
@@ -95,7 +107,7 @@ async def _create_array(
         if earlier is None:
             raise
         response.status_code = 200
-        return workload_out(earlier)
+        return _replayed(earlier)
     state.workloads_changed()
     assert row is not None
     return workload_out(row)
@@ -146,7 +158,7 @@ async def create_workload(
         async with state.db.read() as session:
             earlier = await repo.workload_by_id(session, workload_id)
         assert earlier is not None
-        return workload_out(earlier)
+        return _replayed(earlier)
     out = workload_out_of(
         new,
         workload_id,
