@@ -17,6 +17,7 @@ import json
 import os
 import pwd
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from allotment.backends.local.posix import (
+    CREATION_LOCK,
     PosixAccounts,
     escape,
     legacy_unix_name,
@@ -248,13 +250,20 @@ async def test_an_account_made_under_the_old_short_hash_stays_its_users(locals_:
 
 @root_only
 async def test_two_installations_creating_one_account_at_once_both_get_it() -> None:
-    """Two services on one machine (or two test processes) saw a new hub user at the same
-    moment: the slower ``useradd`` failed ("already exists") and its workload with it."""
+    """Found running the suite in two processes: of four ``useradd`` of one new name at once,
+    some failed ("already exists") and the others succeeded, each replacing the last's entry
+    with a new uid (shadow-utils checks the name before it locks /etc/passwd), so that what
+    the first made (its home) belonged to a uid nobody had, for a later account to inherit.
+    Every creation now holds a machine-wide lock (one that no user may open) and looks again
+    under it. Four PosixAccounts are four installations: each its own lock file descriptor."""
     name = unix_name("racer")
     subprocess.run(["/usr/sbin/userdel", "--remove", name], capture_output=True, check=False)
     many = await asyncio.gather(*(PosixAccounts(create=True).resolve("racer") for _ in range(4)))
     assert {a.name for a in many} == {name}
-    assert len({a.uid for a in many}) == 1
+    assert {a.uid for a in many} == {pwd.getpwnam(name).pw_uid}
+    assert [e.pw_name for e in pwd.getpwall()].count(name) == 1
+    lock = os.stat(CREATION_LOCK)
+    assert (lock.st_uid, stat.S_IMODE(lock.st_mode)) == (0, 0o600)
 
 
 @pytest.mark.jupyterhub

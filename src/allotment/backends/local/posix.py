@@ -20,12 +20,15 @@ When it is not root, every workload runs as the service's own account (single-us
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import grp
 import hashlib
 import logging
 import os
 import pwd
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,17 +145,49 @@ def _groups(entry: pwd.struct_passwd) -> list[int]:
         return [entry.pw_gid]
 
 
-#: useradd's exit status for "username already in use" (shadow-utils).
-USERADD_NAME_IN_USE = 9
-
 #: How long a found account is used without looking it up again.
 REMEMBER_SECONDS = 30.0
 
 
+#: Held (``flock``) by whoever creates an account, machine-wide: in a directory only root may
+#: write, mode 0600, so that no user can hold it.
+CREATION_LOCK = Path("/run/allotment/accounts.lock")
+#: How long a creation waits for another process's.
+CREATION_WAIT_SECONDS = 60.0
+
+
+@contextlib.asynccontextmanager
+async def _held(path: Path) -> AsyncIterator[None]:
+    """``path`` locked exclusively, waiting without blocking the event loop (and ending the
+    wait if the caller is cancelled)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + CREATION_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OSError(
+                        f"another process has held {path} for {CREATION_WAIT_SECONDS:.0f} s "
+                        "while creating a POSIX account"
+                    ) from None
+                await asyncio.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
+
+
 class PosixAccounts:
-    """Finds or creates the account for each hub user; one at a time (``useradd`` locks
-    ``/etc/passwd`` and two creations of the same user must not race). Another process (another
-    installation) creating the same account at once is not an error: the one it made is used."""
+    """Finds or creates the account for each hub user; one at a time, machine-wide.
+
+    Two ``useradd`` of one name at once do not fail: shadow-utils checks the name before it
+    locks ``/etc/passwd``, so the later one replaces the earlier's entry with a new uid, and
+    whatever the first owned is left to a uid nobody has. So every creation holds
+    ``CREATION_LOCK`` (every installation on the machine, every process) and looks again
+    under it; an account made meanwhile is used, as any found one."""
 
     def __init__(
         self,
@@ -160,9 +195,11 @@ class PosixAccounts:
         create: bool | None = None,
         home_base: Path = Path("/home"),
         existing: ExistingAccountsSpec | None = None,
+        creation_lock: Path = CREATION_LOCK,
     ) -> None:
         self.isolated = os.geteuid() == 0 if create is None else create
         self.home_base = home_base
+        self.creation_lock = creation_lock
         #: The policy's ``identity.existing_accounts``; None: never use an existing account.
         self.existing = existing
         self._lock = asyncio.Lock()
@@ -225,6 +262,19 @@ class PosixAccounts:
             return _account(entry)
 
     async def _create(self, hub_name: str, name: str) -> PosixAccount:
+        async with _held(self.creation_lock):
+            try:
+                made = pwd.getpwnam(name)  # by another process, while this one waited
+            except KeyError:
+                return await self._useradd(hub_name, name)
+        if made.pw_gecos != mark(hub_name):
+            raise PermissionError(
+                f"POSIX account {name!r} was just created, but not by Allotment for hub user "
+                f"{hub_name!r}; refusing to run {hub_name!r}'s workloads as it."
+            )
+        return _account(made)
+
+    async def _useradd(self, hub_name: str, name: str) -> PosixAccount:
         home = self.home_base / name
         proc = await asyncio.create_subprocess_exec(
             program("useradd"),
@@ -245,16 +295,6 @@ class PosixAccounts:
             cwd="/",
         )
         _, err = await proc.communicate()
-        if proc.returncode == USERADD_NAME_IN_USE:
-            # Another process made it first (another installation on this machine): it is
-            # used only if it carries this hub user's mark, as any found account.
-            entry = pwd.getpwnam(name)
-            if entry.pw_gecos != mark(hub_name):
-                raise PermissionError(
-                    f"POSIX account {name!r} was just created, but not by Allotment for hub "
-                    f"user {hub_name!r}; refusing to run {hub_name!r}'s workloads as it."
-                )
-            return _account(entry)
         if proc.returncode != 0:
             raise OSError(f"useradd {name} failed: {err.decode().strip()}")
         os.chmod(home, 0o700)
