@@ -142,25 +142,27 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 ONE_PROCESS = ("slurm_cluster", "hub_up")
 #: Where the slow tests are (real processes, real daemons): sent first, so that no process
 #: is left alone at the end with a long file while the other idles.
-SLOW_FIRST = ("tests/e2e/", "tests/integration/", "tests/backends/", "tests/security/")
+SLOW_FIRST = ("e2e/", "integration/", "backends/", "security/")
 
 
 def _uses_slurm(item: pytest.Item) -> bool:
     """Whether the test starts or reaches a Slurm cluster: by its fixtures, by the contract
     suite's ``slurm`` backend, or by being a Slurm file (which may ask for the cluster at run
     time, ``request.getfixturevalue``, or start one of its own)."""
+    if item.path.parent.name in ("unit", "controller"):
+        return False  # the fast tier reaches no real service (its ``slurm`` fixtures are fakes)
     names = getattr(item, "fixturenames", ())
     callspec = getattr(item, "callspec", None)
-    fast = item.path.parent.name in ("unit", "controller")
     return (
         "slurm_cluster" in names
         or "slurm" in names
         or (callspec is not None and callspec.params.get("backend") == "slurm")
-        or ("slurm" in item.path.name and not fast)
+        or "slurm" in item.path.name
     )
 
 
 def _group(item: pytest.Item) -> str:
+    """The item's unit of work: a fixture of ``ONE_PROCESS``, else its file (``api/test_x``)."""
     if _uses_slurm(item):
         return "slurm_cluster"
     if "hub_up" in getattr(item, "fixturenames", ()):
@@ -168,12 +170,12 @@ def _group(item: pytest.Item) -> str:
     return item.path.relative_to(Path(__file__).parent).with_suffix("").as_posix()
 
 
-def _order(item: pytest.Item) -> int:
-    group = _group(item)
+def _order(group: str) -> int:
+    """Where a unit of work goes in the queue: ``ONE_PROCESS``'s first, then ``SLOW_FIRST``'s."""
     if group in ONE_PROCESS:
         return ONE_PROCESS.index(group)
     for i, place in enumerate(SLOW_FIRST):
-        if f"tests/{group}".startswith(place):
+        if group.startswith(place):
             return len(ONE_PROCESS) + i
     return len(ONE_PROCESS) + len(SLOW_FIRST)
 
@@ -185,9 +187,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # In a worker pytest-xdist sets ``dist`` to "no" and keeps ``loadgroup``.
     if config.getoption("dist", "no") == "no" and not getattr(config.option, "loadgroup", False):
         return
+    order = {}
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
-    items.sort(key=_order)  # stable: each file's own order is kept
+        group = _group(item)
+        item.add_marker(pytest.mark.xdist_group(group))
+        order[item.nodeid] = _order(group)
+    items.sort(key=lambda item: order[item.nodeid])  # stable: each file's own order is kept
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -195,11 +195,9 @@ class PosixAccounts:
         create: bool | None = None,
         home_base: Path = Path("/home"),
         existing: ExistingAccountsSpec | None = None,
-        creation_lock: Path = CREATION_LOCK,
     ) -> None:
         self.isolated = os.geteuid() == 0 if create is None else create
         self.home_base = home_base
-        self.creation_lock = creation_lock
         #: The policy's ``identity.existing_accounts``; None: never use an existing account.
         self.existing = existing
         self._lock = asyncio.Lock()
@@ -262,7 +260,7 @@ class PosixAccounts:
             return _account(entry)
 
     async def _create(self, hub_name: str, name: str) -> PosixAccount:
-        async with _held(self.creation_lock):
+        async with _held(CREATION_LOCK):
             try:
                 made = pwd.getpwnam(name)  # by another process, while this one waited
             except KeyError:
